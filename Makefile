@@ -1,0 +1,50 @@
+# kernelsession: `make run` brings the whole system up locally, `make test` proves it.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+PYTEST_ARGS ?=
+
+.PHONY: setup run test test-quick lint bench manifests wheels clean binaries
+
+setup: $(STAMP) binaries
+
+$(STAMP): pyproject.toml client/pyproject.toml operator/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ./client -e ./operator --group dev
+	touch $(STAMP)
+
+# etcd, kube-apiserver, kube-controller-manager and kubectl: found or built once, cached outside the repo.
+binaries: $(STAMP)
+	$(PY) -m kernelsession.localcluster.binaries ensure
+
+run: setup
+	$(PY) -m kernelsession.localcluster.run
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check client operator tests bench
+	$(VENV)/bin/ruff format --check client operator tests bench
+	$(VENV)/bin/mypy client/src/kernelsession/client operator/src/kernelsession/operator operator/src/kernelsession/localcluster
+
+test: setup lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The fast tier: unit and client tests, no control plane.
+test-quick: $(STAMP)
+	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m bench
+
+manifests: $(STAMP)
+	$(PY) -m kernelsession.operator.manifests check
+
+wheels: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --wheel --outdir dist client
+	$(PY) -m build --wheel --outdir dist operator
+
+clean:
+	rm -rf $(VENV) dist .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""kernelsession client: drive JupyterLab sessions from code."""

@@ -1,0 +1,1 @@
+"""kernelsession operator: KernelSession resources to JupyterLab pods."""
