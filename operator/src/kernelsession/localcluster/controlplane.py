@@ -1,0 +1,400 @@
+"""A real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager).
+
+Synchronous and subprocess-based. ``ControlPlane.start()`` generates credentials
+(:mod:`.pki`), starts etcd and kube-apiserver on free loopback ports in a temporary
+work directory, waits for ``/readyz``, writes an admin kubeconfig file, then starts
+kube-controller-manager (garbage collector, namespace, service-account and token
+controllers, deployments/replicasets/jobs/endpoints) and waits for its ``/healthz``.
+
+Every process runs in its own session and is stopped by PID (SIGTERM, grace, SIGKILL);
+``stop()`` also removes the work directory. A failed or interrupted ``start()`` stops
+whatever it had started before re-raising. Each component logs to ``<workdir>/<name>.log``;
+startup failures include the tail of the failing component's log.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import yaml
+
+from .binaries import Binaries, ensure
+from .pki import ClusterPKI
+from .pki import generate as generate_pki
+from .processes import log_tail, start_logged, stop_process, wait_until
+
+SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_IP = "10.96.0.1"
+SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+CONTROLLERS = (
+    "garbage-collector-controller",
+    "namespace-controller",
+    "serviceaccount-controller",
+    "serviceaccount-token-controller",
+    "root-ca-certificate-publisher-controller",
+    "clusterrole-aggregation-controller",
+    "deployment-controller",
+    "replicaset-controller",
+    "job-controller",
+    "endpoints-controller",
+    "endpointslice-controller",
+)
+
+
+class ControlPlaneError(RuntimeError):
+    """A control-plane component failed to start or become ready."""
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Timings:
+    """Seconds spent in each startup step."""
+
+    pki: float = 0.0
+    etcd: float = 0.0
+    apiserver: float = 0.0
+    controller_manager: float = 0.0
+    total: float = 0.0
+    steps: dict[str, float] = field(default_factory=dict)
+
+
+def write_kubeconfig(
+    path: Path,
+    *,
+    server: str,
+    ca_file: Path,
+    user: str,
+    token: str | None = None,
+    client_cert: Path | None = None,
+    client_key: Path | None = None,
+    namespace: str = "default",
+) -> Path:
+    """Write a single-context kubeconfig with embedded CA and credentials; return its path.
+
+    Raises OSError when the file cannot be written.
+    """
+
+    def b64(p: Path) -> str:
+        return base64.b64encode(p.read_bytes()).decode()
+
+    user_entry: dict[str, str] = {}
+    if token is not None:
+        user_entry["token"] = token
+    if client_cert is not None and client_key is not None:
+        user_entry["client-certificate-data"] = b64(client_cert)
+        user_entry["client-key-data"] = b64(client_key)
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "kernelsession-local",
+                "cluster": {"server": server, "certificate-authority-data": b64(ca_file)},
+            }
+        ],
+        "users": [{"name": user, "user": user_entry}],
+        "contexts": [
+            {
+                "name": f"{user}@kernelsession-local",
+                "context": {"cluster": "kernelsession-local", "user": user, "namespace": namespace},
+            }
+        ],
+        "current-context": f"{user}@kernelsession-local",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+    return path.resolve()
+
+
+class ControlPlane:
+    """etcd + kube-apiserver + kube-controller-manager on loopback; a context manager."""
+
+    def __init__(
+        self,
+        *,
+        binaries: Binaries | None = None,
+        workdir: Path | None = None,
+        start_timeout: float = 60.0,
+        controllers: tuple[str, ...] = CONTROLLERS,
+    ) -> None:
+        self._binaries = binaries
+        self._given_workdir = workdir
+        self.start_timeout = start_timeout
+        self.controllers = controllers
+        self.workdir: Path | None = None
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.timings = Timings()
+        self.etcd_port = 0
+        self.etcd_peer_port = 0
+        self.apiserver_port = 0
+        self.kcm_port = 0
+        self._pki: ClusterPKI | None = None
+        self._kubeconfig: Path | None = None
+
+    # -- properties -------------------------------------------------------------------
+    @property
+    def binaries(self) -> Binaries:
+        """The binaries in use (found or built on first access; may raise
+        BinariesUnavailableError)."""
+        if self._binaries is None:
+            self._binaries = ensure()
+        return self._binaries
+
+    @property
+    def server(self) -> str:
+        """The API server URL."""
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    @property
+    def kubeconfig(self) -> Path:
+        """The admin kubeconfig (RuntimeError before start)."""
+        if self._kubeconfig is None:
+            raise RuntimeError("control plane not started")
+        return self._kubeconfig
+
+    @property
+    def ca_file(self) -> Path:
+        """The cluster CA certificate (RuntimeError before start)."""
+        return self._require_pki().ca_cert
+
+    @property
+    def pki(self) -> ClusterPKI:
+        """The generated credentials (RuntimeError before start)."""
+        return self._require_pki()
+
+    def _require_pki(self) -> ClusterPKI:
+        if self._pki is None:
+            raise RuntimeError("control plane not started")
+        return self._pki
+
+    def _work(self) -> Path:
+        if self.workdir is None:
+            raise RuntimeError("control plane not started")
+        return self.workdir
+
+    # -- lifecycle --------------------------------------------------------------------
+    def __enter__(self) -> ControlPlane:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> Timings:
+        """Start etcd, kube-apiserver and kube-controller-manager and wait until ready.
+
+        Returns the startup timings. On any failure (including KeyboardInterrupt) all
+        started processes are stopped and the work directory removed before re-raising.
+
+        Raises:
+            BinariesUnavailableError: the binaries are missing and cannot be built.
+            ControlPlaneError: a component exited or was not ready before the deadline.
+        """
+        binaries = self.binaries
+        t0 = time.monotonic()
+        try:
+            if self._given_workdir is not None:
+                self._given_workdir.mkdir(parents=True, exist_ok=True)
+                self.workdir = self._given_workdir
+            else:
+                self.workdir = Path(tempfile.mkdtemp(prefix="ks-controlplane-"))
+            t = time.monotonic()
+            self._pki = generate_pki(self.workdir / "pki", service_ip=SERVICE_IP)
+            self.timings.pki = time.monotonic() - t
+            self.etcd_port, self.etcd_peer_port = free_port(), free_port()
+            self.apiserver_port, self.kcm_port = free_port(), free_port()
+            self._kubeconfig = write_kubeconfig(
+                self.workdir / "admin.kubeconfig",
+                server=self.server,
+                ca_file=self._pki.ca_cert,
+                user="admin",
+                client_cert=self._pki.admin_cert,
+                client_key=self._pki.admin_key,
+            )
+            t = time.monotonic()
+            self._start_etcd(binaries)
+            self.timings.etcd = time.monotonic() - t
+            t = time.monotonic()
+            self._start_apiserver(binaries)
+            self.timings.apiserver = time.monotonic() - t
+            t = time.monotonic()
+            self._start_controller_manager(binaries)
+            self.timings.controller_manager = time.monotonic() - t
+        except BaseException:
+            self.stop()
+            raise
+        self.timings.total = time.monotonic() - t0
+        return self.timings
+
+    def stop(self) -> None:
+        """Stop every component by PID (reverse start order) and remove the work directory.
+
+        Safe to call more than once and after a failed start.
+        """
+        for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
+            proc = self.processes.pop(name, None)
+            if proc is not None:
+                stop_process(proc, grace=10)
+        if self.workdir is not None and self._given_workdir is None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        self.workdir = None
+
+    def restart_apiserver(self) -> float:
+        """Stop kube-apiserver and start it again with the same port, certs and etcd.
+
+        Returns the seconds until it was ready again. Raises ControlPlaneError when it
+        does not come back.
+        """
+        proc = self.processes.pop("kube-apiserver", None)
+        if proc is not None:
+            stop_process(proc, grace=10)
+        t = time.monotonic()
+        self._start_apiserver(self.binaries)
+        return time.monotonic() - t
+
+    # -- components -------------------------------------------------------------------
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = self._work() / f"{name}.log"
+        try:
+            proc = start_logged(argv, log, cwd=self._work())
+        except OSError as exc:
+            raise ControlPlaneError(f"cannot start {name} ({argv[0]}): {exc}") from exc
+        self.processes[name] = proc
+        return proc
+
+    def _await(self, name: str, check: Callable[[], bool]) -> None:
+        proc = self.processes[name]
+        log = self._work() / f"{name}.log"
+
+        def alive() -> str | None:
+            if proc.poll() is not None:
+                return f"{name} exited with status {proc.returncode}"
+            return None
+
+        try:
+            wait_until(check, timeout=self.start_timeout, alive=alive)
+        except (TimeoutError, RuntimeError) as exc:
+            raise ControlPlaneError(
+                f"{name} did not become ready: {exc}\n--- tail of {log} ---\n{log_tail(log)}"
+            ) from exc
+
+    def _start_etcd(self, binaries: Binaries) -> None:
+        work = self._work()
+        client = f"http://127.0.0.1:{self.etcd_port}"
+        peer = f"http://127.0.0.1:{self.etcd_peer_port}"
+        self._spawn(
+            "etcd",
+            [
+                str(binaries.etcd),
+                "--name=default",
+                f"--data-dir={work / 'etcd'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=default={peer}",
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ],
+        )
+        self._await("etcd", lambda: _http_ok(f"{client}/health"))
+
+    def _start_apiserver(self, binaries: Binaries) -> None:
+        p = self._require_pki()
+        work = self._work()
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(binaries.kube_apiserver),
+                f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.apiserver_port}",
+                f"--cert-dir={work / 'apiserver-certs'}",
+                f"--tls-cert-file={p.serving_cert}",
+                f"--tls-private-key-file={p.serving_key}",
+                f"--client-ca-file={p.ca_cert}",
+                f"--service-account-issuer={SA_ISSUER}",
+                f"--service-account-key-file={p.sa_public_key}",
+                f"--service-account-signing-key-file={p.sa_private_key}",
+                f"--api-audiences={SA_ISSUER}",
+                "--service-account-max-token-expiration=8760h",
+                "--authorization-mode=Node,RBAC",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+        ctx = self._client_ssl()
+        self._await("kube-apiserver", lambda: _http_ok(f"{self.server}/readyz", context=ctx))
+
+    def _start_controller_manager(self, binaries: Binaries) -> None:
+        p = self._require_pki()
+        work = self._work()
+        kubeconfig = str(self.kubeconfig)
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(binaries.kube_controller_manager),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.kcm_port}",
+                f"--cert-dir={work / 'kcm-certs'}",
+                "--leader-elect=false",
+                f"--controllers={','.join(self.controllers)}",
+                f"--root-ca-file={p.ca_cert}",
+                f"--service-account-private-key-file={p.sa_private_key}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--concurrent-gc-syncs=5",
+                "--v=1",
+            ],
+        )
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        self._await(
+            "kube-controller-manager",
+            lambda: _http_ok(f"https://127.0.0.1:{self.kcm_port}/healthz", context=insecure),
+        )
+
+    def _client_ssl(self) -> ssl.SSLContext:
+        p = self._require_pki()
+        ctx = ssl.create_default_context(cafile=str(p.ca_cert))
+        ctx.load_cert_chain(str(p.admin_cert), str(p.admin_key))
+        return ctx
+
+
+def _http_ok(url: str, *, context: ssl.SSLContext | None = None) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as resp:  # noqa: S310
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False

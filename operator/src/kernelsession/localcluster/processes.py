@@ -1,0 +1,123 @@
+"""Starting and stopping child processes by PID, with per-process log files."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this child when the thread that started it exits.
+
+    A safety net for a parent killed with SIGKILL; orderly shutdown stops children by PID.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+def start_logged(
+    argv: Sequence[str],
+    log_path: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    die_with_parent: bool = True,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in its own session with stdout and stderr appended to ``log_path``.
+
+    Raises OSError when the executable cannot be started.
+    """
+    with open(log_path, "ab") as log:
+        preexec: Callable[[], None] | None = _die_with_parent if die_with_parent else None
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=preexec,
+        )
+
+
+def stop_process(proc: subprocess.Popen[bytes], *, grace: float = 10.0) -> int | None:
+    """Stop ``proc`` by PID: SIGTERM, wait up to ``grace`` seconds, then SIGKILL.
+
+    Returns the exit status (None if it could not be reaped). Never raises for a process
+    that already exited.
+    """
+    if proc.poll() is not None:
+        return proc.returncode
+    try:
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    except ProcessLookupError:
+        return proc.poll()
+    try:
+        proc.kill()
+        return proc.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        return proc.poll()
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with ``pid`` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log file ('' if it does not exist)."""
+    try:
+        data = path.read_bytes()[-32768:]
+    except OSError:
+        return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+def wait_until(
+    check: Callable[[], bool],
+    *,
+    timeout: float,
+    interval: float = 0.05,
+    alive: Callable[[], str | None] | None = None,
+) -> float:
+    """Poll ``check`` until it returns True; return the seconds waited.
+
+    ``alive`` returns an error text when what we wait for can no longer succeed (e.g. the
+    process died). Raises TimeoutError on the deadline, RuntimeError when ``alive`` fails.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+    while True:
+        if check():
+            return time.monotonic() - started
+        if alive is not None:
+            problem = alive()
+            if problem:
+                raise RuntimeError(problem)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not ready after {timeout:.0f}s")
+        time.sleep(interval)
