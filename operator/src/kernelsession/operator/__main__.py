@@ -1,0 +1,71 @@
+"""``python -m kernelsession.operator`` / ``kernelsession-operator``: run the operator.
+
+Flags override the ``KERNELSESSION_*`` environment variables they name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+import kopf
+from kernelsession.operator import config, logs
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kernelsession-operator", description=__doc__)
+    p.add_argument(
+        "--namespaces",
+        help="comma-separated namespaces to watch, or * for all "
+        "(KERNELSESSION_NAMESPACES, default: labs)",
+    )
+    p.add_argument(
+        "--url-mode",
+        choices=["auto", "service", "pod-ip"],
+        help="how clients reach labs (KERNELSESSION_URL_MODE)",
+    )
+    p.add_argument("--default-image", help="lab image when spec.image is unset")
+    p.add_argument("--health-port", type=int, help="liveness endpoint port (default 8080)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port (default 9090, 0: off)")
+    p.add_argument("--log-format", choices=["json", "console"])
+    p.add_argument("--log-level")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    for flag, var in [
+        ("namespaces", "NAMESPACES"),
+        ("url_mode", "URL_MODE"),
+        ("default_image", "DEFAULT_IMAGE"),
+        ("health_port", "HEALTH_PORT"),
+        ("metrics_port", "METRICS_PORT"),
+        ("log_format", "LOG_FORMAT"),
+        ("log_level", "LOG_LEVEL"),
+    ]:
+        value = getattr(args, flag)
+        if value is not None:
+            os.environ[config.ENV_PREFIX + var] = str(value)
+    try:
+        cfg = config.from_env()
+    except config.ConfigError as exc:
+        print(f"kernelsession-operator: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(cfg.log_level, cfg.log_format)
+    from kernelsession.operator import handlers  # noqa: F401  (registers the handlers)
+
+    asyncio.run(
+        kopf.operator(
+            standalone=True,
+            clusterwide=cfg.clusterwide,
+            namespaces=list(cfg.namespaces),
+            liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz",
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

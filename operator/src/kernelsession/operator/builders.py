@@ -1,0 +1,269 @@
+"""Pure builders of a session's children: Secret, Pod, Service and NetworkPolicy.
+
+Each takes the session body and the operator settings and returns a manifest dict
+owned by the session (ownerReferences via ``kopf.adopt``), so deleting the session
+deletes its children through the garbage collector, with no operator running.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import secrets
+from collections.abc import Mapping
+from typing import Any, cast
+
+import kopf
+from kernelsession.operator import naming
+from kernelsession.operator.config import Settings
+
+Body = Mapping[str, Any]
+Manifest = dict[str, Any]
+
+
+def _meta(body: Body) -> Mapping[str, Any]:
+    meta: Mapping[str, Any] = body["metadata"]
+    return meta
+
+
+def _spec(body: Body) -> Mapping[str, Any]:
+    spec: Mapping[str, Any] = body.get("spec") or {}
+    return spec
+
+
+def _owned(body: Body, manifest: Manifest) -> Manifest:
+    """Make the session the controller owner of ``manifest``, in its namespace."""
+    owner = {
+        "apiVersion": f"{naming.GROUP}/{naming.VERSION}",
+        "kind": naming.KIND,
+        "metadata": {
+            "name": _meta(body)["name"],
+            "uid": _meta(body)["uid"],
+            "namespace": _meta(body)["namespace"],
+            "labels": {},
+        },
+    }
+    kopf.adopt(manifest, owner=cast(kopf.Body, owner))
+    return manifest
+
+
+def labels_for(body: Body) -> dict[str, str]:
+    return naming.child_labels(_meta(body)["name"], _spec(body)["user"])
+
+
+def new_token() -> str:
+    """A fresh lab token: 256 bits from the OS CSPRNG."""
+    return secrets.token_urlsafe(32)
+
+
+def token_secret(body: Body, token: str) -> Manifest:
+    """The immutable Secret holding the lab token under key ``token``."""
+    name = _meta(body)["name"]
+    return _owned(
+        body,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": naming.token_secret_name(name),
+                "labels": labels_for(body) | {naming.COMPONENT_LABEL: "token"},
+            },
+            "type": "Opaque",
+            "immutable": True,
+            "data": {naming.TOKEN_KEY: base64.b64encode(token.encode()).decode()},
+        },
+    )
+
+
+def lab_args(settings: Settings) -> list[str]:
+    """Arguments of ``jupyter server``: listen on the pod IP, token from the environment."""
+    return [
+        "server",
+        "--ServerApp.ip=$(POD_IP)",
+        f"--ServerApp.port={settings.lab_port}",
+        "--ServerApp.port_retries=0",
+        "--ServerApp.open_browser=False",
+        "--ServerApp.allow_remote_access=True",
+        # Programmatic clients read large outputs: never drop IOPub messages.
+        "--ServerApp.iopub_data_rate_limit=0",
+        "--ServerApp.iopub_msg_rate_limit=0",
+    ]
+
+
+def pod_spec(body: Body, settings: Settings) -> dict[str, Any]:
+    """The lab pod's ``spec``: hardened, token via secretKeyRef, no service-account token."""
+    spec = _spec(body)
+    name = _meta(body)["name"]
+    env: list[dict[str, Any]] = [
+        {
+            "name": "JUPYTER_TOKEN",
+            "valueFrom": {
+                "secretKeyRef": {"name": naming.token_secret_name(name), "key": naming.TOKEN_KEY}
+            },
+        },
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "KERNELSESSION_USER", "value": spec["user"]},
+    ]
+    env.extend(copy.deepcopy(list(spec.get("env") or [])))
+    probe_get = {"path": "/api", "port": settings.lab_port, "scheme": "HTTP"}
+    container: dict[str, Any] = {
+        "name": "lab",
+        "image": spec.get("image") or settings.default_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["jupyter"],
+        "args": lab_args(settings),
+        "env": env,
+        "ports": [
+            {"name": naming.LAB_PORT_NAME, "containerPort": settings.lab_port, "protocol": "TCP"}
+        ],
+        "resources": copy.deepcopy(dict(spec.get("resources") or settings.default_resources)),
+        "readinessProbe": {
+            "httpGet": probe_get,
+            "periodSeconds": 2,
+            "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": dict(probe_get),
+            "initialDelaySeconds": 30,
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 6,
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if spec.get("volumeMounts"):
+        container["volumeMounts"] = copy.deepcopy(list(spec["volumeMounts"]))
+    result: dict[str, Any] = {
+        "containers": [container],
+        "restartPolicy": "Always",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 10,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": settings.run_as_user,
+            "runAsGroup": settings.run_as_group,
+            "fsGroup": settings.run_as_group,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    for key in ("nodeSelector", "tolerations", "volumes"):
+        if spec.get(key):
+            result[key] = copy.deepcopy(spec[key])
+    return result
+
+
+def pod_hash(spec: Mapping[str, Any], token_secret_uid: str) -> str:
+    """Short digest of everything that needs a new pod when it changes."""
+    blob = json.dumps({"spec": spec, "secret": token_secret_uid}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def lab_pod(body: Body, settings: Settings, token_secret_uid: str) -> Manifest:
+    """The lab Pod; its name carries a hash of its spec, so a re-run never duplicates it."""
+    spec = pod_spec(body, settings)
+    digest = pod_hash(spec, token_secret_uid)
+    extra = dict(_spec(body).get("podLabels") or {})
+    labels = extra | labels_for(body) | {naming.COMPONENT_LABEL: "lab", naming.HASH_LABEL: digest}
+    return _owned(
+        body,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": naming.pod_name(_meta(body)["name"], digest), "labels": labels},
+            "spec": spec,
+        },
+    )
+
+
+def service(body: Body, settings: Settings) -> Manifest:
+    """ClusterIP Service in front of the lab, port 8888."""
+    name = _meta(body)["name"]
+    return _owned(
+        body,
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": naming.service_name(name),
+                "labels": labels_for(body) | {naming.COMPONENT_LABEL: "lab"},
+            },
+            "spec": {
+                "type": "ClusterIP",
+                "selector": {naming.SESSION_LABEL: name, naming.COMPONENT_LABEL: "lab"},
+                "ports": [
+                    {
+                        "name": naming.LAB_PORT_NAME,
+                        "port": settings.lab_port,
+                        "targetPort": naming.LAB_PORT_NAME,
+                        "protocol": "TCP",
+                    }
+                ],
+            },
+        },
+    )
+
+
+def network_policy(body: Body, settings: Settings) -> Manifest:
+    """Ingress to the lab only from client-labelled pods and from the operator."""
+    name = _meta(body)["name"]
+    return _owned(
+        body,
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {
+                "name": naming.network_policy_name(name),
+                "labels": labels_for(body) | {naming.COMPONENT_LABEL: "lab"},
+            },
+            "spec": {
+                "podSelector": {
+                    "matchLabels": {naming.SESSION_LABEL: name, naming.COMPONENT_LABEL: "lab"}
+                },
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {
+                        "from": [
+                            {
+                                "namespaceSelector": {},
+                                "podSelector": {"matchLabels": {naming.CLIENT_LABEL: "true"}},
+                            },
+                            {
+                                "namespaceSelector": {
+                                    "matchLabels": {
+                                        "kubernetes.io/metadata.name": settings.operator_namespace
+                                    }
+                                },
+                                "podSelector": {
+                                    "matchLabels": {"app.kubernetes.io/name": naming.MANAGER}
+                                },
+                            },
+                        ],
+                        "ports": [{"protocol": "TCP", "port": settings.lab_port}],
+                    }
+                ],
+            },
+        },
+    )
+
+
+def lab_url(body: Body, settings: Settings, pod_ip: str | None) -> str | None:
+    """Base URL of the lab for clients in this deployment (ends with ``/``)."""
+    meta = _meta(body)
+    if settings.url_mode == "service":
+        svc = naming.service_name(meta["name"])
+        host = f"{svc}.{meta['namespace']}.svc.{settings.cluster_domain}"
+        return f"http://{host}:{settings.lab_port}/"
+    if not pod_ip:
+        return None
+    return f"http://{pod_ip}:{settings.lab_port}/"

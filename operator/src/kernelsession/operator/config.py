@@ -1,0 +1,142 @@
+"""Operator configuration: one frozen object built from environment variables and flags."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+URLMode = Literal["service", "pod-ip"]
+
+ENV_PREFIX = "KERNELSESSION_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the operator can be told; defaults suit a real cluster."""
+
+    namespaces: tuple[str, ...] = ("labs",)
+    """Namespaces to watch; empty means cluster-wide."""
+    default_image: str = "jupyter/base-notebook:latest"
+    default_resources: Mapping[str, Any] = field(
+        default_factory=lambda: {
+            "requests": {"cpu": "100m", "memory": "256Mi"},
+            "limits": {"memory": "2Gi"},
+        }
+    )
+    default_idle_timeout: int = 3600
+    default_max_age: int = 0
+    default_start_timeout: int = 300
+    url_mode: URLMode = "service"
+    cluster_domain: str = "cluster.local"
+    lab_port: int = 8888
+    run_as_user: int = 1000
+    run_as_group: int = 100
+    cull_interval: float = 30.0
+    """Seconds between activity checks of a Ready lab."""
+    cull_warning: int = 300
+    """Seconds before culling at which a CullingSoon event is posted."""
+    cull_connected: bool = False
+    """Whether an idle kernel with open connections may be culled (jupyter-server's default: no)."""
+    starting_interval: float = 1.0
+    """Seconds between checks of a lab that is not Ready yet."""
+    probe_timeout: float = 5.0
+    operator_namespace: str = "kernelsession-system"
+    metrics_port: int = 9090
+    health_port: int = 8080
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(ENV_PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{ENV_PREFIX}{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(ENV_PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{ENV_PREFIX}{name} must be > 0, got {value}")
+    return value
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from ``KERNELSESSION_*`` variables.
+
+    Raises:
+        ConfigError: a variable is malformed (the message names it).
+    """
+    env = os.environ if env is None else env
+    d = Settings()
+    ns_raw = env.get(ENV_PREFIX + "NAMESPACES")
+    if ns_raw is None:
+        namespaces = d.namespaces
+    elif ns_raw.strip() in ("", "*"):
+        namespaces = ()
+    else:
+        namespaces = tuple(n.strip() for n in ns_raw.split(",") if n.strip())
+    resources: Mapping[str, Any] = d.default_resources
+    res_raw = env.get(ENV_PREFIX + "DEFAULT_RESOURCES")
+    if res_raw:
+        try:
+            resources = json.loads(res_raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{ENV_PREFIX}DEFAULT_RESOURCES is not JSON: {exc}") from None
+        if not isinstance(resources, dict) or set(resources) - {"requests", "limits"}:
+            raise ConfigError(
+                f"{ENV_PREFIX}DEFAULT_RESOURCES must be an object with requests/limits"
+            )
+    url_mode = env.get(ENV_PREFIX + "URL_MODE", "auto")
+    if url_mode == "auto":
+        url_mode = "service" if env.get("KUBERNETES_SERVICE_HOST") else "pod-ip"
+    if url_mode not in ("service", "pod-ip"):
+        raise ConfigError(f"{ENV_PREFIX}URL_MODE must be auto, service or pod-ip, got {url_mode!r}")
+    log_format = env.get(ENV_PREFIX + "LOG_FORMAT", d.log_format)
+    if log_format not in ("json", "console"):
+        raise ConfigError(f"{ENV_PREFIX}LOG_FORMAT must be json or console, got {log_format!r}")
+    return Settings(
+        namespaces=namespaces,
+        default_image=env.get(ENV_PREFIX + "DEFAULT_IMAGE", d.default_image),
+        default_resources=resources,
+        default_idle_timeout=_int(env, "DEFAULT_IDLE_TIMEOUT", d.default_idle_timeout),
+        default_max_age=_int(env, "DEFAULT_MAX_AGE", d.default_max_age),
+        default_start_timeout=_int(env, "DEFAULT_START_TIMEOUT", d.default_start_timeout, 1),
+        url_mode=url_mode,  # type: ignore[arg-type]
+        cluster_domain=env.get(ENV_PREFIX + "CLUSTER_DOMAIN", d.cluster_domain),
+        run_as_user=_int(env, "RUN_AS_USER", d.run_as_user, 1),
+        run_as_group=_int(env, "RUN_AS_GROUP", d.run_as_group),
+        cull_interval=_float(env, "CULL_INTERVAL", d.cull_interval),
+        cull_warning=_int(env, "CULL_WARNING", d.cull_warning),
+        cull_connected=env.get(ENV_PREFIX + "CULL_CONNECTED", "false").lower() in ("1", "true"),
+        starting_interval=_float(env, "STARTING_INTERVAL", d.starting_interval),
+        probe_timeout=_float(env, "PROBE_TIMEOUT", d.probe_timeout),
+        operator_namespace=env.get(ENV_PREFIX + "OPERATOR_NAMESPACE", d.operator_namespace),
+        metrics_port=_int(env, "METRICS_PORT", d.metrics_port),
+        health_port=_int(env, "HEALTH_PORT", d.health_port),
+        log_level=env.get(ENV_PREFIX + "LOG_LEVEL", d.log_level).upper(),
+        log_format=log_format,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,129 @@
+"""The operator's Kubernetes calls for child objects (kubernetes_asyncio).
+
+Watches belong to kopf; this module only creates, reads and deletes children and
+writes the session status. Every call is idempotent: creating what exists is not an
+error, deleting what is gone is not an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Mapping
+from typing import Any, cast
+
+from kernelsession.operator import naming
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class ChildRejected(Exception):
+    """The API server refused a child built from the session spec (HTTP 4xx, not 409)."""
+
+    def __init__(self, kind: str, status: int, message: str) -> None:
+        super().__init__(f"{kind} rejected ({status}): {message}")
+        self.kind = kind
+        self.status = status
+        self.message = message
+
+
+def _api_message(exc: ApiException) -> str:
+    import json
+
+    try:
+        body = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        return str(exc.reason)
+    return str(body.get("message") or exc.reason)
+
+
+class Kube:
+    """Typed access to the few API calls the operator makes."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.net = client.NetworkingV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    @classmethod
+    async def connect(cls) -> Kube:
+        """Credentials from the service account in a pod, else from ``KUBECONFIG``."""
+        cfg = client.Configuration()
+        if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        else:
+            await config.load_kube_config(
+                config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg
+            )
+        return cls(client.ApiClient(cfg))
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    async def create(self, manifest: Mapping[str, Any]) -> bool:
+        """Create ``manifest``; False when it already exists.
+
+        Raises:
+            ChildRejected: the API server rejected it (invalid, forbidden...).
+        """
+        kind = manifest["kind"]
+        ns = manifest["metadata"]["namespace"]
+        body = cast(Any, dict(manifest))  # the generated API accepts plain dicts
+        try:
+            if kind == "Pod":
+                await self.core.create_namespaced_pod(ns, body)
+            elif kind == "Secret":
+                await self.core.create_namespaced_secret(ns, body)
+            elif kind == "Service":
+                await self.core.create_namespaced_service(ns, body)
+            elif kind == "NetworkPolicy":
+                await self.net.create_namespaced_network_policy(ns, body)
+            else:  # pragma: no cover - programming error
+                raise ValueError(f"unsupported kind {kind}")
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+                raise ChildRejected(kind, exc.status, _api_message(exc)) from None
+            raise
+        return True
+
+    async def read_token(
+        self, namespace: str, name: str
+    ) -> tuple[str, str, Mapping[str, str]] | None:
+        """(uid, token, labels) of the token Secret, or None when it does not exist."""
+        try:
+            secret = await self.core.read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        raw = (secret.data or {}).get(naming.TOKEN_KEY, "")
+        token = base64.b64decode(raw).decode() if raw else ""
+        return secret.metadata.uid, token, dict(secret.metadata.labels or {})
+
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        try:
+            await self.core.delete_namespaced_pod(name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    async def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """Merge-patch the session's status subresource (404: the session is gone)."""
+        try:
+            await cast(Any, self.custom).patch_namespaced_custom_object_status(
+                naming.GROUP,
+                naming.VERSION,
+                namespace,
+                naming.PLURAL,
+                name,
+                {"status": dict(patch)},
+                _content_type=MERGE_PATCH,
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise

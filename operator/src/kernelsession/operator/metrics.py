@@ -1,0 +1,60 @@
+"""Prometheus metrics of the operator, served on their own port."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from kernelsession.operator.status import CULLED, FAILED, PENDING, READY, STARTING, TERMINATING
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+PHASES = (PENDING, STARTING, READY, FAILED, CULLED, TERMINATING)
+
+REGISTRY = CollectorRegistry()
+
+SPAWN_SECONDS = Histogram(
+    "kernelsession_spawn_seconds",
+    "Seconds from lab pod creation to the session being Ready",
+    buckets=(1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 300, 600),
+    registry=REGISTRY,
+)
+CULLS = Counter("kernelsession_culls", "Labs culled, by reason", ["reason"], registry=REGISTRY)
+RECONCILE_ERRORS = Counter(
+    "kernelsession_reconcile_errors",
+    "Reconcile iterations that raised, by exception type",
+    ["error"],
+    registry=REGISTRY,
+)
+RECONCILES = Counter("kernelsession_reconciles", "Reconcile iterations run", registry=REGISTRY)
+STATUS_WRITES = Counter(
+    "kernelsession_status_writes", "Status patches sent to the API server", registry=REGISTRY
+)
+
+
+class PhaseCollector(Collector):
+    """``kernelsession_sessions{phase}`` from the operator's current view."""
+
+    def __init__(self) -> None:
+        self.phases: dict[tuple[str, str], str] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "kernelsession_sessions", "KernelSessions by phase", labels=["phase"]
+        )
+        counts = dict.fromkeys(PHASES, 0)
+        for phase in list(self.phases.values()):
+            counts[phase] = counts.get(phase, 0) + 1
+        for phase, count in counts.items():
+            family.add_metric([phase], count)
+        yield family
+
+
+SESSIONS = PhaseCollector()
+REGISTRY.register(SESSIONS)
+
+
+def serve(port: int) -> None:
+    """Serve ``/metrics`` on ``port`` (0 disables) in a daemon thread."""
+    if port:
+        start_http_server(port, registry=REGISTRY)

@@ -1,0 +1,46 @@
+"""Names and labels of a session's children: the one place that decides them."""
+
+from __future__ import annotations
+
+GROUP = "kernelsession.dev"
+VERSION = "v1alpha1"
+PLURAL = "kernelsessions"
+KIND = "KernelSession"
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "kernelsession-operator"
+SESSION_LABEL = f"{GROUP}/session"
+USER_LABEL = f"{GROUP}/user"
+CLIENT_LABEL = f"{GROUP}/client"
+HASH_LABEL = f"{GROUP}/pod-hash"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+RESUME_ANNOTATION = f"{GROUP}/resume"
+TOKEN_KEY = "token"
+LAB_PORT_NAME = "http"
+
+
+def token_secret_name(session: str) -> str:
+    return f"{session}-token"
+
+
+def service_name(session: str) -> str:
+    return session
+
+
+def network_policy_name(session: str) -> str:
+    return f"{session}-lab"
+
+
+def pod_name(session: str, pod_hash: str) -> str:
+    return f"{session}-lab-{pod_hash}"
+
+
+def child_labels(session: str, user: str) -> dict[str, str]:
+    """Labels every child carries (DESIGN.md contract)."""
+    return {
+        MANAGED_BY: MANAGER,
+        SESSION_LABEL: session,
+        USER_LABEL: user,
+        "app.kubernetes.io/name": "jupyterlab",
+        "app.kubernetes.io/instance": session,
+    }

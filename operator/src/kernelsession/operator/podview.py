@@ -1,0 +1,76 @@
+"""A typed reading of a lab pod's status: what the operator needs to judge it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# Waiting reasons that mean the lab cannot start without a change by the user.
+IMAGE_REASONS = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+)
+CONFIG_REASONS = frozenset({"CreateContainerConfigError"})
+RUN_REASONS = frozenset({"RunContainerError", "ContainerCannotRun", "CreateContainerError"})
+CRASH_REASONS = frozenset({"CrashLoopBackOff"})
+
+
+@dataclass(frozen=True)
+class PodView:
+    name: str
+    phase: str
+    created: str | None
+    pod_ip: str | None
+    ready: bool
+    deleting: bool
+    restart_count: int
+    waiting_reason: str | None
+    waiting_message: str | None
+    running: bool
+    terminated_reason: str | None
+    terminated_exit_code: int | None
+    last_exit_code: int | None
+    last_message: str | None
+    unschedulable: str | None
+
+
+def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == kind:
+            result: Mapping[str, Any] = cond
+            return result
+    return None
+
+
+def read_pod(pod: Mapping[str, Any]) -> PodView:
+    """Summarise a pod manifest (as served by the API) for status computation."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    statuses = status.get("containerStatuses") or []
+    cs: Mapping[str, Any] = statuses[0] if statuses else {}
+    state = cs.get("state") or {}
+    waiting = state.get("waiting") or {}
+    terminated = state.get("terminated") or {}
+    last_terminated = (cs.get("lastState") or {}).get("terminated") or {}
+    ready_cond = _condition(status, "Ready")
+    sched = _condition(status, "PodScheduled")
+    unschedulable = None
+    if sched and sched.get("status") == "False" and sched.get("reason") == "Unschedulable":
+        unschedulable = str(sched.get("message") or "no node matches the pod")
+    return PodView(
+        name=str(meta.get("name", "")),
+        phase=str(status.get("phase") or "Pending"),
+        created=meta.get("creationTimestamp"),
+        pod_ip=status.get("podIP") or None,
+        ready=bool(ready_cond and ready_cond.get("status") == "True"),
+        deleting=bool(meta.get("deletionTimestamp")),
+        restart_count=int(cs.get("restartCount") or 0),
+        waiting_reason=waiting.get("reason"),
+        waiting_message=waiting.get("message"),
+        running="running" in state,
+        terminated_reason=terminated.get("reason"),
+        terminated_exit_code=terminated.get("exitCode"),
+        last_exit_code=last_terminated.get("exitCode"),
+        last_message=last_terminated.get("message") or terminated.get("message"),
+        unschedulable=unschedulable,
+    )

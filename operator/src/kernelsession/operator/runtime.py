@@ -1,0 +1,68 @@
+"""Process-wide state of a running operator: settings, API clients, per-session wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import httpx
+from kernelsession.operator.config import Settings
+from kernelsession.operator.kube import Kube
+
+Key = tuple[str, str]
+
+
+@dataclass
+class TokenRecord:
+    uid: str
+    token: str
+    checked: float
+
+    def __repr__(self) -> str:  # never print the token
+        return f"TokenRecord(uid={self.uid!r}, checked={self.checked})"
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    kube: Kube
+    http: httpx.AsyncClient
+    wakeups: dict[Key, asyncio.Event] = field(default_factory=dict)
+    tokens: dict[Key, TokenRecord] = field(default_factory=dict)
+    warned: set[Key] = field(default_factory=set)
+
+    def wake_event(self, key: Key) -> asyncio.Event:
+        return self.wakeups.setdefault(key, asyncio.Event())
+
+    def wake(self, key: Key) -> None:
+        event = self.wakeups.get(key)
+        if event is not None:
+            event.set()
+
+    def forget(self, key: Key) -> None:
+        self.wakeups.pop(key, None)
+        self.tokens.pop(key, None)
+        self.warned.discard(key)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        await self.kube.close()
+
+
+_current: Runtime | None = None
+
+
+def install(runtime: Runtime) -> None:
+    global _current
+    _current = runtime
+
+
+def current() -> Runtime:
+    if _current is None:
+        raise RuntimeError("the operator runtime is not started")
+    return _current
+
+
+def clear() -> None:
+    global _current
+    _current = None

@@ -1,0 +1,223 @@
+"""Pure status computation: from what the operator observed to the session's status.
+
+``judge`` turns observations (pod, lab probe, clock) into a phase with a reason and a
+message a user can act on; ``render`` turns that into the ``status`` object, keeping
+``lastTransitionTime`` stable while the Ready condition does not change, so an
+unchanged world renders an identical status and costs no write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kernelsession.operator.podview import (
+    CONFIG_REASONS,
+    CRASH_REASONS,
+    IMAGE_REASONS,
+    RUN_REASONS,
+    PodView,
+)
+
+PENDING, STARTING, READY, FAILED, CULLED, TERMINATING = (
+    "Pending",
+    "Starting",
+    "Ready",
+    "Failed",
+    "Culled",
+    "Terminating",
+)
+# Phases that stay until the user changes the spec or asks to resume.
+STICKY_REASONS = frozenset({"StartTimeout", "IdleTimeout", "MaxAge"})
+
+
+@dataclass(frozen=True)
+class Verdict:
+    phase: str
+    reason: str
+    message: str
+
+    @property
+    def ready(self) -> bool:
+        return self.phase == READY
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def fmt_time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def judge(
+    pod: PodView | None,
+    *,
+    image: str,
+    probe_ok: bool,
+    probe_error: str | None,
+    now: datetime,
+    start_timeout: int,
+    rolling: bool = False,
+) -> Verdict:
+    """Decide the phase of a session from its current pod and the lab probe.
+
+    Failure reasons that a restart cannot fix are reported at once; anything else
+    slower than ``start_timeout`` (counted from pod creation) is a StartTimeout.
+    """
+    if pod is None:
+        return Verdict(PENDING, "Creating", "Creating the lab pod.")
+    if pod.deleting:
+        return Verdict(PENDING, "PodTerminating", "Waiting for the previous lab pod to stop.")
+    if pod.unschedulable:
+        return Verdict(
+            FAILED,
+            "Unschedulable",
+            f"No node can run the lab: {pod.unschedulable}. "
+            "Check spec.nodeSelector, spec.tolerations and spec.resources.",
+        )
+    reason = pod.waiting_reason
+    detail = f": {pod.waiting_message}" if pod.waiting_message else ""
+    if reason in IMAGE_REASONS:
+        return Verdict(
+            FAILED,
+            "ImagePullFailed",
+            f"The lab image {image!r} cannot be pulled ({reason}){detail}. Check spec.image.",
+        )
+    if reason in CONFIG_REASONS:
+        return Verdict(
+            FAILED,
+            "ConfigError",
+            f"The lab container cannot be configured{detail}. "
+            "Check that the Secrets and ConfigMaps named in spec.env exist.",
+        )
+    if reason in RUN_REASONS:
+        return Verdict(
+            FAILED,
+            "CannotRun",
+            f"The lab command cannot start ({reason}){detail}. "
+            "Check that spec.image provides `jupyter server`.",
+        )
+    if reason in CRASH_REASONS:
+        code = pod.last_exit_code
+        last = f"; last output: {pod.last_message.strip()[-300:]}" if pod.last_message else ""
+        return Verdict(
+            FAILED,
+            "CrashLoop",
+            f"The lab keeps exiting (restarts: {pod.restart_count}, last exit code: {code}){last}. "
+            "Check spec.image, spec.env and spec.resources (memory limit).",
+        )
+    if pod.phase in ("Failed", "Succeeded"):
+        return Verdict(
+            FAILED,
+            "LabExited",
+            f"The lab exited ({pod.terminated_reason or pod.phase}, "
+            f"exit code {pod.terminated_exit_code}).",
+        )
+    if pod.ready and probe_ok:
+        return Verdict(READY, "LabReady", "")
+    created = parse_time(pod.created)
+    overdue = created is not None and (now - created).total_seconds() > start_timeout
+    if overdue and not probe_ok and (pod.restart_count == 0 or not pod.running):
+        return Verdict(
+            FAILED,
+            "StartTimeout",
+            f"The lab did not answer its API within spec.startTimeoutSeconds "
+            f"({start_timeout}s)"
+            + (f"; last probe error: {probe_error}" if probe_error else "")
+            + ". Check the lab's logs (kubectl logs) and spec.image.",
+        )
+    if rolling:
+        return Verdict(STARTING, "Rolling", "Replacing the lab pod to apply the new spec.")
+    if pod.phase == "Pending" or not pod.pod_ip:
+        return Verdict(PENDING, "PodPending", "Waiting for the lab pod to start.")
+    if pod.restart_count > 0 and not probe_ok:
+        return Verdict(
+            STARTING,
+            "LabRestarting",
+            f"The lab stopped (restarts: {pod.restart_count}, last exit code: "
+            f"{pod.last_exit_code}); waiting for it to answer again.",
+        )
+    msg = "Waiting for the lab to answer its API"
+    return Verdict(STARTING, "LabStarting", msg + (f" ({probe_error})." if probe_error else "."))
+
+
+def _ready_condition(
+    current: Mapping[str, Any], verdict: Verdict, now: datetime, generation: int
+) -> dict[str, Any]:
+    status = "True" if verdict.ready else "False"
+    previous = next((c for c in current.get("conditions") or [] if c.get("type") == "Ready"), None)
+    since = (
+        previous.get("lastTransitionTime")
+        if previous and previous.get("status") == status and previous.get("lastTransitionTime")
+        else fmt_time(now)
+    )
+    return {
+        "type": "Ready",
+        "status": status,
+        "reason": verdict.reason,
+        "message": verdict.message or "The lab answers its API with the token.",
+        "lastTransitionTime": since,
+        "observedGeneration": generation,
+    }
+
+
+def render(
+    current: Mapping[str, Any],
+    verdict: Verdict,
+    *,
+    now: datetime,
+    generation: int,
+    url: str | None,
+    token_secret_name: str | None,
+    pod: PodView | None,
+    last_activity: str | None = None,
+    culled_time: str | None = None,
+    resume_request: str | None = None,
+) -> dict[str, Any]:
+    """The full ``status`` object for ``verdict``, stable when nothing changed."""
+    ready_time = current.get("readyTime")
+    if verdict.ready and (not ready_time or current.get("podName") != (pod.name if pod else None)):
+        ready_time = fmt_time(now)
+    if pod is None and verdict.phase != CULLED:
+        ready_time = None
+    status: dict[str, Any] = {
+        "phase": verdict.phase,
+        "reason": verdict.reason,
+        "message": verdict.message,
+        "observedGeneration": generation,
+        "conditions": [_ready_condition(current, verdict, now, generation)],
+        "url": url,
+        "tokenSecretName": token_secret_name,
+        "podName": pod.name if pod else None,
+        "startTime": pod.created if pod else current.get("startTime"),
+        "readyTime": ready_time,
+        "lastActivity": last_activity or current.get("lastActivity"),
+        "restarts": pod.restart_count if pod else 0,
+        "culledTime": culled_time,
+        "resumeRequest": resume_request or current.get("resumeRequest"),
+    }
+    return {k: v for k, v in status.items() if v is not None}
+
+
+def status_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A merge patch taking ``current`` to ``desired`` (None when nothing differs)."""
+    patch: dict[str, Any] = {}
+    for key, value in desired.items():
+        if current.get(key) != value:
+            patch[key] = value
+    for key in current:
+        if key not in desired and key != "kopf":
+            patch[key] = None
+    return patch or None
