@@ -1,0 +1,294 @@
+"""The ``JupyterError`` family and the text helpers they use (ANSI stripping, redaction)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from ._models import CodeContext
+
+__all__ = [
+    "JupyterError",
+    "JupyterExecutionError",
+    "JupyterExecutionTimeoutError",
+    "JupyterKernelDiedError",
+    "JupyterOutputLostError",
+    "JupyterTimeoutError",
+    "JupyterWebError",
+    "JupyterWebSocketError",
+    "redact",
+    "strip_ansi",
+]
+
+REDACTED = "<redacted>"
+
+_ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+_TOKEN_PARAM_RE = re.compile(r"(?i)((?:[?&;]|\b)(?:token|password|_xsrf)=)[^&\s;\"']+")
+_AUTH_HEADER_RE = re.compile(r"(?i)(authorization:\s*(?:token|bearer)\s+)\S+")
+
+_MAX_BODY = 2000
+
+
+def strip_ansi(text: str) -> str:
+    """Remove ANSI escape sequences (colours, cursor moves) from ``text``."""
+    return _ANSI_RE.sub("", text)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """Replace every secret in ``text``, and any ``token=``/``password=`` value, by a marker."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    text = _TOKEN_PARAM_RE.sub(lambda m: m.group(1) + REDACTED, text)
+    return _AUTH_HEADER_RE.sub(lambda m: m.group(1) + REDACTED, text)
+
+
+def _indent(text: str, prefix: str = "    ") -> str:
+    return "\n".join(prefix + line for line in text.rstrip("\n").splitlines())
+
+
+class JupyterError(Exception):
+    """Base of every error this client raises.
+
+    Attributes are safe to log: every string given to the constructor is passed
+    through :func:`redact` with the ``secrets`` (the lab token) first.
+
+    Attributes:
+        message: What went wrong, one line.
+        user: The lab's user name.
+        started_at: When the failed operation started.
+        failed_at: When it failed.
+        context: Where the code came from, if code was running.
+        code: The code that was running, if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        user: str | None = None,
+        started_at: datetime | None = None,
+        failed_at: datetime | None = None,
+        context: CodeContext | None = None,
+        code: str | None = None,
+        secrets: Iterable[str] = (),
+    ) -> None:
+        self._secrets = tuple(s for s in secrets if s)
+        self.message = self._redact(message)
+        self.user = user
+        self.failed_at = failed_at or datetime.now(tz=UTC)
+        self.started_at = started_at or self.failed_at
+        self.context = context
+        self._code_text = self._redact(code) if code is not None else None
+        super().__init__(self.message)
+
+    @property
+    def code(self) -> str | None:
+        """The code that was running, if any (redacted)."""
+        return self._code_text
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self._secrets)
+
+    def _details(self) -> list[tuple[str, str]]:
+        """Extra ``(label, value)`` lines of subclasses, shown by ``str()``."""
+        return []
+
+    def __str__(self) -> str:
+        lines = [f"{type(self).__name__}: {self.message}"]
+        if self.user is not None:
+            lines.append(f"  user: {self.user}")
+        lines.append(f"  started: {self.started_at.isoformat()}")
+        lines.append(f"  failed: {self.failed_at.isoformat()}")
+        if self.context is not None and self.context.describe():
+            lines.append(f"  context: {self.context.describe()}")
+        for label, value in self._details():
+            if "\n" in value:
+                lines.append(f"  {label}:")
+                lines.append(_indent(value))
+            else:
+                lines.append(f"  {label}: {value}")
+        if self._code_text is not None:
+            lines.append("  code:")
+            lines.append(_indent(self._code_text) if self._code_text.strip() else "    (empty)")
+        return "\n".join(lines)
+
+
+class JupyterWebError(JupyterError):
+    """An HTTP request to the lab failed (login, session create/delete, interrupt).
+
+    Attributes:
+        method: HTTP method.
+        url: Request URL, token redacted.
+        status: HTTP status, or ``None`` when no response came (connection error).
+        body: Start of the response body, token redacted.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str,
+        url: str,
+        status: int | None = None,
+        body: str | None = None,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.method = method
+        self.url = self._redact(url)
+        self.status = status
+        self.body = self._redact(body[:_MAX_BODY]) if body is not None else None
+
+    def _details(self) -> list[tuple[str, str]]:
+        details = [("request", f"{self.method} {self.url}")]
+        if self.status is not None:
+            details.append(("status", str(self.status)))
+        if self.body:
+            details.append(("body", self.body.strip()))
+        return details
+
+
+class JupyterWebSocketError(JupyterError):
+    """The kernel websocket could not be opened, or closed or broke while in use.
+
+    Attributes:
+        code: Websocket close code if one was received or sent (1006: abnormal
+            closure, e.g. the server died; 1009: a message was larger than
+            ``max_websocket_size``). The code that was running, if any, is
+            ``running_code``.
+        reason: Close reason given by the peer, if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        close_code: int | None = None,
+        reason: str | None = None,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.close_code = close_code
+        self.reason = self._redact(reason) if reason else reason
+
+    @property
+    def code(self) -> int | None:  # type: ignore[override]
+        """The websocket close code, if any."""
+        return self.close_code
+
+    @property
+    def running_code(self) -> str | None:
+        """The code that was running when the websocket broke, if any."""
+        return self._code_text
+
+    def _details(self) -> list[tuple[str, str]]:
+        details = []
+        if self.close_code is not None:
+            details.append(("close code", str(self.close_code)))
+        if self.reason:
+            details.append(("close reason", self.reason))
+        return details
+
+
+class JupyterTimeoutError(JupyterError):
+    """Opening the lab session (kernel websocket and first kernel reply) took too long."""
+
+
+class JupyterExecutionError(JupyterError):
+    """The code raised an exception in the kernel (or the kernel aborted the request).
+
+    Attributes:
+        error: The traceback text as the kernel sent it (may hold ANSI colours;
+            ``str()`` strips them).
+        ename: Exception class name, e.g. ``"ZeroDivisionError"``.
+        evalue: Exception value.
+        status: The ``execute_reply`` status (``"error"`` or ``"aborted"``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error: str | None = None,
+        ename: str | None = None,
+        evalue: str | None = None,
+        status: str | None = None,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.error = self._redact(error) if error is not None else None
+        self.ename = ename
+        self.evalue = self._redact(evalue) if evalue is not None else None
+        self.status = status
+
+    def _details(self) -> list[tuple[str, str]]:
+        details = []
+        if self.status is not None:
+            details.append(("status", self.status))
+        if self.error:
+            details.append(("error", strip_ansi(self.error)))
+        return details
+
+
+class JupyterExecutionTimeoutError(JupyterError):
+    """The code ran longer than its timeout.
+
+    The kernel was interrupted and the interrupted request's messages drained,
+    so the session can run more code.
+
+    Attributes:
+        timeout: The timeout in seconds.
+        interrupted: Whether the interrupt was delivered and the kernel went idle.
+    """
+
+    def __init__(
+        self, message: str, *, timeout: float, interrupted: bool, **kwargs: object
+    ) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.timeout = timeout
+        self.interrupted = interrupted
+
+    def _details(self) -> list[tuple[str, str]]:
+        return [
+            ("timeout", f"{self.timeout:g} s"),
+            ("kernel interrupted", "yes" if self.interrupted else "no"),
+        ]
+
+
+class JupyterKernelDiedError(JupyterError):
+    """The kernel died (or was restarted) while the code ran.
+
+    Attributes:
+        execution_state: The kernel state reported (``"restarting"``, ``"dead"``...).
+    """
+
+    def __init__(self, message: str, *, execution_state: str | None = None, **kwargs: object):
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.execution_state = execution_state
+
+    def _details(self) -> list[tuple[str, str]]:
+        if self.execution_state is None:
+            return []
+        return [("kernel state", self.execution_state)]
+
+
+class JupyterOutputLostError(JupyterError):
+    """The server dropped some of the output (its IOPub data or message rate limit).
+
+    The code ran, but what it printed did not all arrive: rather than return a
+    silently shortened result, this is raised. ``partial_stdout`` holds what
+    did arrive; ``notice`` the server's message.
+    """
+
+    def __init__(self, message: str, *, notice: str, partial_stdout: str, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.notice = self._redact(notice)
+        self.partial_stdout = partial_stdout
+
+    def _details(self) -> list[tuple[str, str]]:
+        return [
+            ("server notice", self.notice.strip()),
+            ("stdout received", f"{len(self.partial_stdout)} characters"),
+        ]
