@@ -1,6 +1,7 @@
-"""kopf handlers: settings at startup, watch-fed indexes, one daemon per session.
+"""kopf handlers: settings at startup, watch-fed indexes, one loop per session.
 
-The daemon runs :func:`reconcile.reconcile` whenever something relevant changes (the
+Each session gets one supervisor loop (an asyncio task started from its first event)
+that runs :func:`reconcile.reconcile` whenever something relevant changes (the
 session, or one of its pods, services or network policies) and otherwise on a timer:
 fast while a lab starts, every cull interval once it is Ready.
 """
@@ -8,6 +9,7 @@ fast while a lab starts, every cull interval once it is Ready.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -56,6 +58,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
+    """Stop every session loop, then close the API clients."""
     await rt_mod.current().close()
     rt_mod.clear()
 
@@ -100,82 +103,80 @@ def child_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) ->
 
 
 @kopf.on.event(naming.GROUP, naming.VERSION, naming.PLURAL)
-def session_changed(namespace: str | None, name: str | None, type: str | None, **_: Any) -> None:
-    if namespace and name:
-        rt_mod.current().wake((namespace, name))
-        if type == "DELETED":
-            metrics.SESSIONS.phases.pop((namespace, name), None)
-
-
-async def _pause(stopped: kopf.DaemonStopped, wake: asyncio.Event, delay: float) -> None:
-    """Sleep until ``delay`` passes, the daemon is stopped, or something wakes it."""
-    waiters = [
-        asyncio.ensure_future(stopped.wait()),
-        asyncio.ensure_future(wake.wait()),
-    ]
-    try:
-        await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-
-
-@kopf.daemon(naming.GROUP, naming.VERSION, naming.PLURAL, cancellation_timeout=10.0)
-async def session_daemon(
-    stopped: kopf.DaemonStopped,
-    namespace: str | None,
-    name: str,
-    body: kopf.Body,
-    **kwargs: Any,
+def session_event(
+    namespace: str | None, name: str | None, type: str | None, body: kopf.Body, **kwargs: Any
 ) -> None:
-    """Reconcile one session for as long as it exists; never raises out.
+    """Every session event (including the initial listing) feeds its supervisor loop.
 
-    kopf passes the indexes declared above by name in ``kwargs``.
+    No daemon and no finalizer: deleting a session never waits for the operator, and
+    kopf writes nothing to the object. kopf passes the indexes above in ``kwargs``.
     """
-    lab_pods: kopf.Index[Any, Any] = kwargs["lab_pods"]
-    lab_services: kopf.Index[Any, Any] = kwargs["lab_services"]
-    lab_policies: kopf.Index[Any, Any] = kwargs["lab_policies"]
+    if not namespace or not name:
+        return
     rt = rt_mod.current()
-    assert namespace is not None, "KernelSession is namespaced"
     key = (namespace, name)
+    if type == "DELETED":
+        rt.stop_loop(key)
+        metrics.SESSIONS.phases.pop(key, None)
+        return
+    rt.bodies[key] = dict(body)
+    if rt.has_loop(key):
+        rt.wake(key)
+        return
+    indexes = (kwargs["lab_pods"], kwargs["lab_services"], kwargs["lab_policies"])
+    rt.start_loop(key, session_loop(rt, key, *indexes))
+
+
+async def session_loop(
+    rt: Runtime,
+    key: tuple[str, str],
+    lab_pods: kopf.Index[Any, Any],
+    lab_services: kopf.Index[Any, Any],
+    lab_policies: kopf.Index[Any, Any],
+) -> None:
+    """Reconcile one session until it is deleted or the operator stops; never raises out.
+
+    Runs a pass whenever something wakes it (the session or a child changed), else on
+    the delay the pass returned (fast while starting, the cull interval once Ready).
+    Failures back off exponentially up to a minute and are counted in metrics.
+    """
+    namespace, name = key
     wake = rt.wake_event(key)
     failures = 0
-    try:
-        while not stopped:
-            wake.clear()
-            try:
-                delay = await reconcile.reconcile(
-                    rt,
-                    body,
-                    list(lab_pods.get(key, [])),
-                    key in lab_services,
-                    key in lab_policies,
-                )
-                failures = 0
-            except kopf.PermanentError as exc:
-                metrics.RECONCILE_ERRORS.labels("PermanentError").inc()
-                log.error(
-                    "session cannot be reconciled",
-                    namespace=namespace,
-                    session=name,
-                    error=str(exc),
-                )
-                kopf.event(body, type="Warning", reason="ReconcileFailed", message=str(exc))
-                delay = MAX_BACKOFF
-            except Exception as exc:
-                failures += 1
-                metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
-                delay = min(MAX_BACKOFF, 0.5 * 2**failures)
-                if isinstance(exc, kopf.TemporaryError) and exc.delay:
-                    delay = min(delay, float(exc.delay))
-                log.warning(
-                    "reconcile failed; retrying",
-                    namespace=namespace,
-                    session=name,
-                    error=f"{type(exc).__name__}: {exc}",
-                    retry_in=delay,
-                )
-            metrics.RECONCILES.inc()
-            await _pause(stopped, wake, delay)
-    finally:
-        rt.forget(key)
+    while True:
+        wake.clear()
+        body = rt.bodies[key]
+        try:
+            delay = await reconcile.reconcile(
+                rt,
+                body,
+                list(lab_pods.get(key, [])),
+                key in lab_services,
+                key in lab_policies,
+            )
+            failures = 0
+        except asyncio.CancelledError:
+            raise
+        except kopf.PermanentError as exc:
+            metrics.RECONCILE_ERRORS.labels("PermanentError").inc()
+            log.error(
+                "session cannot be reconciled", namespace=namespace, session=name, error=str(exc)
+            )
+            reconcile.event(body, "ReconcileFailed", str(exc), warning=True)
+            delay = MAX_BACKOFF
+        except Exception as exc:
+            failures += 1
+            metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
+            delay = min(MAX_BACKOFF, 0.5 * 2**failures)
+            if isinstance(exc, kopf.TemporaryError) and exc.delay:
+                delay = min(delay, float(exc.delay))
+            log.warning(
+                "reconcile failed; retrying",
+                namespace=namespace,
+                session=name,
+                error=f"{type(exc).__name__}: {exc}",
+                retry_in=delay,
+            )
+        metrics.RECONCILES.inc()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=delay)

@@ -27,7 +27,7 @@ RESUME_HINT = (
 )
 
 
-def _event(body: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
+def event(body: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
     kind = "Warning" if warning else "Normal"
     kopf.event(cast(kopf.Body, body), type=kind, reason=reason, message=message)
 
@@ -47,7 +47,7 @@ async def _token(rt: Runtime, body: Mapping[str, Any], key: Key) -> TokenRecord:
     if found is None:
         created = await rt.kube.create(builders.token_secret(body, builders.new_token()))
         if created:
-            _event(body, "TokenCreated", f"Created token Secret {secret_name}")
+            event(body, "TokenCreated", f"Created token Secret {secret_name}")
         found = await rt.kube.read_token(ns, secret_name)
         if found is None:
             raise kopf.TemporaryError("token Secret not readable yet", delay=1)
@@ -103,7 +103,7 @@ async def reconcile(
     if resume_asked or (sticky and spec_changed):
         rt.warned.discard(key)
         if resume_asked:
-            _event(body, "Resumed", "Starting the lab again on request.")
+            event(body, "Resumed", "Starting the lab again on request.")
 
     token = await _token(rt, body, key)
     await _ensure_absent_ok(rt, builders.service(body, cfg), has_service)
@@ -135,7 +135,7 @@ async def reconcile(
             return cfg.cull_interval
         if created:
             log_.info("lab pod created", pod=desired_name)
-            _event(body, "Created", f"Created lab pod {desired_name}")
+            event(body, "Created", f"Created lab pod {desired_name}")
 
     pod_ip = pod_view.pod_ip if pod_view else None
     url = builders.lab_url(body, cfg, pod_ip)
@@ -177,14 +177,14 @@ async def reconcile(
         )
         if decision.action == "warn" and key not in rt.warned:
             rt.warned.add(key)
-            _event(body, "CullingSoon", decision.message)
+            event(body, "CullingSoon", decision.message)
         elif decision.action == "keep":
             rt.warned.discard(key)
         elif decision.action == "cull":
             assert pod_view is not None
             message = decision.message + RESUME_HINT.format(name=name, ns=ns)
             log_.info("culling lab", reason=decision.reason, pod=pod_view.name)
-            _event(body, "Culled", message)
+            event(body, "Culled", message)
             await rt.kube.delete_pod(ns, pod_view.name)
             metrics.CULLS.labels(decision.reason).inc()
             verdict = st.Verdict(st.CULLED, decision.reason, message)
@@ -263,6 +263,6 @@ async def _write(
             started = st.parse_time(pod_view.created)
             seconds = (now - started).total_seconds() if started else 0.0
             metrics.SPAWN_SECONDS.observe(seconds)
-            _event(body, "Ready", f"The lab answers its API ({seconds:.1f}s after pod creation)")
+            event(body, "Ready", f"The lab answers its API ({seconds:.1f}s after pod creation)")
         elif verdict.phase == st.FAILED or verdict.reason == "LabRestarting":
-            _event(body, verdict.reason, verdict.message, warning=True)
+            event(body, verdict.reason, verdict.message, warning=True)

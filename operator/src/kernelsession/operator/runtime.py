@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 from kernelsession.operator.config import Settings
@@ -30,6 +32,22 @@ class Runtime:
     wakeups: dict[Key, asyncio.Event] = field(default_factory=dict)
     tokens: dict[Key, TokenRecord] = field(default_factory=dict)
     warned: set[Key] = field(default_factory=set)
+    bodies: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    loops: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
+
+    def has_loop(self, key: Key) -> bool:
+        task = self.loops.get(key)
+        return task is not None and not task.done()
+
+    def start_loop(self, key: Key, coro: Coroutine[Any, Any, None]) -> None:
+        self.loops[key] = asyncio.get_running_loop().create_task(coro, name=f"session {key}")
+
+    def stop_loop(self, key: Key) -> None:
+        task = self.loops.pop(key, None)
+        if task is not None:
+            task.cancel()
+        self.bodies.pop(key, None)
+        self.forget(key)
 
     def wake_event(self, key: Key) -> asyncio.Event:
         return self.wakeups.setdefault(key, asyncio.Event())
@@ -45,6 +63,11 @@ class Runtime:
         self.warned.discard(key)
 
     async def close(self) -> None:
+        tasks = list(self.loops.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.loops.clear()
         await self.http.aclose()
         await self.kube.close()
 
