@@ -1,0 +1,252 @@
+"""The ``kernelsession`` command: ``exec`` code in a lab, ``probe`` a lab's health.
+
+Exit codes: 0 success/healthy, 1 failure/unhealthy (the typed error is
+printed), 2 usage error. Tokens are read from a file or an environment
+variable only, never from the command line (where ``ps`` would show them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ._errors import JupyterError, redact
+from ._session import JupyterLabSessionManager
+
+__all__ = ["LabTarget", "UsageError", "main", "resolve_target"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+DEFAULT_NAMESPACE = "labs"
+PROBE_CODE = "print('kernelsession-probe-ok')"
+PROBE_EXPECTED = "kernelsession-probe-ok\n"
+
+
+class UsageError(Exception):
+    """The command line cannot be acted on (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class LabTarget:
+    """Where to connect: the lab's base URL, its token and the user name."""
+
+    base_url: str
+    token: str
+    username: str
+
+
+def _read_token(args: argparse.Namespace) -> str:
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as e:
+            raise UsageError(f"cannot read --token-file: {e.strerror}") from None
+    elif args.token_env:
+        token = os.environ.get(args.token_env, "").strip()
+        if not token:
+            raise UsageError(f"environment variable {args.token_env} is not set or empty")
+    else:
+        token = os.environ.get("JUPYTER_TOKEN", "").strip()
+        if not token:
+            raise UsageError(
+                "--url needs a token: give --token-file FILE or --token-env VAR "
+                "(or set JUPYTER_TOKEN)"
+            )
+    return token
+
+
+async def resolve_target(args: argparse.Namespace) -> LabTarget:
+    """Turn parsed arguments into the lab to connect to.
+
+    Two forms:
+    * ``--url URL`` with ``--token-file``/``--token-env``: a lab anywhere.
+    * ``NAME [-n NAMESPACE]``: a ``KernelSession`` resource, resolved through
+      the Kubernetes side of the client (``kernelsession.client._kubernetes``).
+
+    Raises:
+        UsageError: Neither form given, or the session-name form is unavailable.
+    """
+    if args.url:
+        if not args.url.startswith(("http://", "https://")):
+            raise UsageError("--url must start with http:// or https://")
+        return LabTarget(args.url, _read_token(args), args.user or getpass.getuser())
+    if not args.name:
+        raise UsageError("give a session NAME or --url URL")
+    # ---- session-name form: resolved by the Kubernetes side (operator issue) ----
+    # Contract for kernelsession.client._kubernetes:
+    #   async def resolve_lab_target(name: str, namespace: str) -> tuple[str, str, str]
+    #   returning (base_url, token, username) from the session's status and token Secret,
+    #   raising JupyterError (or a subclass) when the session is missing or not Ready.
+    try:
+        kubernetes = importlib.import_module("kernelsession.client._kubernetes")
+    except ImportError:
+        kubernetes = None
+    resolver = getattr(kubernetes, "resolve_lab_target", None)
+    if resolver is None:
+        raise UsageError(
+            f"cannot resolve session {args.name!r}: session-name resolution needs the "
+            "operator side of the client (kernelsession.client._kubernetes); "
+            "use --url URL with --token-file/--token-env instead"
+        )
+    base_url, token, username = await resolver(args.name, args.namespace)
+    return LabTarget(str(base_url), str(token), args.user or str(username))
+
+
+def _manager(target: LabTarget, args: argparse.Namespace) -> JupyterLabSessionManager:
+    return JupyterLabSessionManager(
+        base_url=target.base_url,
+        token=target.token,
+        username=target.username,
+        kernel_name=args.kernel,
+        websocket_open_timeout=timedelta(seconds=args.open_timeout),
+    )
+
+
+async def _exec(args: argparse.Namespace) -> int:
+    target = await resolve_target(args)
+    code = args.code
+    if code == "-":
+        code = sys.stdin.read()
+    try:
+        async with _manager(target, args) as session:
+            output = await session.run_python(code, timeout=args.timeout)
+    except JupyterError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_FAILED
+    sys.stdout.write(output)
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+async def _probe(args: argparse.Namespace) -> int:
+    target = await resolve_target(args)
+    manager = _manager(target, args)
+    execute: float | None = None
+    error: JupyterError | None = None
+    healthy = False
+    detail = ""
+    t_start = time.perf_counter()
+    try:
+        async with manager as session:
+            t0 = time.perf_counter()
+            output = await session.run_python(PROBE_CODE, timeout=args.timeout)
+            execute = time.perf_counter() - t0
+            healthy = output == PROBE_EXPECTED
+            if not healthy:
+                detail = f"unexpected output {output!r}"
+    except JupyterError as e:
+        error = e
+        detail = e.message
+    total = time.perf_counter() - t_start
+    phases: dict[str, float | None] = {**manager.timings.as_dict(), "execute": execute}
+    order = ["login", "session_create", "websocket_open", "execute", "cleanup"]
+    if args.json:
+        report: dict[str, Any] = {
+            "healthy": healthy,
+            "url": redact(target.base_url, (target.token,)),
+            "user": target.username,
+            "seconds": {k: phases[k] for k in order},
+            "total_seconds": total,
+        }
+        if error is not None:
+            report["error"] = {"type": type(error).__name__, "message": error.message}
+        elif detail:
+            report["error"] = {"type": "UnexpectedOutput", "message": detail}
+        print(json.dumps(report, indent=2))
+    else:
+        print(
+            f"{'healthy' if healthy else 'UNHEALTHY'}: {redact(target.base_url, (target.token,))}"
+        )
+        for key in order:
+            value = phases[key]
+            shown = "-" if value is None else f"{value * 1000:9.1f} ms"
+            print(f"  {key:<15} {shown}")
+        print(f"  {'total':<15} {total * 1000:9.1f} ms")
+        if error is not None:
+            print(str(error), file=sys.stderr)
+        elif detail:
+            print(detail, file=sys.stderr)
+    return EXIT_OK if healthy else EXIT_FAILED
+
+
+def _target_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", nargs="?", metavar="NAME", help="KernelSession name")
+    parser.add_argument(
+        "-n", "--namespace", default=DEFAULT_NAMESPACE, help="namespace of NAME (default: labs)"
+    )
+    parser.add_argument("--url", help="lab base URL instead of a session NAME")
+    token = parser.add_mutually_exclusive_group()
+    token.add_argument("--token-file", metavar="FILE", help="file holding the lab token")
+    token.add_argument("--token-env", metavar="VAR", help="environment variable holding the token")
+    parser.add_argument(
+        "--user", help="user name for logs and errors (default: from NAME or $USER)"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    parser.add_argument("--kernel", default="python3", help="kernel spec name (default: python3)")
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds the code may run (default: 60)"
+    )
+    parser.add_argument(
+        "--open-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to open the kernel websocket (default: 60)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kernelsession", description="Run code in JupyterLab sessions."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    exec_parser = sub.add_parser("exec", help="run code in a lab and print its stdout")
+    _target_arguments(exec_parser)
+    exec_parser.add_argument(
+        "-c", "--code", required=True, help="Python code to run ('-' reads stdin)"
+    )
+    probe_parser = sub.add_parser(
+        "probe", help="health check: exit 0 if the lab runs code, 1 if not, 2 on usage errors"
+    )
+    _target_arguments(probe_parser)
+    probe_parser.add_argument("--json", action="store_true", help="print a JSON report")
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Send logs to stderr (stdout is the code's output), warnings only unless -v."""
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.DEBUG if verbose else logging.WARNING
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: returns the exit code (argparse exits 2 on bad usage)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    runner = _exec if args.command == "exec" else _probe
+    try:
+        return asyncio.run(runner(args))
+    except UsageError as e:
+        print(f"kernelsession {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
