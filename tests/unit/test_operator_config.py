@@ -1,0 +1,47 @@
+"""Operator configuration from the environment: defaults, parsing and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+from kernelsession.operator.config import ConfigError, from_env
+
+
+def test_defaults_outside_a_cluster_use_pod_ips() -> None:
+    s = from_env({})
+    assert s.namespaces == ("labs",)
+    assert s.url_mode == "pod-ip"
+    assert from_env({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}).url_mode == "service"
+
+
+def test_values_are_parsed() -> None:
+    s = from_env(
+        {
+            "KERNELSESSION_NAMESPACES": "a, b",
+            "KERNELSESSION_DEFAULT_IDLE_TIMEOUT": "0",
+            "KERNELSESSION_CULL_INTERVAL": "0.5",
+            "KERNELSESSION_DEFAULT_RESOURCES": '{"requests": {"cpu": "1"}}',
+            "KERNELSESSION_URL_MODE": "service",
+        }
+    )
+    assert s.namespaces == ("a", "b")
+    assert s.default_idle_timeout == 0
+    assert s.cull_interval == 0.5
+    assert s.default_resources == {"requests": {"cpu": "1"}}
+    assert from_env({"KERNELSESSION_NAMESPACES": "*"}).clusterwide
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("DEFAULT_IDLE_TIMEOUT", "soon"),
+        ("DEFAULT_START_TIMEOUT", "0"),
+        ("CULL_INTERVAL", "-1"),
+        ("DEFAULT_RESOURCES", "{not json"),
+        ("DEFAULT_RESOURCES", '{"cpu": 1}'),
+        ("URL_MODE", "magic"),
+        ("LOG_FORMAT", "xml"),
+    ],
+)
+def test_bad_values_name_the_variable(var: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"KERNELSESSION_{var}"):
+        from_env({f"KERNELSESSION_{var}": value})

@@ -1,0 +1,143 @@
+"""Pure status computation: phases, reasons and a status that is stable when nothing changes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kernelsession.operator import status as st
+from kernelsession.operator.podview import read_pod
+
+NOW = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
+
+
+def pod(
+    *,
+    phase: str = "Running",
+    ip: str | None = "127.0.1.2",
+    ready: bool = True,
+    waiting: tuple[str, str] | None = None,
+    restarts: int = 0,
+    created: datetime = NOW - timedelta(seconds=5),
+    unschedulable: str | None = None,
+    last_exit: int | None = None,
+) -> Any:
+    state: dict[str, Any] = {"running": {"startedAt": "x"}}
+    if waiting:
+        state = {"waiting": {"reason": waiting[0], "message": waiting[1]}}
+    conditions = [{"type": "Ready", "status": "True" if ready else "False"}]
+    if unschedulable:
+        conditions.append(
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": unschedulable,
+            }
+        )
+    cs: dict[str, Any] = {"restartCount": restarts, "state": state}
+    if last_exit is not None:
+        cs["lastState"] = {"terminated": {"exitCode": last_exit, "message": "boom"}}
+    return read_pod(
+        {
+            "metadata": {"name": "alice-lab-abc", "creationTimestamp": st.fmt_time(created)},
+            "status": {
+                "phase": phase,
+                "podIP": ip,
+                "conditions": conditions,
+                "containerStatuses": [cs],
+            },
+        }
+    )
+
+
+def judge(p: Any, probe_ok: bool = True, timeout: int = 300) -> st.Verdict:
+    return st.judge(
+        p,
+        image="img:1",
+        probe_ok=probe_ok,
+        probe_error=None if probe_ok else "ConnectError",
+        now=NOW,
+        start_timeout=timeout,
+    )
+
+
+def test_ready_needs_pod_ready_and_the_api_answering() -> None:
+    assert judge(pod()).phase == st.READY
+    assert judge(pod(), probe_ok=False).phase == st.STARTING
+    assert judge(pod(ready=False)).phase == st.STARTING
+    assert judge(None).phase == st.PENDING
+    assert judge(pod(phase="Pending", ip=None, ready=False), probe_ok=False).phase == st.PENDING
+
+
+def test_failure_reasons_are_immediate_and_actionable() -> None:
+    cases = {
+        ("ErrImagePull", "not found"): ("ImagePullFailed", "spec.image"),
+        ("ImagePullBackOff", "back-off"): ("ImagePullFailed", "spec.image"),
+        ("CreateContainerConfigError", 'secret "x" not found'): ("ConfigError", "spec.env"),
+        ("RunContainerError", "exec: jupyter: not found"): ("CannotRun", "spec.image"),
+        ("CrashLoopBackOff", "back-off 10s"): ("CrashLoop", "restarts"),
+    }
+    for waiting, (reason, hint) in cases.items():
+        v = judge(pod(waiting=waiting, ready=False, restarts=3, last_exit=1), probe_ok=False)
+        assert (v.phase, v.reason) == (st.FAILED, reason), waiting
+        assert hint in v.message
+    v = judge(pod(unschedulable="0/1 nodes match", phase="Pending", ip=None), probe_ok=False)
+    assert (v.phase, v.reason) == (st.FAILED, "Unschedulable")
+    assert "0/1 nodes match" in v.message and "spec.nodeSelector" in v.message
+
+
+def test_start_timeout_counts_from_pod_creation() -> None:
+    young = pod(ready=False, created=NOW - timedelta(seconds=10))
+    old = pod(ready=False, created=NOW - timedelta(seconds=400))
+    assert judge(young, probe_ok=False).phase == st.STARTING
+    v = judge(old, probe_ok=False)
+    assert (v.phase, v.reason) == (st.FAILED, "StartTimeout")
+    assert "300s" in v.message and "ConnectError" in v.message
+
+
+def test_restarted_lab_leaves_ready_with_reason() -> None:
+    v = judge(pod(ready=False, restarts=1, last_exit=137), probe_ok=False)
+    assert (v.phase, v.reason) == (st.STARTING, "LabRestarting")
+    assert "137" in v.message
+
+
+def test_render_is_stable_and_keeps_transition_time() -> None:
+    p = pod()
+    first = st.render(
+        {}, judge(p), now=NOW, generation=2, url="http://x/", token_secret_name="alice-token", pod=p
+    )
+    assert first["phase"] == "Ready"
+    assert first["observedGeneration"] == 2
+    (cond,) = first["conditions"]
+    assert cond["type"] == "Ready" and cond["status"] == "True"
+    assert first["readyTime"] == st.fmt_time(NOW)
+    later = NOW + timedelta(minutes=5)
+    second = st.render(
+        first,
+        judge(p),
+        now=later,
+        generation=2,
+        url="http://x/",
+        token_secret_name="alice-token",
+        pod=p,
+    )
+    assert second == first
+    assert st.status_patch(first, second) is None
+    failed = st.render(
+        first,
+        judge(p, probe_ok=False),
+        now=later,
+        generation=2,
+        url="http://x/",
+        token_secret_name="alice-token",
+        pod=p,
+    )
+    assert failed["conditions"][0]["lastTransitionTime"] == st.fmt_time(later)
+    patch = st.status_patch(first, failed)
+    assert patch is not None and patch["phase"] == "Starting"
+
+
+def test_status_patch_removes_vanished_fields() -> None:
+    assert st.status_patch({"a": 1, "b": 2}, {"a": 1}) == {"b": None}
+    assert st.status_patch({"a": 1}, {"a": 1}) is None
