@@ -81,5 +81,6 @@ def test_parse_activity_from_jupyter_answers() -> None:
             }
         ],
     )
-    assert a.connections == 2 and not a.busy
+    assert a.connections == 2
+    assert not a.busy
     assert a.latest() == datetime(2026, 11, 21, 11, 59, 30, 123456, tzinfo=UTC)

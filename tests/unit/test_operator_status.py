@@ -84,7 +84,8 @@ def test_failure_reasons_are_immediate_and_actionable() -> None:
         assert hint in v.message
     v = judge(pod(unschedulable="0/1 nodes match", phase="Pending", ip=None), probe_ok=False)
     assert (v.phase, v.reason) == (st.FAILED, "Unschedulable")
-    assert "0/1 nodes match" in v.message and "spec.nodeSelector" in v.message
+    assert "0/1 nodes match" in v.message
+    assert "spec.nodeSelector" in v.message
 
 
 def test_start_timeout_counts_from_pod_creation() -> None:
@@ -93,7 +94,8 @@ def test_start_timeout_counts_from_pod_creation() -> None:
     assert judge(young, probe_ok=False).phase == st.STARTING
     v = judge(old, probe_ok=False)
     assert (v.phase, v.reason) == (st.FAILED, "StartTimeout")
-    assert "300s" in v.message and "ConnectError" in v.message
+    assert "300s" in v.message
+    assert "ConnectError" in v.message
 
 
 def test_restarted_lab_leaves_ready_with_reason() -> None:
@@ -110,7 +112,8 @@ def test_render_is_stable_and_keeps_transition_time() -> None:
     assert first["phase"] == "Ready"
     assert first["observedGeneration"] == 2
     (cond,) = first["conditions"]
-    assert cond["type"] == "Ready" and cond["status"] == "True"
+    assert cond["type"] == "Ready"
+    assert cond["status"] == "True"
     assert first["readyTime"] == st.fmt_time(NOW)
     later = NOW + timedelta(minutes=5)
     second = st.render(
@@ -135,7 +138,8 @@ def test_render_is_stable_and_keeps_transition_time() -> None:
     )
     assert failed["conditions"][0]["lastTransitionTime"] == st.fmt_time(later)
     patch = st.status_patch(first, failed)
-    assert patch is not None and patch["phase"] == "Starting"
+    assert patch is not None
+    assert patch["phase"] == "Starting"
 
 
 def test_status_patch_removes_vanished_fields() -> None:
