@@ -48,6 +48,11 @@ def _indent(text: str, prefix: str = "    ") -> str:
     return "\n".join(prefix + line for line in text.rstrip("\n").splitlines())
 
 
+def _redact_with(kwargs: dict[str, object], text: str) -> str:
+    secrets = kwargs.get("secrets", ())
+    return redact(text, secrets if isinstance(secrets, tuple | list) else ())
+
+
 class JupyterError(Exception):
     """Base of every error this client raises.
 
@@ -74,22 +79,19 @@ class JupyterError(Exception):
         code: str | None = None,
         secrets: Iterable[str] = (),
     ) -> None:
-        self._secrets = tuple(s for s in secrets if s)
-        self.message = self._redact(message)
+        secrets = tuple(s for s in secrets if s)  # used here, never stored
+        self.message = redact(message, secrets)
         self.user = user
         self.failed_at = failed_at or datetime.now(tz=UTC)
         self.started_at = started_at or self.failed_at
         self.context = context
-        self._code_text = self._redact(code) if code is not None else None
+        self._code_text = redact(code, secrets) if code is not None else None
         super().__init__(self.message)
 
     @property
     def code(self) -> str | None:
         """The code that was running, if any (redacted)."""
         return self._code_text
-
-    def _redact(self, text: str) -> str:
-        return redact(text, self._secrets)
 
     def _details(self) -> list[tuple[str, str]]:
         """Extra ``(label, value)`` lines of subclasses, shown by ``str()``."""
@@ -137,9 +139,9 @@ class JupyterWebError(JupyterError):
     ) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.method = method
-        self.url = self._redact(url)
+        self.url = _redact_with(kwargs, url)
         self.status = status
-        self.body = self._redact(body[:_MAX_BODY]) if body is not None else None
+        self.body = _redact_with(kwargs, body[:_MAX_BODY]) if body is not None else None
 
     def _details(self) -> list[tuple[str, str]]:
         details = [("request", f"{self.method} {self.url}")]
@@ -171,7 +173,7 @@ class JupyterWebSocketError(JupyterError):
     ) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.close_code = close_code
-        self.reason = self._redact(reason) if reason else reason
+        self.reason = _redact_with(kwargs, reason) if reason else reason
 
     @property
     def code(self) -> int | None:  # type: ignore[override]
@@ -218,9 +220,9 @@ class JupyterExecutionError(JupyterError):
         **kwargs: object,
     ) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
-        self.error = self._redact(error) if error is not None else None
+        self.error = _redact_with(kwargs, error) if error is not None else None
         self.ename = ename
-        self.evalue = self._redact(evalue) if evalue is not None else None
+        self.evalue = _redact_with(kwargs, evalue) if evalue is not None else None
         self.status = status
 
     def _details(self) -> list[tuple[str, str]]:
@@ -284,7 +286,7 @@ class JupyterOutputLostError(JupyterError):
 
     def __init__(self, message: str, *, notice: str, partial_stdout: str, **kwargs: object) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
-        self.notice = self._redact(notice)
+        self.notice = _redact_with(kwargs, notice)
         self.partial_stdout = partial_stdout
 
     def _details(self) -> list[tuple[str, str]]:
