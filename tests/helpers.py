@@ -1,0 +1,122 @@
+"""Small shared test helpers: waiting for conditions with deadlines, SA kubeconfigs.
+
+Tests never sleep in place of a condition: they poll one with :func:`wait_for` /
+:func:`async_wait_for`, which fail with a message saying what was awaited and what was
+last observed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from kernelsession.localcluster.cluster import LocalCluster
+
+T = TypeVar("T")
+
+
+class WaitTimeoutError(AssertionError):
+    """The awaited condition did not hold before the deadline."""
+
+
+def wait_for(
+    predicate: Callable[[], T],
+    timeout: float = 30.0,
+    what: str = "condition",
+    interval: float = 0.1,
+) -> T:
+    """Poll ``predicate`` until it returns a truthy value; return that value.
+
+    Exceptions raised by the predicate count as "not yet" (the last one is reported).
+    Raises WaitTimeoutError after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+            last = value
+        except Exception as exc:  # the condition is not there yet
+            last = exc
+        if time.monotonic() > deadline:
+            raise WaitTimeoutError(
+                f"timed out after {timeout:g}s waiting for {what}; last: {last!r}"
+            )
+        time.sleep(interval)
+
+
+async def async_wait_for(
+    predicate: Callable[[], Awaitable[T] | T],
+    timeout: float = 30.0,
+    what: str = "condition",
+    interval: float = 0.1,
+) -> T:
+    """Async :func:`wait_for`; ``predicate`` may be sync or async.
+
+    Raises WaitTimeoutError after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            value = predicate()
+            if inspect.isawaitable(value):
+                value = await value
+            if value:
+                return value  # type: ignore[return-value]
+            last = value
+        except Exception as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise WaitTimeoutError(
+                f"timed out after {timeout:g}s waiting for {what}; last: {last!r}"
+            )
+        await asyncio.sleep(interval)
+
+
+def sa_kubeconfig(
+    cluster: LocalCluster,
+    rbac: str | Path | list[dict[str, Any]] | None,
+    namespace: str,
+    name: str,
+    path: Path | None = None,
+) -> Path:
+    """Apply ``rbac`` (a manifest file, YAML text or list of objects; may be None) and
+    return a kubeconfig authenticating as ServiceAccount ``namespace/name``.
+
+    The ServiceAccount (and namespace) are created if the manifests do not do so.
+    Raises subprocess.CalledProcessError when kubectl rejects the manifests.
+    """
+    if rbac is not None:
+        if isinstance(rbac, list):
+            docs = rbac
+        else:
+            text = rbac.read_text() if isinstance(rbac, Path) else rbac
+            docs = [d for d in yaml.safe_load_all(text) if d]
+        namespaces = [d for d in docs if d.get("kind") == "Namespace"]
+        if namespaces:
+            cluster.apply(namespaces)
+        else:
+            cluster.kubectl("create", "namespace", namespace, check=False)
+        rest = [d for d in docs if d.get("kind") != "Namespace"]
+        if rest:
+            cluster.apply(rest)
+    if path is None:
+        path = Path(tempfile.mkdtemp(prefix="ks-sa-")) / f"{namespace}-{name}.kubeconfig"
+    return cluster.service_account_kubeconfig(namespace, name, path)
+
+
+def pod_condition(pod: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+    """The pod condition of type ``ctype`` (a JSON pod), or None."""
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == ctype:
+            return dict(cond)
+    return None
