@@ -26,7 +26,7 @@ import structlog
 from ._errors import JupyterError, redact
 from ._session import JupyterLabSessionManager
 
-__all__ = ["LabTarget", "UsageError", "main", "resolve_target"]
+__all__ = ["LabTarget", "ResolveError", "UsageError", "main", "resolve_target"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -39,6 +39,10 @@ PROBE_EXPECTED = "kernelsession-probe-ok\n"
 
 class UsageError(Exception):
     """The command line cannot be acted on (exit code 2)."""
+
+
+class ResolveError(Exception):
+    """The named session could not be resolved to a lab (exit code 1)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,7 @@ async def resolve_target(args: argparse.Namespace) -> LabTarget:
 
     Raises:
         UsageError: Neither form given, or the session-name form is unavailable.
+        ResolveError: The named session is missing, not Ready, or unreadable.
     """
     if args.url:
         if not args.url.startswith(("http://", "https://")):
@@ -87,23 +92,24 @@ async def resolve_target(args: argparse.Namespace) -> LabTarget:
         return LabTarget(args.url, _read_token(args), args.user or getpass.getuser())
     if not args.name:
         raise UsageError("give a session NAME or --url URL")
-    # ---- session-name form: resolved by the Kubernetes side (operator issue) ----
-    # Contract for kernelsession.client._kubernetes:
-    #   async def resolve_lab_target(name: str, namespace: str) -> tuple[str, str, str]
-    #   returning (base_url, token, username) from the session's status and token Secret,
-    #   raising JupyterError (or a subclass) when the session is missing or not Ready.
+    # ---- session-name form: resolved by the Kubernetes side (kernelsession.client._kubernetes,
+    # imported lazily so --url use never needs kubernetes_asyncio or a kubeconfig) ----
     try:
         kubernetes = importlib.import_module("kernelsession.client._kubernetes")
-    except ImportError:
-        kubernetes = None
-    resolver = getattr(kubernetes, "resolve_lab_target", None)
-    if resolver is None:
+    except ImportError as e:
         raise UsageError(
             f"cannot resolve session {args.name!r}: session-name resolution needs the "
-            "operator side of the client (kernelsession.client._kubernetes); "
-            "use --url URL with --token-file/--token-env instead"
-        )
-    base_url, token, username = await resolver(args.name, args.namespace)
+            f"operator side of the client ({e}); use --url URL with --token-file/--token-env"
+        ) from None
+    try:
+        async with kubernetes.KernelSessionClient(namespace=args.namespace) as sessions:
+            base_url, token, username = await sessions.credentials(args.name)
+    except kubernetes.KernelSessionError as e:
+        raise ResolveError(f"session {args.namespace}/{args.name}: {e}") from None
+    except Exception as e:  # kubeconfig missing, API server unreachable...
+        raise ResolveError(
+            f"cannot read session {args.namespace}/{args.name}: {type(e).__name__}: {e}"
+        ) from None
     return LabTarget(str(base_url), str(token), args.user or str(username))
 
 
@@ -248,5 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"kernelsession {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except ResolveError as e:
+        print(f"kernelsession {args.command}: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
