@@ -203,16 +203,15 @@ def _resource_value(container: JSON, ref: JSON) -> str:
 
 
 def command_line(container: JSON, env: Mapping[str, str]) -> list[str]:
-    """``command`` + ``args`` with ``$(VAR)`` expanded. Raises EnvConfigError when empty
-    (images are ignored, so there is no image entrypoint to fall back to)."""
+    """``command`` + ``args`` with ``$(VAR)`` expanded. Raises EnvConfigError when there is
+    no ``command`` (images are ignored, so there is no image entrypoint to fall back to)."""
     argv = [expand(a, env) for a in (container.get("command") or [])]
-    argv += [expand(a, env) for a in (container.get("args") or [])]
     if not argv:
         raise EnvConfigError(
             "container has no command: the local kubelet ignores images, so "
             "spec.containers[].command is required"
         )
-    return argv
+    return argv + [expand(a, env) for a in (container.get("args") or [])]
 
 
 # -- probes -------------------------------------------------------------------------
