@@ -68,6 +68,12 @@ class LocalJupyterServer:
         return f"http://127.0.0.1:{self.port}{self.base_path}"
 
     @property
+    def runtime_dir(self) -> Path:
+        """Where the server writes kernel connection files (``kernel-<id>.json``)."""
+        assert self._dir is not None
+        return self._dir / "runtime"
+
+    @property
     def log_path(self) -> Path:
         assert self._dir is not None
         return self._dir / "server.log"

@@ -1,0 +1,40 @@
+"""Run benchmark sections: ``python -m bench`` (all) or ``python -m bench client``.
+
+Each section is a module ``bench.<section>_bench`` with ``main(args) -> int``;
+sections whose module is not there yet are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SECTIONS = {
+    "client": "bench.client_bench",
+    "operator": "bench.operator_bench",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("sections", nargs="*", choices=[*SECTIONS, []], help="default: all")
+    parser.add_argument("--iterations", type=int, default=200, help="latency samples")
+    parser.add_argument("--quick", action="store_true", help="fewer samples, no 100 MB run")
+    args = parser.parse_args(argv)
+    status = 0
+    for name in args.sections or list(SECTIONS):
+        try:
+            module = importlib.import_module(SECTIONS[name])
+        except ModuleNotFoundError as e:
+            if e.name != SECTIONS[name]:
+                raise
+            print(f"== {name}: skipped (no {SECTIONS[name]} yet)")
+            continue
+        print(f"== {name}")
+        status = max(status, int(module.main(args)))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
