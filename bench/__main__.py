@@ -18,10 +18,18 @@ SECTIONS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("sections", nargs="*", choices=[*SECTIONS, []], help="default: all")
+    parser.add_argument(
+        "sections",
+        nargs="*",
+        metavar="SECTION",
+        help=f"one of {', '.join(SECTIONS)} (default: all)",
+    )
     parser.add_argument("--iterations", type=int, default=200, help="latency samples")
     parser.add_argument("--quick", action="store_true", help="fewer samples, no 100 MB run")
     args = parser.parse_args(argv)
+    unknown = [name for name in args.sections if name not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s): {', '.join(unknown)}")
     status = 0
     for name in args.sections or list(SECTIONS):
         try:

@@ -135,4 +135,4 @@ def main(args: argparse.Namespace) -> int:
         print(f"  {size // MB:>5}MB {ours:8.1f}MB/s {direct:11.1f}MB/s {ours / direct:6.2f}")
     ratio = latency["kernelsession run_python"][0] / floor
     print(f"run_python median / floor = {ratio:.2f} (target <= 1.25)")
-    return 0
+    return 0 if ratio <= 1.25 else 1
