@@ -89,6 +89,7 @@ def lab_args(settings: Settings) -> list[str]:
         # Programmatic clients read large outputs: never drop IOPub messages.
         "--ServerApp.iopub_data_rate_limit=0",
         "--ServerApp.iopub_msg_rate_limit=0",
+        *settings.lab_extra_args,
     ]
 
 

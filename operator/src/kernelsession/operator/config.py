@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -36,6 +37,8 @@ class Settings:
     url_mode: URLMode = "service"
     cluster_domain: str = "cluster.local"
     lab_port: int = 8888
+    lab_extra_args: tuple[str, ...] = ()
+    """Appended to the lab's ``jupyter server`` arguments (e.g. for a local kubelet)."""
     run_as_user: int = 1000
     run_as_group: int = 100
     cull_interval: float = 30.0
@@ -127,6 +130,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         default_start_timeout=_int(env, "DEFAULT_START_TIMEOUT", d.default_start_timeout, 1),
         url_mode=url_mode,  # type: ignore[arg-type]
         cluster_domain=env.get(ENV_PREFIX + "CLUSTER_DOMAIN", d.cluster_domain),
+        lab_extra_args=tuple(shlex.split(env.get(ENV_PREFIX + "LAB_EXTRA_ARGS", ""))),
         run_as_user=_int(env, "RUN_AS_USER", d.run_as_user, 1),
         run_as_group=_int(env, "RUN_AS_GROUP", d.run_as_group),
         cull_interval=_float(env, "CULL_INTERVAL", d.cull_interval),

@@ -95,7 +95,7 @@ def lab_policies(namespace: str | None, labels: Mapping[str, str], name: str, **
 @kopf.on.event("pods", labels=CHILD_LABELS)
 @kopf.on.event("services", labels=CHILD_LABELS)
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=CHILD_LABELS)
-def child_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+async def child_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
     """A child changed or vanished: wake its session's daemon."""
     key = _session_key(namespace, labels)
     if key:
@@ -103,7 +103,7 @@ def child_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) ->
 
 
 @kopf.on.event(naming.GROUP, naming.VERSION, naming.PLURAL)
-def session_event(
+async def session_event(
     namespace: str | None, name: str | None, type: str | None, body: kopf.Body, **kwargs: Any
 ) -> None:
     """Every session event (including the initial listing) feeds its supervisor loop.

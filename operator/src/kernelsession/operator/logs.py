@@ -57,5 +57,5 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("aiohttp.access", "httpx", "httpcore"):
+    for noisy in ("aiohttp.access", "httpx", "httpcore", "kopf.objects"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -30,6 +30,9 @@ PENDING, STARTING, READY, FAILED, CULLED, TERMINATING = (
     "Terminating",
 )
 # Phases that stay until the user changes the spec or asks to resume.
+# A lab that exited with an error this many times and does not answer is crash-looping,
+# also in the moments the kubelet has it running between back-offs.
+CRASH_RESTARTS = 3
 STICKY_REASONS = frozenset({"StartTimeout", "IdleTimeout", "MaxAge"})
 
 
@@ -109,7 +112,8 @@ def judge(
             f"The lab command cannot start ({reason}){detail}. "
             "Check that spec.image provides `jupyter server`.",
         )
-    if reason in CRASH_REASONS:
+    crashing = pod.restart_count >= CRASH_RESTARTS and not probe_ok and pod.last_exit_code
+    if reason in CRASH_REASONS or crashing:
         code = pod.last_exit_code
         last = f"; last output: {pod.last_message.strip()[-300:]}" if pod.last_message else ""
         return Verdict(
