@@ -81,7 +81,9 @@ class OperatorProcess:
             "KERNELSESSION_METRICS_PORT": str(self.metrics_port),
             "KERNELSESSION_LOG_FORMAT": "json",
             # The local kubelet cannot switch users, so labs run as this (root) user.
-            "KERNELSESSION_LAB_EXTRA_ARGS": "--ServerApp.allow_root=True" if os.geteuid() == 0 else "",
+            "KERNELSESSION_LAB_EXTRA_ARGS": (
+                "--ServerApp.allow_root=True" if os.geteuid() == 0 else ""
+            ),
             **(env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None
