@@ -18,6 +18,14 @@ from ._errors import (
     JupyterWebSocketError,
 )
 from ._models import CodeContext, ExecutionResult, SessionTimings
+from ._kubernetes import (
+    KernelSessionClient,
+    KernelSessionError,
+    KernelSessionFailedError,
+    KernelSessionNotFoundError,
+    KernelSessionStatus,
+    KernelSessionTimeoutError,
+)
 from ._session import JupyterLabSession, JupyterLabSessionManager
 
 __all__ = [
@@ -33,5 +41,11 @@ __all__ = [
     "JupyterTimeoutError",
     "JupyterWebError",
     "JupyterWebSocketError",
+    "KernelSessionClient",
+    "KernelSessionError",
+    "KernelSessionFailedError",
+    "KernelSessionNotFoundError",
+    "KernelSessionStatus",
+    "KernelSessionTimeoutError",
     "SessionTimings",
 ]
