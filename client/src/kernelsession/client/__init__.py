@@ -17,7 +17,6 @@ from ._errors import (
     JupyterWebError,
     JupyterWebSocketError,
 )
-from ._models import CodeContext, ExecutionResult, SessionTimings
 from ._kubernetes import (
     KernelSessionClient,
     KernelSessionError,
@@ -26,6 +25,7 @@ from ._kubernetes import (
     KernelSessionStatus,
     KernelSessionTimeoutError,
 )
+from ._models import CodeContext, ExecutionResult, SessionTimings
 from ._session import JupyterLabSession, JupyterLabSessionManager
 
 __all__ = [
