@@ -353,6 +353,7 @@ def test_namespace_deletion_completes_with_running_pod(cluster: LocalCluster) ->
         "run",
         "p",
         "--image=ignored",
+        '--overrides={"spec": {"terminationGracePeriodSeconds": 2}}',
         "--command",
         "--",
         "python",
@@ -455,3 +456,34 @@ def test_restart_apiserver_keeps_data(cluster: LocalCluster, namespace: str) -> 
         timeout=30,
         what="pod after restart Succeeded",
     )
+
+
+async def test_kubelet_restart_restarts_its_pods(
+    cluster: LocalCluster, kube_api: ApiClient, namespace: str
+) -> None:
+    await create_pod(
+        kube_api,
+        namespace,
+        pod_manifest("survivor", ["python", "-c", "import time; time.sleep(600)"]),
+    )
+
+    async def running_pid() -> int | None:
+        cs = container_status(await read_pod(kube_api, namespace, "survivor"))
+        if "running" in (cs.get("state") or {}) and cs.get("containerID"):
+            return int(cs["containerID"].rsplit("/", 1)[1])
+        return None
+
+    old_pid = await async_wait_for(running_pid, timeout=30, what="survivor running")
+    old_kubelet = cluster.kubelet_pid
+    await asyncio.to_thread(cluster.restart_kubelet)
+    assert cluster.kubelet_pid != old_kubelet
+    assert old_kubelet is not None
+    assert not pid_alive(old_kubelet)
+    assert not pid_alive(old_pid)
+
+    async def restarted() -> dict[str, Any] | None:
+        cs = container_status(await read_pod(kube_api, namespace, "survivor"))
+        pid = await running_pid()
+        return cs if pid is not None and pid != old_pid and cs["restartCount"] == 1 else None
+
+    await async_wait_for(restarted, timeout=30, what="survivor restarted by the new kubelet")

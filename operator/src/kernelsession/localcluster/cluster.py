@@ -211,12 +211,15 @@ class LocalCluster:
             shutil.rmtree(self.workdir, ignore_errors=True)
         self.workdir = None
 
-    def restart_apiserver(self) -> float:
-        """Restart kube-apiserver (same port, certs, etcd); return seconds until ready.
+    def restart_apiserver(self, *, grace: float = 3.0) -> float:
+        """Restart kube-apiserver (same port, certs, etcd): SIGTERM, ``grace`` seconds,
+        SIGKILL, start. Returns the seconds until ready again (stop included).
 
         Raises ControlPlaneError when it does not come back.
         """
-        return self._cp().restart_apiserver()
+        t = time.monotonic()
+        self._cp().restart_apiserver(grace=grace)
+        return time.monotonic() - t
 
     def restart_kubelet(self) -> None:
         """Stop the kubelet process (its pods' processes stop too) and start a new one,

@@ -264,15 +264,16 @@ class ControlPlane:
             shutil.rmtree(self.workdir, ignore_errors=True)
         self.workdir = None
 
-    def restart_apiserver(self) -> float:
-        """Stop kube-apiserver and start it again with the same port, certs and etcd.
+    def restart_apiserver(self, *, grace: float = 3.0) -> float:
+        """Stop kube-apiserver (SIGTERM, ``grace`` seconds, SIGKILL) and start it again
+        with the same port, certs and etcd.
 
         Returns the seconds until it was ready again. Raises ControlPlaneError when it
         does not come back.
         """
         proc = self.processes.pop("kube-apiserver", None)
         if proc is not None:
-            stop_process(proc, grace=10)
+            stop_process(proc, grace=grace)
         t = time.monotonic()
         self._start_apiserver(self.binaries)
         return time.monotonic() - t
@@ -347,6 +348,8 @@ class ControlPlane:
                 "--authorization-mode=Node,RBAC",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true",
+                # the `kubernetes` Service would need a non-loopback endpoint address
+                "--endpoint-reconciler-type=none",
                 "--profiling=false",
                 "--v=1",
             ],
