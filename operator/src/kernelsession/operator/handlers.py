@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,8 +34,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=naming.GROUP, key="last-handled-configuration"
     )
-    settings.posting.level = logging.WARNING  # explicit events only, no log spam as events
-    settings.posting.enabled = False
+    settings.posting.enabled = True  # explicit kopf.event() calls only:
+    settings.posting.loggers = False  # log records never become Events
     settings.scanning.disabled = True
     settings.watching.connect_timeout = 10
     settings.watching.server_timeout = 300
