@@ -444,6 +444,10 @@ class PodWorker:
         pod with gracePeriodSeconds=0 and remove its directory. Never raises."""
         self.stopping = True
         self._stop_event.set()
+        if not delete and self._status_task is not None:
+            # the kubelet is shutting down (or the pod is gone): report nothing, so that a
+            # new kubelet restarts the pod instead of finding it terminated
+            self._status_task.cancel()
         try:
             procs = [c.proc for c in self.containers if c.proc is not None]
             await asyncio.gather(*(self.kill_process(p, grace) for p in procs))
