@@ -13,7 +13,7 @@ from kernelsession.localcluster.operator_process import OperatorProcess
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 CASES: list[tuple[str, dict[str, Any], str, str]] = [
-    ("unschedulable", {"nodeSelector": {"gpu": "a100"}}, "Unschedulable", "gpu"),
+    ("unschedulable", {"nodeSelector": {"gpu": "a100"}}, "Unschedulable", "selector"),
     (
         "missing-secret",
         {"env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k"}}}]},

@@ -118,7 +118,7 @@ async def session_event(
         rt.stop_loop(key)
         metrics.SESSIONS.phases.pop(key, None)
         return
-    rt.bodies[key] = dict(body)
+    rt.remember(key, dict(body))
     if rt.has_loop(key):
         rt.wake(key)
         return

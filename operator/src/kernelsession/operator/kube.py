@@ -112,10 +112,13 @@ class Kube:
             if exc.status != 404:
                 raise
 
-    async def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
-        """Merge-patch the session's status subresource (404: the session is gone)."""
+    async def patch_status(
+        self, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """Merge-patch the session's status subresource; the updated session, or None
+        when the session is gone (404)."""
         try:
-            await cast(Any, self.custom).patch_namespaced_custom_object_status(
+            result = await cast(Any, self.custom).patch_namespaced_custom_object_status(
                 naming.GROUP,
                 naming.VERSION,
                 namespace,
@@ -127,3 +130,5 @@ class Kube:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+            return None
+        return dict(result)

@@ -247,7 +247,9 @@ async def _write(
     patch = st.status_patch(current, desired)
     if patch is None:
         return
-    await rt.kube.patch_status(meta["namespace"], meta["name"], patch)
+    updated = await rt.kube.patch_status(meta["namespace"], meta["name"], patch)
+    if updated is not None:
+        rt.remember(key, updated)
     metrics.STATUS_WRITES.inc()
     old_phase = current.get("phase")
     if old_phase != verdict.phase or current.get("reason") != verdict.reason:

@@ -35,6 +35,12 @@ class Runtime:
     bodies: dict[Key, dict[str, Any]] = field(default_factory=dict)
     loops: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
 
+    def remember(self, key: Key, body: dict[str, Any]) -> None:
+        """Cache the newest known state of a session (events and our own writes race)."""
+        old = self.bodies.get(key)
+        if old is None or _version(body) >= _version(old):
+            self.bodies[key] = body
+
     def has_loop(self, key: Key) -> bool:
         task = self.loops.get(key)
         return task is not None and not task.done()
@@ -70,6 +76,14 @@ class Runtime:
         self.loops.clear()
         await self.http.aclose()
         await self.kube.close()
+
+
+def _version(body: dict[str, Any]) -> int:
+    """resourceVersion as a number: one etcd's revisions only grow (-1 when opaque)."""
+    try:
+        return int(body.get("metadata", {}).get("resourceVersion", -1))
+    except (TypeError, ValueError):
+        return -1
 
 
 _current: Runtime | None = None

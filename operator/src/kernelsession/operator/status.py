@@ -87,11 +87,11 @@ def judge(
         return Verdict(
             FAILED,
             "Unschedulable",
-            f"No node can run the lab: {pod.unschedulable}. "
+            f"No node can run the lab: {pod.unschedulable.rstrip('.')}. "
             "Check spec.nodeSelector, spec.tolerations and spec.resources.",
         )
     reason = pod.waiting_reason
-    detail = f": {pod.waiting_message}" if pod.waiting_message else ""
+    detail = f": {pod.waiting_message.rstrip('.')}" if pod.waiting_message else ""
     if reason in IMAGE_REASONS:
         return Verdict(
             FAILED,
