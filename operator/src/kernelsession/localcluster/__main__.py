@@ -27,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     def on_term(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
+    # explicit handlers: a shell starting us in the background may have ignored SIGINT
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
     cluster = LocalCluster()
     try:
         timings = cluster.start()
