@@ -487,3 +487,24 @@ async def test_kubelet_restart_restarts_its_pods(
         return cs if pid is not None and pid != old_pid and cs["restartCount"] == 1 else None
 
     await async_wait_for(restarted, timeout=30, what="survivor restarted by the new kubelet")
+
+
+async def test_failing_liveness_probe_restarts_container(
+    kube_api: ApiClient, namespace: str
+) -> None:
+    probe = {"tcpSocket": {"port": 9}, "periodSeconds": 1, "failureThreshold": 2}
+    manifest = pod_manifest(
+        "unhealthy",
+        ["python", "-c", "import time; time.sleep(600)"],
+        container={"livenessProbe": probe},
+    )
+    await create_pod(kube_api, namespace, manifest)
+
+    async def restarted() -> dict[str, Any] | None:
+        cs = container_status(await read_pod(kube_api, namespace, "unhealthy"))
+        return cs if cs["restartCount"] >= 1 and cs.get("lastState") else None
+
+    cs = await async_wait_for(restarted, timeout=30, what="restart after liveness failures")
+    last = cs["lastState"]["terminated"]
+    assert "Liveness probe failed" in last["message"]
+    assert last["exitCode"] == 143  # SIGTERM

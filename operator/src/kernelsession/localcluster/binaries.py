@@ -117,7 +117,7 @@ def _unavailable(reason: str) -> BinariesUnavailableError:
         f"Kubernetes control-plane binaries ({', '.join(REQUIRED)}) are not available: "
         f"{reason}.\nSearched:\n{searched}\n"
         "Provide them in one of these ways:\n"
-        f"  * install Go (>= 1.24) and network access to the Go module proxy (GOPROXY), then run "
+        f"  * install Go (>= 1.25) and network access to the Go module proxy (GOPROXY), then run "
         f"`make binaries` (builds Kubernetes {K8S_VERSION} and etcd {ETCD_VERSION} once, "
         f"into {cache_dir() / 'bin'});\n"
         f"  * or point KUBEBUILDER_ASSETS at a directory holding them, e.g. "
