@@ -7,6 +7,13 @@
   deleted afterwards without waiting.
 - ``sa_kubeconfig``: factory ``(rbac, namespace, name) -> Path`` applying RBAC manifests
   and returning a kubeconfig for that ServiceAccount (see ``helpers.sa_kubeconfig``).
+- ``installed``: the cluster with namespaces, CRD and RBAC from ``manifests/``.
+- ``operator``: ONE operator process for the whole run (tests/operator and tests/e2e
+  share it; two operators would fight), as the operator's service account, with short
+  intervals so culling and status changes happen within seconds. A test that stops or
+  kills it starts it again in a ``finally``.
+- ``ks``: an admin ``KernelSessionClient`` for namespace ``labs``; ``session_name``: a
+  unique session name, deleted (with its children) after the test.
 
 Tests using them carry ``pytest.mark.slow`` and ``pytest.mark.cluster``.
 """
@@ -25,10 +32,12 @@ from kubernetes_asyncio.client.api_client import ApiClient
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from helpers import LABS, OPERATOR_ENV, wait_for
 from helpers import sa_kubeconfig as _sa_kubeconfig
-from helpers import wait_for
+from kernelsession.client import KernelSessionClient
 from kernelsession.localcluster.binaries import BinariesUnavailableError
 from kernelsession.localcluster.cluster import LocalCluster
+from kernelsession.localcluster.operator_process import OperatorProcess, install_manifests
 
 
 @pytest.fixture(scope="session")
@@ -83,3 +92,37 @@ def sa_kubeconfig(cluster: LocalCluster, tmp_path: Path) -> Callable[[Any, str, 
         )
 
     return make
+
+
+@pytest.fixture(scope="session")
+def installed(cluster: LocalCluster) -> LocalCluster:
+    install_manifests(cluster)
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def operator(
+    installed: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(installed, tmp_path_factory.mktemp("operator"), env=OPERATOR_ENV)
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+@pytest.fixture
+async def ks(installed: LocalCluster) -> AsyncIterator[KernelSessionClient]:
+    async with KernelSessionClient(namespace=LABS, kubeconfig=str(installed.kubeconfig)) as client:
+        yield client
+
+
+@pytest.fixture
+def session_name(installed: LocalCluster) -> Iterator[str]:
+    """A unique session name, deleted (with its children) after the test."""
+    name = f"t{uuid.uuid4().hex[:8]}"
+    yield name
+    installed.kubectl(
+        "-n", LABS, "delete", "ks", name, "--ignore-not-found", "--wait=false", check=False
+    )

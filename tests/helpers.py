@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -120,3 +121,74 @@ def pod_condition(pod: dict[str, Any], ctype: str) -> dict[str, Any] | None:
         if cond.get("type") == ctype:
             return dict(cond)
     return None
+
+
+# -- the operator on the local cluster (fixtures in tests/conftest.py) ----------------
+LABS = "labs"
+OPERATOR_ENV = {
+    "KERNELSESSION_CULL_INTERVAL": "1",
+    "KERNELSESSION_CULL_WARNING": "2",
+    "KERNELSESSION_STARTING_INTERVAL": "0.5",
+    "KERNELSESSION_DEFAULT_START_TIMEOUT": "120",
+}
+
+
+def get_ks(cluster: LocalCluster, name: str) -> dict[str, Any]:
+    return dict(cluster.get_json("-n", LABS, f"ks/{name}"))
+
+
+def children(cluster: LocalCluster, name: str) -> dict[str, list[dict[str, Any]]]:
+    """The session's children by kind, found by the session label."""
+    out = cluster.kubectl(
+        "-n",
+        LABS,
+        "get",
+        "secrets,pods,services,networkpolicies",
+        "-l",
+        f"kernelsession.dev/session={name}",
+        "-o",
+        "json",
+    ).stdout
+    result: dict[str, list[dict[str, Any]]] = {}
+    for item in json.loads(out)["items"]:
+        result.setdefault(item["kind"], []).append(item)
+    return result
+
+
+def apply_session(cluster: LocalCluster, name: str, spec: dict[str, Any]) -> None:
+    cluster.apply(
+        [
+            {
+                "apiVersion": "kernelsession.dev/v1alpha1",
+                "kind": "KernelSession",
+                "metadata": {"name": name, "namespace": LABS},
+                "spec": spec,
+            }
+        ]
+    )
+
+
+def wait_phase(
+    cluster: LocalCluster, name: str, phase: str, timeout: float = 60, reason: str | None = None
+) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        status = get_ks(cluster, name).get("status") or {}
+        if status.get("phase") == phase and (reason is None or status.get("reason") == reason):
+            return status
+        return None
+
+    return wait_for(check, timeout=timeout, what=f"ks/{name} phase {phase} {reason or ''}")
+
+
+def events_for(cluster: LocalCluster, name: str) -> list[dict[str, Any]]:
+    out = cluster.kubectl(
+        "-n",
+        LABS,
+        "get",
+        "events",
+        "--field-selector",
+        f"involvedObject.kind=KernelSession,involvedObject.name={name}",
+        "-o",
+        "json",
+    ).stdout
+    return list(json.loads(out)["items"])
