@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from conftest import LABS, apply_session, children, events_for, get_ks, wait_phase
 from helpers import wait_for
+
 from kernelsession.client import KernelSessionClient
 from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.operator_process import OperatorProcess

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from conftest import LABS
+
 from kernelsession.localcluster.cluster import LocalCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -83,8 +84,9 @@ def test_invalid_session_names_rejected(installed: LocalCluster, name: str) -> N
 
 
 async def test_api_answers_422(installed: LocalCluster) -> None:
-    from kernelsession.client import KernelSessionClient
     from kubernetes_asyncio.client.exceptions import ApiException
+
+    from kernelsession.client import KernelSessionClient
 
     async with KernelSessionClient(namespace=LABS, kubeconfig=str(installed.kubeconfig)) as ks:
         with pytest.raises(ApiException) as info:

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+
 from kernelsession.operator import builders, naming
 from kernelsession.operator.config import Settings
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from kernelsession.operator.config import ConfigError, from_env
 
 

@@ -11,6 +11,7 @@ import os
 import sys
 
 import kopf
+
 from kernelsession.operator import config, logs
 
 

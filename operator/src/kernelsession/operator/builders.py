@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import kopf
+
 from kernelsession.operator import naming
 from kernelsession.operator.config import Settings
 

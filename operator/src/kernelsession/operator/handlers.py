@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import kopf
 import structlog
+
 from kernelsession.operator import config, metrics, naming, reconcile
 from kernelsession.operator import runtime as rt_mod
 from kernelsession.operator.kube import Kube

@@ -12,9 +12,10 @@ import os
 from collections.abc import Mapping
 from typing import Any, cast
 
-from kernelsession.operator import naming
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
+
+from kernelsession.operator import naming
 
 MERGE_PATCH = "application/merge-patch+json"
 

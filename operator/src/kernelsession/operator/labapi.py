@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+
 from kernelsession.operator.status import parse_time
 
 

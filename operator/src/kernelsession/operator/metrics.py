@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kernelsession.operator.status import CULLED, FAILED, PENDING, READY, STARTING, TERMINATING
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from kernelsession.operator.status import CULLED, FAILED, PENDING, READY, STARTING, TERMINATING
 
 PHASES = (PENDING, STARTING, READY, FAILED, CULLED, TERMINATING)
 

@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import kopf
 import structlog
+
 from kernelsession.operator import builders, culling, labapi, metrics, naming
 from kernelsession.operator import status as st
 from kernelsession.operator.kube import ChildRejected

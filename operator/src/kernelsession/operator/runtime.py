@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
 from kernelsession.operator.config import Settings
 from kernelsession.operator.kube import Kube
 

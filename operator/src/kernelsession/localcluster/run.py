@@ -1,0 +1,156 @@
+"""``make run``: the whole system on this machine, until Ctrl-C.
+
+Starts the local cluster (control plane + local kubelet), installs the manifests, runs
+the operator as its own service account (as in a cluster), creates the sample session,
+waits until it is Ready (printing its progress), runs a short piece of Python in it
+through the client, then keeps everything up and prints the commands to try. On Ctrl-C
+(SIGINT) or SIGTERM it stops every process it started, by PID, and removes its files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from kernelsession.client import KernelSessionClient, KernelSessionStatus
+from kernelsession.localcluster.binaries import BinariesUnavailableError
+from kernelsession.localcluster.cluster import LocalCluster
+from kernelsession.localcluster.controlplane import ControlPlaneError
+from kernelsession.localcluster.operator_process import (
+    OperatorProcess,
+    install_manifests,
+    manifests_dir,
+)
+
+SAMPLE_CODE = (
+    "import platform, sys\n"
+    "print(f'Hello from {platform.node()} on Python {sys.version.split()[0]}')\n"
+    "print(sum(range(10**6)))"
+)
+
+
+def say(text: str) -> None:
+    print(f"[make run] {text}", flush=True)
+
+
+async def _sample(cluster: LocalCluster, name: str, namespace: str, timeout: float) -> str:
+    seen: list[str] = []
+
+    def progress(status: KernelSessionStatus) -> None:
+        line = status.describe()
+        if not seen or seen[-1] != line:
+            seen.append(line)
+            say(f"  {line}")
+
+    async with KernelSessionClient(namespace=namespace, kubeconfig=str(cluster.kubeconfig)) as ks:
+        await ks.wait_ready(name, timeout=timeout, on_progress=progress)
+        manager = await ks.lab_session(name)
+        async with manager as lab:
+            return await lab.run_python(SAMPLE_CODE, timeout=60)
+
+
+def _commands(cluster: LocalCluster) -> str:
+    kubectl = cluster.binaries.kubectl
+    path_line = f"export PATH={kubectl.parent}:$PATH\n" if kubectl else ""
+    venv_bin = Path(sys.executable).parent
+    return f"""
+Try, in another terminal:
+  {path_line}  export KUBECONFIG={cluster.kubeconfig}
+  export PATH={venv_bin}:$PATH
+  kubectl get ks -n labs                                  # sessions, phase, readiness
+  kubectl get ks -n labs -w                               # watch status change
+  kubectl apply -f manifests/samples/full.yaml            # another session
+  kubectl wait --for=condition=Ready ks/bob-analysis -n labs --timeout=120s
+  kernelsession exec alice -c 'print(6 * 7)'              # run code (stdout only)
+  kernelsession probe alice                               # health check with latency
+  kubectl describe ks alice -n labs                       # events: Created, Ready...
+  kubectl delete ks alice -n labs                         # children go with it
+Ctrl-C stops everything."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make run", description=__doc__)
+    parser.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="stop after the sample ran instead of waiting for Ctrl-C",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=180.0,
+        help="seconds the sample session may take to become Ready",
+    )
+    args = parser.parse_args(argv)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    # The client's own log lines would drown the progress; warnings still show.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    started = time.monotonic()
+    cluster = LocalCluster()
+    operator: OperatorProcess | None = None
+    workdir = Path(tempfile.mkdtemp(prefix="ks-run-"))
+    code = 0
+    try:
+        say("starting the local cluster (etcd, kube-apiserver, kube-controller-manager, kubelet)")
+        timings = cluster.start()
+        say(timings.summary())
+        print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
+        say("installing manifests: namespaces, CRD, RBAC")
+        install_manifests(cluster)
+        operator = OperatorProcess(cluster, workdir / "operator")
+        took = operator.start()
+        say(
+            f"operator running as its service account (pid {operator.pid}, healthy in "
+            f"{took:.1f}s, metrics {operator.metrics_url}, log {operator.log_path})"
+        )
+        sample = manifests_dir() / "samples" / "minimal.yaml"
+        cluster.apply(sample)
+        say(f"applied {sample.relative_to(sample.parents[2])}; waiting for labs/alice")
+        output = asyncio.run(_sample(cluster, "alice", "labs", args.timeout))
+        say(f"ran Python in labs/alice through the client; its stdout:\n{output}")
+        print(cluster.kubectl("get", "ks", "-n", "labs").stdout, end="", flush=True)
+        say(f"up in {time.monotonic() - started:.1f}s")
+        print(_commands(cluster), flush=True)
+        print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
+        if not args.no_wait:
+            threading.Event().wait()
+    except KeyboardInterrupt:
+        say("Ctrl-C: stopping")
+    except (BinariesUnavailableError, ControlPlaneError) as exc:
+        say(f"error: {exc}")
+        code = 1
+    except Exception as exc:
+        say(f"error: {type(exc).__name__}: {exc}")
+        if operator is not None:
+            say(f"operator log: {operator.log_path}")
+        code = 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # finish stopping even on a 2nd Ctrl-C
+        if operator is not None:
+            operator.stop()
+        cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        say("stopped every process it started")
+    return code
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""`make run`, as a newcomer runs it: sample output, a Ready session, Ctrl-C leaves nothing."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+REPO = Path(__file__).parents[2]
+
+
+def _read_until(proc: subprocess.Popen[str], pattern: str, timeout: float, seen: list[str]) -> str:
+    """Read lines until one matches ``pattern`` (or fail with what was printed)."""
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if re.search(pattern, line):
+            return line
+    raise AssertionError(f"no line matching {pattern!r}; output:\n{''.join(seen)}")
+
+
+def test_make_run_serves_until_ctrl_c(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        ["make", "--no-print-directory", "run"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group: Ctrl-C goes to the whole group
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    seen: list[str] = []
+    try:
+        line = _read_until(proc, r"^export KUBECONFIG=/", 300, seen)
+        kubeconfig = line.split("=", 1)[1].strip()
+        assert Path(kubeconfig).is_absolute()
+        _read_until(proc, r"ran Python in labs/alice", 240, seen)
+        _read_until(proc, r"^499999500000$", 10, seen)  # the sample's printed stdout
+        _read_until(proc, r"Ctrl-C stops everything", 30, seen)
+        kubectl = re.search(r"export PATH=(\S+/bin):\$PATH", "".join(seen))
+        assert kubectl, "".join(seen)
+        out = subprocess.run(
+            [f"{kubectl.group(1)}/kubectl", "--kubeconfig", kubeconfig, "get", "ks", "-n", "labs"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        assert re.search(r"^alice\s+alice\s+Ready\s+True", out, re.M), out
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+        assert len(descendants) >= 5  # make's python, etcd, apiserver, kcm, kubelet, operator, lab
+        workdir = Path(kubeconfig).parents[1]
+        assert workdir.exists()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        try:
+            rest, _ = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            rest, _ = proc.communicate()
+            raise
+    seen.append(rest or "")
+    assert "stopped every process it started" in "".join(seen)
+    alive = [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], [(p.pid, p.name()) for p in alive]
+    assert not workdir.exists()
