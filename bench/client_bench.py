@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from jupyter_client.asynchronous.client import AsyncKernelClient
+
 from kernelsession.client import JupyterLabSession, JupyterLabSessionManager
 from kernelsession.client.testing import LocalJupyterServer
 

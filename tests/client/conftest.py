@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from kernelsession.client import JupyterLabSession, JupyterLabSessionManager
 from kernelsession.client.testing import LocalJupyterServer
 

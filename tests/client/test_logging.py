@@ -6,8 +6,9 @@ import logging
 
 import pytest
 import structlog
-from kernelsession.client import JupyterError, JupyterWebError
 from structlog.testing import capture_logs
+
+from kernelsession.client import JupyterError, JupyterWebError
 
 
 async def test_token_absent_from_logs_and_errors(lab, manager_for, caplog):

@@ -7,6 +7,7 @@ import time
 from datetime import timedelta
 
 import pytest
+
 from kernelsession.client import (
     CodeContext,
     JupyterExecutionError,

@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 from helpers import async_wait_for, pod_condition, wait_for
-from kernelsession.localcluster.cluster import LocalCluster
-from kernelsession.localcluster.processes import pid_alive
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.client.rest import ApiException
+
+from kernelsession.localcluster.cluster import LocalCluster
+from kernelsession.localcluster.processes import pid_alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 

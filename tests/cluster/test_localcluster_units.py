@@ -6,6 +6,7 @@ import base64
 from pathlib import Path
 
 import pytest
+
 from kernelsession.localcluster.ipam import IPAllocator, PoolExhaustedError
 from kernelsession.localcluster.kubelet import Kubelet
 from kernelsession.localcluster.podspec import (

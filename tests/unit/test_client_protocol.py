@@ -10,6 +10,7 @@ from jupyter_server.services.kernels.connection.base import (
     serialize_binary_message,
     serialize_msg_to_ws_v1,
 )
+
 from kernelsession.client._protocol import (
     V1_SUBPROTOCOL,
     KernelMessage,
