@@ -60,8 +60,12 @@ class LocalCluster:
         pod_network: str | None = None,
         start_timeout: float = 60.0,
         kubelet_args: tuple[str, ...] = (),
+        audit: bool = False,
     ) -> None:
+        """``audit=True`` turns on the API server's audit log (Metadata level, every
+        request; see :attr:`audit_log` and :mod:`.audit`)."""
         self._binaries = binaries
+        self.audit = audit
         self._given_workdir = workdir
         self.pod_network = pod_network or default_pod_network()
         self.start_timeout = start_timeout
@@ -98,6 +102,11 @@ class LocalCluster:
     def ca_file(self) -> Path:
         """The cluster CA certificate file."""
         return self._cp().ca_file
+
+    @property
+    def audit_log(self) -> Path | None:
+        """The API server's audit log (JSON lines), None unless started with audit=True."""
+        return self._cp().audit_log
 
     @property
     def kubelet_pid(self) -> int | None:
@@ -150,6 +159,7 @@ class LocalCluster:
                 binaries=binaries,
                 workdir=self.workdir / "controlplane",
                 start_timeout=self.start_timeout,
+                audit=self.audit,
             )
             cp_timings = self.controlplane.start()
             t = time.monotonic()

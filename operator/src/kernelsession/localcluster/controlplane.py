@@ -51,6 +51,18 @@ CONTROLLERS = (
     "endpoints-controller",
     "endpointslice-controller",
 )
+# Added to the API server's default admission plugins. OwnerReferencesPermissionEnforcement
+# makes setting ``blockOwnerDeletion`` on a child require ``update`` on the owner's
+# ``finalizers`` subresource, as OpenShift and hardened clusters do, so RBAC tests see it.
+ADMISSION_PLUGINS = ("OwnerReferencesPermissionEnforcement",)
+# Opt-in audit policy: who did what to which resource (no bodies), one JSON line per
+# request when the response is complete (or for watches, when they start).
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [{"level": "Metadata"}],
+}
 
 
 class ControlPlaneError(RuntimeError):
@@ -136,8 +148,12 @@ class ControlPlane:
         workdir: Path | None = None,
         start_timeout: float = 60.0,
         controllers: tuple[str, ...] = CONTROLLERS,
+        audit: bool = False,
+        admission_plugins: tuple[str, ...] = ADMISSION_PLUGINS,
     ) -> None:
         self._binaries = binaries
+        self.audit = audit
+        self.admission_plugins = admission_plugins
         self._given_workdir = workdir
         self.start_timeout = start_timeout
         self.controllers = controllers
@@ -186,6 +202,13 @@ class ControlPlane:
         if self._pki is None:
             raise RuntimeError("control plane not started")
         return self._pki
+
+    @property
+    def audit_log(self) -> Path | None:
+        """The API server's audit log (JSON lines), or None when audit is off."""
+        if not self.audit or self.workdir is None:
+            return None
+        return self.workdir / "audit.log"
 
     def _work(self) -> Path:
         if self.workdir is None:
@@ -325,9 +348,28 @@ class ControlPlane:
         )
         self._await("etcd", lambda: _http_ok(f"{client}/health"))
 
+    def _audit_args(self) -> list[str]:
+        if not self.audit:
+            return []
+        work = self._work()
+        policy = work / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(AUDIT_POLICY, sort_keys=False))
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={work / 'audit.log'}",
+            # every event is on disk before the response is sent: counts never lag
+            "--audit-log-mode=blocking",
+            "--audit-log-maxsize=0",
+        ]
+
     def _start_apiserver(self, binaries: Binaries) -> None:
         p = self._require_pki()
         work = self._work()
+        admission = (
+            [f"--enable-admission-plugins={','.join(self.admission_plugins)}"]
+            if self.admission_plugins
+            else []
+        )
         self._spawn(
             "kube-apiserver",
             [
@@ -351,6 +393,8 @@ class ControlPlane:
                 # the `kubernetes` Service would need a non-loopback endpoint address
                 "--endpoint-reconciler-type=none",
                 "--profiling=false",
+                *admission,
+                *self._audit_args(),
                 "--v=1",
             ],
         )

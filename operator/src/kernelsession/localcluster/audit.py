@@ -1,0 +1,136 @@
+"""Read the API server's audit log (``LocalCluster(audit=True)``) and count requests.
+
+    entries = read(cluster.audit_log, user=OPERATOR_USER)
+    counts = count(entries)            # {"create pods": 3, "patch kernelsessions/status": 5}
+    writes(entries), reads(entries), denied(entries)
+
+One JSON object per line (``audit.k8s.io/v1`` ``Event``, stage ResponseComplete or,
+for watches, ResponseStarted). Non-resource requests (``/healthz``, ``/api``) have no
+``objectRef``; they count under their path. Lines that are not complete JSON (a line
+being written) are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+READ_VERBS = frozenset({"get", "list", "watch"})
+SERVICE_ACCOUNT_USER = "system:serviceaccount:{namespace}:{name}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One request as the audit log saw it."""
+
+    verb: str
+    resource: str  # "pods", "kernelsessions/status", or the path of a non-resource URL
+    namespace: str | None
+    name: str | None
+    api_group: str
+    user: str
+    code: int | None
+    stage: str
+    time: str  # stageTimestamp (RFC 3339, microseconds)
+
+    @property
+    def write(self) -> bool:
+        return self.verb in WRITE_VERBS
+
+    @property
+    def read(self) -> bool:
+        return self.verb in READ_VERBS
+
+    @property
+    def denied(self) -> bool:
+        return self.code == 403
+
+    @property
+    def key(self) -> str:
+        """``"VERB RESOURCE"``, e.g. ``"patch kernelsessions/status"``."""
+        return f"{self.verb} {self.resource}"
+
+
+def parse_line(line: str) -> Entry | None:
+    """The entry of one audit line, or None for blank, partial or non-Event lines."""
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        event: dict[str, Any] = json.loads(line)
+    except ValueError:
+        return None
+    if event.get("kind") != "Event":
+        return None
+    ref = event.get("objectRef") or {}
+    if ref.get("resource"):
+        resource = str(ref["resource"])
+        if ref.get("subresource"):
+            resource += "/" + str(ref["subresource"])
+    else:
+        resource = str(event.get("requestURI", "")).split("?", 1)[0]
+    status = event.get("responseStatus") or {}
+    code = status.get("code")
+    return Entry(
+        verb=str(event.get("verb", "")),
+        resource=resource,
+        namespace=ref.get("namespace"),
+        name=ref.get("name"),
+        api_group=str(ref.get("apiGroup", "")),
+        user=str((event.get("user") or {}).get("username", "")),
+        code=int(code) if code is not None else None,
+        stage=str(event.get("stage", "")),
+        time=str(event.get("stageTimestamp") or event.get("requestReceivedTimestamp") or ""),
+    )
+
+
+def parse(lines: Iterable[str], *, user: str | None = None) -> Iterator[Entry]:
+    """Entries of ``lines``, optionally only those made by ``user``."""
+    for line in lines:
+        entry = parse_line(line)
+        if entry is not None and (user is None or entry.user == user):
+            yield entry
+
+
+def read(path: Path, *, user: str | None = None, offset: int = 0) -> list[Entry]:
+    """Entries in the audit log at ``path`` from byte ``offset`` on (see :func:`size`).
+
+    Raises OSError when the file cannot be read.
+    """
+    with path.open("rb") as f:
+        f.seek(offset)
+        data = f.read().decode(errors="replace")
+    return list(parse(data.splitlines(), user=user))
+
+
+def size(path: Path) -> int:
+    """Current size of the log: pass it as ``offset`` to read only later requests."""
+    return path.stat().st_size if path.exists() else 0
+
+
+def count(entries: Iterable[Entry]) -> Counter[str]:
+    """Requests per ``"VERB RESOURCE"``."""
+    return Counter(entry.key for entry in entries)
+
+
+def writes(entries: Iterable[Entry]) -> list[Entry]:
+    return [e for e in entries if e.write]
+
+
+def reads(entries: Iterable[Entry]) -> list[Entry]:
+    return [e for e in entries if e.read]
+
+
+def denied(entries: Iterable[Entry]) -> list[Entry]:
+    """Requests the API server refused with 403 Forbidden."""
+    return [e for e in entries if e.denied]
+
+
+def service_account(namespace: str, name: str) -> str:
+    """The user name a service account authenticates as."""
+    return SERVICE_ACCOUNT_USER.format(namespace=namespace, name=name)
