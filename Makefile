@@ -43,8 +43,8 @@ manifests: $(STAMP)
 
 wheels: $(STAMP)
 	rm -rf dist
-	$(PY) -m build --wheel --outdir dist client
-	$(PY) -m build --wheel --outdir dist operator
+	$(PY) -m build --no-isolation --wheel --outdir dist client
+	$(PY) -m build --no-isolation --wheel --outdir dist operator
 
 clean:
 	rm -rf $(VENV) dist .pytest_cache .mypy_cache .ruff_cache
