@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import importlib
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from typing import Any
 import structlog
 
 from ._errors import JupyterError, redact
+from ._kubernetes import KernelSessionClient, KernelSessionError
 from ._session import JupyterLabSessionManager
 
 __all__ = ["LabTarget", "ResolveError", "UsageError", "main", "resolve_target"]
@@ -83,7 +83,7 @@ async def resolve_target(args: argparse.Namespace) -> LabTarget:
       the Kubernetes side of the client (``kernelsession.client._kubernetes``).
 
     Raises:
-        UsageError: Neither form given, or the session-name form is unavailable.
+        UsageError: Neither form given.
         ResolveError: The named session is missing, not Ready, or unreadable.
     """
     if args.url:
@@ -92,19 +92,11 @@ async def resolve_target(args: argparse.Namespace) -> LabTarget:
         return LabTarget(args.url, _read_token(args), args.user or getpass.getuser())
     if not args.name:
         raise UsageError("give a session NAME or --url URL")
-    # ---- session-name form: resolved by the Kubernetes side (kernelsession.client._kubernetes,
-    # imported lazily so --url use never needs kubernetes_asyncio or a kubeconfig) ----
+    # session-name form: resolved through the Kubernetes side of the client
     try:
-        kubernetes = importlib.import_module("kernelsession.client._kubernetes")
-    except ImportError as e:
-        raise UsageError(
-            f"cannot resolve session {args.name!r}: session-name resolution needs the "
-            f"operator side of the client ({e}); use --url URL with --token-file/--token-env"
-        ) from None
-    try:
-        async with kubernetes.KernelSessionClient(namespace=args.namespace) as sessions:
+        async with KernelSessionClient(namespace=args.namespace) as sessions:
             base_url, token, username = await sessions.credentials(args.name)
-    except kubernetes.KernelSessionError as e:
+    except KernelSessionError as e:
         raise ResolveError(f"session {args.namespace}/{args.name}: {e}") from None
     except Exception as e:  # kubeconfig missing, API server unreachable...
         raise ResolveError(
