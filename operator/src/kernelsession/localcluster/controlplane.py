@@ -48,8 +48,8 @@ CONTROLLERS = (
     "deployment-controller",
     "replicaset-controller",
     "job-controller",
-    "endpoints-controller",
-    "endpointslice-controller",
+    # No endpoints/endpointslice controllers: pod IPs are loopback addresses, which the
+    # API server rejects in Endpoints, so they would only post warning events.
 )
 # Added to the API server's default admission plugins. OwnerReferencesPermissionEnforcement
 # makes setting ``blockOwnerDeletion`` on a child require ``update`` on the owner's
