@@ -4,7 +4,7 @@ Synchronous and subprocess-based. ``ControlPlane.start()`` generates credentials
 (:mod:`.pki`), starts etcd and kube-apiserver on free loopback ports in a temporary
 work directory, waits for ``/readyz``, writes an admin kubeconfig file, then starts
 kube-controller-manager (garbage collector, namespace, service-account and token
-controllers, deployments/replicasets/jobs/endpoints) and waits for its ``/healthz``.
+controllers, deployments/replicasets/jobs) and waits for its ``/healthz``.
 
 Every process runs in its own session and is stopped by PID (SIGTERM, grace, SIGKILL);
 ``stop()`` also removes the work directory. A failed or interrupted ``start()`` stops
