@@ -1,0 +1,177 @@
+"""Security of a session through the cluster: who may reach a lab, who may use it, and
+what the operator's own credentials can do.
+
+The local kubelet runs pods as processes on loopback addresses and has no network
+plugin, so NOTHING enforces NetworkPolicy here: the tests assert the policy object's
+content (and that it selects the lab pod and admits the operator's Deployment pods),
+which is what a real CNI would enforce.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from helpers import LABS, apply_session, children, wait_phase
+
+from kernelsession.client import JupyterLabSessionManager, JupyterWebError, KernelSessionClient
+from kernelsession.localcluster.cluster import LocalCluster
+from kernelsession.localcluster.operator_process import OPERATOR_NAMESPACE, OperatorProcess
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+MANIFESTS = Path(__file__).parents[2] / "manifests"
+
+
+async def test_network_policy_admits_only_clients_and_operator(
+    installed: LocalCluster, operator: OperatorProcess, session_name: str
+) -> None:
+    """Asserted as an object: the local kubelet does not enforce NetworkPolicy."""
+    apply_session(installed, session_name, {"user": "mia"})
+    wait_phase(installed, session_name, "Ready", timeout=90)
+    kids = children(installed, session_name)
+    (policy,) = kids["NetworkPolicy"]
+    (pod,) = kids["Pod"]
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    # It selects this lab's pod and nothing else's.
+    selector = spec["podSelector"]["matchLabels"]
+    assert selector["kernelsession.dev/session"] == session_name
+    assert selector.items() <= pod["metadata"]["labels"].items()
+    (rule,) = spec["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8888}]
+    clients, operator_peer = rule["from"]
+    assert clients == {
+        "namespaceSelector": {},
+        "podSelector": {"matchLabels": {"kernelsession.dev/client": "true"}},
+    }
+    assert operator_peer == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": OPERATOR_NAMESPACE}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kernelsession-operator"}},
+    }
+    # The operator's own pods (manifests/operator.yaml) carry the label the policy admits.
+    deployment = next(
+        d
+        for d in yaml.safe_load_all((MANIFESTS / "operator.yaml").read_text())
+        if d and d["kind"] == "Deployment"
+    )
+    assert deployment["metadata"]["namespace"] == OPERATOR_NAMESPACE
+    template_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert template_labels["app.kubernetes.io/name"] == "kernelsession-operator"
+    # A lab pod is not itself a client: labs cannot reach each other.
+    assert "kernelsession.dev/client" not in pod["metadata"]["labels"]
+
+
+async def test_wrong_token_gets_403_and_no_session(
+    installed: LocalCluster, operator: OperatorProcess, ks: KernelSessionClient, session_name: str
+) -> None:
+    apply_session(installed, session_name, {"user": "ned"})
+    wait_phase(installed, session_name, "Ready", timeout=90)
+    url, token, user = await ks.credentials(session_name)
+    wrong = token[:-4] + ("aaaa" if not token.endswith("aaaa") else "bbbb")
+    manager = JupyterLabSessionManager(base_url=url, token=wrong, username=user)
+    with pytest.raises(JupyterWebError) as info:
+        async with asyncio.timeout(30), manager:
+            pytest.fail("opened a lab session with a wrong token")
+    assert info.value.status in (401, 403), info.value
+    assert wrong not in str(info.value)
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as http:
+        headers = {"Authorization": f"token {token}"}
+        sessions = await http.get(f"{url}api/sessions", headers=headers)
+        kernels = await http.get(f"{url}api/kernels", headers=headers)
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as fresh:  # no login cookie
+        anonymous = await fresh.get(f"{url}api/sessions")
+    assert sessions.status_code == 200
+    assert sessions.json() == []
+    assert kernels.json() == []
+    assert anonymous.status_code in (401, 403)
+
+
+def _as_operator(
+    installed: LocalCluster, operator: OperatorProcess, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """kubectl authenticated as the operator's service account (its own kubeconfig)."""
+    kubectl = installed.binaries.kubectl
+    assert kubectl is not None
+    return subprocess.run(
+        [str(kubectl), f"--kubeconfig={operator.kubeconfig}", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _forbidden(result: subprocess.CompletedProcess[str]) -> bool:
+    return result.returncode != 0 and "forbidden" in result.stderr.lower()
+
+
+def _pod(namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "sneaky", "namespace": namespace},
+        "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["true"]}]},
+    }
+
+
+async def test_operator_service_account_is_least_privilege(
+    installed: LocalCluster, operator: OperatorProcess, session_name: str
+) -> None:
+    """As the operator's service account (what the running operator uses): it can read
+    its own token Secrets in ``labs`` (positive control), but not list them, not read
+    Secrets elsewhere, not write a session's spec, not create pods outside ``labs``."""
+    apply_session(installed, session_name, {"user": "olga"})
+    wait_phase(installed, session_name, "Ready", timeout=90)
+    token_secret = f"{session_name}-token"
+    ok = _as_operator(installed, operator, "-n", LABS, "get", "secret", token_secret)
+    assert ok.returncode == 0, ok.stderr  # the kubeconfig works
+
+    denied = {
+        "list secrets in labs": ("-n", LABS, "get", "secrets"),
+        "read a secret in kube-system": (
+            "-n",
+            "kube-system",
+            "get",
+            "secret",
+            "anything",
+        ),
+        "list secrets in default": ("-n", "default", "get", "secrets"),
+        "read a secret in its own namespace": (
+            "-n",
+            OPERATOR_NAMESPACE,
+            "get",
+            "secret",
+            "anything",
+        ),
+        "list secrets cluster-wide": ("get", "secrets", "-A"),
+        "patch a session's spec": (
+            "-n",
+            LABS,
+            "patch",
+            "ks",
+            session_name,
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"user": "mallory"}}),
+        ),
+        "delete a session": ("-n", LABS, "delete", "ks", session_name, "--wait=false"),
+    }
+    for what, args in denied.items():
+        result = _as_operator(installed, operator, *args)
+        assert _forbidden(result), f"{what}: {result.returncode} {result.stdout} {result.stderr}"
+    for namespace in ("default", OPERATOR_NAMESPACE, "kube-system"):
+        result = _as_operator(
+            installed, operator, "create", "-f", "-", stdin=json.dumps(_pod(namespace))
+        )
+        assert _forbidden(result), f"create pod in {namespace}: {result.stderr}"
+    # Nothing was changed by the attempts.
+    session = installed.get_json("-n", LABS, f"ks/{session_name}")
+    assert session["spec"]["user"] == "olga"
+    assert session["metadata"].get("deletionTimestamp") is None
