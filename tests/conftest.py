@@ -43,7 +43,7 @@ from kernelsession.localcluster.operator_process import OperatorProcess, install
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
     """A local cluster shared by the whole test session."""
-    c = LocalCluster()
+    c = LocalCluster(audit=True)  # tests/operator/test_rbac.py reads the audit log
     try:
         timings = c.start()
     except BinariesUnavailableError as exc:

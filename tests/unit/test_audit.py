@@ -84,3 +84,8 @@ def test_offset_reads_only_later_lines(tmp_path: Path) -> None:
     log.write_text(first + "\n" + rest)
     assert len(audit.read(log, offset=offset)) == len(audit.read(FIXTURE)) - 1
     assert audit.size(tmp_path / "missing.log") == 0
+
+
+def test_user_agent_tells_the_operator_from_kubectl_as_its_account() -> None:
+    agents = {e.user_agent.split("/")[0] for e in audit.read(FIXTURE, user=OPERATOR)}
+    assert agents == {"kopf", "OpenAPI-Generator", "kubectl"}

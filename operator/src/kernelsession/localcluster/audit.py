@@ -37,6 +37,7 @@ class Entry:
     code: int | None
     stage: str
     time: str  # stageTimestamp (RFC 3339, microseconds)
+    user_agent: str = ""
 
     @property
     def write(self) -> bool:
@@ -86,6 +87,7 @@ def parse_line(line: str) -> Entry | None:
         code=int(code) if code is not None else None,
         stage=str(event.get("stage", "")),
         time=str(event.get("stageTimestamp") or event.get("requestReceivedTimestamp") or ""),
+        user_agent=str(event.get("userAgent", "")),
     )
 
 

@@ -1,0 +1,260 @@
+"""Least privilege, proven on the local cluster with the API server's audit log.
+
+(a) What the operator's service account may do in ``labs`` is exactly what
+    ``manifests/rbac.yaml`` grants (minus what any authenticated account may do).
+(b) Every granted (verb, resource) is used by the real operator during a session's
+    lifecycle; ``kernelsessions/finalizers update`` is needed by admission
+    (OwnerReferencesPermissionEnforcement) and a role without it cannot create a lab pod.
+    The operator never gets a 403 while doing its job.
+(c) The account is refused (403) secrets outside its namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import LABS, apply_session, get_ks, wait_phase
+from helpers import wait_for
+
+from kernelsession.localcluster import audit
+from kernelsession.localcluster.cluster import LocalCluster
+from kernelsession.localcluster.operator_process import (
+    OPERATOR_ACCOUNT,
+    OPERATOR_NAMESPACE,
+    OperatorProcess,
+    manifests_dir,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+OPERATOR_USER = audit.service_account(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT)
+# Needed only by admission when children set blockOwnerDeletion; never a request.
+ADMISSION_ONLY = {("kernelsession.dev", "kernelsessions/finalizers", "update")}
+Triple = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
+
+
+def _cluster_role() -> dict[str, Any]:
+    docs = yaml.safe_load_all((manifests_dir() / "rbac.yaml").read_text())
+    return next(d for d in docs if d and d["kind"] == "ClusterRole")
+
+
+def _expand(rules: Iterable[dict[str, Any]]) -> set[Triple]:
+    return {
+        (group, resource, verb)
+        for rule in rules
+        if not rule.get("nonResourceURLs")
+        for group in rule.get("apiGroups") or [""]
+        for resource in rule.get("resources") or []
+        for verb in rule.get("verbs") or []
+    }
+
+
+def _granted() -> set[Triple]:
+    return _expand(_cluster_role()["rules"])
+
+
+def _rules_review(cluster: LocalCluster, user: str, namespace: str) -> set[Triple]:
+    """What ``user`` may do in ``namespace`` (the data behind ``kubectl auth can-i --list``)."""
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectRulesReview",
+        "spec": {"namespace": namespace},
+    }
+    result = cluster.kubectl(
+        "create",
+        "--validate=false",
+        f"--as={user}",
+        "-o",
+        "json",
+        "-f",
+        "-",
+        input=json.dumps(review),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    status = json.loads(out)["status"]
+    assert not status.get("incomplete"), status
+    return _expand(status["resourceRules"])
+
+
+def _kubectl_as(
+    cluster: LocalCluster, kubeconfig: Path, *args: str, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    kubectl = cluster.binaries.kubectl
+    assert kubectl is not None
+    return subprocess.run(
+        [str(kubectl), f"--kubeconfig={kubeconfig}", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _operator_entries(cluster: LocalCluster) -> list[audit.Entry]:
+    """Requests the operator process made (the account's kubectl use by tests excluded)."""
+    log = cluster.audit_log
+    assert log is not None, "the shared cluster runs with audit=True"
+    return [
+        e
+        for e in audit.read(log, user=OPERATOR_USER)
+        if not e.user_agent.startswith("kubectl/") and not e.resource.startswith("/")
+    ]
+
+
+@pytest.fixture
+def lifecycle(installed: LocalCluster, operator: OperatorProcess) -> Iterator[str]:
+    """One session through its whole life: created, Ready, culled (maxAge), deleted."""
+    name = f"rbac{uuid.uuid4().hex[:6]}"
+    apply_session(installed, name, {"user": "rbac", "culling": {"maxAgeSeconds": 10}})
+    try:
+        wait_phase(installed, name, "Ready", timeout=60)
+        wait_phase(installed, name, "Culled", timeout=60)
+        installed.kubectl("-n", LABS, "delete", "ks", name, "--timeout=60s")
+        yield name
+    finally:
+        installed.kubectl(
+            "-n", LABS, "delete", "ks", name, "--ignore-not-found", "--wait=false", check=False
+        )
+
+
+def test_permissions_in_labs_are_exactly_the_manifest(
+    installed: LocalCluster, operator: OperatorProcess
+) -> None:
+    # What every authenticated account gets (self reviews...): an account with no bindings.
+    installed.kubectl("-n", OPERATOR_NAMESPACE, "create", "serviceaccount", "nobody", check=False)
+    baseline = _rules_review(installed, audit.service_account(OPERATOR_NAMESPACE, "nobody"), LABS)
+    effective = _rules_review(installed, OPERATOR_USER, LABS) - baseline
+    assert effective == _granted()
+
+
+def test_every_granted_permission_is_used_and_none_denied(
+    installed: LocalCluster, operator: OperatorProcess, lifecycle: str
+) -> None:
+    granted = _granted()
+    entries = _operator_entries(installed)
+    used = {(e.api_group, e.resource, e.verb) for e in entries}
+    assert granted - ADMISSION_ONLY - used == set(), "granted but never used"
+    assert used - granted == set(), "used but not granted (would be 403)"
+    assert [(e.key, e.namespace, e.name) for e in audit.denied(entries)] == []
+
+
+def test_owner_references_need_finalizers_update(
+    installed: LocalCluster, operator: OperatorProcess, session_name: str, tmp_path: Path
+) -> None:
+    """Without ``kernelsessions/finalizers update`` the lab pod (blockOwnerDeletion) is
+    refused by admission; with the manifest's role it is admitted (server dry run)."""
+    apply_session(installed, session_name, {"user": "owner"})
+    wait_for(
+        lambda: get_ks(installed, session_name)["metadata"].get("uid"),
+        timeout=30,
+        what="session uid",
+    )
+    uid = get_ks(installed, session_name)["metadata"]["uid"]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{session_name}-ownerprobe",
+            "namespace": LABS,
+            "ownerReferences": [
+                {
+                    "apiVersion": "kernelsession.dev/v1alpha1",
+                    "kind": "KernelSession",
+                    "name": session_name,
+                    "uid": uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "lab",
+                    "image": "busybox",
+                    "command": ["true"],
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }
+            ],
+        },
+    }
+    create = ("-n", LABS, "create", "--dry-run=server", "-f", "-")
+    allowed = _kubectl_as(installed, operator.kubeconfig, *create, input=json.dumps(pod))
+    assert allowed.returncode == 0, allowed.stderr
+
+    role = _cluster_role()
+    stripped = f"ks-rbac-nofinalizers-{uuid.uuid4().hex[:6]}"
+    role["metadata"] = {"name": stripped}
+    role["rules"] = [r for r in role["rules"] if "kernelsessions/finalizers" not in r["resources"]]
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": stripped, "namespace": LABS},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": stripped,
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": stripped, "namespace": LABS}],
+    }
+    installed.apply([role, binding])
+    try:
+        kubeconfig = installed.service_account_kubeconfig(
+            LABS, stripped, tmp_path / "stripped.kubeconfig"
+        )
+
+        def refused() -> str | None:
+            result = _kubectl_as(installed, kubeconfig, *create, input=json.dumps(pod))
+            # RBAC bindings take effect asynchronously; wait until pods create is allowed
+            # and only the owner reference is refused.
+            return result.stderr if "blockOwnerDeletion" in result.stderr else None
+
+        message = wait_for(refused, timeout=30, what="admission refusing blockOwnerDeletion")
+        assert "Forbidden" in message or "forbidden" in message
+    finally:
+        installed.kubectl("delete", "clusterrole", stripped, check=False)
+        installed.kubectl("-n", LABS, "delete", "rolebinding,serviceaccount", stripped, check=False)
+
+
+@pytest.mark.parametrize("namespace", ["default", "kube-system", OPERATOR_NAMESPACE])
+def test_no_secrets_outside_watched_namespaces(
+    installed: LocalCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    installed.kubectl(
+        "-n",
+        namespace,
+        "create",
+        "secret",
+        "generic",
+        "ks-rbac-probe",
+        "--from-literal=k=v",
+        check=False,
+    )
+    for args in (("get", "secret", "ks-rbac-probe"), ("get", "secrets")):
+        result = _kubectl_as(installed, operator.kubeconfig, "-n", namespace, *args)
+        assert result.returncode != 0
+        assert "Forbidden" in result.stderr, result.stderr
+
+
+def test_secrets_in_labs_are_read_by_name_only(
+    installed: LocalCluster, operator: OperatorProcess
+) -> None:
+    for verb in ("list", "watch", "update", "delete"):
+        result = installed.kubectl(
+            "auth", "can-i", verb, "secrets", f"--as={OPERATOR_USER}", "-n", LABS, check=False
+        )
+        assert result.stdout.strip() == "no", (verb, result.stdout)
