@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import LABS, OPERATOR_ENV, wait_for
 from helpers import sa_kubeconfig as _sa_kubeconfig
+
 from kernelsession.client import KernelSessionClient
 from kernelsession.localcluster.binaries import BinariesUnavailableError
 from kernelsession.localcluster.cluster import LocalCluster

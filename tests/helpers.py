@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
 from kernelsession.localcluster.cluster import LocalCluster
 
 T = TypeVar("T")
