@@ -145,3 +145,23 @@ def test_render_is_stable_and_keeps_transition_time() -> None:
 def test_status_patch_removes_vanished_fields() -> None:
     assert st.status_patch({"a": 1, "b": 2}, {"a": 1}) == {"b": None}
     assert st.status_patch({"a": 1}, {"a": 1}) is None
+
+
+def test_pod_rejection_names_the_session_field() -> None:
+    """The API server's words about the pod map to the session field to fix."""
+    cases = {
+        'pods "x" is forbidden: violates PodSecurity "restricted:latest": restricted volume '
+        'types (volume "host" uses restricted volume type "hostPath")': "spec.volumes",
+        'Pod "x" is invalid: spec.containers[0].resources.requests: Invalid value: "2": '
+        "must be less than or equal to cpu limit of 1": "spec.resources",
+        'Pod "x" is invalid: spec.containers[0].volumeMounts[0].name: Not found: "nope"': (
+            "spec.volumeMounts"
+        ),
+        'Pod "x" is invalid: spec.volumes[0].nfs.server: Required value': "spec.volumes",
+        "something unexpected": "spec.resources, spec.volumes and spec.volumeMounts",
+    }
+    for message, where in cases.items():
+        verdict = st.pod_rejected(message)
+        assert (verdict.phase, verdict.reason) == (st.FAILED, "PodRejected")
+        assert verdict.message.endswith(f"Check {where}."), verdict.message
+        assert message.rstrip(".") in verdict.message

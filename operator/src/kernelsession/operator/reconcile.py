@@ -126,12 +126,7 @@ async def reconcile(
         try:
             created = await rt.kube.create(desired)
         except ChildRejected as exc:
-            verdict = st.Verdict(
-                st.FAILED,
-                "PodRejected",
-                f"The API server rejected the lab pod: {exc.message}. "
-                "Check spec.resources, spec.volumes and spec.volumeMounts.",
-            )
+            verdict = st.pod_rejected(exc.message)
             await _write(rt, body, current, verdict, now, generation, None, token, None)
             return cfg.cull_interval
         if created:

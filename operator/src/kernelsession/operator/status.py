@@ -8,6 +8,7 @@ unchanged world renders an identical status and costs no write.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -155,6 +156,31 @@ def judge(
         )
     msg = "Waiting for the lab to answer its API"
     return Verdict(STARTING, "LabStarting", msg + (f" ({probe_error})." if probe_error else "."))
+
+
+# Where a pod-level rejection points in the session's spec (first match wins per field).
+_POD_FIELD_HINTS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("spec.volumeMounts", re.compile(r"volumeMounts")),
+    ("spec.volumes", re.compile(r'spec\.volumes|volume types?|\bvolume "')),
+    ("spec.resources", re.compile(r"resources|\b(cpu|memory) (limit|request)")),
+    ("spec.env", re.compile(r"\.env\b|\.env\[")),
+    ("spec.nodeSelector", re.compile(r"nodeSelector")),
+    ("spec.tolerations", re.compile(r"tolerations")),
+    ("spec.podLabels", re.compile(r"metadata\.labels")),
+)
+_ALL_POD_FIELDS = "spec.resources, spec.volumes and spec.volumeMounts"
+
+
+def pod_rejected(message: str) -> Verdict:
+    """Failed/PodRejected for an API rejection of the lab pod, naming the session
+    field(s) the rejection points at (all candidates when it cannot tell)."""
+    fields = [name for name, pattern in _POD_FIELD_HINTS if pattern.search(message)]
+    where = " and ".join(fields) if fields else _ALL_POD_FIELDS
+    return Verdict(
+        FAILED,
+        "PodRejected",
+        f"The API server rejected the lab pod: {message.rstrip('.')}. Check {where}.",
+    )
 
 
 def _ready_condition(
