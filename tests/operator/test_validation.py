@@ -1,14 +1,18 @@
-"""The API server itself rejects invalid sessions (422) and names the field."""
+"""Bad input: the API server itself rejects invalid sessions (422) naming the field;
+specs it admits but cannot run turn Failed naming the field; the operator keeps serving
+valid sessions meanwhile."""
 
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pytest
-from conftest import LABS
+from conftest import LABS, children, wait_phase
 
 from kernelsession.localcluster.cluster import LocalCluster
+from kernelsession.localcluster.operator_process import OperatorProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -51,6 +55,55 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "spec.resources.limits",
     ),
     ("image-space", {"user": "a", "image": "bad image"}, "spec.image"),
+    (
+        "env-two-sources",
+        {
+            "user": "a",
+            "env": [
+                {
+                    "name": "A",
+                    "valueFrom": {
+                        "secretKeyRef": {"name": "s", "key": "k"},
+                        "configMapKeyRef": {"name": "c", "key": "k"},
+                    },
+                }
+            ],
+        },
+        "spec.env[0].valueFrom",
+    ),
+    ("selector-long", {"user": "a", "nodeSelector": {"zone": "z" * 64}}, "spec.nodeSelector"),
+    (
+        "toleration-op",
+        {"user": "a", "tolerations": [{"key": "k", "operator": "Contains"}]},
+        "spec.tolerations[0].operator",
+    ),
+    (
+        "toleration-neg",
+        {"user": "a", "tolerations": [{"operator": "Exists", "tolerationSeconds": -1}]},
+        "spec.tolerations[0].tolerationSeconds",
+    ),
+    ("unicode-user", {"user": "\u00e5sa"}, "spec.user"),
+    ("control-user", {"user": "a\nb"}, "spec.user"),
+    ("nul-user", {"user": "a\x00b"}, "spec.user"),
+    ("huge-user", {"user": "a" * 1_000_000}, "spec.user"),
+    ("inject-user-label", {"user": "a,kernelsession.dev/client=true"}, "spec.user"),
+    (
+        "env-name-newline",
+        {"user": "a", "env": [{"name": "A\nB", "value": "x"}]},
+        "spec.env[0].name",
+    ),
+    ("env-pod-ip", {"user": "a", "env": [{"name": "POD_IP", "value": "0.0.0.0"}]}, "spec.env"),
+    (
+        "volume-name",
+        {"user": "a", "volumes": [{"name": "../etc", "emptyDir": {}}]},
+        "spec.volumes[0].name",
+    ),
+    (
+        "neg-request",
+        {"user": "a", "resources": {"requests": {"cpu": "-1"}}},
+        "spec.resources.requests",
+    ),
+    ("culling-type", {"user": "a", "culling": "never"}, "spec.culling"),
 ]
 
 
@@ -93,3 +146,96 @@ async def test_api_answers_422(installed: LocalCluster) -> None:
             await ks.create("bad-api", "a", culling={"idleTimeoutSeconds": -3})
     assert info.value.status == 422
     assert "spec.culling.idleTimeoutSeconds" in json.loads(info.value.body)["message"]
+
+
+# Specs the schema admits but the API server refuses on the lab pod (Pod Security
+# "restricted" in namespace labs, core pod validation): the session goes Failed and
+# the message names the session field to fix.
+POD_REJECTED: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "hostpath",
+        {"volumes": [{"name": "host", "hostPath": {"path": "/etc"}}]},
+        "spec.volumes",
+    ),
+    (
+        "request-over-limit",
+        {"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}},
+        "spec.resources",
+    ),
+    (
+        "mount-unknown-volume",
+        {"volumeMounts": [{"name": "nope", "mountPath": "/data"}]},
+        "spec.volumeMounts",
+    ),
+]
+
+
+def _reconcile_errors(operator: OperatorProcess) -> float:
+    total = 0.0
+    for line in operator.metrics().splitlines():
+        if line.startswith("kernelsession_reconcile_errors_total"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_operator_keeps_serving_valid_sessions_among_invalid(
+    installed: LocalCluster, operator: OperatorProcess
+) -> None:
+    """Everything invalid at once (the 422 table, names, pod-rejected specs) with a
+    valid session in the middle: the invalid ones are refused naming the field or turn
+    Failed naming it; the valid one becomes Ready; the operator stays up and does not
+    loop on errors."""
+    pid = operator.pid
+    errors_before = _reconcile_errors(operator)
+    tag = uuid.uuid4().hex[:6]
+    valid = f"valid{tag}"
+    rejected_names = [f"rej{tag}-{case}" for case, _, _ in POD_REJECTED]
+    try:
+        for case, spec, field in INVALID[: len(INVALID) // 2]:
+            obj = _session(f"bad{tag}-{case}", spec)
+            result = installed.kubectl("create", "-f", "-", input=json.dumps(obj), check=False)
+            assert field in result.stderr, (case, result.stderr)
+        for name, (_, spec, _) in zip(rejected_names, POD_REJECTED, strict=True):
+            installed.apply([_session(name, {"user": "pat", **spec})])
+        installed.apply([_session(valid, {"user": "pat"})])
+        for case, spec, field in INVALID[len(INVALID) // 2 :]:
+            obj = _session(f"bad{tag}-{case}", spec)
+            result = installed.kubectl("create", "-f", "-", input=json.dumps(obj), check=False)
+            assert field in result.stderr, (case, result.stderr)
+
+        for name, (case, _, field) in zip(rejected_names, POD_REJECTED, strict=True):
+            status = wait_phase(installed, name, "Failed", timeout=60)
+            print(f"{case}: {status['reason']}: {status['message']}")
+            assert status["reason"] == "PodRejected"
+            assert f"Check {field}." in status["message"], (case, status["message"])
+            assert not children(installed, name).get("Pod")
+        wait_phase(installed, valid, "Ready", timeout=90)
+
+        assert operator.pid == pid
+        assert operator.proc is not None
+        assert operator.proc.poll() is None
+        errors = _reconcile_errors(operator) - errors_before
+        assert errors <= 3, f"{errors} reconcile errors while rejecting bad input"
+        listed = installed.get_json("-n", LABS, "ks")["items"]
+        assert not [k for k in listed if k["metadata"]["name"].startswith(f"bad{tag}")]
+    finally:
+        installed.kubectl(
+            "-n",
+            LABS,
+            "delete",
+            "ks",
+            valid,
+            *rejected_names,
+            "--ignore-not-found",
+            "--wait=false",
+            check=False,
+        )
+
+
+def _session(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "kernelsession.dev/v1alpha1",
+        "kind": "KernelSession",
+        "metadata": {"name": name, "namespace": LABS},
+        "spec": spec,
+    }
