@@ -26,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--iterations", type=int, default=200, help="latency samples")
     parser.add_argument("--quick", action="store_true", help="fewer samples, no 100 MB run")
+    parser.add_argument(
+        "--sessions", type=int, default=100, help="operator: sessions applied at once"
+    )
+    parser.add_argument(
+        "--window", type=float, default=60.0, help="operator: steady-state window (seconds)"
+    )
     args = parser.parse_args(argv)
     unknown = [name for name in args.sections if name not in SECTIONS]
     if unknown:

@@ -1,0 +1,550 @@
+"""Operator section: apply-to-Ready, scale, and API requests, on a fresh local cluster.
+
+Everything runs in one go against a LocalCluster this benchmark starts with the API
+server's audit log on, and the real operator as its service account (OperatorProcess,
+default intervals); all of it is stopped by PID at the end.
+
+* one session, repeated: ``kubectl apply`` -> session Ready, split into the operator's
+  own time (session seen -> lab pod created, lab pod Ready -> session Ready) and the lab
+  start (pod created -> pod Ready: local kubelet + jupyter-server); times are taken from
+  watch events as they arrive. Baseline in the same run: ``kubectl create`` of the same
+  Pod (same spec, no operator) -> Ready.
+* N sessions applied at once: time until all are Ready, the operator's CPU seconds and
+  peak RSS (psutil, sampled), the kubelet's and the labs' totals.
+* API requests by the operator (audit log, its service account, kubectl excluded):
+  per session during creation, and over a steady-state window with every session Ready
+  and nothing changing (writes must be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import re
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio import watch
+
+from kernelsession.localcluster import audit
+from kernelsession.localcluster.cluster import LocalCluster
+from kernelsession.localcluster.operator_process import (
+    OPERATOR_ACCOUNT,
+    OPERATOR_NAMESPACE,
+    OperatorProcess,
+    install_manifests,
+)
+
+LABS = "labs"
+SESSION_LABEL = "kernelsession.dev/session"
+PLAIN_LABEL = "kernelsession-bench/plain"
+OPERATOR_USER = audit.service_account(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT)
+REPEATS = 5
+SCALE_DEADLINE = 900.0
+
+
+# -- event times from watches ---------------------------------------------------------
+@dataclass
+class Times:
+    """Monotonic times at which each thing was first seen (keyed by session or plain
+    pod name)."""
+
+    session_seen: dict[str, float] = field(default_factory=dict)
+    session_ready: dict[str, float] = field(default_factory=dict)
+    pod_seen: dict[str, float] = field(default_factory=dict)
+    pod_ready: dict[str, float] = field(default_factory=dict)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def forget(self, names: Iterable[str]) -> None:
+        for name in names:
+            for d in (self.session_seen, self.session_ready, self.pod_seen, self.pod_ready):
+                d.pop(name, None)
+
+
+def _pod_ready(pod: Any) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
+
+
+async def _watch(api: k8s.ApiClient, times: Times, kind: str) -> None:
+    core = k8s.CoreV1Api(api)
+    custom = k8s.CustomObjectsApi(api)
+    while True:
+        w = watch.Watch()
+        if kind == "pods":
+            stream = w.stream(core.list_namespaced_pod, LABS, timeout_seconds=3600)
+        else:
+            stream = w.stream(
+                custom.list_namespaced_custom_object,
+                "kernelsession.dev",
+                "v1alpha1",
+                LABS,
+                "kernelsessions",
+                timeout_seconds=3600,
+            )
+        async for event in stream:
+            now = time.monotonic()
+            obj = event["object"]
+            if event["type"] == "DELETED":
+                continue
+            if kind == "pods":
+                labels = obj.metadata.labels or {}
+                key = labels.get(SESSION_LABEL) or labels.get(PLAIN_LABEL)
+                if not key:
+                    continue
+                times.pod_seen.setdefault(key, now)
+                if _pod_ready(obj) and obj.metadata.deletion_timestamp is None:
+                    times.pod_ready.setdefault(key, now)
+            else:
+                name = obj["metadata"]["name"]
+                times.session_seen.setdefault(name, now)
+                if (obj.get("status") or {}).get("phase") == "Ready":
+                    times.session_ready.setdefault(name, now)
+            times.changed.set()
+
+
+async def _until(times: Times, check: Any, deadline: float) -> bool:
+    while not check():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        times.changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(times.changed.wait(), timeout=min(remaining, 5))
+    return True
+
+
+# -- helpers --------------------------------------------------------------------------
+async def _kubectl(cluster: LocalCluster, *args: str, input: str | None = None) -> str:
+    kubectl = cluster.binaries.kubectl
+    assert kubectl is not None
+    proc = await asyncio.create_subprocess_exec(
+        str(kubectl),
+        f"--kubeconfig={cluster.kubeconfig}",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate(input.encode() if input else None)
+    if proc.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)} failed: {err.decode()}")
+    return out.decode()
+
+
+def _session(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "kernelsession.dev/v1alpha1",
+        "kind": "KernelSession",
+        "metadata": {"name": name, "namespace": LABS},
+        "spec": {
+            "user": "bench",
+            "culling": {"idleTimeoutSeconds": 0, "maxAgeSeconds": 0},
+            "startTimeoutSeconds": int(SCALE_DEADLINE),
+        },
+    }
+
+
+class Sampler:
+    """Samples peak RSS of the operator (every 0.2 s) and of the kubelet's process tree
+    (kubelet + labs, every 2 s) in a thread."""
+
+    def __init__(self, operator_pid: int, kubelet_pid: int) -> None:
+        self.operator = psutil.Process(operator_pid)
+        self.kubelet = psutil.Process(kubelet_pid)
+        self.operator_peak = 0
+        self.tree_peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _tree_rss(self) -> int:
+        total = 0
+        for proc in [self.kubelet, *self.kubelet.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+        return total
+
+    def _run(self) -> None:
+        tick = 0
+        while not self._stop.wait(0.2):
+            try:
+                self.operator_peak = max(self.operator_peak, self.operator.memory_info().rss)
+            except psutil.Error:
+                return
+            if tick % 10 == 0:
+                self.tree_peak = max(self.tree_peak, self._tree_rss())
+            tick += 1
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _cpu(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return float(t.user + t.system)
+
+
+def _children_cpu(proc: psutil.Process) -> float:
+    total = 0.0
+    for child in proc.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            total += _cpu(child)
+    return total
+
+
+def _metric(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.eE+-]+)$", line)
+        if m:
+            total += float(m.group(1))
+    return total
+
+
+def _operator_requests(cluster: LocalCluster, offset: int) -> list[audit.Entry]:
+    log = cluster.audit_log
+    assert log is not None
+    return [
+        e
+        for e in audit.read(log, user=OPERATOR_USER, offset=offset)
+        if not e.user_agent.startswith("kubectl/") and not e.resource.startswith("/")
+    ]
+
+
+def _med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# -- the measurements -----------------------------------------------------------------
+async def _delete_sessions(cluster: LocalCluster, times: Times, names: list[str]) -> None:
+    await _kubectl(cluster, "-n", LABS, "delete", "ks", *names, "--wait=true", "--timeout=300s")
+    pods = json.loads(
+        await _kubectl(cluster, "-n", LABS, "get", "pods", "-l", SESSION_LABEL, "-o", "json")
+    )["items"]
+    if pods:
+        await _kubectl(
+            cluster,
+            "-n",
+            LABS,
+            "wait",
+            "--for=delete",
+            "pods",
+            "-l",
+            SESSION_LABEL,
+            "--timeout=300s",
+        )
+    times.forget(names)
+
+
+async def _one_session(
+    cluster: LocalCluster, times: Times, repeats: int
+) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    rows: list[dict[str, float]] = []
+    pod_template: dict[str, Any] = {}
+    for i in range(repeats):
+        name = f"one{i}"
+        t_apply = time.monotonic()
+        await _kubectl(
+            cluster, "apply", "--server-side", "-f", "-", input=yaml.safe_dump(_session(name))
+        )
+        ok = await _until(times, lambda n=name: n in times.session_ready, time.monotonic() + 180)
+        if not ok:
+            raise RuntimeError(f"session {name} not Ready within 180 s")
+        rows.append(
+            {
+                "total": times.session_ready[name] - t_apply,
+                "kubectl": times.session_seen[name] - t_apply,
+                "op_create": times.pod_seen[name] - times.session_seen[name],
+                "lab": times.pod_ready[name] - times.pod_seen[name],
+                "op_ready": times.session_ready[name] - times.pod_ready[name],
+            }
+        )
+        if not pod_template:
+            pod_template = json.loads(
+                await _kubectl(
+                    cluster,
+                    "-n",
+                    LABS,
+                    "get",
+                    "pods",
+                    "-l",
+                    f"{SESSION_LABEL}={name}",
+                    "-o",
+                    "json",
+                )
+            )["items"][0]
+        await _delete_sessions(cluster, times, [name])
+    return rows, pod_template
+
+
+def _plain_pod(template: dict[str, Any], name: str) -> dict[str, Any]:
+    spec = dict(template["spec"])
+    for key in ("nodeName",):
+        spec.pop(key, None)
+    for container in spec["containers"]:
+        for env in container.get("env") or []:
+            ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+            if ref:
+                ref["name"] = "bench-plain-token"
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": LABS, "labels": {PLAIN_LABEL: name}},
+        "spec": spec,
+    }
+
+
+async def _baseline(
+    cluster: LocalCluster, times: Times, template: dict[str, Any], repeats: int
+) -> list[dict[str, float]]:
+    await _kubectl(
+        cluster,
+        "-n",
+        LABS,
+        "create",
+        "secret",
+        "generic",
+        "bench-plain-token",
+        "--from-literal=token=bench-plain-token-value",
+    )
+    rows = []
+    for i in range(repeats):
+        name = f"plain{i}"
+        t_create = time.monotonic()
+        await _kubectl(cluster, "create", "-f", "-", input=json.dumps(_plain_pod(template, name)))
+        ok = await _until(times, lambda n=name: n in times.pod_ready, time.monotonic() + 180)
+        if not ok:
+            raise RuntimeError(f"plain pod {name} not Ready within 180 s")
+        rows.append(
+            {
+                "total": times.pod_ready[name] - t_create,
+                "kubectl": times.pod_seen[name] - t_create,
+                "lab": times.pod_ready[name] - times.pod_seen[name],
+            }
+        )
+        await _kubectl(cluster, "-n", LABS, "delete", "pod", name, "--wait=true")
+        times.forget([name])
+    return rows
+
+
+@dataclass
+class Scale:
+    n: int
+    ready: int
+    seconds: float
+    apply_seconds: float
+    operator_cpu: float
+    operator_peak_rss: int
+    operator_rss_before: int
+    kubelet_cpu: float
+    labs_cpu: float
+    tree_peak_rss: int
+    creation: Counter[str]
+    spawn: list[float]
+
+
+async def _scale(cluster: LocalCluster, op: OperatorProcess, times: Times, n: int) -> Scale:
+    assert op.pid is not None
+    assert cluster.kubelet_pid is not None
+    names = [f"s{i:03d}" for i in range(n)]
+    operator = psutil.Process(op.pid)
+    kubelet = psutil.Process(cluster.kubelet_pid)
+    log = cluster.audit_log
+    assert log is not None
+    offset = audit.size(log)
+    cpu0, kcpu0, lcpu0 = _cpu(operator), _cpu(kubelet), _children_cpu(kubelet)
+    rss0 = operator.memory_info().rss
+    with Sampler(op.pid, cluster.kubelet_pid) as sampler:
+        t0 = time.monotonic()
+        await _kubectl(
+            cluster,
+            "apply",
+            "--server-side",
+            "-f",
+            "-",
+            input=yaml.safe_dump_all([_session(name) for name in names]),
+        )
+        applied = time.monotonic() - t0
+        await _until(
+            times,
+            lambda: all(name in times.session_ready for name in names),
+            t0 + SCALE_DEADLINE,
+        )
+        seconds = time.monotonic() - t0
+    ready = sum(name in times.session_ready for name in names)
+    return Scale(
+        n=n,
+        ready=ready,
+        seconds=seconds,
+        apply_seconds=applied,
+        operator_cpu=_cpu(operator) - cpu0,
+        operator_peak_rss=sampler.operator_peak,
+        operator_rss_before=rss0,
+        kubelet_cpu=_cpu(kubelet) - kcpu0,
+        labs_cpu=_children_cpu(kubelet) - lcpu0,
+        tree_peak_rss=sampler.tree_peak,
+        creation=audit.count(_operator_requests(cluster, offset)),
+        spawn=[
+            times.session_ready[name] - times.session_seen[name]
+            for name in names
+            if name in times.session_ready
+        ],
+    )
+
+
+async def _steady(
+    cluster: LocalCluster, op: OperatorProcess, window: float
+) -> tuple[Counter[str], float, float, float]:
+    """Operator requests during ``window`` seconds with nothing changing; also the
+    status-writes and reconciles metrics' increase and the operator's CPU seconds."""
+    log = cluster.audit_log
+    assert log is not None
+    assert op.pid is not None
+    proc = psutil.Process(op.pid)
+    before = op.metrics()
+    offset = audit.size(log)
+    cpu0 = _cpu(proc)
+    await asyncio.sleep(window)  # a fixed measurement window, not a wait for a condition
+    cpu = _cpu(proc) - cpu0
+    after = op.metrics()
+    counts = audit.count(_operator_requests(cluster, offset))
+    writes = _metric(after, "kernelsession_status_writes_total") - _metric(
+        before, "kernelsession_status_writes_total"
+    )
+    reconciles = _metric(after, "kernelsession_reconciles_total") - _metric(
+        before, "kernelsession_reconciles_total"
+    )
+    return counts, writes, reconciles, cpu
+
+
+# -- report ---------------------------------------------------------------------------
+def _requests_table(counts: Counter[str], per: float, unit: str) -> None:
+    writes = sum(v for k, v in counts.items() if k.split()[0] in audit.WRITE_VERBS)
+    reads = sum(v for k, v in counts.items() if k.split()[0] in audit.READ_VERBS)
+    print(f"    writes {writes / per:7.2f}{unit}   reads {reads / per:7.2f}{unit}")
+    for key, value in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        print(f"      {key:<34} {value / per:8.2f}{unit}")
+
+
+async def _run(args: argparse.Namespace, cluster: LocalCluster, op: OperatorProcess) -> int:
+    api = await k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    times = Times()
+    watchers = [asyncio.create_task(_watch(api, times, kind)) for kind in ("pods", "sessions")]
+    status = 0
+    try:
+        repeats = 3 if args.quick else REPEATS
+        rows, template = await _one_session(cluster, times, repeats)
+        plain = await _baseline(cluster, times, template, repeats)
+        m = {k: _med([r[k] for r in rows]) for k in rows[0]}
+        p = {k: _med([r[k] for r in plain]) for k in plain[0]}
+        operator_own = m["op_create"] + m["op_ready"]
+        print(f"one session, apply -> Ready, median of {repeats} (seconds):")
+        print(f"  total (kubectl apply -> phase Ready)     {m['total']:6.2f}")
+        print(f"    kubectl apply -> session seen          {m['kubectl']:6.2f}")
+        print(f"    operator: session seen -> pod created  {m['op_create']:6.2f}")
+        print(f"    lab start: pod created -> pod Ready    {m['lab']:6.2f}")
+        print(f"    operator: pod Ready -> session Ready   {m['op_ready']:6.2f}")
+        print(
+            f"  baseline: kubectl create same Pod -> Ready {p['total']:6.2f}"
+            f" (pod created -> Ready {p['lab']:.2f})"
+        )
+        print(
+            f"  operator's own time {operator_own:.2f}s = "
+            f"{operator_own / m['total'] * 100:.0f}% of apply->Ready; "
+            f"session / plain pod = {m['total'] / p['total']:.2f}x"
+        )
+
+        n = args.sessions
+        scale = await _scale(cluster, op, times, n)
+        if scale.ready < n:
+            print(
+                f"{n} sessions: only {scale.ready} Ready after {scale.seconds:.0f}s "
+                f"(machine: {psutil.cpu_count()} cores, "
+                f"{psutil.virtual_memory().total / 2**30:.0f} GiB)"
+            )
+            status = 1
+        print(f"{n} sessions applied at once (one kubectl apply, {scale.apply_seconds:.1f}s):")
+        print(
+            f"  all Ready after {scale.seconds:.1f}s ({scale.ready}/{n}); "
+            f"per session seen->Ready median {_med(scale.spawn):.1f}s, "
+            f"max {max(scale.spawn, default=float('nan')):.1f}s"
+        )
+        print(
+            f"  operator: {scale.operator_cpu:.1f} CPU s "
+            f"({scale.operator_cpu / max(scale.ready, 1) * 1000:.0f} ms/session), "
+            f"peak RSS {scale.operator_peak_rss / 2**20:.0f} MiB "
+            f"(before {scale.operator_rss_before / 2**20:.0f} MiB)"
+        )
+        print(
+            f"  kubelet: {scale.kubelet_cpu:.1f} CPU s; labs: {scale.labs_cpu:.1f} CPU s "
+            f"({scale.labs_cpu / max(scale.ready, 1):.2f} s/lab); kubelet+labs peak RSS "
+            f"{scale.tree_peak_rss / 2**30:.1f} GiB"
+        )
+        print("  operator API requests per session during creation (audit log):")
+        _requests_table(scale.creation, n, "")
+
+        counts, writes, reconciles, cpu = await _steady(cluster, op, args.window)
+        minutes = args.window / 60
+        api_writes = sum(v for k, v in counts.items() if k.split()[0] in audit.WRITE_VERBS)
+        print(
+            f"steady state, {scale.ready} Ready sessions, nothing changing, "
+            f"{args.window:.0f}s window:"
+        )
+        print(
+            f"  operator API writes {api_writes} (must be 0); status writes metric +{writes:.0f}; "
+            f"reconciles +{reconciles:.0f}; operator CPU {cpu:.2f}s "
+            f"({cpu / args.window * 100:.1f}% of a core)"
+        )
+        print("  operator API requests per minute (all sessions):")
+        _requests_table(counts, minutes, "/min")
+        if api_writes:
+            status = 1
+        await _delete_sessions(cluster, times, [f"s{i:03d}" for i in range(n)])
+    finally:
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+        await api.close()
+    return status
+
+
+def main(args: argparse.Namespace) -> int:
+    sessions = getattr(args, "sessions", 100)
+    args.sessions = 10 if args.quick and sessions == 100 else sessions
+    args.window = getattr(args, "window", 60.0)
+    print(
+        f"{time.strftime('%Y-%m-%d')}, {psutil.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, python {sys.version.split()[0]}"
+    )
+    with tempfile.TemporaryDirectory(prefix="ks-bench-") as tmp:
+        cluster = LocalCluster(audit=True)
+        timings = cluster.start()
+        op: OperatorProcess | None = None
+        try:
+            print(f"  {timings.summary()}")
+            install_manifests(cluster)
+            op = OperatorProcess(cluster, Path(tmp) / "operator")
+            op.start()
+            return asyncio.run(_run(args, cluster, op))
+        finally:
+            if op is not None:
+                op.stop()
+            cluster.stop()
