@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 PYTEST_ARGS ?=
+RUN_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: setup run test test-quick lint bench manifests wheels clean binaries
 
@@ -21,7 +23,7 @@ binaries: $(STAMP)
 	$(PY) -m kernelsession.localcluster.binaries ensure
 
 run: setup
-	$(PY) -m kernelsession.localcluster.run
+	$(PY) -m kernelsession.localcluster.run $(RUN_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check client operator tests bench
@@ -36,7 +38,7 @@ test-quick: $(STAMP)
 	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: setup
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 manifests: $(STAMP)
 	$(PY) -m kernelsession.operator.manifests check
