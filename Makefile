@@ -40,8 +40,11 @@ test-quick: $(STAMP)
 bench: setup
 	$(PY) -m bench $(BENCH_ARGS)
 
-manifests: $(STAMP)
-	$(PY) -m kernelsession.operator.manifests check
+# One-file install bundle of manifests/ (what `kubectl apply -k manifests/` applies).
+manifests: binaries
+	mkdir -p dist
+	"$$($(PY) -m kernelsession.localcluster.binaries path)/kubectl" kustomize manifests > dist/kernelsession.yaml
+	@echo "wrote dist/kernelsession.yaml ($$(grep -c '^kind:' dist/kernelsession.yaml) objects)"
 
 wheels: $(STAMP)
 	rm -rf dist
