@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import json
 import re
 import statistics
@@ -358,6 +359,7 @@ class Scale:
     labs_cpu: float
     tree_peak_rss: int
     creation: Counter[str]
+    conflicts: Counter[str]
     spawn: list[float]
 
 
@@ -390,6 +392,7 @@ async def _scale(cluster: LocalCluster, op: OperatorProcess, times: Times, n: in
         )
         seconds = time.monotonic() - t0
     ready = sum(name in times.session_ready for name in names)
+    entries = _operator_requests(cluster, offset)
     return Scale(
         n=n,
         ready=ready,
@@ -401,7 +404,8 @@ async def _scale(cluster: LocalCluster, op: OperatorProcess, times: Times, n: in
         kubelet_cpu=_cpu(kubelet) - kcpu0,
         labs_cpu=_children_cpu(kubelet) - lcpu0,
         tree_peak_rss=sampler.tree_peak,
-        creation=audit.count(_operator_requests(cluster, offset)),
+        creation=audit.count(entries),
+        conflicts=audit.count(e for e in entries if e.code == 409),
         spawn=[
             times.session_ready[name] - times.session_seen[name]
             for name in names
@@ -500,6 +504,10 @@ async def _run(args: argparse.Namespace, cluster: LocalCluster, op: OperatorProc
         )
         print("  operator API requests per session during creation (audit log):")
         _requests_table(scale.creation, n, "")
+        if scale.conflicts:
+            print("    of which refused as AlreadyExists (409), per session:")
+            for key, value in sorted(scale.conflicts.items()):
+                print(f"      {key:<34} {value / n:8.2f}")
 
         counts, writes, reconciles, cpu = await _steady(cluster, op, args.window)
         minutes = args.window / 60
@@ -527,6 +535,8 @@ async def _run(args: argparse.Namespace, cluster: LocalCluster, op: OperatorProc
 
 
 def main(args: argparse.Namespace) -> int:
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     sessions = getattr(args, "sessions", 100)
     args.sessions = 10 if args.quick and sessions == 100 else sessions
     args.window = getattr(args, "window", 60.0)
