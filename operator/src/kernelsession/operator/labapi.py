@@ -45,7 +45,18 @@ class LabActivity:
 
 
 class LabUnreachable(Exception):
-    """The lab did not answer, or answered without accepting the token."""
+    """The lab did not answer, or answered without accepting the token.
+
+    ``status`` is the HTTP status when the lab answered (401/403: token refused).
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def token_refused(self) -> bool:
+        return self.status in (401, 403)
 
 
 def _headers(token: str) -> dict[str, str]:
@@ -58,7 +69,9 @@ async def _get_json(http: httpx.AsyncClient, url: str, token: str) -> Any:
     except httpx.HTTPError as exc:
         raise LabUnreachable(f"{type(exc).__name__} from {url.split('?')[0]}") from None
     if response.status_code != 200:
-        raise LabUnreachable(f"HTTP {response.status_code} from {url.split('?')[0]}")
+        raise LabUnreachable(
+            f"HTTP {response.status_code} from {url.split('?')[0]}", response.status_code
+        )
     try:
         return response.json()
     except ValueError:

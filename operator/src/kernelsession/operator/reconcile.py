@@ -33,14 +33,25 @@ def event(body: Mapping[str, Any], reason: str, message: str, *, warning: bool =
     kopf.event(cast(kopf.Body, body), type=kind, reason=reason, message=message)
 
 
-async def _token(rt: Runtime, body: Mapping[str, Any], key: Key) -> TokenRecord:
-    """The session's token, creating its Secret when missing (re-read every cull interval).
+# The watch may not show a child this process just created; don't create it again.
+CREATE_MEMORY = 5.0
+# Cached tokens are re-read this many cull intervals apart (the operator may not watch
+# Secrets), at once when the lab refuses the token, and before a pod is created.
+TOKEN_RECHECK_INTERVALS = 10
+
+
+async def _token(rt: Runtime, body: Mapping[str, Any], key: Key, *, fresh: bool) -> TokenRecord:
+    """The session's token, creating its Secret when missing.
+
+    Read from the API when ``fresh``, when not cached, or when the cache is older than
+    ``TOKEN_RECHECK_INTERVALS`` cull intervals.
 
     Raises:
         kopf.PermanentError: a Secret of that name exists but belongs to something else.
     """
     cached = rt.tokens.get(key)
-    if cached and time.monotonic() - cached.checked < rt.settings.cull_interval:
+    max_age = TOKEN_RECHECK_INTERVALS * rt.settings.cull_interval
+    if cached and not fresh and time.monotonic() - cached.checked < max_age:
         return cached
     ns, name = key
     secret_name = naming.token_secret_name(name)
@@ -62,9 +73,20 @@ async def _token(rt: Runtime, body: Mapping[str, Any], key: Key) -> TokenRecord:
     return record
 
 
-async def _ensure_absent_ok(rt: Runtime, manifest: dict[str, Any], present: bool) -> None:
-    if not present and await rt.kube.create(manifest):
-        log.info("child created", kind=manifest["kind"], name=manifest["metadata"]["name"])
+async def _create_child(rt: Runtime, key: Key, manifest: dict[str, Any]) -> bool:
+    """Create a child unless this process just did; True when it was created now.
+
+    Raises:
+        ChildRejected: the API server refused it.
+    """
+    name = manifest["metadata"]["name"]
+    if rt.recently_created(key, name, CREATE_MEMORY):
+        return False
+    created = await rt.kube.create(manifest)
+    rt.note_created(key, name)
+    if created:
+        log.info("child created", kind=manifest["kind"], name=name, session=key[1])
+    return created
 
 
 async def reconcile(
@@ -106,9 +128,12 @@ async def reconcile(
         if resume_asked:
             event(body, "Resumed", "Starting the lab again on request.")
 
-    token = await _token(rt, body, key)
-    await _ensure_absent_ok(rt, builders.service(body, cfg), has_service)
-    await _ensure_absent_ok(rt, builders.network_policy(body, cfg), has_policy)
+    live_pods = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    token = await _token(rt, body, key, fresh=not live_pods)
+    if not has_service:
+        await _create_child(rt, key, builders.service(body, cfg))
+    if not has_policy:
+        await _create_child(rt, key, builders.network_policy(body, cfg))
 
     try:
         desired = builders.lab_pod(body, cfg, token.uid)
@@ -124,13 +149,12 @@ async def reconcile(
     pod_view: PodView | None = read_pod(mine[0]) if mine else None
     if pod_view is None:
         try:
-            created = await rt.kube.create(desired)
+            created = await _create_child(rt, key, desired)
         except ChildRejected as exc:
             verdict = st.pod_rejected(exc.message)
             await _write(rt, body, current, verdict, now, generation, None, token, None)
             return cfg.cull_interval
         if created:
-            log_.info("lab pod created", pod=desired_name)
             event(body, "Created", f"Created lab pod {desired_name}")
 
     pod_ip = pod_view.pod_ip if pod_view else None
@@ -145,6 +169,8 @@ async def reconcile(
             probe_ok = True
         except labapi.LabUnreachable as exc:
             probe_error = str(exc)
+            if exc.token_refused:
+                rt.tokens.pop(key, None)  # re-read the Secret on the next pass
 
     start_timeout = int(spec.get("startTimeoutSeconds") or cfg.default_start_timeout)
     verdict = st.judge(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,8 @@ class Runtime:
     http: httpx.AsyncClient
     wakeups: dict[Key, asyncio.Event] = field(default_factory=dict)
     tokens: dict[Key, TokenRecord] = field(default_factory=dict)
+    created: dict[tuple[Key, str], float] = field(default_factory=dict)
+    """Children this process created, by (session, name): the watch may lag behind."""
     warned: set[Key] = field(default_factory=set)
     bodies: dict[Key, dict[str, Any]] = field(default_factory=dict)
     loops: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
@@ -41,6 +44,14 @@ class Runtime:
         old = self.bodies.get(key)
         if old is None or _version(body) >= _version(old):
             self.bodies[key] = body
+
+    def recently_created(self, key: Key, name: str, within: float) -> bool:
+        """Whether this process created child ``name`` less than ``within`` seconds ago."""
+        when = self.created.get((key, name))
+        return when is not None and time.monotonic() - when < within
+
+    def note_created(self, key: Key, name: str) -> None:
+        self.created[(key, name)] = time.monotonic()
 
     def has_loop(self, key: Key) -> bool:
         task = self.loops.get(key)
@@ -67,6 +78,8 @@ class Runtime:
     def forget(self, key: Key) -> None:
         self.wakeups.pop(key, None)
         self.tokens.pop(key, None)
+        for created in [c for c in self.created if c[0] == key]:
+            del self.created[created]
         self.warned.discard(key)
 
     async def close(self) -> None:
