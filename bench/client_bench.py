@@ -6,18 +6,24 @@ starts (and stops by PID):
   kernel over ZMQ (the floor), a plain websockets client through the server
   (no TCP_QUICKACK), and our ``run_python``;
 * throughput of 1 MB and 100 MB of stdout (server with the IOPub rate limit
-  lifted): our ``run_python`` vs jupyter_client direct.
+  lifted): our ``run_python`` vs jupyter_client direct;
+* 50 concurrent sessions from this one process (one kernel each): executions per
+  second in total, against one session alone as the baseline, and this process's
+  memory (resident set size).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import statistics
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import psutil
+import structlog
 from jupyter_client.asynchronous.client import AsyncKernelClient
 
 from kernelsession.client import JupyterLabSession, JupyterLabSessionManager
@@ -120,7 +126,42 @@ async def _throughput(sizes: list[int]) -> list[tuple[int, float, float]]:
     return rows
 
 
+async def _concurrency(sessions: int, rounds: int) -> dict[str, float]:
+    """Executions/s for one session alone, then for ``sessions`` at once; client RSS."""
+    me = psutil.Process()
+    rss_before = me.memory_info().rss
+    with LocalJupyterServer() as server:
+
+        async def run_rounds(session: JupyterLabSession, tag: int) -> None:
+            for i in range(rounds):
+                out = await session.run_python(f"print({tag} * 1000 + {i})")
+                assert out == f"{tag * 1000 + i}\n", out
+
+        async with _manager(server) as one:
+            t0 = time.perf_counter()
+            await run_rounds(one, 0)
+            single = rounds / (time.perf_counter() - t0)
+        managers = [_manager(server) for _ in range(sessions)]
+        opened = await asyncio.gather(*(m.__aenter__() for m in managers))
+        peak = me.memory_info().rss
+        try:
+            t0 = time.perf_counter()
+            await asyncio.gather(*(run_rounds(s, i + 1) for i, s in enumerate(opened)))
+            many = sessions * rounds / (time.perf_counter() - t0)
+            peak = max(peak, me.memory_info().rss)
+        finally:
+            await asyncio.gather(*(m.__aexit__(None, None, None) for m in managers))
+    return {
+        "single": single,
+        "many": many,
+        "rss_mib": peak / 2**20,
+        "rss_added_mib": (peak - rss_before) / 2**20,
+    }
+
+
 def main(args: argparse.Namespace) -> int:
+    # The client's per-session log lines would drown the tables.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     n = 30 if args.quick else args.iterations
     latency = asyncio.run(_latency(n))
     floor = latency["jupyter_client ZMQ (floor)"][0]
@@ -134,6 +175,18 @@ def main(args: argparse.Namespace) -> int:
     print(f"  {'size':>7} {'run_python':>12} {'jupyter_client':>15} {'ratio':>6}")
     for size, ours, direct in rows:
         print(f"  {size // MB:>5}MB {ours:8.1f}MB/s {direct:11.1f}MB/s {ours / direct:6.2f}")
+    sessions = 10 if args.quick else 50
+    conc = asyncio.run(_concurrency(sessions, rounds=20))
+    print(f"{sessions} concurrent sessions from one process, 20 print() each (one kernel each):")
+    print(f"  one session alone          {conc['single']:8.1f} executions/s")
+    print(
+        f"  {sessions} sessions at once       {conc['many']:8.1f} executions/s "
+        f"({conc['many'] / conc['single']:.2f}x one session)"
+    )
+    print(
+        f"  client process peak RSS    {conc['rss_mib']:8.1f} MiB "
+        f"(+{conc['rss_added_mib']:.1f} MiB for the sessions)"
+    )
     ratio = latency["kernelsession run_python"][0] / floor
     print(f"run_python median / floor = {ratio:.2f} (target <= 1.25)")
     return 0 if ratio <= 1.25 else 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any, cast
 
 import kopf
@@ -33,25 +34,28 @@ def event(body: Mapping[str, Any], reason: str, message: str, *, warning: bool =
     kopf.event(cast(kopf.Body, body), type=kind, reason=reason, message=message)
 
 
-# The watch may not show a child this process just created; don't create it again.
-CREATE_MEMORY = 5.0
+# A child this process created is not created again until the watch shows it (the watch
+# lags under load), or this many seconds passed (it was deleted before it was seen).
+CREATE_MEMORY = 60.0
 # Cached tokens are re-read this many cull intervals apart (the operator may not watch
-# Secrets), at once when the lab refuses the token, and before a pod is created.
+# Secrets), at once when the lab refuses the token, and when a pod is to be created
+# (then a token read less than FRESH_TOKEN_AGE seconds ago will do).
 TOKEN_RECHECK_INTERVALS = 10
+FRESH_TOKEN_AGE = 30.0
 
 
 async def _token(rt: Runtime, body: Mapping[str, Any], key: Key, *, fresh: bool) -> TokenRecord:
     """The session's token, creating its Secret when missing.
 
-    Read from the API when ``fresh``, when not cached, or when the cache is older than
-    ``TOKEN_RECHECK_INTERVALS`` cull intervals.
+    Read from the API when not cached, or when the cache is older than
+    ``FRESH_TOKEN_AGE`` (``fresh``) or ``TOKEN_RECHECK_INTERVALS`` cull intervals.
 
     Raises:
         kopf.PermanentError: a Secret of that name exists but belongs to something else.
     """
     cached = rt.tokens.get(key)
-    max_age = TOKEN_RECHECK_INTERVALS * rt.settings.cull_interval
-    if cached and not fresh and time.monotonic() - cached.checked < max_age:
+    max_age = FRESH_TOKEN_AGE if fresh else TOKEN_RECHECK_INTERVALS * rt.settings.cull_interval
+    if cached and time.monotonic() - cached.checked < max_age:
         return cached
     ns, name = key
     secret_name = naming.token_secret_name(name)
@@ -130,6 +134,11 @@ async def reconcile(
 
     live_pods = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
     token = await _token(rt, body, key, fresh=not live_pods)
+    for seen in [p["metadata"]["name"] for p in pods] + [
+        *([naming.service_name(name)] if has_service else []),
+        *([naming.network_policy_name(name)] if has_policy else []),
+    ]:
+        rt.seen(key, seen)
     if not has_service:
         await _create_child(rt, key, builders.service(body, cfg))
     if not has_policy:
@@ -184,34 +193,12 @@ async def reconcile(
     )
     last_activity = None
     culled_time = None
-    if verdict.ready and activity is not None:
+    if verdict.ready and activity is not None and pod_view is not None:
         latest = activity.latest()
         last_activity = st.fmt_time(latest) if latest else None
-        idle_timeout, max_age = culling.limits(spec, cfg)
-        decision = culling.decide(
-            activity,
-            idle_timeout=idle_timeout,
-            max_age=max_age,
-            started=st.parse_time(pod_view.created if pod_view else None),
-            now=now,
-            warning=cfg.cull_warning,
-            cull_connected=cfg.cull_connected,
-        )
-        if decision.action == "warn" and key not in rt.warned:
-            rt.warned.add(key)
-            event(body, "CullingSoon", decision.message)
-        elif decision.action == "keep":
-            rt.warned.discard(key)
-        elif decision.action == "cull":
-            assert pod_view is not None
-            message = decision.message + RESUME_HINT.format(name=name, ns=ns)
-            log_.info("culling lab", reason=decision.reason, pod=pod_view.name)
-            event(body, "Culled", message)
-            await rt.kube.delete_pod(ns, pod_view.name)
-            metrics.CULLS.labels(decision.reason).inc()
-            verdict = st.Verdict(st.CULLED, decision.reason, message)
-            culled_time = st.fmt_time(now)
-            pod_view = None
+        culled = await _cull_if_due(rt, body, key, spec, activity, pod_view, now)
+        if culled is not None:
+            verdict, culled_time, pod_view = culled, st.fmt_time(now), None
     if verdict.phase == st.FAILED and verdict.reason == "StartTimeout" and pod_view:
         await rt.kube.delete_pod(ns, pod_view.name)
         pod_view = None
@@ -229,11 +216,46 @@ async def reconcile(
         culled_time=culled_time,
         resume_request=resume if resume_asked else None,
     )
-    if verdict.ready:
-        return cfg.cull_interval
-    if verdict.phase == st.CULLED:
-        return cfg.cull_interval
-    return cfg.starting_interval
+    settled = verdict.ready or verdict.phase == st.CULLED
+    return cfg.cull_interval if settled else cfg.starting_interval
+
+
+async def _cull_if_due(
+    rt: Runtime,
+    body: Mapping[str, Any],
+    key: Key,
+    spec: Mapping[str, Any],
+    activity: labapi.LabActivity,
+    pod_view: PodView,
+    now: datetime,
+) -> st.Verdict | None:
+    """Warn about, or cull, a Ready lab per its limits; the Culled verdict when culled."""
+    cfg = rt.settings
+    idle_timeout, max_age = culling.limits(spec, cfg)
+    decision = culling.decide(
+        activity,
+        idle_timeout=idle_timeout,
+        max_age=max_age,
+        started=st.parse_time(pod_view.created),
+        now=now,
+        warning=cfg.cull_warning,
+        cull_connected=cfg.cull_connected,
+    )
+    if decision.action == "keep":
+        rt.warned.discard(key)
+        return None
+    if decision.action == "warn":
+        if key not in rt.warned:
+            rt.warned.add(key)
+            event(body, "CullingSoon", decision.message)
+        return None
+    ns, name = key
+    message = decision.message + RESUME_HINT.format(name=name, ns=ns)
+    log.info("culling lab", namespace=ns, session=name, reason=decision.reason, pod=pod_view.name)
+    event(body, "Culled", message)
+    await rt.kube.delete_pod(ns, pod_view.name)
+    metrics.CULLS.labels(decision.reason).inc()
+    return st.Verdict(st.CULLED, decision.reason, message)
 
 
 async def _write(
@@ -241,7 +263,7 @@ async def _write(
     body: Mapping[str, Any],
     current: Mapping[str, Any],
     verdict: st.Verdict,
-    now: Any,
+    now: datetime,
     generation: int,
     pod_view: PodView | None,
     token: TokenRecord | None,
@@ -258,7 +280,7 @@ async def _write(
         verdict,
         now=now,
         generation=generation,
-        url=url if pod_view else (url if verdict.phase not in (st.CULLED, st.FAILED) else None),
+        url=url if pod_view or verdict.phase not in (st.CULLED, st.FAILED) else None,
         token_secret_name=naming.token_secret_name(meta["name"]) if token else None,
         pod=pod_view,
         last_activity=last_activity,

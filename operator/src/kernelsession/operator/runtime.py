@@ -53,6 +53,10 @@ class Runtime:
     def note_created(self, key: Key, name: str) -> None:
         self.created[(key, name)] = time.monotonic()
 
+    def seen(self, key: Key, name: str) -> None:
+        """The watch shows child ``name``: stop remembering that we created it."""
+        self.created.pop((key, name), None)
+
     def has_loop(self, key: Key) -> bool:
         task = self.loops.get(key)
         return task is not None and not task.done()
