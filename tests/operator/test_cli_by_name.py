@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import LABS, apply_session, wait_phase
+from helpers import LABS, apply_session, wait_phase
 
 from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.operator_process import OperatorProcess

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import LABS, apply_session, children, events_for, get_ks, wait_phase
-from helpers import wait_for
+from helpers import LABS, apply_session, children, events_for, get_ks, wait_for, wait_phase
 
 from kernelsession.client import KernelSessionClient
 from kernelsession.localcluster.cluster import LocalCluster

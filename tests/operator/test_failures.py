@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import apply_session, events_for, wait_phase
+from helpers import apply_session, events_for, wait_phase
 
 from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.operator_process import OperatorProcess

@@ -20,8 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import LABS, apply_session, get_ks, wait_phase
-from helpers import wait_for
+from helpers import LABS, apply_session, get_ks, wait_for, wait_phase
 
 from kernelsession.localcluster import audit
 from kernelsession.localcluster.cluster import LocalCluster

@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import LABS, children, wait_phase
+from helpers import LABS, children, wait_phase
 
 from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.operator_process import OperatorProcess
