@@ -44,6 +44,8 @@ __all__ = ["JupyterLabSession", "JupyterLabSessionManager"]
 _DRAIN_TIMEOUT = 15.0
 #: How long to wait for the websocket close handshake and the session DELETE.
 _CLOSE_TIMEOUT = 10.0
+# Seconds to wait for one kernel_info round trip (shell + IOPub) before asking again.
+_NUDGE_ATTEMPT = 1.0
 
 
 def _now() -> datetime:
@@ -186,7 +188,46 @@ class JupyterLabSession:
             self._reader = asyncio.create_task(
                 self._read_loop(), name=f"kernelsession-reader-{self.kernel_id}"
             )
-            await self.kernel_info(timeout=self._manager.websocket_open_timeout.total_seconds())
+            await self._nudge(self._manager.websocket_open_timeout.total_seconds())
+
+    async def _nudge(self, timeout: float) -> None:
+        """Wait until both shell and IOPub reach the (restarted) kernel.
+
+        A kernel_info_request is complete only once its IOPub idle status arrives; the
+        server's IOPub subscription to a freshly started kernel may not be connected
+        yet (ZMQ drops what a subscriber misses), so ask again until one completes.
+        This is what jupyter-server's own "nudge" does for new connections, which it
+        skips when it restores a buffered one.
+
+        Raises:
+            JupyterTimeoutError: not reachable within ``timeout`` seconds.
+            JupyterKernelDiedError, JupyterWebSocketError: as for :meth:`execute`.
+        """
+        started_at = _now()
+        deadline = time.monotonic() + timeout
+        while True:
+            request = await self._request(
+                self._message("shell", "kernel_info_request", {}), wait_idle=True
+            )
+            attempt = min(_NUDGE_ATTEMPT, max(deadline - time.monotonic(), 0.001))
+            try:
+                async with asyncio.timeout(attempt):
+                    await asyncio.shield(request.done)
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise JupyterTimeoutError(
+                        f"the restarted kernel did not answer on shell and IOPub within "
+                        f"{timeout:g} s",
+                        **self._error_kwargs(started_at, None, None),
+                    ) from None
+                continue
+            finally:
+                self._router.unregister(request.msg_id)
+            if request.termination is not None:
+                raise self._termination_error(
+                    request.termination, **self._error_kwargs(started_at, None, None)
+                )
+            return
 
     async def _request(self, msg: KernelMessage, *, wait_idle: bool = True) -> PendingRequest:
         if self._kernel_restarted and msg.msg_type != "kernel_info_request":
