@@ -96,16 +96,7 @@ def _as_operator(
     installed: LocalCluster, operator: OperatorProcess, *args: str, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """kubectl authenticated as the operator's service account (its own kubeconfig)."""
-    kubectl = installed.binaries.kubectl
-    assert kubectl is not None
-    return subprocess.run(
-        [str(kubectl), f"--kubeconfig={operator.kubeconfig}", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return installed.kubectl(*args, input=stdin, check=False, kubeconfig=operator.kubeconfig)
 
 
 def _forbidden(result: subprocess.CompletedProcess[str]) -> bool:

@@ -87,16 +87,7 @@ def _rules_review(cluster: LocalCluster, user: str, namespace: str) -> set[Tripl
 def _kubectl_as(
     cluster: LocalCluster, kubeconfig: Path, *args: str, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    kubectl = cluster.binaries.kubectl
-    assert kubectl is not None
-    return subprocess.run(
-        [str(kubectl), f"--kubeconfig={kubeconfig}", *args],
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return cluster.kubectl(*args, input=input, check=False, kubeconfig=kubeconfig)
 
 
 def _operator_entries(cluster: LocalCluster) -> list[audit.Entry]:

@@ -241,9 +241,15 @@ class LocalCluster:
 
     # -- conveniences -----------------------------------------------------------------
     def kubectl(
-        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 60
+        self,
+        *args: str,
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = 60,
+        kubeconfig: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run the pinned kubectl with the admin kubeconfig.
+        """Run the pinned kubectl with the admin kubeconfig (or ``kubeconfig``, e.g. a
+        service account's).
 
         Raises subprocess.CalledProcessError (with stderr in the message) when ``check``
         and it fails; RuntimeError when no kubectl is available.
@@ -252,7 +258,7 @@ class LocalCluster:
         if kubectl is None:
             raise RuntimeError("no kubectl binary (build it with `make binaries`)")
         result = subprocess.run(
-            [str(kubectl), f"--kubeconfig={self.kubeconfig}", *args],
+            [str(kubectl), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args],
             input=input,
             capture_output=True,
             text=True,
