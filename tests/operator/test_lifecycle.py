@@ -64,6 +64,9 @@ async def test_sample_becomes_ready_and_runs_code(
         assert token not in json.dumps(pod)
         assert token not in json.dumps(events_for(installed, "alice"))
         assert token not in operator.logs()
+        lab_log = installed.pod_logs(LABS, pod["metadata"]["name"])
+        assert "ServerApp" in lab_log  # the lab's own log, read for real
+        assert token not in lab_log
         reasons = {e["reason"] for e in events_for(installed, "alice")}
         assert {"Created", "Ready"} <= reasons
     finally:
