@@ -422,10 +422,10 @@ class KernelSessionClient:
         )
 
 
-def api_error_message(exc: ApiException) -> str:
+def api_message(exc: ApiException) -> str:
     """The API server's message (e.g. which field a 422 names), without the raw body."""
     try:
         body = json.loads(exc.body or "{}")
     except (TypeError, ValueError):
-        return f"HTTP {exc.status}: {exc.reason}"
-    return f"HTTP {exc.status}: {body.get('message') or exc.reason}"
+        return str(exc.reason)
+    return str(body.get("message") or exc.reason)

@@ -8,13 +8,13 @@ error, deleting what is gone is not an error.
 from __future__ import annotations
 
 import base64
-import os
 from collections.abc import Mapping
 from typing import Any, cast
 
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from kernelsession.client._kubernetes import api_message, load_api_client
 from kernelsession.operator import naming
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -30,16 +30,6 @@ class ChildRejected(Exception):
         self.message = message
 
 
-def _api_message(exc: ApiException) -> str:
-    import json
-
-    try:
-        body = json.loads(exc.body or "{}")
-    except (TypeError, ValueError):
-        return str(exc.reason)
-    return str(body.get("message") or exc.reason)
-
-
 class Kube:
     """Typed access to the few API calls the operator makes."""
 
@@ -52,14 +42,7 @@ class Kube:
     @classmethod
     async def connect(cls) -> Kube:
         """Credentials from the service account in a pod, else from ``KUBECONFIG``."""
-        cfg = client.Configuration()
-        if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-        else:
-            await config.load_kube_config(
-                config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg
-            )
-        return cls(client.ApiClient(cfg))
+        return cls(await load_api_client())
 
     async def close(self) -> None:
         await self.api.close()
@@ -88,7 +71,7 @@ class Kube:
             if exc.status == 409:
                 return False
             if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
-                raise ChildRejected(kind, exc.status, _api_message(exc)) from None
+                raise ChildRejected(kind, exc.status, api_message(exc)) from None
             raise
         return True
 
