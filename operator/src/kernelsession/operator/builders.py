@@ -54,6 +54,11 @@ def labels_for(body: Body) -> dict[str, str]:
     return naming.child_labels(_meta(body)["name"], _spec(body)["user"])
 
 
+def lab_selector(session: str) -> dict[str, str]:
+    """The labels that select a session's lab pod (Service and NetworkPolicy)."""
+    return {naming.SESSION_LABEL: session, naming.COMPONENT_LABEL: "lab"}
+
+
 def new_token() -> str:
     """A fresh lab token: 256 bits from the OS CSPRNG."""
     return secrets.token_urlsafe(32)
@@ -202,7 +207,7 @@ def service(body: Body, settings: Settings) -> Manifest:
             },
             "spec": {
                 "type": "ClusterIP",
-                "selector": {naming.SESSION_LABEL: name, naming.COMPONENT_LABEL: "lab"},
+                "selector": lab_selector(name),
                 "ports": [
                     {
                         "name": naming.LAB_PORT_NAME,
@@ -229,9 +234,7 @@ def network_policy(body: Body, settings: Settings) -> Manifest:
                 "labels": labels_for(body) | {naming.COMPONENT_LABEL: "lab"},
             },
             "spec": {
-                "podSelector": {
-                    "matchLabels": {naming.SESSION_LABEL: name, naming.COMPONENT_LABEL: "lab"}
-                },
+                "podSelector": {"matchLabels": lab_selector(name)},
                 "policyTypes": ["Ingress"],
                 "ingress": [
                     {
