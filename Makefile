@@ -12,10 +12,10 @@ BENCH_ARGS ?=
 
 setup: $(STAMP) binaries
 
-$(STAMP): pyproject.toml client/pyproject.toml operator/pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml operator/pyproject.toml localcluster/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ./client -e ./operator --group dev
+	$(PY) -m pip install --quiet -e ./client -e ./operator -e ./localcluster --group dev
 	touch $(STAMP)
 
 # etcd, kube-apiserver, kube-controller-manager and kubectl: found or built once, cached outside the repo.
@@ -26,9 +26,9 @@ run: setup
 	$(PY) -m kernelsession.localcluster.run $(RUN_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check client operator tests bench
-	$(VENV)/bin/ruff format --check client operator tests bench
-	$(VENV)/bin/mypy client/src/kernelsession/client operator/src/kernelsession/operator operator/src/kernelsession/localcluster
+	$(VENV)/bin/ruff check client operator localcluster tests bench
+	$(VENV)/bin/ruff format --check client operator localcluster tests bench
+	$(VENV)/bin/mypy client/src/kernelsession/client operator/src/kernelsession/operator localcluster/src/kernelsession/localcluster
 
 test: setup lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

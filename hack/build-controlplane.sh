@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build etcd, kube-apiserver, kube-controller-manager and kubectl from the Go module proxy
+# Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy
+# and kubectl from the Go module proxy
 # into $1 (a cache directory outside the repo). Pinned versions come from the environment
 # (set by kernelsession_testing.binaries, which is the one place that decides them).
 set -euo pipefail
@@ -39,6 +40,9 @@ done
 go build -trimpath -ldflags "$ld" -o "$out/" \
   k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kube-scheduler \
+  k8s.io/kubernetes/cmd/kubelet \
+  k8s.io/kubernetes/cmd/kube-proxy \
   k8s.io/kubernetes/cmd/kubectl
 
 # etcd: the server module's own replace directives are ignored in a dependency, and its

@@ -16,7 +16,7 @@ REPO = Path(__file__).parents[2]
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("dist")
-    for project in ("client", "operator"):
+    for project in ("client", "operator", "localcluster"):
         subprocess.run(
             [
                 sys.executable,
@@ -65,3 +65,15 @@ def test_operator_wheel(wheels: dict[str, Path]) -> None:
     assert "kernelsession/__init__.py" not in names
     assert "kernelsession/operator/handlers.py" in names
     assert not any(n.split("/")[0] == "operator" for n in names)  # never shadow stdlib
+    # The local cluster is development tooling: never in the production wheel (or image).
+    assert not any(n.startswith("kernelsession/localcluster/") for n in names)
+    assert "kernelsession-localcluster" not in eps
+
+
+def test_localcluster_wheel(wheels: dict[str, Path]) -> None:
+    names, meta, eps = _meta(wheels["kernelsession_localcluster"])
+    assert meta["Name"] == ["kernelsession-localcluster"]
+    assert not any(r.startswith("kopf") for r in meta["Requires-Dist"])
+    assert "kernelsession-localcluster = kernelsession.localcluster.__main__:main" in eps
+    assert "kernelsession/__init__.py" not in names
+    assert "kernelsession/localcluster/binaries.py" in names

@@ -32,7 +32,14 @@ from pathlib import Path
 K8S_VERSION = "v1.35.4"
 ETCD_VERSION = "v3.6.8"
 
-REQUIRED = ("etcd", "kube-apiserver", "kube-controller-manager")
+REQUIRED = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+)
 BUILD_SCRIPT = Path("hack") / "build-controlplane.sh"
 
 
