@@ -1,17 +1,21 @@
-"""Shared fixtures: the local Kubernetes cluster (real control plane + local kubelet).
+"""Shared fixtures: the local Kubernetes cluster (real control plane + a real node).
 
+- ``host_baseline``: the host's state (:mod:`kernelsession.localcluster.hoststate`) before
+  the first cluster of the run started; teardown tests compare against it.
 - ``cluster``: session-scoped :class:`~kernelsession.localcluster.cluster.LocalCluster`,
-  started on first request (never when no selected test needs it), stopped at the end.
+  started on first request (never when no selected test needs it), stopped at the end
+  (or earlier by a test marked ``exclusive_node``: those run last, see
+  ``pytest_collection_modifyitems``).
 - ``kube_api``: an admin ``kubernetes_asyncio`` ``ApiClient`` for the cluster.
 - ``namespace``: a fresh namespace per test (with its ``default`` ServiceAccount ready),
   deleted afterwards without waiting.
 - ``sa_kubeconfig``: factory ``(rbac, namespace, name) -> Path`` applying RBAC manifests
   and returning a kubeconfig for that ServiceAccount (see ``helpers.sa_kubeconfig``).
 - ``installed``: the cluster with namespaces, CRD and RBAC from ``manifests/``.
-- ``operator``: ONE operator process for the whole run (tests/operator and tests/e2e
-  share it; two operators would fight), as the operator's service account, with short
-  intervals so culling and status changes happen within seconds. A test that stops or
-  kills it starts it again in a ``finally``.
+- ``operator``: ONE operator for the whole run: the Deployment from ``manifests/``
+  (``kubectl apply -k`` with the locally built image), as the operator's service account,
+  with short intervals so culling and status changes happen within seconds. A test that
+  stops or kills it starts it again in a ``finally``.
 - ``ks``: an admin ``KernelSessionClient`` for namespace ``labs``; ``session_name``: a
   unique session name, deleted (with its children) after the test.
 
@@ -27,8 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes_asyncio import config as k8s_config
-from kubernetes_asyncio.client.api_client import ApiClient
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -36,13 +38,30 @@ from helpers import LABS, OPERATOR_ENV, wait_for
 from helpers import sa_kubeconfig as _sa_kubeconfig
 
 from kernelsession.client import KernelSessionClient
+from kernelsession.localcluster import hoststate
 from kernelsession.localcluster.binaries import BinariesUnavailableError
 from kernelsession.localcluster.cluster import LocalCluster
-from kernelsession.localcluster.operator_process import OperatorProcess, install_manifests
+from kernelsession.localcluster.deploy import InClusterOperator
+from kernelsession.localcluster.operator_process import install_manifests
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that need the machine's single node for themselves (they stop the shared
+    cluster, or start nodes of their own) run after every other test."""
+    items.sort(key=lambda item: item.get_closest_marker("exclusive_node") is not None)
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[LocalCluster]:
+def host_baseline() -> hoststate.HostState:
+    """The host before this run started a node."""
+    return hoststate.snapshot()
+
+
+_STARTED: list[LocalCluster] = []  # the shared cluster, once started
+
+
+@pytest.fixture(scope="session")
+def cluster(host_baseline: hoststate.HostState) -> Iterator[LocalCluster]:
     """A local cluster shared by the whole test session."""
     c = LocalCluster(audit=True)  # tests/operator/test_rbac.py reads the audit log
     try:
@@ -50,20 +69,21 @@ def cluster() -> Iterator[LocalCluster]:
     except BinariesUnavailableError as exc:
         pytest.fail(str(exc), pytrace=False)
     print(f"\n[localcluster] {timings.summary()}; KUBECONFIG={c.kubeconfig}", file=sys.stderr)
+    _STARTED.append(c)
     try:
         yield c
     finally:
         c.stop()
 
 
-@pytest.fixture(scope="session")
-async def kube_api(cluster: LocalCluster) -> AsyncIterator[ApiClient]:
-    """An admin kubernetes_asyncio ApiClient (system:masters)."""
-    api = await k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
-    try:
-        yield api
-    finally:
-        await api.close()
+@pytest.fixture
+def exclusive_node(host_baseline: hoststate.HostState) -> None:
+    """Stop the shared cluster (if it runs) so the test can start nodes of its own, and
+    check that stopping it left the host as it was before the run."""
+    while _STARTED:
+        problems = _STARTED.pop().stop()
+        assert problems == []
+        assert hoststate.diff(host_baseline, hoststate.snapshot()) == []
 
 
 @pytest.fixture
@@ -104,13 +124,10 @@ def installed(cluster: LocalCluster) -> LocalCluster:
 @pytest.fixture(scope="session")
 def operator(
     installed: LocalCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(installed, tmp_path_factory.mktemp("operator"), env=OPERATOR_ENV)
+) -> InClusterOperator:
+    op = InClusterOperator(installed, tmp_path_factory.mktemp("operator"), env=OPERATOR_ENV)
     op.start()
-    try:
-        yield op
-    finally:
-        op.stop()
+    return op
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 from helpers import LABS, children, get_ks, wait_for, wait_phase
 
 from kernelsession.localcluster.cluster import LocalCluster
-from kernelsession.localcluster.operator_process import OperatorProcess
+from kernelsession.localcluster.deploy import InClusterOperator
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -48,7 +48,7 @@ def delete_sessions(cluster: LocalCluster, names: list[str]) -> None:
 
 
 def test_operator_killed_mid_spawn_converges_without_duplicates(
-    installed: LocalCluster, operator: OperatorProcess
+    installed: LocalCluster, operator: InClusterOperator
 ) -> None:
     """SIGKILL the operator as soon as the first of 5 sessions has a pod; a new operator
     process adopts what exists: one pod per session, all Ready."""
@@ -82,13 +82,13 @@ def test_operator_killed_mid_spawn_converges_without_duplicates(
         assert {p["metadata"]["name"] for p in at_kill} <= survivors
         assert len(survivors) == len(names)
     finally:
-        if operator.proc is None:
+        if not operator.running():
             operator.start()
         delete_sessions(installed, names)
 
 
 def test_apiserver_restart_operator_keeps_reconciling(
-    installed: LocalCluster, operator: OperatorProcess
+    installed: LocalCluster, operator: InClusterOperator
 ) -> None:
     """kube-apiserver restarts under a Ready session: afterwards the operator still
     reacts to new sessions and to deleted children, and nothing is duplicated."""
@@ -97,7 +97,7 @@ def test_apiserver_restart_operator_keeps_reconciling(
     try:
         installed.apply([session(before, "judy")])
         wait_phase(installed, before, "Ready", timeout=90)
-        pid = operator.pid
+        pid = operator.instance()
 
         seconds = installed.restart_apiserver()
         print(f"kube-apiserver back after {seconds:.1f}s")
@@ -116,8 +116,7 @@ def test_apiserver_restart_operator_keeps_reconciling(
         wait_phase(installed, before, "Ready", timeout=30)
         for n in (before, after):
             assert_one_of_each(installed, n)
-        assert operator.pid == pid
-        assert operator.proc is not None
-        assert operator.proc.poll() is None, "the operator exited"
+        assert operator.instance() == pid
+        assert operator.running(), "the operator exited"
     finally:
         delete_sessions(installed, [before, after])

@@ -28,7 +28,7 @@ from kernelsession.client import (
     KernelSessionClient,
 )
 from kernelsession.localcluster.cluster import LocalCluster
-from kernelsession.localcluster.operator_process import OperatorProcess
+from kernelsession.localcluster.deploy import InClusterOperator
 
 
 def lab_pid(pod: dict[str, Any]) -> int:
@@ -49,7 +49,7 @@ async def kernels_busy(url: str, token: str) -> bool:
 @pytest.mark.cluster
 async def test_lab_killed_mid_execution(
     installed: LocalCluster,
-    operator: OperatorProcess,
+    operator: InClusterOperator,
     ks: KernelSessionClient,
     session_name: str,
 ) -> None:

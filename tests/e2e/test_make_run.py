@@ -1,4 +1,6 @@
-"""`make run`, as a newcomer runs it: sample output, a Ready session, Ctrl-C leaves nothing."""
+"""`make run`, as a newcomer runs it: sample output, a Ready session, Ctrl-C leaves nothing
+(no process, and the host's mounts, links, routes, iptables, cgroups and sysctls as before);
+and a node whose process tree was SIGKILLed is cleaned up by the next start."""
 
 from __future__ import annotations
 
@@ -6,13 +8,17 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+from kernelsession.localcluster import hoststate
+from kernelsession.localcluster.cluster import LocalCluster
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.exclusive_node]
 REPO = Path(__file__).parents[2]
 
 
@@ -30,7 +36,8 @@ def _read_until(proc: subprocess.Popen[str], pattern: str, timeout: float, seen:
     raise AssertionError(f"no line matching {pattern!r}; output:\n{''.join(seen)}")
 
 
-def test_make_run_serves_until_ctrl_c(tmp_path: Path) -> None:
+def test_make_run_serves_until_ctrl_c(tmp_path: Path, exclusive_node: None) -> None:
+    before = hoststate.snapshot()
     proc = subprocess.Popen(
         ["make", "--no-print-directory", "run"],
         cwd=REPO,
@@ -58,6 +65,9 @@ def test_make_run_serves_until_ctrl_c(tmp_path: Path) -> None:
             check=True,
         ).stdout
         assert re.search(r"^alice\s+alice\s+Ready\s+True", out, re.M), out
+        assert "kernelsession open alice" in "".join(seen)
+        during = hoststate.diff(before, hoststate.snapshot())
+        assert any("ks0" in change for change in during), during  # the node was really up
         descendants = psutil.Process(proc.pid).children(recursive=True)
         assert len(descendants) >= 5  # make's python, etcd, apiserver, kcm, kubelet, operator, lab
         workdir = Path(kubeconfig).parents[1]
@@ -76,3 +86,40 @@ def test_make_run_serves_until_ctrl_c(tmp_path: Path) -> None:
     alive = [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert alive == [], [(p.pid, p.name()) for p in alive]
     assert not workdir.exists()
+    assert hoststate.diff(before, hoststate.snapshot()) == []
+
+
+CRASHING_NODE = """
+import os, signal, sys
+from kernelsession.localcluster.cluster import LocalCluster
+cluster = LocalCluster()
+cluster.start()
+lab = cluster.image_refs["lab"]
+cluster.kubectl("run", "orphan", f"--image={lab}", "--command", "--", "sleep", "3600")
+cluster.kubectl("wait", "--for=condition=Ready", "pod/orphan", "--timeout=120s")
+print("READY", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # no teardown at all
+"""
+
+
+def test_next_start_cleans_up_after_a_crashed_node(exclusive_node: None) -> None:
+    before = hoststate.snapshot()
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASHING_NODE],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert "READY" in proc.stdout, proc.stderr[-3000:]
+    assert proc.returncode == -signal.SIGKILL
+    left = hoststate.diff(before, hoststate.snapshot())
+    assert any("kubepods" in change for change in left), left  # the container survived it
+    cluster = LocalCluster()
+    cluster.start()  # cleans up first, then starts normally
+    try:
+        nodes = cluster.kubectl("get", "pods", "-A", "-o", "name").stdout
+        assert "orphan" not in nodes
+    finally:
+        assert cluster.stop() == []
+    assert hoststate.diff(before, hoststate.snapshot()) == []

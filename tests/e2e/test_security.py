@@ -22,14 +22,15 @@ from helpers import LABS, apply_session, children, wait_phase
 
 from kernelsession.client import JupyterLabSessionManager, JupyterWebError, KernelSessionClient
 from kernelsession.localcluster.cluster import LocalCluster
-from kernelsession.localcluster.operator_process import OPERATOR_NAMESPACE, OperatorProcess
+from kernelsession.localcluster.deploy import InClusterOperator
+from kernelsession.localcluster.operator_process import OPERATOR_NAMESPACE
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 MANIFESTS = Path(__file__).parents[2] / "manifests"
 
 
 async def test_network_policy_admits_only_clients_and_operator(
-    installed: LocalCluster, operator: OperatorProcess, session_name: str
+    installed: LocalCluster, operator: InClusterOperator, session_name: str
 ) -> None:
     """Asserted as an object: the local kubelet does not enforce NetworkPolicy."""
     apply_session(installed, session_name, {"user": "mia"})
@@ -68,7 +69,7 @@ async def test_network_policy_admits_only_clients_and_operator(
 
 
 async def test_wrong_token_gets_403_and_no_session(
-    installed: LocalCluster, operator: OperatorProcess, ks: KernelSessionClient, session_name: str
+    installed: LocalCluster, operator: InClusterOperator, ks: KernelSessionClient, session_name: str
 ) -> None:
     apply_session(installed, session_name, {"user": "ned"})
     wait_phase(installed, session_name, "Ready", timeout=90)
@@ -93,7 +94,7 @@ async def test_wrong_token_gets_403_and_no_session(
 
 
 def _as_operator(
-    installed: LocalCluster, operator: OperatorProcess, *args: str, stdin: str | None = None
+    installed: LocalCluster, operator: InClusterOperator, *args: str, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """kubectl authenticated as the operator's service account (its own kubeconfig)."""
     return installed.kubectl(*args, input=stdin, check=False, kubeconfig=operator.kubeconfig)
@@ -113,7 +114,7 @@ def _pod(namespace: str) -> dict[str, Any]:
 
 
 async def test_operator_service_account_is_least_privilege(
-    installed: LocalCluster, operator: OperatorProcess, session_name: str
+    installed: LocalCluster, operator: InClusterOperator, session_name: str
 ) -> None:
     """As the operator's service account (what the running operator uses): it can read
     its own token Secrets in ``labs`` (positive control), but not list them, not read

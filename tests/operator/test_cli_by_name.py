@@ -13,7 +13,7 @@ import pytest
 from helpers import LABS, apply_session, wait_phase
 
 from kernelsession.localcluster.cluster import LocalCluster
-from kernelsession.localcluster.operator_process import OperatorProcess
+from kernelsession.localcluster.deploy import InClusterOperator
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 CLI = str(Path(sys.executable).parent / "kernelsession")
@@ -26,7 +26,7 @@ def run(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_exec_and_probe_by_name(
-    installed: LocalCluster, operator: OperatorProcess, session_name: str
+    installed: LocalCluster, operator: InClusterOperator, session_name: str
 ) -> None:
     apply_session(installed, session_name, {"user": "kim"})
     wait_phase(installed, session_name, "Ready", timeout=90)

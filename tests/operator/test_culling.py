@@ -9,13 +9,13 @@ from helpers import LABS, apply_session, children, events_for, get_ks, wait_for,
 
 from kernelsession.client import KernelSessionClient
 from kernelsession.localcluster.cluster import LocalCluster
-from kernelsession.localcluster.operator_process import OperatorProcess
+from kernelsession.localcluster.deploy import InClusterOperator
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 
 async def test_idle_lab_is_culled_then_resumed(
-    installed: LocalCluster, operator: OperatorProcess, session_name: str
+    installed: LocalCluster, operator: InClusterOperator, session_name: str
 ) -> None:
     apply_session(installed, session_name, {"user": "hal", "culling": {"idleTimeoutSeconds": 4}})
     ready = wait_phase(installed, session_name, "Ready", timeout=90)
@@ -43,7 +43,7 @@ async def test_idle_lab_is_culled_then_resumed(
 
 async def test_busy_kernel_is_not_culled(
     installed: LocalCluster,
-    operator: OperatorProcess,
+    operator: InClusterOperator,
     session_name: str,
     ks: KernelSessionClient,
 ) -> None:

@@ -9,7 +9,7 @@ import pytest
 from helpers import apply_session, events_for, wait_phase
 
 from kernelsession.localcluster.cluster import LocalCluster
-from kernelsession.localcluster.operator_process import OperatorProcess
+from kernelsession.localcluster.deploy import InClusterOperator
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -34,7 +34,7 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
 @pytest.mark.parametrize(("case", "extra", "reason", "hint"), CASES, ids=[c[0] for c in CASES])
 def test_failure_surfaces_fast(
     installed: LocalCluster,
-    operator: OperatorProcess,
+    operator: InClusterOperator,
     session_name: str,
     case: str,
     extra: dict[str, Any],

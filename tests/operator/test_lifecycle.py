@@ -11,14 +11,14 @@ from helpers import LABS, apply_session, children, events_for, get_ks, wait_for,
 
 from kernelsession.client import KernelSessionClient
 from kernelsession.localcluster.cluster import LocalCluster
-from kernelsession.localcluster.operator_process import OperatorProcess
+from kernelsession.localcluster.deploy import InClusterOperator
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 SAMPLES = Path(__file__).parents[2] / "manifests" / "samples"
 
 
 async def test_sample_becomes_ready_and_runs_code(
-    installed: LocalCluster, operator: OperatorProcess, ks: KernelSessionClient
+    installed: LocalCluster, operator: InClusterOperator, ks: KernelSessionClient
 ) -> None:
     installed.apply(SAMPLES / "minimal.yaml")
     try:
@@ -75,7 +75,7 @@ async def test_sample_becomes_ready_and_runs_code(
 
 
 async def test_status_columns_and_short_name(
-    installed: LocalCluster, operator: OperatorProcess, session_name: str
+    installed: LocalCluster, operator: InClusterOperator, session_name: str
 ) -> None:
     apply_session(installed, session_name, {"user": "carol"})
     wait_phase(installed, session_name, "Ready", timeout=90)
@@ -89,7 +89,7 @@ async def test_status_columns_and_short_name(
 
 
 async def test_children_recreated_and_spec_change_rolls_pod(
-    installed: LocalCluster, operator: OperatorProcess, session_name: str
+    installed: LocalCluster, operator: InClusterOperator, session_name: str
 ) -> None:
     apply_session(installed, session_name, {"user": "dave"})
     first = wait_phase(installed, session_name, "Ready", timeout=90)
@@ -134,7 +134,7 @@ async def test_children_recreated_and_spec_change_rolls_pod(
 
 
 async def test_deleted_pod_is_recreated(
-    installed: LocalCluster, operator: OperatorProcess, session_name: str
+    installed: LocalCluster, operator: InClusterOperator, session_name: str
 ) -> None:
     apply_session(installed, session_name, {"user": "erin"})
     status = wait_phase(installed, session_name, "Ready", timeout=90)
@@ -145,7 +145,7 @@ async def test_deleted_pod_is_recreated(
 
 
 async def test_delete_while_operator_down_leaves_no_children(
-    installed: LocalCluster, operator: OperatorProcess, session_name: str
+    installed: LocalCluster, operator: InClusterOperator, session_name: str
 ) -> None:
     apply_session(installed, session_name, {"user": "frank"})
     wait_phase(installed, session_name, "Ready", timeout=90)
@@ -161,7 +161,7 @@ async def test_delete_while_operator_down_leaves_no_children(
         operator.start()
 
 
-def test_metrics_and_health(installed: LocalCluster, operator: OperatorProcess) -> None:
+def test_metrics_and_health(installed: LocalCluster, operator: InClusterOperator) -> None:
     text = operator.metrics()
     for name in (
         "kernelsession_sessions",

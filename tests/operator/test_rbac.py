@@ -24,10 +24,10 @@ from helpers import LABS, apply_session, get_ks, wait_for, wait_phase
 
 from kernelsession.localcluster import audit
 from kernelsession.localcluster.cluster import LocalCluster
+from kernelsession.localcluster.deploy import InClusterOperator
 from kernelsession.localcluster.operator_process import (
     OPERATOR_ACCOUNT,
     OPERATOR_NAMESPACE,
-    OperatorProcess,
     manifests_dir,
 )
 
@@ -102,7 +102,7 @@ def _operator_entries(cluster: LocalCluster) -> list[audit.Entry]:
 
 
 @pytest.fixture
-def lifecycle(installed: LocalCluster, operator: OperatorProcess) -> Iterator[str]:
+def lifecycle(installed: LocalCluster, operator: InClusterOperator) -> Iterator[str]:
     """One session through its whole life: created, Ready, culled (maxAge), deleted."""
     name = f"rbac{uuid.uuid4().hex[:6]}"
     apply_session(installed, name, {"user": "rbac", "culling": {"maxAgeSeconds": 10}})
@@ -118,7 +118,7 @@ def lifecycle(installed: LocalCluster, operator: OperatorProcess) -> Iterator[st
 
 
 def test_permissions_in_labs_are_exactly_the_manifest(
-    installed: LocalCluster, operator: OperatorProcess
+    installed: LocalCluster, operator: InClusterOperator
 ) -> None:
     # What every authenticated account gets (self reviews...): an account with no bindings.
     installed.kubectl("-n", OPERATOR_NAMESPACE, "create", "serviceaccount", "nobody", check=False)
@@ -128,7 +128,7 @@ def test_permissions_in_labs_are_exactly_the_manifest(
 
 
 def test_every_granted_permission_is_used_and_none_denied(
-    installed: LocalCluster, operator: OperatorProcess, lifecycle: str
+    installed: LocalCluster, operator: InClusterOperator, lifecycle: str
 ) -> None:
     granted = _granted()
     entries = _operator_entries(installed)
@@ -139,7 +139,7 @@ def test_every_granted_permission_is_used_and_none_denied(
 
 
 def test_owner_references_need_finalizers_update(
-    installed: LocalCluster, operator: OperatorProcess, session_name: str, tmp_path: Path
+    installed: LocalCluster, operator: InClusterOperator, session_name: str, tmp_path: Path
 ) -> None:
     """Without ``kernelsessions/finalizers update`` the lab pod (blockOwnerDeletion) is
     refused by admission; with the manifest's role it is admitted (server dry run)."""
@@ -222,7 +222,7 @@ def test_owner_references_need_finalizers_update(
 
 @pytest.mark.parametrize("namespace", ["default", "kube-system", OPERATOR_NAMESPACE])
 def test_no_secrets_outside_watched_namespaces(
-    installed: LocalCluster, operator: OperatorProcess, namespace: str
+    installed: LocalCluster, operator: InClusterOperator, namespace: str
 ) -> None:
     installed.kubectl(
         "-n",
@@ -241,7 +241,7 @@ def test_no_secrets_outside_watched_namespaces(
 
 
 def test_secrets_in_labs_are_read_by_name_only(
-    installed: LocalCluster, operator: OperatorProcess
+    installed: LocalCluster, operator: InClusterOperator
 ) -> None:
     for verb in ("list", "watch", "update", "delete"):
         result = installed.kubectl(

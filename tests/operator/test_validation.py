@@ -12,7 +12,7 @@ import pytest
 from helpers import LABS, children, wait_phase
 
 from kernelsession.localcluster.cluster import LocalCluster
-from kernelsession.localcluster.operator_process import OperatorProcess
+from kernelsession.localcluster.deploy import InClusterOperator
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -170,7 +170,7 @@ POD_REJECTED: list[tuple[str, dict[str, Any], str]] = [
 ]
 
 
-def _reconcile_errors(operator: OperatorProcess) -> float:
+def _reconcile_errors(operator: InClusterOperator) -> float:
     total = 0.0
     for line in operator.metrics().splitlines():
         if line.startswith("kernelsession_reconcile_errors_total"):
@@ -179,13 +179,13 @@ def _reconcile_errors(operator: OperatorProcess) -> float:
 
 
 def test_operator_keeps_serving_valid_sessions_among_invalid(
-    installed: LocalCluster, operator: OperatorProcess
+    installed: LocalCluster, operator: InClusterOperator
 ) -> None:
     """Everything invalid at once (the 422 table, names, pod-rejected specs) with a
     valid session in the middle: the invalid ones are refused naming the field or turn
     Failed naming it; the valid one becomes Ready; the operator stays up and does not
     loop on errors."""
-    pid = operator.pid
+    pid = operator.instance()
     errors_before = _reconcile_errors(operator)
     tag = uuid.uuid4().hex[:6]
     valid = f"valid{tag}"
@@ -211,9 +211,8 @@ def test_operator_keeps_serving_valid_sessions_among_invalid(
             assert not children(installed, name).get("Pod")
         wait_phase(installed, valid, "Ready", timeout=90)
 
-        assert operator.pid == pid
-        assert operator.proc is not None
-        assert operator.proc.poll() is None
+        assert operator.instance() == pid
+        assert operator.running()
         errors = _reconcile_errors(operator) - errors_before
         assert errors <= 3, f"{errors} reconcile errors while rejecting bad input"
         listed = installed.get_json("-n", LABS, "ks")["items"]

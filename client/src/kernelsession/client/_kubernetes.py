@@ -22,6 +22,7 @@ import structlog
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from ._reach import reachable_url
 from ._session import JupyterLabSessionManager
 
 __all__ = [
@@ -336,7 +337,9 @@ class KernelSessionClient:
         )
 
     async def credentials(self, name: str) -> tuple[str, str, str]:
-        """(url, token, user) of a Ready session; the token comes from its Secret.
+        """(url, token, user) of a Ready session; the token comes from its Secret. A
+        Service DNS name that does not resolve here is replaced by the Service's cluster IP
+        (see :mod:`._reach`).
 
         Raises:
             KernelSessionFailedError: the session is not Ready (phase and reason inside).
@@ -361,7 +364,8 @@ class KernelSessionClient:
                 phase=status.phase or "Unknown",
                 reason="TokenMissing",
             )
-        return status.url, base64.b64decode(raw).decode(), status.user
+        url = await reachable_url(status.url, self._core)
+        return url, base64.b64decode(raw).decode(), status.user
 
     async def lab_session(
         self,

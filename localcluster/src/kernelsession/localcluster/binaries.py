@@ -26,11 +26,14 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 K8S_VERSION = "v1.35.4"
 ETCD_VERSION = "v3.6.8"
+CONTAINERD_VERSION = "v2.2.9"
+COREDNS_VERSION = "v1.13.1"
 
 REQUIRED = (
     "etcd",
@@ -41,6 +44,12 @@ REQUIRED = (
     "kube-proxy",
 )
 BUILD_SCRIPT = Path("hack") / "build-controlplane.sh"
+NODE_BUILD_SCRIPT = Path("hack") / "build-node.sh"
+NODE_REQUIRED = ("containerd", "ctr", "containerd-shim-runc-v2", "coredns")
+# From Debian packages (installed by `make setup`): runc and the CNI plugins.
+RUNC = Path("/usr/sbin/runc")
+CNI_BIN_DIR = Path("/usr/lib/cni")
+CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
 
 
 class BinariesUnavailableError(RuntimeError):
@@ -56,6 +65,18 @@ class Binaries:
     kube_apiserver: Path
     kube_controller_manager: Path
     kubectl: Path | None
+
+    @property
+    def kube_scheduler(self) -> Path:
+        return self.directory / "kube-scheduler"
+
+    @property
+    def kubelet(self) -> Path:
+        return self.directory / "kubelet"
+
+    @property
+    def kube_proxy(self) -> Path:
+        return self.directory / "kube-proxy"
 
     @classmethod
     def from_dir(cls, directory: Path) -> Binaries | None:
@@ -136,6 +157,56 @@ def _unavailable(reason: str) -> BinariesUnavailableError:
     )
 
 
+def _build_into(
+    entry: Path,
+    script: Path,
+    env: dict[str, str],
+    complete: Callable[[Path], bool],
+    what: str,
+    *,
+    log: bool,
+) -> Path:
+    """Run ``script TMPDIR`` under a lock in ``entry`` and rename TMPDIR to ``entry/bin``.
+
+    Returns ``entry/bin``. Raises RuntimeError (with the log tail) when the build fails.
+    """
+    entry.mkdir(parents=True, exist_ok=True)
+    with open(entry / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if complete(entry / "bin"):  # another process built them while we waited
+            return entry / "bin"
+        tmp = entry / f"bin.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if log:
+            print(
+                f"kernelsession: building {what} from the Go module proxy into "
+                f"{entry / 'bin'} (first time only; this takes several minutes)...",
+                file=sys.stderr,
+                flush=True,
+            )
+        started = time.monotonic()
+        result = subprocess.run(
+            ["bash", str(script), str(tmp)],
+            env=dict(os.environ, **env),
+            stdout=sys.stderr if log else subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            check=False,
+        )
+        elapsed = time.monotonic() - started
+        if result.returncode != 0 or not complete(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+            tail = "" if log else "\n" + "\n".join((result.stdout or "").splitlines()[-30:])
+            raise RuntimeError(
+                f"the build failed after {elapsed:.0f}s (exit {result.returncode}){tail}"
+            )
+        shutil.rmtree(entry / "bin", ignore_errors=True)
+        os.replace(tmp, entry / "bin")
+        if log:
+            print(f"kernelsession: built {what} in {elapsed:.0f}s", file=sys.stderr)
+        return entry / "bin"
+
+
 def build(*, log: bool = True) -> Binaries:
     """Build the pinned binaries into the cache and return them.
 
@@ -150,46 +221,21 @@ def build(*, log: bool = True) -> Binaries:
         raise _unavailable("no source checkout with hack/build-controlplane.sh to build them")
     if shutil.which("go") is None:
         raise _unavailable("no `go` on PATH to build them")
-    entry = cache_dir()
-    entry.mkdir(parents=True, exist_ok=True)
-    with open(entry / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        done = Binaries.from_dir(entry / "bin")
-        if done is not None:  # another process built them while we waited
-            return done
-        tmp = entry / f"bin.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        env = dict(os.environ, KS_K8S_VERSION=K8S_VERSION, KS_ETCD_VERSION=ETCD_VERSION)
-        if log:
-            print(
-                f"kernelsession: building Kubernetes {K8S_VERSION} and etcd {ETCD_VERSION} "
-                f"from the Go module proxy into {entry / 'bin'} (first time only; "
-                "this takes several minutes)...",
-                file=sys.stderr,
-                flush=True,
-            )
-        started = time.monotonic()
-        result = subprocess.run(
-            ["bash", str(root / BUILD_SCRIPT), str(tmp)],
-            env=env,
-            stdout=sys.stderr if log else subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            check=False,
+    env = {"KS_K8S_VERSION": K8S_VERSION, "KS_ETCD_VERSION": ETCD_VERSION}
+    try:
+        directory = _build_into(
+            cache_dir(),
+            root / BUILD_SCRIPT,
+            env,
+            lambda d: Binaries.from_dir(d) is not None,
+            f"Kubernetes {K8S_VERSION} and etcd {ETCD_VERSION}",
+            log=log,
         )
-        elapsed = time.monotonic() - started
-        if result.returncode != 0 or Binaries.from_dir(tmp) is None:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tail = "" if log else "\n" + "\n".join((result.stdout or "").splitlines()[-30:])
-            raise _unavailable(
-                f"the build failed after {elapsed:.0f}s (exit {result.returncode}){tail}"
-            )
-        os.replace(tmp, entry / "bin")
-        if log:
-            print(f"kernelsession: built control plane in {elapsed:.0f}s", file=sys.stderr)
-        built = Binaries.from_dir(entry / "bin")
-        assert built is not None
-        return built
+    except RuntimeError as exc:
+        raise _unavailable(str(exc)) from exc
+    built = Binaries.from_dir(directory)
+    assert built is not None
+    return built
 
 
 def ensure(*, build_missing: bool = True, log: bool = True) -> Binaries:
@@ -206,6 +252,85 @@ def ensure(*, build_missing: bool = True, log: bool = True) -> Binaries:
     return build(log=log)
 
 
+@dataclass(frozen=True)
+class NodeBinaries:
+    """The node's daemons besides the Kubernetes ones: containerd (+ ctr, the runc shim),
+    CoreDNS, runc and the CNI plugins."""
+
+    directory: Path
+    runc: Path
+    cni_bin_dir: Path
+
+    @property
+    def containerd(self) -> Path:
+        return self.directory / "containerd"
+
+    @property
+    def ctr(self) -> Path:
+        return self.directory / "ctr"
+
+    @property
+    def coredns(self) -> Path:
+        return self.directory / "coredns"
+
+    @staticmethod
+    def complete(directory: Path) -> bool:
+        return all(os.access(directory / name, os.X_OK) for name in NODE_REQUIRED)
+
+
+def node_cache_dir() -> Path:
+    """Cache entry of the node daemons for the pinned versions."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    key = f"containerd-{CONTAINERD_VERSION}-coredns-{COREDNS_VERSION}"
+    return Path(base) / "kernelsession" / "node" / key
+
+
+def ensure_node(*, build_missing: bool = True, log: bool = True) -> NodeBinaries:
+    """Find (``$KERNELSESSION_NODE_ASSETS``, then the cache) or build containerd and CoreDNS;
+    check runc and the CNI plugins.
+
+    Raises:
+        BinariesUnavailableError: something is missing and cannot be built; the message
+            names it and how to provide it.
+    """
+    missing = [str(RUNC)] if not os.access(RUNC, os.X_OK) else []
+    missing += [
+        str(CNI_BIN_DIR / p) for p in CNI_PLUGINS if not os.access(CNI_BIN_DIR / p, os.X_OK)
+    ]
+    if missing:
+        raise BinariesUnavailableError(
+            f"node components missing: {', '.join(missing)}; install the Debian packages "
+            "`runc containernetworking-plugins` (`make setup` does, as root)"
+        )
+    dirs = [Path(d) for d in [os.environ.get("KERNELSESSION_NODE_ASSETS")] if d]
+    dirs.append(node_cache_dir() / "bin")
+    for directory in dirs:
+        if NodeBinaries.complete(directory):
+            return NodeBinaries(directory.resolve(), RUNC, CNI_BIN_DIR)
+    root = repo_root()
+    searched = ", ".join(str(d) for d in dirs)
+    if not build_missing or root is None or shutil.which("go") is None:
+        raise BinariesUnavailableError(
+            f"containerd {CONTAINERD_VERSION} and CoreDNS {COREDNS_VERSION} "
+            f"({', '.join(NODE_REQUIRED)}) are not in {searched}; run `make binaries` "
+            "(needs Go and the Go module proxy) or set KERNELSESSION_NODE_ASSETS to a "
+            "directory holding them"
+        )
+    env = {"KS_CONTAINERD_VERSION": CONTAINERD_VERSION, "KS_COREDNS_VERSION": COREDNS_VERSION}
+    try:
+        directory = _build_into(
+            node_cache_dir(),
+            root / NODE_BUILD_SCRIPT,
+            env,
+            NodeBinaries.complete,
+            f"containerd {CONTAINERD_VERSION} and CoreDNS {COREDNS_VERSION}",
+            log=log,
+        )
+    except RuntimeError as exc:
+        raise BinariesUnavailableError(f"node components: {exc}") from exc
+    return NodeBinaries(directory.resolve(), RUNC, CNI_BIN_DIR)
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: ``ensure`` (find or build, print the directory) or ``path``."""
     parser = argparse.ArgumentParser(prog="python -m kernelsession.localcluster.binaries")
@@ -213,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         binaries = ensure(build_missing=args.command == "ensure")
+        node = ensure_node(build_missing=args.command == "ensure")
     except BinariesUnavailableError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -220,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"control plane: Kubernetes {K8S_VERSION}, etcd {ETCD_VERSION} in "
             f"{binaries.directory} (kubectl: {binaries.kubectl})"
+        )
+        print(
+            f"node: containerd {CONTAINERD_VERSION}, CoreDNS {COREDNS_VERSION} in "
+            f"{node.directory}; runc {node.runc}; CNI plugins in {node.cni_bin_dir}"
         )
     else:
         print(binaries.directory)

@@ -1,19 +1,21 @@
-"""``LocalCluster``: a real control plane plus the local kubelet, as one context manager.
+"""``LocalCluster``: a real single-node Kubernetes on this machine, as one context manager.
 
     with LocalCluster() as cluster:
         cluster.kubectl("get", "nodes")
         print(cluster.kubeconfig)   # admin kubeconfig file
 
-The kubelet runs as its own process (``python -m kernelsession.localcluster.kubelet``),
-stopped by PID like the control-plane components. Pods get loopback IPs from a random
-``127.N.0.0/16`` (see :mod:`.kubelet` for what the local kubelet does and does not do).
+etcd, kube-apiserver, kube-controller-manager and kube-scheduler (:mod:`.controlplane`),
+then the node (:mod:`.node`): containerd + runc, the kubelet, kube-proxy, CoreDNS and the
+NetworkPolicy enforcer, with pods on the bridge ``ks0`` (``10.244.0.0/24``) and images
+built by ``make images`` (:mod:`.images`). The API server listens on the node IP so pods
+reach it through the ``kubernetes`` Service. Every process is stopped by PID and the host
+is left as it was (:mod:`.hoststate` checks it).
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,57 +25,70 @@ from typing import Any
 
 import yaml
 
-from .binaries import Binaries, ensure
-from .controlplane import ControlPlane, ControlPlaneError, Timings, write_kubeconfig
-from .kubelet import default_pod_network
-from .processes import log_tail, start_logged, stop_process, wait_until
-
-NODE_NAME = "local-node"
+from . import hostnet
+from .binaries import Binaries, NodeBinaries, ensure, ensure_node
+from .controlplane import ControlPlane, Timings, write_kubeconfig
+from .node import NODE_NAME, Node, NodeTimings
 
 
 @dataclass
 class ClusterTimings:
-    """Startup seconds: control-plane steps, kubelet, and total."""
+    """Startup seconds: control-plane steps, node steps, and total."""
 
     controlplane: Timings
-    kubelet: float = 0.0
+    node: NodeTimings
     total: float = 0.0
 
     def summary(self) -> str:
         """One line, e.g. for logs and reports."""
-        cp = self.controlplane
+        cp, node = self.controlplane, self.node
         return (
             f"cluster up in {self.total:.1f}s (pki {cp.pki:.2f}s, etcd {cp.etcd:.2f}s, "
             f"apiserver {cp.apiserver:.2f}s, controller-manager {cp.controller_manager:.2f}s, "
-            f"kubelet {self.kubelet:.2f}s)"
+            f"scheduler {cp.scheduler:.2f}s, containerd {node.containerd:.2f}s, images "
+            f"{node.images:.2f}s, kubelet to node Ready {node.kubelet:.2f}s, kube-proxy + "
+            f"CoreDNS + NetworkPolicy {node.addons:.2f}s)"
         )
 
 
+def default_images() -> tuple[list[tuple[str, Path]], str, dict[str, str]]:
+    """(ref, archive) pairs to import, the pause image ref, and refs by role
+    (``pause``, ``lab``, ``operator``...), from ``make images``."""
+    from .images import ensure_images
+
+    images = ensure_images(log=True)
+    refs = {name: image.ref for name, image in images.items()}
+    pairs = [(image.ref, image.archive) for image in images.values()]
+    return pairs, refs["pause"], refs
+
+
 class LocalCluster:
-    """Control plane + local kubelet on this machine (sync; a context manager)."""
+    """A real control plane + a real node on this machine (sync; a context manager)."""
+
+    real_node = True
 
     def __init__(
         self,
         *,
         binaries: Binaries | None = None,
         workdir: Path | None = None,
-        pod_network: str | None = None,
-        start_timeout: float = 60.0,
-        kubelet_args: tuple[str, ...] = (),
+        start_timeout: float = 120.0,
         audit: bool = False,
+        images: tuple[list[tuple[str, Path]], str, dict[str, str]] | None = None,
     ) -> None:
         """``audit=True`` turns on the API server's audit log (Metadata level, every
-        request; see :attr:`audit_log` and :mod:`.audit`)."""
+        request; see :attr:`audit_log` and :mod:`.audit`). ``images``: as
+        :func:`default_images` returns (the default builds them with ``make images``)."""
         self._binaries = binaries
+        self._images = images
         self.audit = audit
         self._given_workdir = workdir
-        self.pod_network = pod_network or default_pod_network()
         self.start_timeout = start_timeout
-        self.kubelet_args = kubelet_args
         self.workdir: Path | None = None
         self.controlplane: ControlPlane | None = None
-        self._kubelet: subprocess.Popen[bytes] | None = None
+        self.node: Node | None = None
         self.timings: ClusterTimings | None = None
+        self.image_refs: dict[str, str] = {}
 
     # -- properties -------------------------------------------------------------------
     def _cp(self) -> ControlPlane:
@@ -83,7 +98,7 @@ class LocalCluster:
 
     @property
     def binaries(self) -> Binaries:
-        """The control-plane binaries (found or built on first use)."""
+        """The Kubernetes binaries (found or built on first use)."""
         if self._binaries is None:
             self._binaries = ensure()
         return self._binaries
@@ -95,7 +110,7 @@ class LocalCluster:
 
     @property
     def server(self) -> str:
-        """The API server URL (https://127.0.0.1:PORT)."""
+        """The API server URL (https://NODE_IP:PORT)."""
         return self._cp().server
 
     @property
@@ -109,21 +124,14 @@ class LocalCluster:
         return self._cp().audit_log
 
     @property
-    def kubelet_pid(self) -> int | None:
-        """PID of the kubelet process (None when not running)."""
-        return self._kubelet.pid if self._kubelet is not None else None
-
-    @property
-    def kubelet_root(self) -> Path:
-        """The kubelet's state dir; pods live under ``pods/<ns>_<name>_<uid>/``."""
-        if self.workdir is None:
-            raise RuntimeError("cluster not started")
-        return self.workdir / "kubelet"
-
-    @property
     def node_name(self) -> str:
         """The single node's name."""
         return NODE_NAME
+
+    @property
+    def node_ip(self) -> str:
+        """The node's IP (on the bridge; the API server and the kubelet listen on it)."""
+        return hostnet.NODE_IP
 
     # -- lifecycle --------------------------------------------------------------------
     def __enter__(self) -> LocalCluster:
@@ -139,87 +147,85 @@ class LocalCluster:
         self.stop()
 
     def start(self) -> ClusterTimings:
-        """Start the control plane and the kubelet; wait until the node serves pods.
+        """Start the control plane and the node; wait until the node is Ready and DNS,
+        kube-proxy and the NetworkPolicy enforcer serve.
 
         Stops everything again when any step fails or is interrupted.
 
         Raises:
-            BinariesUnavailableError: the binaries are missing and cannot be built.
-            ControlPlaneError: a component (or the kubelet) failed to become ready.
+            BinariesUnavailableError: binaries are missing and cannot be built.
+            ImagesUnavailableError: the images cannot be built.
+            NodeBusyError: another node runs on this machine.
+            ControlPlaneError: a component failed to become ready (NodeError for the node).
         """
         binaries = self.binaries
+        node_binaries: NodeBinaries = ensure_node()
+        images, pause, self.image_refs = self._images or default_images()
         t0 = time.monotonic()
+        if self._given_workdir is not None:
+            self._given_workdir.mkdir(parents=True, exist_ok=True)
+            self.workdir = self._given_workdir
+        else:
+            self.workdir = Path(tempfile.mkdtemp(prefix="ks-cluster-"))
+        self.controlplane = ControlPlane(
+            binaries=binaries,
+            workdir=self.workdir / "controlplane",
+            start_timeout=self.start_timeout,
+            audit=self.audit,
+            bind_address=hostnet.NODE_IP,
+            node_name=NODE_NAME,
+        )
+        self.node = Node(
+            self.controlplane,
+            binaries,
+            node_binaries,
+            self.workdir / "node",
+            images=images,
+            sandbox_image=pause,
+            start_timeout=self.start_timeout,
+        )
         try:
-            if self._given_workdir is not None:
-                self._given_workdir.mkdir(parents=True, exist_ok=True)
-                self.workdir = self._given_workdir
-            else:
-                self.workdir = Path(tempfile.mkdtemp(prefix="ks-cluster-"))
-            self.controlplane = ControlPlane(
-                binaries=binaries,
-                workdir=self.workdir / "controlplane",
-                start_timeout=self.start_timeout,
-                audit=self.audit,
-            )
+            self.node.prepare_host()
+        except BaseException:
+            self.node = None
+            self.stop()
+            raise
+        try:
             cp_timings = self.controlplane.start()
-            t = time.monotonic()
-            self._start_kubelet()
+            node_timings = self.node.start()
             self.timings = ClusterTimings(
-                controlplane=cp_timings,
-                kubelet=time.monotonic() - t,
-                total=time.monotonic() - t0,
+                controlplane=cp_timings, node=node_timings, total=time.monotonic() - t0
             )
         except BaseException:
             self.stop()
             raise
         return self.timings
 
-    def _start_kubelet(self) -> None:
-        root = self.kubelet_root
-        root.mkdir(parents=True, exist_ok=True)
-        ready = root / "ready"
-        ready.unlink(missing_ok=True)
-        log = root / "kubelet.log"
-        argv = [
-            sys.executable,
-            "-m",
-            "kernelsession.localcluster.kubelet",
-            f"--kubeconfig={self.kubeconfig}",
-            f"--node-name={NODE_NAME}",
-            f"--root={root}",
-            f"--pod-network={self.pod_network}",
-            f"--ready-file={ready}",
-            *self.kubelet_args,
-        ]
-        self._kubelet = start_logged(argv, log, cwd=root)
-        proc = self._kubelet
+    def stop(self) -> list[str]:
+        """Stop the node (its containers, daemons and host changes) and the control plane,
+        by PID; remove the work directory. Returns what could not be restored on the host
+        ([] normally). Safe to call twice and after a failed start."""
+        problems: list[str] = []
+        node, self.node = self.node, None
+        if node is not None:
+            # the kubelet first (no new containers), then the control plane, then the host
+            for name in ("netpol", "coredns", "kube-proxy", "kubelet"):
+                proc = node.processes.pop(name, None)
+                if proc is not None:
+                    from .processes import stop_process
 
-        def alive() -> str | None:
-            if proc.poll() is not None:
-                return f"kubelet exited with status {proc.returncode}"
-            return None
-
-        try:
-            wait_until(ready.exists, timeout=self.start_timeout, alive=alive)
-        except (TimeoutError, RuntimeError) as exc:
-            raise ControlPlaneError(
-                f"kubelet did not become ready: {exc}\n--- tail of {log} ---\n{log_tail(log)}"
-            ) from exc
-
-    def stop(self) -> None:
-        """Stop the kubelet (which stops its pods' processes), then the control plane, by
-        PID; remove the work directory. Safe to call twice and after a failed start."""
-        if self._kubelet is not None:
-            stop_process(self._kubelet, grace=20)
-            self._kubelet = None
+                    stop_process(proc, grace=10)
         if self.controlplane is not None:
             self.controlplane.stop()
             self.controlplane = None
+        if node is not None:
+            problems = node.stop()
         if self.workdir is not None and self._given_workdir is None:
             import shutil
 
             shutil.rmtree(self.workdir, ignore_errors=True)
         self.workdir = None
+        return problems
 
     def restart_apiserver(self, *, grace: float = 3.0) -> float:
         """Restart kube-apiserver (same port, certs, etcd): SIGTERM, ``grace`` seconds,
@@ -230,14 +236,6 @@ class LocalCluster:
         t = time.monotonic()
         self._cp().restart_apiserver(grace=grace)
         return time.monotonic() - t
-
-    def restart_kubelet(self) -> None:
-        """Stop the kubelet process (its pods' processes stop too) and start a new one,
-        which restarts the pods bound to the node. Raises ControlPlaneError."""
-        if self._kubelet is not None:
-            stop_process(self._kubelet, grace=20)
-            self._kubelet = None
-        self._start_kubelet()
 
     # -- conveniences -----------------------------------------------------------------
     def kubectl(
@@ -314,21 +312,9 @@ class LocalCluster:
         """``kubectl get ARGS -o json`` decoded. Raises CalledProcessError."""
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 
-    def pod_dir(self, namespace: str, name: str) -> Path | None:
-        """The local directory of a running pod (HOME, logs), or None."""
-        matches = sorted((self.kubelet_root / "pods").glob(f"{namespace}_{name}_*"))
-        return matches[-1] if matches else None
-
     def pod_logs(self, namespace: str, name: str, container: str | None = None) -> str:
-        """The latest run's output of a pod's container (first container by default).
-        '' when there is none (``kubectl logs`` does not work with the local kubelet)."""
-        pod_dir = self.pod_dir(namespace, name)
-        if pod_dir is None:
-            return ""
-        dirs = [d for d in pod_dir.iterdir() if d.is_dir() and d.name != "home"]
+        """``kubectl logs`` of a pod's container ('' when there is none yet)."""
+        args = ["-n", namespace, "logs", name]
         if container is not None:
-            dirs = [d for d in dirs if d.name == container]
-        if not dirs:
-            return ""
-        logs = sorted(dirs[0].glob("*.log"), key=lambda p: int(p.stem))
-        return logs[-1].read_text(errors="replace") if logs else ""
+            args += ["-c", container]
+        return self.kubectl(*args, check=False).stdout

@@ -38,19 +38,10 @@ from .processes import log_tail, start_logged, stop_process, wait_until
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
-CONTROLLERS = (
-    "garbage-collector-controller",
-    "namespace-controller",
-    "serviceaccount-controller",
-    "serviceaccount-token-controller",
-    "root-ca-certificate-publisher-controller",
-    "clusterrole-aggregation-controller",
-    "deployment-controller",
-    "replicaset-controller",
-    "job-controller",
-    # No endpoints/endpointslice controllers: pod IPs are loopback addresses, which the
-    # API server rejects in Endpoints, so they would only post warning events.
-)
+POD_CIDR = "10.244.0.0/16"
+# Every controller that is on by default (endpoint slices for Services and CoreDNS, PV
+# binding for home volumes, disruption budgets, node IPAM for the node's podCIDR...).
+CONTROLLERS = ("*",)
 # Added to the API server's default admission plugins. OwnerReferencesPermissionEnforcement
 # makes setting ``blockOwnerDeletion`` on a child require ``update`` on the owner's
 # ``finalizers`` subresource, as OpenShift and hardened clusters do, so RBAC tests see it.
@@ -85,6 +76,7 @@ class Timings:
     etcd: float = 0.0
     apiserver: float = 0.0
     controller_manager: float = 0.0
+    scheduler: float = 0.0
     total: float = 0.0
     steps: dict[str, float] = field(default_factory=dict)
 
@@ -150,8 +142,14 @@ class ControlPlane:
         controllers: tuple[str, ...] = CONTROLLERS,
         audit: bool = False,
         admission_plugins: tuple[str, ...] = ADMISSION_PLUGINS,
+        bind_address: str = "127.0.0.1",
+        node_name: str = "local-node",
     ) -> None:
+        """``bind_address``: where kube-apiserver listens and what it advertises (the node
+        IP, so that pods reach it through the ``kubernetes`` Service)."""
         self._binaries = binaries
+        self.bind_address = bind_address
+        self.node_name = node_name
         self.audit = audit
         self.admission_plugins = admission_plugins
         self._given_workdir = workdir
@@ -179,7 +177,7 @@ class ControlPlane:
     @property
     def server(self) -> str:
         """The API server URL."""
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.bind_address}:{self.apiserver_port}"
 
     @property
     def kubeconfig(self) -> Path:
@@ -247,7 +245,12 @@ class ControlPlane:
             else:
                 self.workdir = Path(tempfile.mkdtemp(prefix="ks-controlplane-"))
             t = time.monotonic()
-            self._pki = generate_pki(self.workdir / "pki", service_ip=SERVICE_IP)
+            self._pki = generate_pki(
+                self.workdir / "pki",
+                service_ip=SERVICE_IP,
+                node_name=self.node_name,
+                extra_ips=(self.bind_address,),
+            )
             self.timings.pki = time.monotonic() - t
             self.etcd_port, self.etcd_peer_port = free_port(), free_port()
             self.apiserver_port, self.kcm_port = free_port(), free_port()
@@ -268,6 +271,9 @@ class ControlPlane:
             t = time.monotonic()
             self._start_controller_manager(binaries)
             self.timings.controller_manager = time.monotonic() - t
+            t = time.monotonic()
+            self._start_scheduler(binaries)
+            self.timings.scheduler = time.monotonic() - t
         except BaseException:
             self.stop()
             raise
@@ -279,7 +285,7 @@ class ControlPlane:
 
         Safe to call more than once and after a failed start.
         """
-        for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
+        for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
             proc = self.processes.pop(name, None)
             if proc is not None:
                 stop_process(proc, grace=10)
@@ -365,19 +371,17 @@ class ControlPlane:
     def _start_apiserver(self, binaries: Binaries) -> None:
         p = self._require_pki()
         work = self._work()
-        admission = (
-            [f"--enable-admission-plugins={','.join(self.admission_plugins)}"]
-            if self.admission_plugins
-            else []
-        )
         self._spawn(
             "kube-apiserver",
             [
                 str(binaries.kube_apiserver),
                 f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.bind_address}",
+                f"--advertise-address={self.bind_address}",
                 f"--secure-port={self.apiserver_port}",
+                f"--kubelet-client-certificate={p.kubelet_client_cert}",
+                f"--kubelet-client-key={p.kubelet_client_key}",
+                "--kubelet-preferred-address-types=InternalIP",
                 f"--cert-dir={work / 'apiserver-certs'}",
                 f"--tls-cert-file={p.serving_cert}",
                 f"--tls-private-key-file={p.serving_key}",
@@ -390,10 +394,12 @@ class ControlPlane:
                 "--authorization-mode=Node,RBAC",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true",
-                # the `kubernetes` Service would need a non-loopback endpoint address
-                "--endpoint-reconciler-type=none",
+                # the `kubernetes` Service points at the node IP (no endpoint on loopback)
+                "--endpoint-reconciler-type="
+                + ("none" if self.bind_address.startswith("127.") else "lease"),
+                "--enable-admission-plugins="
+                + ",".join(("NodeRestriction", *self.admission_plugins)),
                 "--profiling=false",
-                *admission,
                 *self._audit_args(),
                 "--v=1",
             ],
@@ -420,6 +426,10 @@ class ControlPlane:
                 f"--root-ca-file={p.ca_cert}",
                 f"--service-account-private-key-file={p.sa_private_key}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--allocate-node-cidrs=true",
+                f"--cluster-cidr={POD_CIDR}",
+                "--node-cidr-mask-size=24",
+                f"--flex-volume-plugin-dir={work / 'flexvolume'}",
                 "--concurrent-gc-syncs=5",
                 "--v=1",
             ],
@@ -430,6 +440,30 @@ class ControlPlane:
         self._await(
             "kube-controller-manager",
             lambda: _http_ok(f"https://127.0.0.1:{self.kcm_port}/healthz", context=insecure),
+        )
+
+    def _start_scheduler(self, binaries: Binaries) -> None:
+        kubeconfig = str(self.kubeconfig)
+        port = free_port()
+        self._spawn(
+            "kube-scheduler",
+            [
+                str(binaries.kube_scheduler),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                "--leader-elect=false",
+                "--v=1",
+            ],
+        )
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        self._await(
+            "kube-scheduler",
+            lambda: _http_ok(f"https://127.0.0.1:{port}/healthz", context=insecure),
         )
 
     def _client_ssl(self) -> ssl.SSLContext:

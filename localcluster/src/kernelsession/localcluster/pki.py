@@ -32,6 +32,10 @@ class ClusterPKI:
     admin_key: Path
     sa_public_key: Path
     sa_private_key: Path
+    node_cert: Path
+    node_key: Path
+    kubelet_client_cert: Path
+    kubelet_client_key: Path
 
 
 def _write(path: Path, data: bytes, *, private: bool = False) -> Path:
@@ -96,11 +100,20 @@ def _issue(
     return builder.sign(ca_key, hashes.SHA256())
 
 
-def generate(directory: Path, *, service_ip: str) -> ClusterPKI:
-    """Generate the CA, serving and admin certificates and the service-account key pair.
+def generate(
+    directory: Path,
+    *,
+    service_ip: str,
+    node_name: str = "local-node",
+    extra_ips: tuple[str, ...] = (),
+) -> ClusterPKI:
+    """Generate the CA, the API server's serving certificate, client certificates (admin,
+    the node ``system:node:<node_name>``, the API server's kubelet client) and the
+    service-account key pair.
 
-    ``service_ip`` is the ``kubernetes`` Service's cluster IP, added to the serving
-    certificate's SANs. Raises OSError when ``directory`` is not writable.
+    ``service_ip`` (the ``kubernetes`` Service's cluster IP) and ``extra_ips`` (e.g. the
+    node IP the API server listens on) are added to the serving certificate's SANs.
+    Raises OSError when ``directory`` is not writable.
     """
     directory.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
@@ -146,6 +159,7 @@ def generate(directory: Path, *, service_ip: str) -> ClusterPKI:
     sans += [
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         x509.IPAddress(ipaddress.ip_address(service_ip)),
+        *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips),
     ]
     serving = _issue(
         _name("kube-apiserver"),
@@ -163,6 +177,19 @@ def generate(directory: Path, *, service_ip: str) -> ClusterPKI:
         ca_key,
         usage=ExtendedKeyUsageOID.CLIENT_AUTH,
     )
+    client = ExtendedKeyUsageOID.CLIENT_AUTH
+    node_key = ec.generate_private_key(ec.SECP256R1())
+    node = _issue(
+        _name(f"system:node:{node_name}", "system:nodes"), node_key, ca_name, ca_key, usage=client
+    )
+    kubelet_client_key = ec.generate_private_key(ec.SECP256R1())
+    kubelet_client = _issue(
+        _name("kube-apiserver-kubelet-client", "system:masters"),
+        kubelet_client_key,
+        ca_name,
+        ca_key,
+        usage=client,
+    )
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = serialization.Encoding.PEM
     return ClusterPKI(
@@ -177,4 +204,12 @@ def generate(directory: Path, *, service_ip: str) -> ClusterPKI:
             sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo),
         ),
         sa_private_key=_write(directory / "sa.key", _key_pem(sa_key), private=True),
+        node_cert=_write(directory / "node.crt", node.public_bytes(pem)),
+        node_key=_write(directory / "node.key", _key_pem(node_key), private=True),
+        kubelet_client_cert=_write(
+            directory / "kubelet-client.crt", kubelet_client.public_bytes(pem)
+        ),
+        kubelet_client_key=_write(
+            directory / "kubelet-client.key", _key_pem(kubelet_client_key), private=True
+        ),
     )

@@ -1,7 +1,8 @@
 """``make run``: the whole system on this machine, until Ctrl-C.
 
-Starts the local cluster (control plane + local kubelet), installs the manifests, runs
-the operator as its own service account (as in a cluster), creates the sample session,
+Starts the local cluster (control plane + a real node), installs the operator as users do
+(``kubectl apply -k manifests/``, from the image ``make images`` built), creates the sample
+session,
 waits until it is Ready (printing its progress), runs a short piece of Python in it
 through the client, then keeps everything up and prints the commands to try. On Ctrl-C
 (SIGINT) or SIGTERM it stops every process it started, by PID, and removes its files.
@@ -13,10 +14,8 @@ import argparse
 import asyncio
 import logging
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,11 +27,9 @@ from kernelsession.client import KernelSessionClient, KernelSessionStatus
 from kernelsession.localcluster.binaries import BinariesUnavailableError
 from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.controlplane import ControlPlaneError
-from kernelsession.localcluster.operator_process import (
-    OperatorProcess,
-    install_manifests,
-    manifests_dir,
-)
+from kernelsession.localcluster.deploy import OperatorDeployment, deploy_operator
+from kernelsession.localcluster.images import ImagesUnavailableError
+from kernelsession.localcluster.operator_process import OPERATOR_NAMESPACE, manifests_dir
 
 SAMPLE_CODE = (
     "import platform, sys\n"
@@ -75,6 +72,9 @@ Try, in another terminal:
   kubectl wait --for=condition=Ready ks/bob-analysis -n labs --timeout=120s
   kernelsession exec alice -c 'print(6 * 7)'              # run code (stdout only)
   kernelsession probe alice                               # health check with latency
+  kernelsession open alice                                # JupyterLab in your browser
+  kubectl logs -n labs -l kernelsession.dev/session=alice # the lab's log
+  kubectl logs -n {OPERATOR_NAMESPACE} deploy/kernelsession-operator   # the operator's
   kubectl describe ks alice -n labs                       # events: Created, Ready...
   kubectl delete ks alice -n labs                         # children go with it
 Ctrl-C stops everything."""
@@ -104,21 +104,23 @@ def main(argv: list[str] | None = None) -> int:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     started = time.monotonic()
     cluster = LocalCluster()
-    operator: OperatorProcess | None = None
-    workdir = Path(tempfile.mkdtemp(prefix="ks-run-"))
+    operator: OperatorDeployment | None = None
     code = 0
     try:
-        say("starting the local cluster (etcd, kube-apiserver, kube-controller-manager, kubelet)")
+        say(
+            "starting the local cluster (etcd, kube-apiserver, kube-controller-manager, "
+            "kube-scheduler; containerd, kubelet, kube-proxy, CoreDNS, NetworkPolicy)"
+        )
         timings = cluster.start()
         say(timings.summary())
         print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
-        say("installing manifests: namespaces, CRD, RBAC")
-        install_manifests(cluster)
-        operator = OperatorProcess(cluster, workdir / "operator")
-        took = operator.start()
+        say("kubectl apply -k manifests/ (namespaces, CRD, RBAC, the operator Deployment)")
+        t = time.monotonic()
+        operator = deploy_operator(cluster)
+        pod = operator.ready_pods()[0]["metadata"]["name"]
         say(
-            f"operator running as its service account (pid {operator.pid}, healthy in "
-            f"{took:.1f}s, metrics {operator.metrics_url}, log {operator.log_path})"
+            f"operator {OPERATOR_NAMESPACE}/{pod} available in {time.monotonic() - t:.1f}s "
+            f"(image {cluster.image_refs['operator']})"
         )
         sample = manifests_dir() / "samples" / "minimal.yaml"
         cluster.apply(sample)
@@ -133,20 +135,19 @@ def main(argv: list[str] | None = None) -> int:
             threading.Event().wait()
     except KeyboardInterrupt:
         say("Ctrl-C: stopping")
-    except (BinariesUnavailableError, ControlPlaneError) as exc:
+    except (BinariesUnavailableError, ImagesUnavailableError, ControlPlaneError) as exc:
         say(f"error: {exc}")
         code = 1
     except Exception as exc:
         say(f"error: {type(exc).__name__}: {exc}")
         if operator is not None:
-            say(f"operator log: {operator.log_path}")
+            say(f"operator log:\n{operator.logs()[-3000:]}")
         code = 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # finish stopping even on a 2nd Ctrl-C
-        if operator is not None:
-            operator.stop()
-        cluster.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        problems = cluster.stop()
+        if problems:
+            say(f"could not restore on the host: {', '.join(problems)}")
         say("stopped every process it started")
     return code
 

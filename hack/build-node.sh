@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Build the node's non-Kubernetes daemons from the Go module proxy into $1 (a cache directory
+# outside the repo): containerd (daemon, ctr, the runc shim) and CoreDNS. Pinned versions
+# come from the environment (set by kernelsession.localcluster.binaries, the one place that
+# decides them).
+set -euo pipefail
+out=${1:?usage: build-node.sh OUTDIR}
+containerd=${KS_CONTAINERD_VERSION:?}
+coredns=${KS_COREDNS_VERSION:?}
+command -v go >/dev/null || { echo "build-node: no 'go' on PATH" >&2; exit 3; }
+work=$(mktemp -d "${TMPDIR:-/tmp}/ks-nodebuild.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$out"
+export GOFLAGS=-mod=mod CGO_ENABLED=0
+
+# containerd 2.x: the daemon, ctr and the runc v2 shim (runc itself is Debian's).
+mkdir -p "$work/containerd" && cd "$work/containerd"
+printf 'module kscontainerd\n\ngo 1.24\n\nrequire github.com/containerd/containerd/v2 %s\n' "$containerd" > go.mod
+ld="-s -w -X github.com/containerd/containerd/v2/version.Version=$containerd"
+ld="$ld -X github.com/containerd/containerd/v2/version.Revision=modproxy"
+go build -trimpath -tags "no_btrfs no_devmapper no_zfs" -ldflags "$ld" -o "$out/" \
+  github.com/containerd/containerd/v2/cmd/containerd \
+  github.com/containerd/containerd/v2/cmd/ctr \
+  github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
+
+# CoreDNS with its default plugin set (kubernetes, forward, cache, ...).
+mkdir -p "$work/coredns" && cd "$work/coredns"
+printf 'module kscoredns\n\ngo 1.24\n\nrequire github.com/coredns/coredns %s\n' "$coredns" > go.mod
+go build -trimpath -ldflags "-s -w" -o "$out/coredns" github.com/coredns/coredns
+"$out/containerd" --version
+"$out/coredns" -version | head -1

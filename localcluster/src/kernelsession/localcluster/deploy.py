@@ -1,0 +1,246 @@
+"""The operator as users install it: ``kubectl apply -k`` of ``manifests/``, from its image.
+
+:func:`deploy_operator` writes a kustomize overlay (in a temporary directory) whose only
+changes are the locally built image (``images:``), the default lab image and, for tests,
+extra environment variables; applies it with ``kubectl apply -k`` and waits until the
+Deployment is available. :class:`OperatorDeployment` reads its pods, logs and metrics
+(through the metrics Service's cluster IP, which kube-proxy routes from the host).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .cluster import LocalCluster
+from .operator_process import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, manifests_dir
+
+DEPLOYMENT = "kernelsession-operator"
+UPSTREAM_IMAGE = "kernelsession/operator"
+POD_SELECTOR = "app.kubernetes.io/name=kernelsession-operator"
+
+
+def write_overlay(
+    directory: Path,
+    base: Path,
+    image_ref: str,
+    env: Mapping[str, str],
+    replicas: int | None = None,
+) -> Path:
+    """A kustomization in ``directory`` over ``base`` (``manifests/``) with the local image
+    and ``env`` set on the operator container. Returns ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    name, _, tag = image_ref.rpartition(":")
+    patch: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": DEPLOYMENT, "namespace": OPERATOR_NAMESPACE},
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "operator",
+                            "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
+                        }
+                    ]
+                }
+            }
+        },
+    }
+    if replicas is not None:
+        patch["spec"]["replicas"] = replicas
+    (directory / "operator-env.yaml").write_text(yaml.safe_dump(patch, sort_keys=False))
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(base, directory)],
+        "images": [{"name": UPSTREAM_IMAGE, "newName": name, "newTag": tag}],
+        "patches": [{"path": "operator-env.yaml"}],
+    }
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+    return directory
+
+
+class OperatorDeployment:
+    """The operator Deployment on a :class:`LocalCluster`."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+
+    def pods(self) -> list[dict[str, Any]]:
+        """The operator's pods (running or not), oldest first."""
+        items = self.cluster.get_json("pods", "-n", OPERATOR_NAMESPACE, "-l", POD_SELECTOR)["items"]
+        return sorted(items, key=lambda p: p["metadata"]["creationTimestamp"])
+
+    def ready_pods(self) -> list[dict[str, Any]]:
+        def ready(pod: dict[str, Any]) -> bool:
+            conditions = (pod.get("status") or {}).get("conditions") or []
+            return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+        return [p for p in self.pods() if ready(p) and not p["metadata"].get("deletionTimestamp")]
+
+    def wait_available(self, timeout: float = 180.0) -> float:
+        """Wait for ``kubectl rollout status``; returns seconds. Raises RuntimeError with
+        the pods' state and the last log lines when it does not become available."""
+        started = time.monotonic()
+        result = self.cluster.kubectl(
+            "-n",
+            OPERATOR_NAMESPACE,
+            "rollout",
+            "status",
+            f"deploy/{DEPLOYMENT}",
+            f"--timeout={int(timeout)}s",
+            check=False,
+            timeout=timeout + 30,
+        )
+        if result.returncode != 0:
+            pods = json.dumps([p.get("status") for p in self.pods()], indent=1)[:4000]
+            raise RuntimeError(
+                f"operator Deployment not available: {result.stderr.strip()}\n"
+                f"pods: {pods}\nlogs:\n{self.logs()[-4000:]}"
+            )
+        return time.monotonic() - started
+
+    def logs(self) -> str:
+        """Logs of every operator container (current and previous run), concatenated."""
+        parts: list[str] = []
+        for pod in self.pods():
+            name = pod["metadata"]["name"]
+            for previous in (True, False):
+                args = ["-n", OPERATOR_NAMESPACE, "logs", name]
+                if previous:
+                    args.append("--previous")
+                out = self.cluster.kubectl(*args, check=False).stdout
+                if out:
+                    parts.append(out)
+        return "".join(parts)
+
+    def metrics(self, timeout: float = 5.0) -> str:
+        """``/metrics`` through the metrics Service's cluster IP."""
+        svc = self.cluster.get_json("service", "-n", OPERATOR_NAMESPACE, f"{DEPLOYMENT}-metrics")
+        url = f"http://{svc['spec']['clusterIP']}:9090/metrics"
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return bytes(response.read()).decode()
+
+
+def deploy_operator(
+    cluster: LocalCluster,
+    *,
+    env: Mapping[str, str] | None = None,
+    replicas: int | None = None,
+    timeout: float = 180.0,
+) -> OperatorDeployment:
+    """``kubectl apply -k`` the manifests with the local images; wait until available.
+
+    Raises subprocess.CalledProcessError when kubectl fails, RuntimeError when the
+    Deployment does not become available.
+    """
+    refs = cluster.image_refs
+    settings = {"KERNELSESSION_DEFAULT_IMAGE": refs["lab"], **(env or {})}
+    with tempfile.TemporaryDirectory(prefix="ks-overlay-") as tmp:
+        overlay = write_overlay(
+            Path(tmp) / "overlay", manifests_dir(), refs["operator"], settings, replicas
+        )
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(overlay))
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "crd/kernelsessions.kernelsession.dev",
+        "--timeout=30s",
+    )
+    deployment = OperatorDeployment(cluster)
+    deployment.wait_available(timeout)
+    return deployment
+
+
+class InClusterOperator(OperatorDeployment):
+    """The operator Deployment driven like a process by the tests: ``start`` (apply and
+    wait until available), ``stop`` (scale to 0, wait until its pods are gone), ``kill``
+    (force-delete the active pod: SIGKILL, no grace; the ReplicaSet replaces it),
+    ``instance`` (which pod and run is active), ``metrics``, ``logs``, and ``kubeconfig``
+    (a token of the operator's service account, for RBAC checks)."""
+
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        workdir: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        replicas: int | None = None,
+    ) -> None:
+        super().__init__(cluster)
+        self.env = dict(env or {})
+        self.replicas = replicas
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.kubeconfig = cluster.service_account_kubeconfig(
+            OPERATOR_NAMESPACE, OPERATOR_ACCOUNT, workdir / "operator.kubeconfig"
+        )
+
+    def start(self, timeout: float = 180.0) -> float:
+        """Apply the manifests (scaling back up after ``stop``) and wait until available;
+        returns seconds. Raises RuntimeError when it does not become available."""
+        started = time.monotonic()
+        deploy_operator(self.cluster, env=self.env, replicas=self.replicas, timeout=timeout)
+        return time.monotonic() - started
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Scale to 0 and wait until no operator pod is left."""
+        self.cluster.kubectl(
+            "-n", OPERATOR_NAMESPACE, "scale", f"deploy/{DEPLOYMENT}", "--replicas=0"
+        )
+        self.cluster.kubectl(
+            "-n",
+            OPERATOR_NAMESPACE,
+            "wait",
+            "--for=delete",
+            "pod",
+            "-l",
+            POD_SELECTOR,
+            f"--timeout={int(timeout)}s",
+            check=False,
+            timeout=timeout + 10,
+        )
+
+    def kill(self) -> str:
+        """Force-delete the active operator pod (its processes get SIGKILL); returns its
+        name."""
+        pods = self.ready_pods() or self.pods()
+        name = str(pods[0]["metadata"]["name"])
+        self.cluster.kubectl(
+            "-n", OPERATOR_NAMESPACE, "delete", "pod", name, "--grace-period=0", "--force"
+        )
+        return name
+
+    def instance(self) -> tuple[str, int] | None:
+        """(pod UID, container restart count) of the ready operator, or None."""
+        pods = self.ready_pods()
+        if not pods:
+            return None
+        statuses = pods[0]["status"].get("containerStatuses") or [{}]
+        return str(pods[0]["metadata"]["uid"]), int(statuses[0].get("restartCount", 0))
+
+    def running(self) -> bool:
+        return self.instance() is not None
+
+
+def operator_account() -> str:
+    """The operator's service account as the API server names it."""
+    return f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
+
+
+__all__ = [
+    "InClusterOperator",
+    "OperatorDeployment",
+    "deploy_operator",
+    "operator_account",
+    "write_overlay",
+]
