@@ -1,16 +1,18 @@
 """Operator section: apply-to-Ready, scale, and API requests, on a fresh local cluster.
 
-Everything runs in one go against a LocalCluster this benchmark starts with the API
-server's audit log on, and the real operator as its service account (OperatorProcess,
-default intervals); all of it is stopped by PID at the end.
+Everything runs in one go against a LocalCluster (the real node: kubelet, containerd,
+runc) this benchmark starts with the API server's audit log on, and the operator as its
+Deployment from ``manifests/`` (its image, default intervals); all of it is stopped at the
+end.
 
 * one session, repeated: ``kubectl apply`` -> session Ready, split into the operator's
   own time (session seen -> lab pod created, lab pod Ready -> session Ready) and the lab
-  start (pod created -> pod Ready: local kubelet + jupyter-server); times are taken from
-  watch events as they arrive. Baseline in the same run: ``kubectl create`` of the same
-  Pod (same spec, no operator) -> Ready.
+  start (pod created -> pod Ready: kubelet + containerd + jupyter-server); times are taken
+  from watch events as they arrive. Baseline in the same run: ``kubectl create`` of the
+  same Pod (same spec, no operator) -> Ready.
 * N sessions applied at once: time until all are Ready, the operator's CPU seconds and
-  peak RSS (psutil, sampled), the kubelet's and the labs' totals.
+  peak RSS (its container's process, psutil, sampled), the node's overhead (kubelet,
+  containerd and the runc shims: CPU, RSS per lab) and the labs' totals.
 * API requests by the operator (audit log, its service account, kubectl excluded):
   per session during creation, and over a steady-state window with every session Ready
   and nothing changing (writes must be 0).
@@ -43,12 +45,8 @@ from kubernetes_asyncio import watch
 
 from kernelsession.localcluster import audit
 from kernelsession.localcluster.cluster import LocalCluster
-from kernelsession.localcluster.operator_process import (
-    OPERATOR_ACCOUNT,
-    OPERATOR_NAMESPACE,
-    OperatorProcess,
-    install_manifests,
-)
+from kernelsession.localcluster.deploy import InClusterOperator
+from kernelsession.localcluster.operator_process import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE
 
 LABS = "labs"
 SESSION_LABEL = "kernelsession.dev/session"
@@ -159,24 +157,73 @@ def _session(name: str) -> dict[str, Any]:
     }
 
 
-class Sampler:
-    """Samples peak RSS of the operator (every 0.2 s) and of the kubelet's process tree
-    (kubelet + labs, every 2 s) in a thread."""
+class NodeProcesses:
+    """The node's processes by role: the kubelet and containerd (daemons), the runc shims
+    (one per pod), and the labs (everything the shims started)."""
 
-    def __init__(self, operator_pid: int, kubelet_pid: int) -> None:
-        self.operator = psutil.Process(operator_pid)
-        self.kubelet = psutil.Process(kubelet_pid)
-        self.operator_peak = 0
-        self.tree_peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    def __init__(self, cluster: LocalCluster) -> None:
+        assert cluster.node is not None
+        self.node = cluster.node
+        daemons = self.node.daemon_pids()
+        self.kubelet = psutil.Process(daemons["kubelet"])
+        self.containerd = psutil.Process(daemons["containerd"])
 
-    def _tree_rss(self) -> int:
+    def shims_and_labs(self) -> tuple[list[psutil.Process], list[psutil.Process]]:
+        shims: dict[int, psutil.Process] = {}
+        labs: list[psutil.Process] = []
+        for pid in self.node.task_pids().values():
+            with contextlib.suppress(psutil.Error):
+                task = psutil.Process(pid)
+                parent = task.parent()
+                if parent is not None:
+                    shims[parent.pid] = parent
+                labs += [task, *task.children(recursive=True)]
+        return list(shims.values()), labs
+
+    def daemons_rss(self) -> int:
+        shims, _ = self.shims_and_labs()
         total = 0
-        for proc in [self.kubelet, *self.kubelet.children(recursive=True)]:
+        for proc in [self.kubelet, self.containerd, *shims]:
             with contextlib.suppress(psutil.Error):
                 total += proc.memory_info().rss
         return total
+
+    def cpu(self) -> tuple[float, float, float]:
+        """CPU seconds of (kubelet + containerd, shims, labs)."""
+        shims, labs = self.shims_and_labs()
+        return (
+            _cpu(self.kubelet) + _cpu(self.containerd),
+            sum(_safe_cpu(p) for p in shims),
+            sum(_safe_cpu(p) for p in labs),
+        )
+
+
+def _safe_cpu(proc: psutil.Process) -> float:
+    try:
+        return _cpu(proc)
+    except psutil.Error:
+        return 0.0
+
+
+def operator_process(cluster: LocalCluster, op: InClusterOperator) -> psutil.Process:
+    """The operator container's main process, found through containerd."""
+    assert cluster.node is not None
+    pod = op.ready_pods()[0]
+    container_id = pod["status"]["containerStatuses"][0]["containerID"].rsplit("/", 1)[1]
+    return psutil.Process(cluster.node.task_pids()[container_id])
+
+
+class Sampler:
+    """Samples peak RSS of the operator (every 0.2 s) and of the node daemons (kubelet,
+    containerd, shims; every 2 s) in a thread."""
+
+    def __init__(self, operator: psutil.Process, node: NodeProcesses) -> None:
+        self.operator = operator
+        self.node = node
+        self.operator_peak = 0
+        self.node_peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         tick = 0
@@ -186,7 +233,7 @@ class Sampler:
             except psutil.Error:
                 return
             if tick % 10 == 0:
-                self.tree_peak = max(self.tree_peak, self._tree_rss())
+                self.node_peak = max(self.node_peak, self.node.daemons_rss())
             tick += 1
 
     def __enter__(self) -> Sampler:
@@ -201,14 +248,6 @@ class Sampler:
 def _cpu(proc: psutil.Process) -> float:
     t = proc.cpu_times()
     return float(t.user + t.system)
-
-
-def _children_cpu(proc: psutil.Process) -> float:
-    total = 0.0
-    for child in proc.children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            total += _cpu(child)
-    return total
 
 
 def _metric(text: str, name: str) -> float:
@@ -355,26 +394,28 @@ class Scale:
     operator_cpu: float
     operator_peak_rss: int
     operator_rss_before: int
-    kubelet_cpu: float
+    node_cpu: float
+    shims_cpu: float
     labs_cpu: float
-    tree_peak_rss: int
+    node_rss_before: int
+    node_peak_rss: int
     creation: Counter[str]
     conflicts: Counter[str]
     spawn: list[float]
 
 
-async def _scale(cluster: LocalCluster, op: OperatorProcess, times: Times, n: int) -> Scale:
-    assert op.pid is not None
-    assert cluster.kubelet_pid is not None
+async def _scale(cluster: LocalCluster, op: InClusterOperator, times: Times, n: int) -> Scale:
     names = [f"s{i:03d}" for i in range(n)]
-    operator = psutil.Process(op.pid)
-    kubelet = psutil.Process(cluster.kubelet_pid)
+    operator = operator_process(cluster, op)
+    node = NodeProcesses(cluster)
     log = cluster.audit_log
     assert log is not None
     offset = audit.size(log)
-    cpu0, kcpu0, lcpu0 = _cpu(operator), _cpu(kubelet), _children_cpu(kubelet)
+    cpu0 = _cpu(operator)
+    node0 = node.cpu()
     rss0 = operator.memory_info().rss
-    with Sampler(op.pid, cluster.kubelet_pid) as sampler:
+    node_rss0 = node.daemons_rss()
+    with Sampler(operator, node) as sampler:
         t0 = time.monotonic()
         await _kubectl(
             cluster,
@@ -391,6 +432,7 @@ async def _scale(cluster: LocalCluster, op: OperatorProcess, times: Times, n: in
             t0 + SCALE_DEADLINE,
         )
         seconds = time.monotonic() - t0
+        node1 = node.cpu()
     ready = sum(name in times.session_ready for name in names)
     entries = _operator_requests(cluster, offset)
     return Scale(
@@ -401,9 +443,11 @@ async def _scale(cluster: LocalCluster, op: OperatorProcess, times: Times, n: in
         operator_cpu=_cpu(operator) - cpu0,
         operator_peak_rss=sampler.operator_peak,
         operator_rss_before=rss0,
-        kubelet_cpu=_cpu(kubelet) - kcpu0,
-        labs_cpu=_children_cpu(kubelet) - lcpu0,
-        tree_peak_rss=sampler.tree_peak,
+        node_cpu=node1[0] - node0[0],
+        shims_cpu=node1[1] - node0[1],
+        labs_cpu=node1[2] - node0[2],
+        node_rss_before=node_rss0,
+        node_peak_rss=sampler.node_peak,
         creation=audit.count(entries),
         conflicts=audit.count(e for e in entries if e.code == 409),
         spawn=[
@@ -415,14 +459,13 @@ async def _scale(cluster: LocalCluster, op: OperatorProcess, times: Times, n: in
 
 
 async def _steady(
-    cluster: LocalCluster, op: OperatorProcess, window: float
+    cluster: LocalCluster, op: InClusterOperator, window: float
 ) -> tuple[Counter[str], float, float, float]:
     """Operator requests during ``window`` seconds with nothing changing; also the
     status-writes and reconciles metrics' increase and the operator's CPU seconds."""
     log = cluster.audit_log
     assert log is not None
-    assert op.pid is not None
-    proc = psutil.Process(op.pid)
+    proc = operator_process(cluster, op)
     before = op.metrics()
     offset = audit.size(log)
     cpu0 = _cpu(proc)
@@ -448,7 +491,7 @@ def _requests_table(counts: Counter[str], per: float, unit: str) -> None:
         print(f"      {key:<34} {value / per:8.2f}{unit}")
 
 
-async def _run(args: argparse.Namespace, cluster: LocalCluster, op: OperatorProcess) -> int:
+async def _run(args: argparse.Namespace, cluster: LocalCluster, op: InClusterOperator) -> int:
     api = await k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
     times = Times()
     watchers = [asyncio.create_task(_watch(api, times, kind)) for kind in ("pods", "sessions")]
@@ -497,10 +540,17 @@ async def _run(args: argparse.Namespace, cluster: LocalCluster, op: OperatorProc
             f"peak RSS {scale.operator_peak_rss / 2**20:.0f} MiB "
             f"(before {scale.operator_rss_before / 2**20:.0f} MiB)"
         )
+        labs = max(scale.ready, 1)
         print(
-            f"  kubelet: {scale.kubelet_cpu:.1f} CPU s; labs: {scale.labs_cpu:.1f} CPU s "
-            f"({scale.labs_cpu / max(scale.ready, 1):.2f} s/lab); kubelet+labs peak RSS "
-            f"{scale.tree_peak_rss / 2**30:.1f} GiB"
+            f"  labs: {scale.labs_cpu:.1f} CPU s ({scale.labs_cpu / labs:.2f} s/lab; "
+            f"floor on {psutil.cpu_count()} cores {scale.labs_cpu / psutil.cpu_count():.0f} s)"
+        )
+        print(
+            f"  node overhead: kubelet+containerd {scale.node_cpu:.1f} CPU s, shims "
+            f"{scale.shims_cpu:.1f} CPU s; kubelet+containerd+shims RSS "
+            f"{scale.node_rss_before / 2**20:.0f} MiB before, peak "
+            f"{scale.node_peak_rss / 2**20:.0f} MiB = "
+            f"{(scale.node_peak_rss - scale.node_rss_before) / labs / 2**20:.1f} MiB per lab"
         )
         print("  operator API requests per session during creation (audit log):")
         _requests_table(scale.creation, n, "")
@@ -547,14 +597,10 @@ def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="ks-bench-") as tmp:
         cluster = LocalCluster(audit=True)
         timings = cluster.start()
-        op: OperatorProcess | None = None
         try:
             print(f"  {timings.summary()}")
-            install_manifests(cluster)
-            op = OperatorProcess(cluster, Path(tmp) / "operator")
+            op = InClusterOperator(cluster, Path(tmp) / "operator")
             op.start()
             return asyncio.run(_run(args, cluster, op))
         finally:
-            if op is not None:
-                op.stop()
             cluster.stop()

@@ -31,12 +31,14 @@ from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.deploy import InClusterOperator
 
 
-def lab_pid(pod: dict[str, Any]) -> int:
-    """The lab's PID under the local kubelet (``containerID: localprocess://PID``)."""
+def lab_pid(cluster: LocalCluster, pod: dict[str, Any]) -> int:
+    """The host PID of the lab container's main process (``jupyter server``), from
+    containerd."""
     (cs,) = pod["status"]["containerStatuses"]
-    scheme, _, pid = cs["containerID"].partition("://")
-    assert scheme == "localprocess", cs["containerID"]
-    return int(pid)
+    scheme, _, container_id = cs["containerID"].partition("://")
+    assert scheme == "containerd", cs["containerID"]
+    assert cluster.node is not None
+    return cluster.node.task_pids()[container_id]
 
 
 async def kernels_busy(url: str, token: str) -> bool:
@@ -59,7 +61,7 @@ async def test_lab_killed_mid_execution(
     apply_session(installed, session_name, {"user": "kim"})
     ready = wait_phase(installed, session_name, "Ready", timeout=90)
     pod = installed.get_json("-n", LABS, f"pod/{ready['podName']}")
-    pid = lab_pid(pod)
+    pid = lab_pid(installed, pod)
     url, token, _ = await ks.credentials(session_name)
 
     manager = await ks.lab_session(session_name)

@@ -28,7 +28,7 @@ async def test_sample_becomes_ready_and_runs_code(
         assert "condition met" in waited.stdout
         status = (await ks.get("alice")).raw["status"]
         assert status["phase"] == "Ready"
-        assert status["url"].startswith("http://127.")
+        assert status["url"] == "http://alice.labs.svc.cluster.local:8888/"
         assert status["tokenSecretName"] == "alice-token"
         assert status["observedGeneration"] == 1
         for key in ("podName", "startTime", "readyTime"):

@@ -15,7 +15,7 @@ MANIFESTS = Path(__file__).parents[2] / "manifests"
 
 def test_kustomization_applies_server_side(installed: LocalCluster) -> None:
     # --dry-run=server: full admission and schema validation, nothing persisted (the
-    # local kubelet cannot run the operator image; the tests run the operator as a process).
+    # operator fixture applies the same kustomization for real, with the local image).
     out = installed.kubectl("apply", "-k", str(MANIFESTS), "--dry-run=server").stdout
     for obj in (
         "namespace/kernelsession-system",

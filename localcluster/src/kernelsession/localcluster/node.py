@@ -370,6 +370,20 @@ class Node:
             timeout=timeout,
         )
 
+    def task_pids(self) -> dict[str, int]:
+        """Container ID -> PID of its main process, for every running container (from
+        containerd: the same IDs as ``containerStatuses[].containerID``)."""
+        pids: dict[str, int] = {}
+        for line in self.ctr("tasks", "ls").stdout.splitlines()[1:]:
+            parts = line.split()
+            if len(parts) >= 3 and parts[2] == "RUNNING":
+                pids[parts[0]] = int(parts[1])
+        return pids
+
+    def daemon_pids(self) -> dict[str, int]:
+        """PIDs of the node's own daemons (kubelet, containerd, kube-proxy, ...)."""
+        return {name: proc.pid for name, proc in self.processes.items() if proc.poll() is None}
+
     # -- lifecycle --------------------------------------------------------------------
     def prepare_host(self) -> None:
         """Take the node lock, clean up after a crashed node, record the host's state and
