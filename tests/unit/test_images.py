@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -215,7 +216,7 @@ def test_whiteouts_hide_lower_files(tmp_path: Path) -> None:
 
 
 def test_missing_tool_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(images.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
     with pytest.raises(images.ImagesUnavailableError, match=r"apt-get install .*buildah"):
         images._require("buildah", "buildah", "build images")
 
@@ -225,7 +226,7 @@ def test_pip_settings_copy_the_cert_and_drop_local_paths(
 ) -> None:
     cert = tmp_path / "ca.crt"
     cert.write_text("CERT")
-    for key in [k for k in list(images.os.environ) if k.startswith("PIP_")]:
+    for key in [k for k in list(os.environ) if k.startswith("PIP_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("PIP_CERT", str(cert))
     monkeypatch.setenv("PIP_FIND_LINKS", "/opt/wheels")

@@ -651,13 +651,15 @@ def build_with_buildah(
         return _commit(name, tag, work, archive, time.monotonic() - started)
 
 
-def _stage_context(root: Path, dirs: Iterable[str]) -> Callable[[Path], Path]:
-    """A build context holding exactly the hashed files of ``dirs`` (nothing else leaks in)."""
+def _stage_context(root: Path, dirs: Iterable[str], under: Path = Path()) -> Callable[[Path], Path]:
+    """A build context holding exactly the hashed files of ``dirs`` (nothing else leaks in),
+    with paths relative to ``under``."""
 
     def make(work: Path) -> Path:
         ctx = work / "context"
+        ctx.mkdir()
         for rel in context_files(root, dirs):
-            dest = ctx / rel
+            dest = ctx / rel.relative_to(under)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(root / rel, dest)
         return ctx
@@ -720,8 +722,8 @@ def _build(name: str, root: Path, tag: str, done: dict[str, Image | None], *, lo
             "lab",
             tag,
             base=base,
-            dockerfile=Path(lab_dir) / "Dockerfile",
-            context=_stage_context(root, [lab_dir]),
+            dockerfile=Path("Dockerfile"),
+            context=_stage_context(root, [lab_dir], Path(lab_dir)),
             log=log,
         )
     ctx_make = _stage_context(root, CONTEXT_DIRS["operator"])
