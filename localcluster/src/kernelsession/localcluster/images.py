@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -692,20 +693,27 @@ def ensure_images(*, log: bool = True, rebuild: Iterable[str] = ()) -> Images:
         return _images(found, started)
     with _locked():
         done: dict[str, Image | None] = {}
-        for name in NAMES:
+
+        def one(name: str) -> Image:
             hit = None if name in force else cached(name, tags[name])
             if hit is not None:
-                done[name] = hit
-                continue
+                return hit
             _say(log, f"building {name} ({image_ref(name, tags[name])}) ...")
-            done[name] = _build(name, root, tags[name], done, log=log)
-            built = done[name]
-            assert built is not None
+            built = _build(name, root, tags[name], done, log=log)
             _say(
                 log,
                 f"built {built.ref} in {built.build_seconds:.1f}s "
                 f"({_mib(built.archive_bytes)} archive, {_mib(built.unpacked_bytes)} unpacked)",
             )
+            return built
+
+        # pause and base first; lab and operator (both FROM base, each with its own
+        # buildah store) side by side: their time is mostly downloads and file copies.
+        for stage in (("pause", "base"), ("lab", "operator")):
+            with ThreadPoolExecutor(max_workers=len(stage)) as pool:
+                futures = {name: pool.submit(one, name) for name in stage}
+                for name, future in futures.items():
+                    done[name] = future.result()
         return _images(done, started)
 
 

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -327,3 +328,39 @@ def list_files(archive: Path) -> set[str]:
                 elif name:
                     present.add(name)
     return present
+
+
+def unpack(archive: Path, dest: Path) -> None:
+    """Unpack the image's merged file system into ``dest`` (layers in order, whiteouts
+    applied; ownership kept when running as root). For tests and inspection."""
+    image = read_archive(archive)
+    dest.mkdir(parents=True, exist_ok=True)
+    for _digest, stream in iter_layer_streams(archive, image.manifest):
+        with tarfile.open(fileobj=stream, mode="r|") as layer:
+            for member in layer:
+                name = member.name.removeprefix("./").strip("/")
+                base = os.path.basename(name)
+                parent = dest / os.path.dirname(name)
+                if base == ".wh..wh..opq":
+                    for child in parent.iterdir() if parent.is_dir() else []:
+                        _remove(child)
+                elif base.startswith(".wh."):
+                    _remove(parent / base.removeprefix(".wh."))
+                elif name:
+                    target = dest / name
+                    if target.is_symlink() or (target.exists() and not target.is_dir()):
+                        target.unlink()
+                    layer.extract(member, dest, filter=_keep_modes)
+
+
+def _keep_modes(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    """The ``tar`` filter (no absolute paths or escapes), but keeping sticky and setuid bits
+    and group/other write permission: /tmp must stay 1777."""
+    return tarfile.tar_filter(member, dest).replace(mode=member.mode, deep=False)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
