@@ -8,9 +8,9 @@ PYTEST_ARGS ?=
 RUN_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup run test test-quick lint bench manifests wheels clean binaries
+.PHONY: setup setup-deps run test test-quick lint bench manifests wheels clean binaries images os-packages
 
-setup: $(STAMP) binaries
+setup: os-packages $(STAMP) binaries
 
 $(STAMP): pyproject.toml client/pyproject.toml operator/pyproject.toml localcluster/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,19 @@ $(STAMP): pyproject.toml client/pyproject.toml operator/pyproject.toml localclus
 binaries: $(STAMP)
 	$(PY) -m kernelsession.localcluster.binaries ensure
 
-run: setup
+# Debian packages the local node's tooling needs (apt-get when missing; root on Debian).
+os-packages:
+	$(PYTHON) localcluster/src/kernelsession/localcluster/ospackages.py install
+
+# pause, base (Debian bookworm), lab and operator images as OCI archives, built locally
+# (gcc, mmdebstrap, buildah; no registry) and cached by content outside the repo.
+images: setup-deps
+	$(PY) -m kernelsession.localcluster.images ensure
+
+# What `make images` needs, without the control-plane binaries.
+setup-deps: os-packages $(STAMP)
+
+run: setup images
 	$(PY) -m kernelsession.localcluster.run $(RUN_ARGS)
 
 lint: $(STAMP)
@@ -30,14 +42,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check client operator localcluster tests bench
 	$(VENV)/bin/mypy client/src/kernelsession/client operator/src/kernelsession/operator localcluster/src/kernelsession/localcluster
 
-test: setup lint
+test: setup images lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # The fast tier: unit and client tests, no control plane.
 test-quick: $(STAMP)
 	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
 
-bench: setup
+bench: setup images
 	$(PY) -m bench $(BENCH_ARGS)
 
 # One-file install bundle of manifests/ (what `kubectl apply -k manifests/` applies).

@@ -1,0 +1,225 @@
+"""`make images` for real: builds (or finds) the four images and checks what is inside.
+
+Slow the first time (mmdebstrap + two buildah builds, a few minutes); a cache hit later.
+When containerd (``containerd`` and ``ctr``) is installed, the node images are also imported
+into a private containerd started here (own root, state and socket in a temp directory),
+which is stopped by PID and removed afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kernelsession.localcluster import images, oci
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+
+
+def _mounts() -> set[str]:
+    return set(Path("/proc/self/mounts").read_text().splitlines())
+
+
+def _skip_unless_buildable() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("building images needs root (mmdebstrap, buildah chroot isolation)")
+    missing = [t for t in ("buildah", "mmdebstrap", "gcc") if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"not installed: {missing} (make os-packages)")
+
+
+@pytest.fixture(scope="module")
+def built() -> Iterator[images.Images]:
+    _skip_unless_buildable()
+    before = _mounts()
+    result = images.ensure_images(log=True)
+    assert _mounts() - before == set(), "an image build left mounts on the host"
+    yield result
+
+
+def test_archives_are_valid_oci_images(built: images.Images) -> None:
+    for img in built.all():
+        assert img.archive.is_file()
+        assert img.archive.is_relative_to(images.cache_dir())
+        assert img.ref == f"localhost/kernelsession/{img.name}:{img.content_hash}"
+        parsed = oci.read_archive(img.archive)
+        assert parsed.ref == img.ref
+        assert parsed.manifest_digest == img.manifest_digest
+        assert parsed.config["os"] == "linux"
+        assert parsed.config["architecture"] == "amd64"
+        print(
+            f"{img.name}: {img.archive_bytes / 2**20:.1f} MiB archive, "
+            f"{img.unpacked_bytes / 2**20:.1f} MiB unpacked, built in {img.build_seconds:.1f}s"
+        )
+
+
+def test_refs_are_the_input_hashes(built: images.Images) -> None:
+    tags = images.input_hashes()
+    assert {i.name: i.content_hash for i in built.all()} == tags
+
+
+def test_pause_image(built: images.Images) -> None:
+    parsed = oci.read_archive(built.pause.archive)
+    assert parsed.config["config"]["Entrypoint"] == ["/pause"]
+    assert oci.list_files(built.pause.archive) == {"pause"}
+
+
+def test_lab_image(built: images.Images) -> None:
+    parsed = oci.read_archive(built.lab.archive)
+    cfg = parsed.config["config"]
+    assert cfg["User"] == "1000:100"
+    assert cfg["WorkingDir"] == "/home/jovyan"
+    assert any(e.startswith("PATH=/opt/lab/bin:") for e in cfg["Env"])
+    files = oci.list_files(built.lab.archive)
+    assert "opt/lab/bin/jupyter" in files
+    assert "opt/lab/bin/jupyter-lab" in files
+    assert any(f.startswith("opt/lab/lib/python3.11/site-packages/jupyterlab/") for f in files)
+    assert any(f.startswith("opt/lab/lib/python3.11/site-packages/ipykernel/") for f in files)
+    assert "home/jovyan" in files
+    assert "usr/bin/python3.11" in files
+    assert not any(f.startswith("usr/bin/gcc") for f in files), "no build tools in the lab"
+
+
+def test_lab_home_belongs_to_jovyan(built: images.Images) -> None:
+    import tarfile
+
+    parsed = oci.read_archive(built.lab.archive)
+    owner = None
+    passwd = b""
+    for _digest, stream in oci.iter_layer_streams(built.lab.archive, parsed.manifest):
+        with tarfile.open(fileobj=stream, mode="r|") as layer:
+            for m in layer:
+                name = m.name.removeprefix("./").strip("/")
+                if name == "home/jovyan":
+                    owner = (m.uid, m.gid, m.mode & 0o777)
+                elif name == "etc/passwd" and m.isfile():
+                    f = layer.extractfile(m)
+                    assert f is not None
+                    passwd = f.read()
+    assert owner is not None
+    assert owner[:2] == (1000, 100)
+    assert owner[2] & 0o700 == 0o700
+    assert b"jovyan:x:1000:100:" in passwd
+
+
+def test_operator_image(built: images.Images) -> None:
+    parsed = oci.read_archive(built.operator.archive)
+    cfg = parsed.config["config"]
+    uid = cfg["User"].split(":")[0]
+    assert uid.isdigit()
+    assert int(uid) != 0
+    assert cfg["Entrypoint"] == ["kernelsession-operator"]
+    files = oci.list_files(built.operator.archive)
+    assert "opt/kernelsession/bin/kernelsession-operator" in files
+    site = "opt/kernelsession/lib/python3.11/site-packages/"
+    assert f"{site}kernelsession/operator/__main__.py" in files
+    assert f"{site}kernelsession/client/__init__.py" in files
+    assert not any("kernelsession/localcluster" in f for f in files)
+    assert not any(f.startswith("src/") or f.startswith("wheels/") for f in files)
+
+
+def test_second_call_is_a_cache_hit(built: images.Images) -> None:
+    before = _mounts()
+    started = time.monotonic()
+    again = images.ensure_images(log=False)
+    elapsed = time.monotonic() - started
+    assert [i.ref for i in again.all()] == [i.ref for i in built.all()]
+    assert not any(i.built_now for i in again.all())
+    assert elapsed < 5, f"cache hit took {elapsed:.1f}s"
+    assert _mounts() == before
+    print(f"cache hit: {elapsed * 1000:.0f} ms")
+
+
+def test_no_buildah_leftovers(built: images.Images) -> None:
+    leftovers = [p.name for p in images.cache_dir().iterdir() if p.name.startswith(".build-")]
+    assert leftovers == []
+
+
+# ------------------------------------------------------------- private containerd (optional)
+
+
+@pytest.fixture
+def private_containerd() -> Iterator[tuple[Path, Path]]:
+    containerd = shutil.which("containerd")
+    ctr = shutil.which("ctr")
+    if containerd is None or ctr is None:
+        pytest.skip("containerd/ctr not installed")
+    tmp = Path(tempfile.mkdtemp(prefix="ks-containerd-"))
+    sock = tmp / "containerd.sock"
+    config = tmp / "config.toml"
+    config.write_text(
+        "version = 2\n"
+        f'root = "{tmp}/root"\n'
+        f'state = "{tmp}/state"\n'
+        f'[grpc]\n  address = "{sock}"\n'
+        "[ttrpc]\n  address = \"\"\n"
+        f'[debug]\n  address = ""\n'
+        '[metrics]\n  address = ""\n'
+        "[plugins]\n"
+        '  [plugins."io.containerd.grpc.v1.cri"]\n'
+        "    disable_cgroup = true\n"
+        "    restrict_oom_score_adj = true\n"
+    )
+    before = _mounts()
+    log = open(tmp / "containerd.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [containerd, "--config", str(config)], stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            ready = subprocess.run(
+                [ctr, "--address", str(sock), "version"], capture_output=True, check=False
+            )
+            if ready.returncode == 0:
+                break
+            assert proc.poll() is None, (tmp / "containerd.log").read_text()
+            assert time.monotonic() < deadline, "containerd did not start"
+            time.sleep(0.1)  # polling the socket for a condition, not a fixed wait
+        yield Path(ctr), sock
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        for mount in sorted(_mounts() - before, reverse=True):
+            subprocess.run(["umount", "-l", mount.split()[1]], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert _mounts() == before
+
+
+def test_import_into_containerd(
+    built: images.Images, private_containerd: tuple[Path, Path]
+) -> None:
+    ctr, sock = private_containerd
+    refs = images.import_into_containerd(built, ctr, sock, namespace="k8s.io")
+    assert refs == [built.pause.ref, built.lab.ref, built.operator.ref]
+    listed = subprocess.run(
+        [str(ctr), "--address", str(sock), "-n", "k8s.io", "images", "ls"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for img in built.node_images():
+        line = next(li for li in listed.splitlines() if li.startswith(img.ref + " "))
+        assert img.manifest_digest in line
+    # unpacked for the CRI: a snapshot exists for each image's top layer
+    snaps = subprocess.run(
+        [str(ctr), "--address", str(sock), "-n", "k8s.io", "snapshots", "ls"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert len(snaps.splitlines()) > 1
+    # importing again is a no-op
+    assert images.import_into_containerd(built, ctr, sock) == refs

@@ -1,0 +1,249 @@
+"""Pure parts of the image build: content hashes, build contexts and the OCI archive writer."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from kernelsession.localcluster import images, oci, ospackages
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _copy_inputs(dst: Path) -> Path:
+    """A minimal copy of the repository's image inputs to mutate."""
+    for rel in ("localcluster/images", "client", "operator"):
+        shutil.copytree(
+            REPO / rel, dst / rel, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+        )
+    return dst
+
+
+def test_content_hash_is_stable_and_order_independent() -> None:
+    a = images.content_hash([("x", b"1"), ("y", b"2")])
+    assert a == images.content_hash([("y", b"2"), ("x", b"1")])
+    assert len(a) == 16
+    assert a != images.content_hash([("x", b"1"), ("y", b"3")])
+    # names count, and the boundary between name and data cannot be shifted
+    assert images.content_hash([("x", b"12")]) != images.content_hash([("x1", b"2")])
+
+
+def test_input_hashes_of_the_repo() -> None:
+    tags = images.input_hashes(REPO)
+    assert set(tags) == set(images.NAMES)
+    assert len(set(tags.values())) == 4
+    assert images.input_hashes(REPO) == tags
+
+
+@pytest.mark.parametrize(
+    ("path", "changed"),
+    [
+        ("localcluster/images/pause/pause.c", {"pause"}),
+        ("localcluster/images/base/packages", {"base", "lab", "operator"}),
+        ("localcluster/images/lab/Dockerfile", {"lab"}),
+        ("localcluster/images/lab/requirements.txt", {"lab"}),
+        ("operator/Dockerfile", {"operator"}),
+        ("operator/src/kernelsession/operator/builders.py", {"operator"}),
+        ("client/src/kernelsession/client/__init__.py", {"operator"}),
+    ],
+)
+def test_hash_changes_exactly_with_its_inputs(tmp_path: Path, path: str, changed: set[str]) -> None:
+    root = _copy_inputs(tmp_path)
+    before = images.input_hashes(root)
+    target = root / path
+    if path.endswith("packages"):
+        target.write_text(target.read_text() + "less\n")
+    else:
+        target.write_text(target.read_text() + "\n# changed\n")
+    after = images.input_hashes(root)
+    assert {n for n in images.NAMES if before[n] != after[n]} == changed
+
+
+def test_caches_and_build_output_are_not_inputs(tmp_path: Path) -> None:
+    root = _copy_inputs(tmp_path)
+    before = images.input_hashes(root)
+    pkg = root / "operator/src/kernelsession/operator"
+    (pkg / "__pycache__").mkdir(exist_ok=True)
+    (pkg / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"junk")
+    (root / "operator/dist").mkdir()
+    (root / "operator/dist/x.whl").write_bytes(b"junk")
+    (root / "client/src/kernelsession_client.egg-info").mkdir()
+    assert images.input_hashes(root) == before
+    (pkg / "new_module.py").write_text("X = 1\n")
+    assert images.input_hashes(root)["operator"] != before["operator"]
+
+
+def test_operator_context_excludes_the_local_cluster() -> None:
+    files = images.context_files(REPO, images.CONTEXT_DIRS["operator"])
+    assert any(str(f).startswith("operator/src/kernelsession/operator/") for f in files)
+    assert Path("operator/Dockerfile") in files
+    assert not any("localcluster" in str(f) for f in files)
+
+
+def test_base_packages_and_refs() -> None:
+    pkgs = images.base_packages(REPO)
+    assert {"python3", "python3-venv", "ca-certificates"} <= set(pkgs)
+    assert images.image_ref("lab", "abc") == "localhost/kernelsession/lab:abc"
+
+
+def test_apt_sources_are_read_from_the_host() -> None:
+    for path in images.apt_source_files():
+        assert str(path).startswith("/etc/apt/")
+
+
+def _layer(tmp_path: Path) -> oci.Layer:
+    tar_path = tmp_path / "layer.tar"
+    oci.rootfs_layer_tar({"bin/hello": (b"#!/bin/sh\necho hi\n", 0o755)}, tar_path)
+    return oci.compress_layer(tar_path, tmp_path / "layer.tar.gz")
+
+
+def test_archive_writer_layout_and_digests(tmp_path: Path) -> None:
+    layer = _layer(tmp_path)
+    raw = (tmp_path / "layer.tar").read_bytes()
+    assert layer.diff_id == "sha256:" + hashlib.sha256(raw).hexdigest()
+    assert layer.unpacked_size == len(raw)
+    assert gzip.decompress((tmp_path / "layer.tar.gz").read_bytes()) == raw
+    config = oci.image_config(
+        [layer.diff_id], env=["PATH=/bin"], entrypoint=["/bin/hello"], user="1000:100"
+    )
+    out = tmp_path / "image.oci.tar"
+    ref = "localhost/kernelsession/test:1"
+    digest, size = oci.write_image_archive(out, ref, [layer], config)
+
+    with tarfile.open(out) as tf:
+        names = tf.getnames()
+        assert names[:2] == ["oci-layout", "index.json"]
+        member = tf.extractfile("oci-layout")
+        assert member is not None
+        assert json.load(member) == {"imageLayoutVersion": "1.0.0"}
+        for m in tf.getmembers():
+            assert m.mtime == 0
+            assert m.uid == 0
+            if m.name.startswith("blobs/sha256/") and m.isfile():
+                blob = tf.extractfile(m)
+                assert blob is not None
+                assert hashlib.sha256(blob.read()).hexdigest() == m.name.rsplit("/", 1)[1]
+
+    image = oci.read_archive(out)
+    assert image.ref == ref
+    assert image.manifest_digest == digest
+    desc = image.index["manifests"][0]
+    assert desc["size"] == size
+    assert desc["annotations"][oci.ANNOTATION_CONTAINERD_NAME] == ref
+    assert desc["platform"] == {"architecture": "amd64", "os": "linux"}
+    assert image.manifest["mediaType"] == oci.MEDIA_MANIFEST
+    assert image.manifest["layers"] == [
+        {"mediaType": oci.MEDIA_LAYER_GZIP, "digest": layer.digest, "size": layer.size}
+    ]
+    assert image.config["rootfs"] == {"type": "layers", "diff_ids": [layer.diff_id]}
+    assert image.user == "1000:100"
+    assert image.unpacked_size(out) == len(raw)
+    assert oci.list_files(out) == {"bin", "bin/hello"}
+
+
+def test_archive_writer_is_deterministic(tmp_path: Path) -> None:
+    outs = []
+    for i in range(2):
+        d = tmp_path / str(i)
+        d.mkdir()
+        layer = _layer(d)
+        config = oci.image_config([layer.diff_id], env=[])
+        out = d / "image.oci.tar"
+        oci.write_image_archive(out, "localhost/x:1", [layer], config)
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+
+
+def test_layout_to_archive_names_the_image(tmp_path: Path) -> None:
+    # an OCI directory layout as `buildah push IMG oci:DIR` writes it (no containerd name)
+    layer = _layer(tmp_path)
+    src = tmp_path / "src.oci.tar"
+    oci.write_image_archive(src, "x", [layer], oci.image_config([layer.diff_id], env=[]))
+    layout = tmp_path / "layout"
+    with tarfile.open(src) as tf:
+        tf.extractall(layout, filter="data")
+    index = json.loads((layout / "index.json").read_text())
+    del index["manifests"][0]["annotations"]
+    del index["manifests"][0]["platform"]
+    (layout / "index.json").write_text(json.dumps(index))
+    out = tmp_path / "named.oci.tar"
+    ref = "localhost/kernelsession/lab:abc"
+    oci.layout_to_archive(layout, out, ref)
+    image = oci.read_archive(out)
+    assert image.ref == ref
+    assert image.index["manifests"][0]["annotations"][oci.ANNOTATION_CONTAINERD_NAME] == ref
+
+
+def test_read_archive_rejects_a_corrupt_blob(tmp_path: Path) -> None:
+    layer = _layer(tmp_path)
+    src = tmp_path / "src.oci.tar"
+    oci.write_image_archive(src, "x", [layer], oci.image_config([layer.diff_id], env=[]))
+    bad = tmp_path / "bad.oci.tar"
+    with tarfile.open(src) as tin, tarfile.open(bad, "w") as tout:
+        manifest_digest = json.load(tin.extractfile("index.json"))["manifests"][0]["digest"]  # type: ignore[arg-type]
+        for m in tin.getmembers():
+            f = tin.extractfile(m) if m.isfile() else None
+            data = f.read() if f else b""
+            if m.name.endswith(manifest_digest.split(":")[1]):
+                data = data.replace(b"schemaVersion", b"schemaversion")
+            m.size = len(data)
+            tout.addfile(m, io.BytesIO(data) if f else None)
+    with pytest.raises(oci.OciError, match="does not match"):
+        oci.read_archive(bad)
+
+
+def test_whiteouts_hide_lower_files(tmp_path: Path) -> None:
+    lower = tmp_path / "lower.tar"
+    oci.rootfs_layer_tar({"a/keep": (b"1", 0o644), "a/gone": (b"2", 0o644)}, lower)
+    upper = tmp_path / "upper.tar"
+    oci.rootfs_layer_tar({"a/.wh.gone": (b"", 0o644), "b/new": (b"3", 0o644)}, upper)
+    layers = [
+        oci.compress_layer(lower, tmp_path / "l.gz"),
+        oci.compress_layer(upper, tmp_path / "u.gz"),
+    ]
+    out = tmp_path / "img.tar"
+    config = oci.image_config([la.diff_id for la in layers], env=[])
+    oci.write_image_archive(out, "x", layers, config)
+    assert oci.list_files(out) == {"a", "a/keep", "b", "b/new"}
+
+
+def test_missing_tool_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    with pytest.raises(images.ImagesUnavailableError, match=r"apt-get install .*buildah"):
+        images._require("buildah", "buildah", "build images")
+
+
+def test_pip_settings_copy_the_cert_and_drop_local_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert = tmp_path / "ca.crt"
+    cert.write_text("CERT")
+    for key in [k for k in list(os.environ) if k.startswith("PIP_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("PIP_CERT", str(cert))
+    monkeypatch.setenv("PIP_FIND_LINKS", "/opt/wheels")
+    monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "180")
+    work = tmp_path / "work"
+    work.mkdir()
+    out = images.pip_settings(work)
+    assert out is not None
+    text = (out / "pip.conf").read_text()
+    assert "cert = /run/kernelsession-pip/cert" in text
+    assert "default-timeout = 180" in text
+    assert "find-links" not in text
+    assert (out / "cert").read_text() == "CERT"
+
+
+def test_os_package_groups() -> None:
+    pkgs = ospackages.packages_of(["images"])
+    assert {"buildah", "mmdebstrap", "gcc", "libc6-dev"} <= set(pkgs)
+    with pytest.raises(ValueError, match="unknown package group"):
+        ospackages.packages_of(["nope"])
