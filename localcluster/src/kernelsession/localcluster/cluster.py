@@ -57,9 +57,9 @@ def default_images() -> tuple[list[tuple[str, Path]], str, dict[str, str]]:
     from .images import ensure_images
 
     images = ensure_images(log=True)
-    refs = {name: image.ref for name, image in images.items()}
-    pairs = [(image.ref, image.archive) for image in images.values()]
-    return pairs, refs["pause"], refs
+    refs = {image.name: image.ref for image in images.all()}
+    pairs = [(image.ref, image.archive) for image in images.node_images()]
+    return pairs, images.pause.ref, refs
 
 
 class LocalCluster:
