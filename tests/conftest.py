@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio.client.api_client import ApiClient
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -84,6 +86,16 @@ def exclusive_node(host_baseline: hoststate.HostState) -> None:
         problems = _STARTED.pop().stop()
         assert problems == []
         assert hoststate.diff(host_baseline, hoststate.snapshot()) == []
+
+
+@pytest.fixture(scope="session")
+async def kube_api(cluster: LocalCluster) -> AsyncIterator[ApiClient]:
+    """An admin kubernetes_asyncio ApiClient (system:masters)."""
+    api = await k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    try:
+        yield api
+    finally:
+        await api.close()
 
 
 @pytest.fixture

@@ -470,7 +470,7 @@ def test_restart_apiserver_keeps_data(cluster: LocalCluster, namespace: str) -> 
 
 
 async def test_failing_liveness_probe_restarts_container(
-    kube_api: ApiClient, namespace: str
+    cluster: LocalCluster, kube_api: ApiClient, namespace: str
 ) -> None:
     probe = {"tcpSocket": {"port": 9}, "periodSeconds": 1, "failureThreshold": 2}
     manifest = pod_manifest(
@@ -486,5 +486,8 @@ async def test_failing_liveness_probe_restarts_container(
 
     cs = await async_wait_for(restarted, timeout=30, what="restart after liveness failures")
     last = cs["lastState"]["terminated"]
-    assert "Liveness probe failed" in last["message"]
-    assert last["exitCode"] == 143  # SIGTERM
+    # python as PID 1 has no SIGTERM handler: killed (SIGKILL) after the grace period
+    assert last["exitCode"] == 137
+    events = cluster.get_json("-n", namespace, "events")["items"]
+    unhealthy = [e for e in events if e["reason"] == "Unhealthy"]
+    assert any("Liveness probe failed" in e["message"] for e in unhealthy), unhealthy
