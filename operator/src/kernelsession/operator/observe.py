@@ -148,16 +148,14 @@ async def observe(
         warned=state.warned,
         rejected=state.recent_rejections(REJECTION_MEMORY),
     )
-    if body["metadata"].get("deletionTimestamp") or body.get("spec", {}).get("suspend"):
+    if not wants_lab(body):  # deleting, suspended, or culled/timed out: nothing to read
         return obs
     live = [p for p in pod_views if not p.deleting]
     token = await _token(rt, state, fresh=not live)
     if token is None:
         return obs
     home = await _home(rt, state, claim_view) if body.get("spec", {}).get("home") else None
-    activity, probe_error = None, None
-    if wants_lab(body):
-        activity, probe_error = await _probe(rt, state, body, token, pod_views)
+    activity, probe_error = await _probe(rt, state, body, token, pod_views)
     return dataclasses.replace(
         obs, token_uid=token.uid, home=home, activity=activity, probe_error=probe_error
     )
