@@ -10,8 +10,7 @@ import pytest
 
 from kernelsession.operator import builders, naming
 from kernelsession.operator import status as st
-from kernelsession.operator.config import Settings
-from kernelsession.operator.decide import (
+from kernelsession.operator.actions import (
     Create,
     CreateToken,
     Decision,
@@ -19,8 +18,9 @@ from kernelsession.operator.decide import (
     Emit,
     RecordSpawn,
     WriteStatus,
-    decide,
 )
+from kernelsession.operator.config import Settings
+from kernelsession.operator.decide import decide
 from kernelsession.operator.labapi import KernelActivity, LabActivity
 from kernelsession.operator.observe import ClaimView, HomeView, Observation
 from kernelsession.operator.podview import read_pod

@@ -17,7 +17,7 @@ import kopf
 import structlog
 
 from kernelsession.operator import builders, metrics, naming
-from kernelsession.operator.decide import (
+from kernelsession.operator.actions import (
     Create,
     CreateToken,
     Decision,
