@@ -163,6 +163,25 @@ def test_missing_storage_class_is_reported(
     assert "spec.home.storageClassName" in status["message"]
 
 
+def test_operator_refuses_a_mount_over_the_home(
+    installed: LocalCluster, operator: OperatorProcess, session_name: str
+) -> None:
+    """The schema cannot compare spec.volumeMounts with spec.home; the operator does."""
+    apply_session(
+        installed,
+        session_name,
+        {
+            "user": "ned",
+            "home": {"size": "1Gi"},
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            "volumeMounts": [{"name": "scratch", "mountPath": "/home/jovyan"}],
+        },
+    )
+    status = wait_phase(installed, session_name, "Failed", 60, reason="InvalidSpec")
+    assert "spec.volumeMounts[0].mountPath" in status["message"]
+    assert not {"Pod", "PersistentVolumeClaim"} & set(children(installed, session_name))
+
+
 # -- on the real node (after merge) -----------------------------------------------------
 async def test_home_files_survive_suspend_culling_and_operator_restart(
     installed: LocalCluster,
