@@ -209,13 +209,15 @@ async def test_home_files_survive_suspend_culling_and_operator_restart(
     wait_phase(installed, session_name, "Suspended", 60)
     _patch(installed, session_name, {"suspend": False})
     await read_back()
-    wait_phase(installed, session_name, "Culled", 60)
+    operator.restart()
+    await read_back()
+    wait_phase(installed, session_name, "Culled", 60)  # idle for 6 s
     installed.kubectl(
         "-n", LABS, "annotate", "ks", session_name, "kernelsession.dev/resume=1", "--overwrite"
     )
     await read_back()
-    operator.restart()
-    await read_back()
+    (claim,) = children(installed, session_name)["PersistentVolumeClaim"]
+    assert claim["status"]["phase"] == "Bound"
 
 
 def _millicores(quantity: str) -> int:
