@@ -41,7 +41,6 @@ UNSUSPEND_HINT = (
 )
 
 
-# -- the decision ----------------------------------------------------------------------
 def decide(obs: Observation, cfg: Settings) -> Decision:
     """What to do about the observed session. Raises PermanentError when the spec lacks
     what the schema guarantees (never expected)."""
@@ -56,8 +55,10 @@ def decide(obs: Observation, cfg: Settings) -> Decision:
         return _finish(obs, [], verdict, requeue=cfg.cull_interval, token_name=None)
 
     if spec.get("suspend"):
-        message = "The lab is stopped (spec.suspend is true); its token, Service and " + (
-            "home volume are kept." if spec.get("home") is not None else "files are kept."
+        message = "The lab is stopped (spec.suspend is true); " + (
+            "its token, Service and home volume are kept."
+            if spec.get("home") is not None
+            else "its token and Service are kept (files outside a spec.home volume are not)."
         )
         verdict = st.Verdict(
             st.SUSPENDED,
