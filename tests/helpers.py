@@ -131,6 +131,10 @@ OPERATOR_ENV = {
     "KERNELSESSION_CULL_WARNING": "2",
     "KERNELSESSION_STARTING_INTERVAL": "0.5",
     "KERNELSESSION_DEFAULT_START_TIMEOUT": "120",
+    "KERNELSESSION_UNSCHEDULABLE_GRACE": "4",
+    "KERNELSESSION_HOME_INTERVAL": "1",
+    # Exercised by every run (tests/operator/test_rbac.py checks the Lease grants are used).
+    "KERNELSESSION_LEADER_ELECTION": "true",
 }
 
 
@@ -144,7 +148,7 @@ def children(cluster: LocalCluster, name: str) -> dict[str, list[dict[str, Any]]
         "-n",
         LABS,
         "get",
-        "secrets,pods,services,networkpolicies",
+        "secrets,pods,services,networkpolicies,persistentvolumeclaims",
         "-l",
         f"kernelsession.dev/session={name}",
         "-o",
@@ -167,6 +171,16 @@ def apply_session(cluster: LocalCluster, name: str, spec: dict[str, Any]) -> Non
             }
         ]
     )
+
+
+def requires(cluster: LocalCluster, capability: str, why: str) -> None:
+    """Skip the calling test unless ``cluster`` has ``capability`` (an attribute that is
+    true), e.g. ``real_node``: real volumes, a scheduler that counts resources, the
+    operator as a Deployment whose pods can be killed."""
+    import pytest
+
+    if not getattr(cluster, capability, False):
+        pytest.skip(f"needs cluster.{capability}: {why}")
 
 
 def wait_phase(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -25,15 +26,35 @@ def test_kustomization_applies_server_side(installed: LocalCluster) -> None:
         "clusterrole.rbac.authorization.k8s.io/kernelsession-operator",
         "rolebinding.rbac.authorization.k8s.io/kernelsession-operator",
         "deployment.apps/kernelsession-operator",
+        "poddisruptionbudget.policy/kernelsession-operator",
+        "clusterrole.rbac.authorization.k8s.io/kernelsession-operator-storageclasses",
+        "role.rbac.authorization.k8s.io/kernelsession-operator-leader",
     ):
         assert obj in out, out
 
 
+def _operator_docs() -> dict[str, dict[str, Any]]:
+    docs = yaml.safe_load_all((MANIFESTS / "operator.yaml").read_text())
+    return {d["kind"]: d for d in docs if d}
+
+
+def test_two_replicas_one_active_and_a_disruption_budget() -> None:
+    docs = _operator_docs()
+    spec = docs["Deployment"]["spec"]
+    assert spec["replicas"] == 2
+    # A new pod starts (standby) before an old one stops: never zero operators.
+    assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    env = {e["name"]: e for e in spec["template"]["spec"]["containers"][0]["env"]}
+    assert env["KERNELSESSION_LEADER_ELECTION"]["value"] == "true"
+    identity = env["KERNELSESSION_LEADER_IDENTITY"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert identity == "metadata.name"
+    pdb = docs["PodDisruptionBudget"]
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
+
+
 def test_operator_deployment_is_hardened() -> None:
-    (deploy,) = yaml.safe_load_all((MANIFESTS / "operator.yaml").read_text())
-    spec = deploy["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"]["type"] == "Recreate"
+    spec = _operator_docs()["Deployment"]["spec"]
     pod = spec["template"]["spec"]
     assert pod["serviceAccountName"] == "kernelsession-operator"
     assert pod["securityContext"]["runAsNonRoot"] is True

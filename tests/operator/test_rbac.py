@@ -39,9 +39,28 @@ ADMISSION_ONLY = {("kernelsession.dev", "kernelsessions/finalizers", "update")}
 Triple = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
 
 
-def _cluster_role() -> dict[str, Any]:
-    docs = yaml.safe_load_all((manifests_dir() / "rbac.yaml").read_text())
-    return next(d for d in docs if d and d["kind"] == "ClusterRole")
+def _rbac_docs() -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((manifests_dir() / "rbac.yaml").read_text()) if d]
+
+
+def _cluster_role(name: str = OPERATOR_ACCOUNT) -> dict[str, Any]:
+    return next(
+        d for d in _rbac_docs() if d["kind"] == "ClusterRole" and d["metadata"]["name"] == name
+    )
+
+
+def _bound_in(namespace: str) -> list[dict[str, Any]]:
+    """The roles the manifests bind to the operator that apply in ``namespace``."""
+    docs = _rbac_docs()
+    roles = {(d["kind"], d["metadata"]["name"]): d for d in docs if d["kind"].endswith("Role")}
+    found = []
+    for binding in docs:
+        if binding["kind"] == "ClusterRoleBinding" or (
+            binding["kind"] == "RoleBinding" and binding["metadata"]["namespace"] == namespace
+        ):
+            ref = binding["roleRef"]
+            found.append(roles[(ref["kind"], ref["name"])])
+    return found
 
 
 def _expand(rules: Iterable[dict[str, Any]]) -> set[Triple]:
@@ -55,8 +74,12 @@ def _expand(rules: Iterable[dict[str, Any]]) -> set[Triple]:
     }
 
 
-def _granted() -> set[Triple]:
-    return _expand(_cluster_role()["rules"])
+def _granted(namespace: str | None = None) -> set[Triple]:
+    """What the manifests grant the operator: in ``namespace``, or anywhere (None)."""
+    if namespace is not None:
+        return {t for role in _bound_in(namespace) for t in _expand(role["rules"])}
+    roles = [d for d in _rbac_docs() if d["kind"] in ("ClusterRole", "Role")]
+    return {t for role in roles for t in _expand(role["rules"])}
 
 
 def _rules_review(cluster: LocalCluster, user: str, namespace: str) -> set[Triple]:
@@ -103,18 +126,47 @@ def _operator_entries(cluster: LocalCluster) -> list[audit.Entry]:
 
 @pytest.fixture
 def lifecycle(installed: LocalCluster, operator: InClusterOperator) -> Iterator[str]:
-    """One session through its whole life: created, Ready, culled (maxAge), deleted."""
-    name = f"rbac{uuid.uuid4().hex[:6]}"
+    """One session through its whole life: created, Ready, culled (maxAge), deleted; and
+    two with home volumes that cannot bind (a class without a provisioner: its events are
+    read; a class that does not exist: it is looked up)."""
+    tag = uuid.uuid4().hex[:6]
+    name, pending, missing = f"rbac{tag}", f"rbac{tag}-home", f"rbac{tag}-noclass"
+    noprov = f"ks-rbac-noprov-{tag}"
+    installed.apply(
+        [
+            {
+                "apiVersion": "storage.k8s.io/v1",
+                "kind": "StorageClass",
+                "metadata": {"name": noprov},
+                "provisioner": "kubernetes.io/no-provisioner",
+                "volumeBindingMode": "Immediate",
+            }
+        ]
+    )
     apply_session(installed, name, {"user": "rbac", "culling": {"maxAgeSeconds": 10}})
+    apply_session(installed, pending, {"user": "rbac", "home": {"storageClassName": noprov}})
+    apply_session(installed, missing, {"user": "rbac", "home": {"storageClassName": "nope"}})
     try:
+        wait_phase(installed, pending, "Pending", timeout=60, reason="HomePending")
+        wait_phase(installed, missing, "Failed", timeout=60, reason="HomeUnavailable")
         wait_phase(installed, name, "Ready", timeout=60)
         wait_phase(installed, name, "Culled", timeout=60)
-        installed.kubectl("-n", LABS, "delete", "ks", name, "--timeout=60s")
+        installed.kubectl("-n", LABS, "delete", "ks", name, pending, missing, "--timeout=60s")
         yield name
     finally:
         installed.kubectl(
-            "-n", LABS, "delete", "ks", name, "--ignore-not-found", "--wait=false", check=False
+            "-n",
+            LABS,
+            "delete",
+            "ks",
+            name,
+            pending,
+            missing,
+            "--ignore-not-found",
+            "--wait=false",
+            check=False,
         )
+        installed.kubectl("delete", "storageclass", noprov, "--ignore-not-found", check=False)
 
 
 def test_permissions_in_labs_are_exactly_the_manifest(
@@ -124,7 +176,10 @@ def test_permissions_in_labs_are_exactly_the_manifest(
     installed.kubectl("-n", OPERATOR_NAMESPACE, "create", "serviceaccount", "nobody", check=False)
     baseline = _rules_review(installed, audit.service_account(OPERATOR_NAMESPACE, "nobody"), LABS)
     effective = _rules_review(installed, OPERATOR_USER, LABS) - baseline
-    assert effective == _granted()
+    assert effective == _granted(LABS)
+    leader = _rules_review(installed, OPERATOR_USER, OPERATOR_NAMESPACE) - baseline
+    assert ("coordination.k8s.io", "leases", "create") in leader
+    assert ("", "pods", "create") not in leader  # no labs rights in its own namespace
 
 
 def test_every_granted_permission_is_used_and_none_denied(
@@ -132,6 +187,7 @@ def test_every_granted_permission_is_used_and_none_denied(
 ) -> None:
     granted = _granted()
     entries = _operator_entries(installed)
+    assert all(e.namespace in (LABS, OPERATOR_NAMESPACE, None, "") for e in entries)
     used = {(e.api_group, e.resource, e.verb) for e in entries}
     assert granted - ADMISSION_ONLY - used == set(), "granted but never used"
     assert used - granted == set(), "used but not granted (would be 403)"

@@ -104,6 +104,16 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "spec.resources.requests",
     ),
     ("culling-type", {"user": "a", "culling": "never"}, "spec.culling"),
+    ("suspend-type", {"user": "a", "suspend": "yes"}, "spec.suspend"),
+    ("home-type", {"user": "a", "home": "big"}, "spec.home"),
+    ("home-size", {"user": "a", "home": {"size": "lots"}}, "spec.home.size"),
+    ("home-size-type", {"user": "a", "home": {"size": 10}}, "spec.home.size"),
+    ("home-relative", {"user": "a", "home": {"mountPath": "home/me"}}, "spec.home.mountPath"),
+    (
+        "home-class",
+        {"user": "a", "home": {"storageClassName": "Fast_SSD"}},
+        "spec.home.storageClassName",
+    ),
 ]
 
 
@@ -134,6 +144,36 @@ def test_invalid_session_names_rejected(installed: LocalCluster, name: str) -> N
     result = installed.kubectl("create", "-f", "-", input=json.dumps(obj), check=False)
     assert result.returncode != 0
     assert "metadata.name" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "field"),
+    [
+        ({"storageClassName": "a"}, {"storageClassName": "b"}, "spec.home.storageClassName"),
+        ({"size": "1Gi"}, {"size": "2Gi"}, "spec.home.size"),
+    ],
+)
+def test_home_volume_cannot_change_class_or_size(
+    installed: LocalCluster, before: dict[str, Any], after: dict[str, Any], field: str
+) -> None:
+    name = f"home-{uuid.uuid4().hex[:6]}"
+    obj = {
+        "apiVersion": "kernelsession.dev/v1alpha1",
+        "kind": "KernelSession",
+        "metadata": {"name": name, "namespace": LABS},
+        "spec": {"user": "a", "suspend": True, "home": before},
+    }
+    installed.kubectl("create", "-f", "-", input=json.dumps(obj))
+    try:
+        patch = json.dumps({"spec": {"home": after}})
+        result = installed.kubectl(
+            "-n", LABS, "patch", "ks", name, "--type", "merge", "-p", patch, check=False
+        )
+        assert result.returncode != 0
+        assert field in result.stderr, result.stderr
+        assert "cannot change" in result.stderr
+    finally:
+        installed.kubectl("-n", LABS, "delete", "ks", name, "--wait=false", check=False)
 
 
 async def test_api_answers_422(installed: LocalCluster) -> None:

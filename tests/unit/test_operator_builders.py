@@ -125,3 +125,40 @@ def test_service_and_network_policy() -> None:
 )
 def test_lab_url(mode: str, ip: str | None, expected: str | None) -> None:
     assert builders.lab_url(SESSION, Settings(url_mode=mode), ip) == expected  # type: ignore[arg-type]
+
+
+def test_home_claim_is_owned_labelled_and_sized() -> None:
+    assert builders.home_claim(SESSION) is None
+    body = SESSION | {"spec": {"user": "alice", "home": {"size": "5Gi", "storageClassName": "x"}}}
+    claim = builders.home_claim(body)
+    assert claim is not None
+    _owner_ok(claim)
+    assert claim["metadata"]["name"] == "alice-home"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    assert claim["spec"]["storageClassName"] == "x"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    default = builders.home_claim(SESSION | {"spec": {"user": "alice", "home": {}}})
+    assert default is not None
+    assert "storageClassName" not in default["spec"]  # the cluster's default class
+
+
+@pytest.mark.parametrize(
+    ("home", "path"), [({}, "/home/jovyan"), ({"mountPath": "/work"}, "/work")]
+)
+def test_pod_mounts_home_with_fs_group(home: dict[str, Any], path: str) -> None:
+    body = SESSION | {"spec": {"user": "alice", "home": home}}
+    spec = builders.pod_spec(body, Settings())
+    (mount,) = spec["containers"][0]["volumeMounts"]
+    assert mount == {"name": naming.HOME_VOLUME, "mountPath": path}
+    (volume,) = spec["volumes"]
+    assert volume["persistentVolumeClaim"] == {"claimName": "alice-home"}
+    assert spec["securityContext"]["fsGroup"] == Settings().run_as_group
+    assert spec["securityContext"]["runAsUser"] == 1000
+
+
+def test_pod_without_home_is_unchanged() -> None:
+    """Sessions that do not ask for a home keep their pod (and its name) on upgrade."""
+    spec = builders.pod_spec(SESSION, Settings())
+    assert "volumes" not in spec
+    assert "volumeMounts" not in spec["containers"][0]
+    assert "fsGroupChangePolicy" not in spec["securityContext"]

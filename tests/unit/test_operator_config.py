@@ -46,3 +46,24 @@ def test_values_are_parsed() -> None:
 def test_bad_values_name_the_variable(var: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"KERNELSESSION_{var}"):
         from_env({f"KERNELSESSION_{var}": value})
+
+
+def test_new_settings_and_flags_override_the_environment() -> None:
+    s = from_env(
+        {
+            "KERNELSESSION_UNSCHEDULABLE_GRACE": "5",
+            "KERNELSESSION_LEADER_ELECTION": "true",
+            "POD_NAME": "op-abc",
+            "KERNELSESSION_OPERATOR_NAMESPACE": "ops",
+            "KERNELSESSION_METRICS_PORT": "1",
+        },
+        {"METRICS_PORT": "2"},
+    )
+    assert s.unschedulable_grace == 5
+    assert s.leader_election
+    assert s.leader_identity == "op-abc"
+    assert s.lease_namespace == "ops"
+    assert s.metrics_port == 2
+    assert from_env({}).unschedulable_grace == 120
+    with pytest.raises(ConfigError, match="KERNELSESSION_LEADER_ELECTION"):
+        from_env({"KERNELSESSION_LEADER_ELECTION": "maybe"})

@@ -1,16 +1,10 @@
-"""The operator's in-memory state: newest-wins session cache, created-children memory."""
+"""The operator's per-session memory: newest-wins body, created children, one-pop forget."""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-from kernelsession.operator.config import Settings
-from kernelsession.operator.runtime import Runtime
-
-
-def runtime() -> Runtime:
-    # The API clients are never touched by these methods.
-    return Runtime(settings=Settings(), kube=cast(Any, None), http=cast(Any, None))
+from kernelsession.operator.state import Sessions
 
 
 def body(rv: str, phase: str) -> dict[str, Any]:
@@ -18,33 +12,46 @@ def body(rv: str, phase: str) -> dict[str, Any]:
 
 
 def test_an_older_event_never_replaces_our_newer_write() -> None:
-    rt = runtime()
+    sessions = Sessions()
     key = ("labs", "a")
-    rt.remember(key, body("100", "Ready"))
-    rt.remember(key, body("105", "Culled"))  # our own status write
-    rt.remember(key, body("101", "Ready"))  # a watch event queued before the write
-    assert rt.bodies[key]["status"]["phase"] == "Culled"
-    rt.remember(key, body("110", "Ready"))  # a genuinely newer change wins
-    assert rt.bodies[key]["status"]["phase"] == "Ready"
+    sessions.remember(key, body("100", "Ready"))
+    sessions.remember(key, body("105", "Culled"))  # our own status write
+    state = sessions.remember(key, body("101", "Ready"))  # a watch event queued before it
+    assert state.body["status"]["phase"] == "Culled"
+    sessions.remember(key, body("110", "Ready"))  # a genuinely newer change wins
+    assert state.body["status"]["phase"] == "Ready"
 
 
 def test_opaque_versions_always_replace() -> None:
-    rt = runtime()
+    sessions = Sessions()
     key = ("labs", "a")
-    rt.remember(key, body("x", "Ready"))
-    rt.remember(key, body("y", "Failed"))
-    assert rt.bodies[key]["status"]["phase"] == "Failed"
+    sessions.remember(key, body("x", "Ready"))
+    state = sessions.remember(key, body("y", "Failed"))
+    assert state.body["status"]["phase"] == "Failed"
 
 
 def test_created_children_are_remembered_until_seen() -> None:
-    rt = runtime()
+    sessions = Sessions()
     key = ("labs", "a")
-    assert not rt.recently_created(key, "a-lab-1", 60)
-    rt.note_created(key, "a-lab-1")
-    assert rt.recently_created(key, "a-lab-1", 60)
-    assert not rt.recently_created(key, "a-lab-1", 0)  # memory is bounded in time
-    rt.seen(key, "a-lab-1")
-    assert not rt.recently_created(key, "a-lab-1", 60)
-    rt.note_created(key, "a-lab-2")
-    rt.forget(key)
-    assert not rt.recently_created(key, "a-lab-2", 60)
+    state = sessions.remember(key, body("1", "Pending"))
+    assert not state.recently_created("a-lab-1", 60)
+    state.note_created("a-lab-1")
+    assert state.recently_created("a-lab-1", 60)
+    assert not state.recently_created("a-lab-1", 0)  # memory is bounded in time
+    state.seen("a-lab-1")
+    assert not state.recently_created("a-lab-1", 60)
+
+
+def test_one_pop_forgets_everything_about_a_session() -> None:
+    sessions = Sessions()
+    key = ("labs", "a")
+    state = sessions.remember(key, body("1", "Pending"))
+    state.note_created("a-lab-2")
+    state.warned = True
+    state.rejected["a-lab-3"] = ("refused", 0.0)
+    sessions.pop(key)
+    assert sessions.get(key) is None
+    fresh = sessions.remember(key, body("2", "Pending"))
+    assert not fresh.recently_created("a-lab-2", 60)
+    assert not fresh.warned
+    assert fresh.rejected == {}

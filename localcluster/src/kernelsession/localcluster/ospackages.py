@@ -18,6 +18,18 @@ from collections.abc import Iterable, Sequence
 
 #: Package groups. ``images``: what ``make images`` needs (see ``images.py``).
 GROUPS: dict[str, tuple[str, ...]] = {
+    "node": (
+        "runc",  # the OCI runtime containerd's shim runs (crun refuses cgroup v1 hybrid)
+        "containernetworking-plugins",  # CNI bridge, host-local, loopback, portmap
+        "iptables",  # kube-proxy, the kubelet, the NetworkPolicy enforcer, the node guard
+        "conntrack",  # kube-proxy clears stale UDP entries
+        "nftables",  # teardown removes the nftables tables iptables-nft created
+        "iproute2",  # the node bridge and routes
+    ),
+    "browser": (
+        "chromium",  # `kernelsession open` tested in a real headless browser
+        "chromium-driver",
+    ),
     "images": (
         "buildah",  # lab and operator images from their Dockerfiles (chroot isolation, vfs)
         "mmdebstrap",  # the Debian base image

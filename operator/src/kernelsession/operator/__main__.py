@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    overrides: dict[str, str] = {}
     for flag, var in [
         ("namespaces", "NAMESPACES"),
         ("url_mode", "URL_MODE"),
@@ -48,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     ]:
         value = getattr(args, flag)
         if value is not None:
-            os.environ[config.ENV_PREFIX + var] = str(value)
+            overrides[var] = str(value)
     try:
-        cfg = config.from_env()
+        cfg = config.from_env(os.environ, overrides)
     except config.ConfigError as exc:
         print(f"kernelsession-operator: {exc}", file=sys.stderr)
         return 2
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             clusterwide=cfg.clusterwide,
             namespaces=list(cfg.namespaces),
             liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz",
+            memo=kopf.Memo(settings=cfg),  # parsed once, read by every handler
         )
     )
     return 0

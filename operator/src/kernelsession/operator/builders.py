@@ -1,4 +1,4 @@
-"""Pure builders of a session's children: Secret, Pod, Service and NetworkPolicy.
+"""Pure builders of a session's children: Secret, Pod, Service, NetworkPolicy, home PVC.
 
 Each takes the session body and the operator settings and returns a manifest dict
 owned by the session (ownerReferences via ``kopf.adopt``), so deleting the session
@@ -148,8 +148,12 @@ def pod_spec(body: Body, settings: Settings) -> dict[str, Any]:
         },
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if spec.get("volumeMounts"):
-        container["volumeMounts"] = copy.deepcopy(list(spec["volumeMounts"]))
+    mounts = copy.deepcopy(list(spec.get("volumeMounts") or []))
+    home = spec.get("home")
+    if home is not None:
+        mounts.append({"name": naming.HOME_VOLUME, "mountPath": home_mount_path(spec)})
+    if mounts:
+        container["volumeMounts"] = mounts
     result: dict[str, Any] = {
         "containers": [container],
         "restartPolicy": "Always",
@@ -164,9 +168,19 @@ def pod_spec(body: Body, settings: Settings) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
+    if home is not None:
+        # The volume's files belong to the lab's group; only fix them when the root differs.
+        result["securityContext"]["fsGroupChangePolicy"] = "OnRootMismatch"
     for key in ("nodeSelector", "tolerations", "volumes"):
         if spec.get(key):
             result[key] = copy.deepcopy(spec[key])
+    if home is not None:
+        result.setdefault("volumes", []).append(
+            {
+                "name": naming.HOME_VOLUME,
+                "persistentVolumeClaim": {"claimName": naming.home_claim_name(name)},
+            }
+        )
     return result
 
 
@@ -258,6 +272,45 @@ def network_policy(body: Body, settings: Settings) -> Manifest:
                     }
                 ],
             },
+        },
+    )
+
+
+DEFAULT_HOME_SIZE = "1Gi"
+
+
+def home_mount_path(spec: Mapping[str, Any]) -> str:
+    home: Mapping[str, Any] = spec.get("home") or {}
+    return str(home.get("mountPath") or naming.DEFAULT_HOME_MOUNT)
+
+
+def home_claim(body: Body) -> Manifest | None:
+    """The session's home PersistentVolumeClaim (None when ``spec.home`` is unset).
+
+    Owned by the session, so it goes with the session and with nothing else: culling,
+    suspending and restarting the lab never touch it.
+    """
+    spec = _spec(body)
+    home: Mapping[str, Any] | None = spec.get("home")
+    if home is None:
+        return None
+    claim_spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": str(home.get("size") or DEFAULT_HOME_SIZE)}},
+    }
+    if home.get("storageClassName"):
+        claim_spec["storageClassName"] = home["storageClassName"]
+    name = _meta(body)["name"]
+    return _owned(
+        body,
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {
+                "name": naming.home_claim_name(name),
+                "labels": labels_for(body) | {naming.COMPONENT_LABEL: "home"},
+            },
+            "spec": claim_spec,
         },
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -50,6 +51,20 @@ class Settings:
     starting_interval: float = 1.0
     """Seconds between checks of a lab that is not Ready yet."""
     probe_timeout: float = 5.0
+    unschedulable_grace: int = 120
+    """Seconds an unschedulable lab waits for capacity (cluster autoscalers) before Failed."""
+    home_interval: float = 5.0
+    """Seconds between checks of a home volume that is not bound yet."""
+    max_concurrent_passes: int = 32
+    """Reconcile passes (API calls, lab probes) running at once across all sessions."""
+    leader_election: bool = False
+    """Only the holder of the Lease acts; the others stand by (more than one replica)."""
+    leader_identity: str = ""
+    """This replica's name in the Lease (the pod name in a cluster)."""
+    lease_name: str = "kernelsession-operator"
+    lease_namespace: str = "kernelsession-system"
+    lease_duration: float = 10.0
+    """Seconds a Lease stays valid without renewal: the takeover time after a crash."""
     operator_namespace: str = "kernelsession-system"
     metrics_port: int = 9090
     health_port: int = 8080
@@ -87,13 +102,28 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-def from_env(env: Mapping[str, str] | None = None) -> Settings:
-    """Build settings from ``KERNELSESSION_*`` variables.
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(ENV_PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    if raw.lower() in ("0", "false", "no"):
+        return False
+    raise ConfigError(f"{ENV_PREFIX}{name} must be true or false, got {raw!r}")
+
+
+def from_env(
+    env: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None
+) -> Settings:
+    """Build settings from ``KERNELSESSION_*`` variables; ``overrides`` (command-line
+    flags, keyed by variable name without the prefix) win over the environment.
 
     Raises:
         ConfigError: a variable is malformed (the message names it).
     """
-    env = os.environ if env is None else env
+    env = dict(os.environ if env is None else env)
+    env.update({ENV_PREFIX + k: v for k, v in (overrides or {}).items()})
     d = Settings()
     ns_raw = env.get(ENV_PREFIX + "NAMESPACES")
     if ns_raw is None:
@@ -135,9 +165,20 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         run_as_group=_int(env, "RUN_AS_GROUP", d.run_as_group),
         cull_interval=_float(env, "CULL_INTERVAL", d.cull_interval),
         cull_warning=_int(env, "CULL_WARNING", d.cull_warning),
-        cull_connected=env.get(ENV_PREFIX + "CULL_CONNECTED", "false").lower() in ("1", "true"),
+        cull_connected=_bool(env, "CULL_CONNECTED", d.cull_connected),
         starting_interval=_float(env, "STARTING_INTERVAL", d.starting_interval),
         probe_timeout=_float(env, "PROBE_TIMEOUT", d.probe_timeout),
+        unschedulable_grace=_int(env, "UNSCHEDULABLE_GRACE", d.unschedulable_grace),
+        home_interval=_float(env, "HOME_INTERVAL", d.home_interval),
+        max_concurrent_passes=_int(env, "MAX_CONCURRENT_PASSES", d.max_concurrent_passes, 1),
+        leader_election=_bool(env, "LEADER_ELECTION", d.leader_election),
+        leader_identity=env.get(ENV_PREFIX + "LEADER_IDENTITY")
+        or env.get("POD_NAME")
+        or socket.gethostname(),
+        lease_name=env.get(ENV_PREFIX + "LEASE_NAME", d.lease_name),
+        lease_namespace=env.get(ENV_PREFIX + "LEASE_NAMESPACE")
+        or env.get(ENV_PREFIX + "OPERATOR_NAMESPACE", d.lease_namespace),
+        lease_duration=_float(env, "LEASE_DURATION", d.lease_duration),
         operator_namespace=env.get(ENV_PREFIX + "OPERATOR_NAMESPACE", d.operator_namespace),
         metrics_port=_int(env, "METRICS_PORT", d.metrics_port),
         health_port=_int(env, "HEALTH_PORT", d.health_port),

@@ -38,6 +38,8 @@ class Kube:
         self.core = client.CoreV1Api(api)
         self.net = client.NetworkingV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self.storage = client.StorageV1Api(api)
+        self.coordination = client.CoordinationV1Api(api)
 
     @classmethod
     async def connect(cls) -> Kube:
@@ -47,8 +49,8 @@ class Kube:
     async def close(self) -> None:
         await self.api.close()
 
-    async def create(self, manifest: Mapping[str, Any]) -> bool:
-        """Create ``manifest``; False when it already exists.
+    async def create(self, manifest: Mapping[str, Any]) -> str | None:
+        """Create ``manifest``; the new object's uid, or None when it already exists.
 
         Raises:
             ChildRejected: the API server rejected it (invalid, forbidden...).
@@ -56,24 +58,27 @@ class Kube:
         kind = manifest["kind"]
         ns = manifest["metadata"]["namespace"]
         body = cast(Any, dict(manifest))  # the generated API accepts plain dicts
+        created: Any
         try:
             if kind == "Pod":
-                await self.core.create_namespaced_pod(ns, body)
+                created = await self.core.create_namespaced_pod(ns, body)
             elif kind == "Secret":
-                await self.core.create_namespaced_secret(ns, body)
+                created = await self.core.create_namespaced_secret(ns, body)
             elif kind == "Service":
-                await self.core.create_namespaced_service(ns, body)
+                created = await self.core.create_namespaced_service(ns, body)
             elif kind == "NetworkPolicy":
-                await self.net.create_namespaced_network_policy(ns, body)
+                created = await self.net.create_namespaced_network_policy(ns, body)
+            elif kind == "PersistentVolumeClaim":
+                created = await self.core.create_namespaced_persistent_volume_claim(ns, body)
             else:  # pragma: no cover - programming error
                 raise ValueError(f"unsupported kind {kind}")
         except ApiException as exc:
             if exc.status == 409:
-                return False
+                return None
             if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
                 raise ChildRejected(kind, exc.status, api_message(exc)) from None
             raise
-        return True
+        return str(created.metadata.uid)
 
     async def read_token(
         self, namespace: str, name: str
@@ -88,6 +93,32 @@ class Kube:
         raw = (secret.data or {}).get(naming.TOKEN_KEY, "")
         token = base64.b64decode(raw).decode() if raw else ""
         return secret.metadata.uid, token, dict(secret.metadata.labels or {})
+
+    async def storage_class(self, name: str) -> str | None:
+        """The volumeBindingMode of storage class ``name`` (None when it does not exist)."""
+        try:
+            found = await self.storage.read_storage_class(name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return str(found.volume_binding_mode or "Immediate")
+
+    async def latest_event(self, namespace: str, kind: str, name: str) -> str | None:
+        """``reason: message`` of the newest event about object ``kind/name``, if any."""
+        events = await self.core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.kind={kind},involvedObject.name={name}"
+        )
+
+        def when(e: Any) -> str:
+            stamp = e.last_timestamp or e.event_time or e.metadata.creation_timestamp
+            return stamp.isoformat() if stamp else ""
+
+        items = sorted(events.items or [], key=when)
+        if not items:
+            return None
+        newest = items[-1]
+        return f"{newest.reason}: {(newest.message or '').strip()}"
 
     async def delete_pod(self, namespace: str, name: str) -> None:
         try:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from kernelsession.operator.status import CULLED, FAILED, PENDING, READY, STARTING, TERMINATING
-
-PHASES = (PENDING, STARTING, READY, FAILED, CULLED, TERMINATING)
+from kernelsession.operator.status import PHASES
 
 REGISTRY = CollectorRegistry()
 
@@ -33,18 +31,33 @@ STATUS_WRITES = Counter(
 )
 
 
+LEADER = Gauge(
+    "kernelsession_leader",
+    "1 while this replica is the active one (holds the Lease), else 0",
+    registry=REGISTRY,
+)
+
+
+def _no_phases() -> Iterable[str]:
+    return ()
+
+
 class PhaseCollector(Collector):
-    """``kernelsession_sessions{phase}`` from the operator's current view."""
+    """``kernelsession_sessions{phase}`` from the operator's current view.
+
+    ``source`` returns the phase of every session this replica looks after (set at
+    startup to read the per-session state; nothing is stored here).
+    """
 
     def __init__(self) -> None:
-        self.phases: dict[tuple[str, str], str] = {}
+        self.source: Callable[[], Iterable[str]] = _no_phases
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
             "kernelsession_sessions", "KernelSessions by phase", labels=["phase"]
         )
         counts = dict.fromkeys(PHASES, 0)
-        for phase in list(self.phases.values()):
+        for phase in list(self.source()):
             counts[phase] = counts.get(phase, 0) + 1
         for phase, count in counts.items():
             family.add_metric([phase], count)

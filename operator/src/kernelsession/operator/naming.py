@@ -31,6 +31,15 @@ def network_policy_name(session: str) -> str:
     return f"{session}-lab"
 
 
+def home_claim_name(session: str) -> str:
+    return f"{session}-home"
+
+
+HOME_VOLUME = "kernelsession-home"
+DEFAULT_HOME_MOUNT = "/home/jovyan"
+LEASE_NAME = "kernelsession-operator"
+
+
 def pod_name(session: str, pod_hash: str) -> str:
     return f"{session}-lab-{pod_hash}"
 

@@ -32,6 +32,12 @@ class PodView:
     last_exit_code: int | None
     last_message: str | None
     unschedulable: str | None
+    unschedulable_since: str | None = None
+    """When the scheduler first said so (the PodScheduled condition's transition time)."""
+    requests: tuple[tuple[str, str], ...] = ()
+    """The lab container's resource requests, e.g. (("cpu", "4"), ("memory", "8Gi"))."""
+    claims: tuple[str, ...] = ()
+    """PersistentVolumeClaims the pod mounts."""
 
 
 def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
@@ -54,9 +60,18 @@ def read_pod(pod: Mapping[str, Any]) -> PodView:
     last_terminated = (cs.get("lastState") or {}).get("terminated") or {}
     ready_cond = _condition(status, "Ready")
     sched = _condition(status, "PodScheduled")
-    unschedulable = None
+    unschedulable = unschedulable_since = None
     if sched and sched.get("status") == "False" and sched.get("reason") == "Unschedulable":
         unschedulable = str(sched.get("message") or "no node matches the pod")
+        unschedulable_since = sched.get("lastTransitionTime") or meta.get("creationTimestamp")
+    spec = pod.get("spec") or {}
+    containers = spec.get("containers") or [{}]
+    requests = ((containers[0].get("resources") or {}).get("requests")) or {}
+    claims = tuple(
+        str(v["persistentVolumeClaim"]["claimName"])
+        for v in spec.get("volumes") or []
+        if (v.get("persistentVolumeClaim") or {}).get("claimName")
+    )
     return PodView(
         name=str(meta.get("name", "")),
         phase=str(status.get("phase") or "Pending"),
@@ -73,4 +88,7 @@ def read_pod(pod: Mapping[str, Any]) -> PodView:
         last_exit_code=last_terminated.get("exitCode"),
         last_message=last_terminated.get("message") or terminated.get("message"),
         unschedulable=unschedulable,
+        unschedulable_since=unschedulable_since,
+        requests=tuple(sorted((str(k), str(v)) for k, v in requests.items())),
+        claims=claims,
     )

@@ -1,10 +1,8 @@
-"""Process-wide state of a running operator: settings, API clients, per-session wake-ups."""
+"""The running operator's parts, built once at startup and passed in (kopf memo)."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,18 +10,17 @@ import httpx
 
 from kernelsession.operator.config import Settings
 from kernelsession.operator.kube import Kube
-
-Key = tuple[str, str]
+from kernelsession.operator.state import Sessions
 
 
 @dataclass
-class TokenRecord:
-    uid: str
-    token: str
-    checked: float
+class Indexes:
+    """kopf's watch-fed indexes of children, by session key (live views)."""
 
-    def __repr__(self) -> str:  # never print the token
-        return f"TokenRecord(uid={self.uid!r}, checked={self.checked})"
+    pods: Any
+    services: Any
+    policies: Any
+    claims: Any
 
 
 @dataclass
@@ -31,93 +28,27 @@ class Runtime:
     settings: Settings
     kube: Kube
     http: httpx.AsyncClient
-    wakeups: dict[Key, asyncio.Event] = field(default_factory=dict)
-    tokens: dict[Key, TokenRecord] = field(default_factory=dict)
-    created: dict[tuple[Key, str], float] = field(default_factory=dict)
-    """Children this process created, by (session, name): the watch may lag behind."""
-    warned: set[Key] = field(default_factory=set)
-    bodies: dict[Key, dict[str, Any]] = field(default_factory=dict)
-    loops: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
+    passes: asyncio.Semaphore
+    """Bounds the passes running at once (API calls and lab probes)."""
+    sessions: Sessions = field(default_factory=Sessions)
+    indexes: Indexes | None = None
+    active: bool = False
+    """Whether this replica acts (it holds the Lease, or leader election is off)."""
+    background: set[asyncio.Task[None]] = field(default_factory=set)
 
-    def remember(self, key: Key, body: dict[str, Any]) -> None:
-        """Cache the newest known state of a session (events and our own writes race)."""
-        old = self.bodies.get(key)
-        if old is None or _version(body) >= _version(old):
-            self.bodies[key] = body
-
-    def recently_created(self, key: Key, name: str, within: float) -> bool:
-        """Whether this process created child ``name`` less than ``within`` seconds ago."""
-        when = self.created.get((key, name))
-        return when is not None and time.monotonic() - when < within
-
-    def note_created(self, key: Key, name: str) -> None:
-        self.created[(key, name)] = time.monotonic()
-
-    def seen(self, key: Key, name: str) -> None:
-        """The watch shows child ``name``: stop remembering that we created it."""
-        self.created.pop((key, name), None)
-
-    def has_loop(self, key: Key) -> bool:
-        task = self.loops.get(key)
-        return task is not None and not task.done()
-
-    def start_loop(self, key: Key, coro: Coroutine[Any, Any, None]) -> None:
-        self.loops[key] = asyncio.get_running_loop().create_task(coro, name=f"session {key}")
-
-    def stop_loop(self, key: Key) -> None:
-        task = self.loops.pop(key, None)
-        if task is not None:
-            task.cancel()
-        self.bodies.pop(key, None)
-        self.forget(key)
-
-    def wake_event(self, key: Key) -> asyncio.Event:
-        return self.wakeups.setdefault(key, asyncio.Event())
-
-    def wake(self, key: Key) -> None:
-        event = self.wakeups.get(key)
-        if event is not None:
-            event.set()
-
-    def forget(self, key: Key) -> None:
-        self.wakeups.pop(key, None)
-        self.tokens.pop(key, None)
-        for created in [c for c in self.created if c[0] == key]:
-            del self.created[created]
-        self.warned.discard(key)
-
-    async def close(self) -> None:
-        tasks = list(self.loops.values())
+    async def stop_tasks(self) -> None:
+        """Cancel every session loop and background task, and wait for them to end."""
+        self.active = False
+        tasks = [s.task for s in self.sessions if s.task is not None]
+        tasks += list(self.background)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self.loops.clear()
+        for state in self.sessions:
+            state.task = None
+        self.background.clear()
+
+    async def close(self) -> None:
+        await self.stop_tasks()
         await self.http.aclose()
         await self.kube.close()
-
-
-def _version(body: dict[str, Any]) -> int:
-    """resourceVersion as a number: one etcd's revisions only grow (-1 when opaque)."""
-    try:
-        return int(body.get("metadata", {}).get("resourceVersion", -1))
-    except (TypeError, ValueError):
-        return -1
-
-
-_current: Runtime | None = None
-
-
-def install(runtime: Runtime) -> None:
-    global _current
-    _current = runtime
-
-
-def current() -> Runtime:
-    if _current is None:
-        raise RuntimeError("the operator runtime is not started")
-    return _current
-
-
-def clear() -> None:
-    global _current
-    _current = None

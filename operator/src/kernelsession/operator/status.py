@@ -22,14 +22,16 @@ from kernelsession.operator.podview import (
     PodView,
 )
 
-PENDING, STARTING, READY, FAILED, CULLED, TERMINATING = (
+PENDING, STARTING, READY, FAILED, CULLED, SUSPENDED, TERMINATING = (
     "Pending",
     "Starting",
     "Ready",
     "Failed",
     "Culled",
+    "Suspended",
     "Terminating",
 )
+PHASES = (PENDING, STARTING, READY, FAILED, CULLED, SUSPENDED, TERMINATING)
 # Phases that stay until the user changes the spec or asks to resume.
 # A lab that exited with an error this many times and does not answer is crash-looping,
 # also in the moments the kubelet has it running between back-offs.
@@ -74,23 +76,22 @@ def judge(
     now: datetime,
     start_timeout: int,
     rolling: bool = False,
+    unschedulable_grace: int = 0,
+    home_unbound: str | None = None,
 ) -> Verdict:
     """Decide the phase of a session from its current pod and the lab probe.
 
     Failure reasons that a restart cannot fix are reported at once; anything else
-    slower than ``start_timeout`` (counted from pod creation) is a StartTimeout.
+    slower than ``start_timeout`` (counted from pod creation) is a StartTimeout. An
+    unschedulable lab waits ``unschedulable_grace`` seconds for capacity first, and one
+    whose home volume is not bound (``home_unbound`` says why) waits for the volume.
     """
     if pod is None:
         return Verdict(PENDING, "Creating", "Creating the lab pod.")
     if pod.deleting:
         return Verdict(PENDING, "PodTerminating", "Waiting for the previous lab pod to stop.")
     if pod.unschedulable:
-        return Verdict(
-            FAILED,
-            "Unschedulable",
-            f"No node can run the lab: {pod.unschedulable.rstrip('.')}. "
-            "Check spec.nodeSelector, spec.tolerations and spec.resources.",
-        )
+        return _unschedulable(pod, pod.unschedulable, now, unschedulable_grace, home_unbound)
     reason = pod.waiting_reason
     detail = f": {pod.waiting_message.rstrip('.')}" if pod.waiting_message else ""
     if reason in IMAGE_REASONS:
@@ -158,6 +159,31 @@ def judge(
     return Verdict(STARTING, "LabStarting", msg + (f" ({probe_error})." if probe_error else "."))
 
 
+def _unschedulable(
+    pod: PodView, why: str, now: datetime, grace: int, home_unbound: str | None
+) -> Verdict:
+    if home_unbound:
+        return Verdict(PENDING, "HomePending", home_unbound)
+    asks = ", ".join(f"{k}={v}" for k, v in pod.requests)
+    wanted = f" The lab requests {asks}." if asks else ""
+    since = parse_time(pod.unschedulable_since) or parse_time(pod.created)
+    waited = (now - since).total_seconds() if since else float(grace)
+    if waited < grace:
+        return Verdict(
+            PENDING,
+            "WaitingForCapacity",
+            f"No node can run the lab yet: {why.rstrip('.')}.{wanted} Waiting up to "
+            f"{grace}s for capacity (a cluster autoscaler may add a node) before failing.",
+        )
+    waited_note = f" (waited {grace}s for capacity)" if grace else ""
+    return Verdict(
+        FAILED,
+        "Unschedulable",
+        f"No node can run the lab: {why.rstrip('.')}{waited_note}.{wanted} "
+        "Check spec.nodeSelector, spec.tolerations and spec.resources.",
+    )
+
+
 # Where a pod-level rejection points in the session's spec (first match wins per field).
 _POD_FIELD_HINTS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("spec.volumeMounts", re.compile(r"volumeMounts")),
@@ -220,7 +246,7 @@ def render(
     ready_time = current.get("readyTime")
     if verdict.ready and (not ready_time or current.get("podName") != (pod.name if pod else None)):
         ready_time = fmt_time(now)
-    if pod is None and verdict.phase != CULLED:
+    if pod is None and verdict.phase not in (CULLED, SUSPENDED):
         ready_time = None
     status: dict[str, Any] = {
         "phase": verdict.phase,

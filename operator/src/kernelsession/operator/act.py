@@ -1,0 +1,106 @@
+"""Act: carry out a :class:`~decide.Decision` with idempotent API calls.
+
+Creating what exists and deleting what is gone are not errors. A child this process
+created is not created again until the watch shows it (the watch lags under load), or
+``CREATE_MEMORY`` seconds passed (it was deleted before it was seen). A child the API
+server refuses is remembered (observe hands it to the next decision) and the session
+is looked at again at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any, cast
+
+import kopf
+import structlog
+
+from kernelsession.operator import builders, metrics, naming
+from kernelsession.operator.actions import (
+    Create,
+    CreateToken,
+    Decision,
+    DeletePod,
+    Emit,
+    RecordSpawn,
+    WriteStatus,
+)
+from kernelsession.operator.errors import PermanentError
+from kernelsession.operator.kube import ChildRejected
+from kernelsession.operator.runtime import Runtime
+from kernelsession.operator.state import SessionState, TokenRecord
+
+log = structlog.get_logger("kernelsession.operator")
+
+CREATE_MEMORY = 60.0
+
+
+def event(body: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
+    kind = "Warning" if warning else "Normal"
+    kopf.event(cast(kopf.Body, body), type=kind, reason=reason, message=message)
+
+
+async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
+    """Carry out ``decision`` in order; seconds until the next pass.
+
+    Raises:
+        PermanentError: the API server refused a Service or NetworkPolicy.
+        Exception: an API call failed (the pass is retried with back-off).
+    """
+    body = state.body
+    ns, name = state.key
+    requeue = decision.requeue_after
+    for action in decision.actions:
+        if isinstance(action, CreateToken):
+            token = builders.new_token()
+            uid = await rt.kube.create(builders.token_secret(body, token))
+            if uid is not None:
+                state.token = TokenRecord(uid=uid, token=token, checked=time.monotonic())
+                event(
+                    body, "TokenCreated", f"Created token Secret {naming.token_secret_name(name)}"
+                )
+        elif isinstance(action, Create):
+            if state.recently_created(action.name, CREATE_MEMORY):
+                continue
+            try:
+                uid = await rt.kube.create(action.manifest)
+            except ChildRejected as exc:
+                if action.kind not in ("Pod", "PersistentVolumeClaim"):
+                    raise PermanentError(str(exc)) from None
+                state.rejected[action.name] = (exc.message, time.monotonic())
+                requeue = 0.0
+                continue
+            state.note_created(action.name)
+            if uid is not None:
+                log.info("child created", kind=action.kind, name=action.name, session=name)
+                if action.kind == "Pod":
+                    event(body, "Created", f"Created lab pod {action.name}")
+        elif isinstance(action, DeletePod):
+            if action.cull_reason:
+                log.info("culling lab", namespace=ns, session=name, reason=action.cull_reason)
+                metrics.CULLS.labels(action.cull_reason).inc()
+            else:
+                log.info("deleting lab pod", namespace=ns, session=name, pod=action.name)
+            await rt.kube.delete_pod(ns, action.name)
+        elif isinstance(action, WriteStatus):
+            updated = await rt.kube.patch_status(ns, name, action.patch)
+            if updated is not None:
+                state.remember(updated)
+            metrics.STATUS_WRITES.inc()
+            if action.previous != action.phase or "reason" in action.patch:
+                log.info(
+                    "phase changed",
+                    namespace=ns,
+                    session=name,
+                    phase=action.phase,
+                    reason=action.reason,
+                    previous=action.previous,
+                )
+        elif isinstance(action, Emit):
+            event(body, action.reason, action.message, warning=action.warning)
+        elif isinstance(action, RecordSpawn):
+            metrics.SPAWN_SECONDS.observe(action.seconds)
+    state.warned = decision.warned
+    state.phase = decision.phase
+    return requeue

@@ -1,0 +1,255 @@
+"""Leader election on a coordination.k8s.io Lease: with several replicas, one acts.
+
+client-go's algorithm, small: every ``retry`` seconds the leader renews the Lease and
+the others read it. A Lease is expired when this replica has not seen it change for
+``duration`` seconds (its own clock: no trust in other nodes' clocks), or when its
+renewTime is more than twice ``duration`` old (a stale Lease found at startup). A
+leader that cannot renew for ``renew_deadline`` (2/3 of ``duration``) stops acting
+before anyone else may start; a leader that stops cleanly releases the Lease, so a
+standby takes over within ``retry`` seconds. After a crash: within ``duration`` +
+``retry`` seconds (12 s with the defaults).
+
+The decision (:func:`next_step`, :func:`lease_body`) is pure and unit-tested; the
+:class:`LeaderElector` loop does the I/O. RBAC: get/update on this one Lease by name
+and create in the operator's namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, cast
+
+import structlog
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from kernelsession.operator import metrics
+from kernelsession.operator.config import Settings
+from kernelsession.operator.kube import Kube
+
+log = structlog.get_logger("kernelsession.operator")
+
+Step = Literal["create", "renew", "acquire", "wait"]
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    holder: str | None
+    renew_time: datetime | None
+    acquire_time: datetime | None
+    duration: float
+    transitions: int
+    resource_version: str | None
+
+
+def next_step(
+    record: LeaseRecord | None, identity: str, *, now: datetime, unchanged_for: float
+) -> Step:
+    """What this replica does about the Lease it read.
+
+    ``unchanged_for``: seconds this replica has seen the Lease without a change.
+    """
+    if record is None:
+        return "create"
+    if record.holder == identity:
+        return "renew"
+    if not record.holder:
+        return "acquire"  # released by a leader that stopped cleanly
+    if unchanged_for >= record.duration:
+        return "acquire"
+    if record.renew_time is not None and (now - record.renew_time).total_seconds() > (
+        2 * record.duration
+    ):
+        return "acquire"
+    return "wait"
+
+
+def _micro(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def lease_body(
+    name: str,
+    namespace: str,
+    identity: str,
+    *,
+    now: datetime,
+    duration: float,
+    previous: LeaseRecord | None,
+    release: bool = False,
+) -> dict[str, Any]:
+    """The Lease this replica writes: holding it (renewed now), or released."""
+    taking = previous is None or previous.holder != identity
+    acquired = (
+        now
+        if taking or previous is None or previous.acquire_time is None
+        else (previous.acquire_time)
+    )
+    transitions = (previous.transitions if previous else 0) + (
+        1 if taking and previous is not None else 0
+    )
+    spec: dict[str, Any] = {
+        "holderIdentity": None if release else identity,
+        "leaseDurationSeconds": max(1, round(duration)),
+        "acquireTime": _micro(acquired),
+        "renewTime": _micro(now),
+        "leaseTransitions": transitions,
+    }
+    meta: dict[str, Any] = {"name": name, "namespace": namespace}
+    if previous is not None and previous.resource_version:
+        meta["resourceVersion"] = previous.resource_version
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": meta,
+        "spec": spec,
+    }
+
+
+def read_record(lease: Any) -> LeaseRecord:
+    """A LeaseRecord from a kubernetes_asyncio V1Lease."""
+    spec = lease.spec
+    return LeaseRecord(
+        holder=spec.holder_identity or None,
+        renew_time=spec.renew_time,
+        acquire_time=spec.acquire_time,
+        duration=float(spec.lease_duration_seconds or 15),
+        transitions=int(spec.lease_transitions or 0),
+        resource_version=lease.metadata.resource_version,
+    )
+
+
+class LeaderElector:
+    """Runs the election; calls ``on_started``/``on_stopped`` as leadership changes."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        settings: Settings,
+        on_started: Callable[[], None],
+        on_stopped: Callable[[], None],
+    ) -> None:
+        self.api = kube.coordination
+        self.name = settings.lease_name
+        self.namespace = settings.lease_namespace
+        self.identity = settings.leader_identity
+        self.duration = settings.lease_duration
+        self.retry = max(0.2, self.duration / 5)
+        self.renew_deadline = self.duration * 2 / 3
+        self.on_started = on_started
+        self.on_stopped = on_stopped
+        self.leading = False
+        self.record: LeaseRecord | None = None
+        self._seen_version: str | None = None
+        self._seen_since = time.monotonic()
+
+    async def run(self) -> None:
+        """Forever (cancel to stop); never raises out."""
+        last_renew = time.monotonic()
+        log.info("leader election", lease=f"{self.namespace}/{self.name}", identity=self.identity)
+        while True:
+            try:
+                outcome = await self.attempt()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("lease request failed", error=f"{type(exc).__name__}: {exc}")
+                outcome = "error"
+            now = time.monotonic()
+            if outcome == "held":
+                last_renew = now
+                if not self.leading:
+                    self._set(True)
+            elif self.leading and (outcome == "lost" or now - last_renew > self.renew_deadline):
+                self._set(False)
+            await asyncio.sleep(self.retry)
+
+    def _set(self, leading: bool) -> None:
+        self.leading = leading
+        metrics.LEADER.set(1 if leading else 0)
+        log.info("leadership " + ("acquired" if leading else "lost"), identity=self.identity)
+        (self.on_started if leading else self.on_stopped)()
+
+    async def attempt(self) -> Literal["held", "lost", "error"]:
+        """One round: renew (leader) or read and maybe acquire (standby)."""
+        now = datetime.now(UTC)
+        if self.leading and self.record is not None:
+            try:
+                await self._write(now, self.record)
+                return "held"
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+        record = await self._read()
+        step = next_step(
+            record,
+            self.identity,
+            now=now,
+            unchanged_for=time.monotonic() - self._seen_since,
+        )
+        if step == "wait":
+            return "lost"
+        try:
+            await self._write(now, record)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return "lost"  # someone else was faster
+            raise
+        return "held"
+
+    async def _read(self) -> LeaseRecord | None:
+        try:
+            lease = await self.api.read_namespaced_lease(self.name, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        record = read_record(lease)
+        if record.resource_version != self._seen_version:
+            self._seen_version = record.resource_version
+            self._seen_since = time.monotonic()
+        return record
+
+    async def _write(self, now: datetime, previous: LeaseRecord | None) -> None:
+        body = cast(
+            Any,
+            lease_body(
+                self.name,
+                self.namespace,
+                self.identity,
+                now=now,
+                duration=self.duration,
+                previous=previous,
+            ),
+        )
+        if previous is None:
+            lease = await self.api.create_namespaced_lease(self.namespace, body)
+        else:
+            lease = await self.api.replace_namespaced_lease(self.name, self.namespace, body)
+        self.record = read_record(lease)
+        self._seen_version = self.record.resource_version
+        self._seen_since = time.monotonic()
+
+    async def release(self) -> None:
+        """Give the Lease up (clean shutdown), so a standby takes over at once."""
+        if not self.leading or self.record is None:
+            return
+        self.leading = False
+        metrics.LEADER.set(0)
+        body: Mapping[str, Any] = lease_body(
+            self.name,
+            self.namespace,
+            self.identity,
+            now=datetime.now(UTC),
+            duration=self.duration,
+            previous=self.record,
+            release=True,
+        )
+        try:
+            await self.api.replace_namespaced_lease(self.name, self.namespace, cast(Any, body))
+            log.info("lease released", identity=self.identity)
+        except Exception as exc:  # shutting down: the Lease expires anyway
+            log.warning("lease not released", error=f"{type(exc).__name__}: {exc}")

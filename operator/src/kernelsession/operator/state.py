@@ -1,0 +1,130 @@
+"""What the operator remembers about one session, in one object: forgetting a session is
+one ``pop`` (:meth:`Sessions.pop`).
+
+Nothing here is the truth about a session (the API server is); it is what lets a pass
+avoid repeating itself: the newest body seen, the token read once, children created but
+not yet shown by the watch, a pod the API server refused, whether CullingSoon was posted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+Key = tuple[str, str]
+
+
+@dataclass
+class TokenRecord:
+    uid: str
+    token: str
+    checked: float
+
+    def __repr__(self) -> str:  # never print the token
+        return f"TokenRecord(uid={self.uid!r}, checked={self.checked})"
+
+
+@dataclass
+class HomeCheck:
+    """The last look at a home volume that was not bound: its storage class and events."""
+
+    checked: float
+    class_name: str | None
+    binding_mode: str | None
+    """The class's volumeBindingMode; None when the class does not exist (or none is set)."""
+    class_exists: bool
+    event: str | None
+
+
+@dataclass
+class SessionState:
+    key: Key
+    body: dict[str, Any]
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    token: TokenRecord | None = None
+    created: dict[str, float] = field(default_factory=dict)
+    """Children this process created, by name (monotonic time): the watch may lag."""
+    rejected: dict[str, tuple[str, float]] = field(default_factory=dict)
+    """Children the API server refused, by name: (message, monotonic time)."""
+    warned: bool = False
+    phase: str | None = None
+    home: HomeCheck | None = None
+
+    def remember(self, body: dict[str, Any]) -> None:
+        """Keep the newest known state (watch events and our own writes race)."""
+        if _version(body) >= _version(self.body):
+            self.body = body
+
+    def recently_created(self, name: str, within: float) -> bool:
+        when = self.created.get(name)
+        return when is not None and time.monotonic() - when < within
+
+    def note_created(self, name: str) -> None:
+        self.created[name] = time.monotonic()
+
+    def seen(self, name: str) -> None:
+        """The watch shows child ``name``: stop remembering that we created it."""
+        self.created.pop(name, None)
+
+    def recent_rejections(self, within: float) -> dict[str, str]:
+        now = time.monotonic()
+        return {n: msg for n, (msg, when) in self.rejected.items() if now - when < within}
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+
+
+class Sessions:
+    """Every session this replica knows, by (namespace, name)."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[Key, SessionState] = {}
+
+    def remember(self, key: Key, body: dict[str, Any]) -> SessionState:
+        state = self._by_key.get(key)
+        if state is None:
+            state = self._by_key[key] = SessionState(key, body)
+        else:
+            state.remember(body)
+        return state
+
+    def get(self, key: Key) -> SessionState | None:
+        return self._by_key.get(key)
+
+    def pop(self, key: Key) -> None:
+        """Forget the session: stop its loop and drop everything remembered about it."""
+        state = self._by_key.pop(key, None)
+        if state is not None:
+            state.stop()
+
+    def wake(self, key: Key) -> None:
+        state = self._by_key.get(key)
+        if state is not None:
+            state.wake.set()
+
+    def phases(self) -> list[str]:
+        return [s.phase for s in self._by_key.values() if s.phase and s.running]
+
+    def __iter__(self) -> Iterator[SessionState]:
+        return iter(list(self._by_key.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+
+def _version(body: dict[str, Any]) -> int:
+    """resourceVersion as a number: one etcd's revisions only grow (-1 when opaque)."""
+    try:
+        return int(body.get("metadata", {}).get("resourceVersion", -1))
+    except (TypeError, ValueError):
+        return -1

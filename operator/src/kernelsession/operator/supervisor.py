@@ -1,0 +1,100 @@
+"""One loop per session while this replica is active: a pass whenever something wakes
+it (the session or a child changed), else when the last pass said to look again.
+
+Passes of all sessions share a bound (``max_concurrent_passes``). A failing pass backs
+off exponentially up to a minute and is counted; a :class:`PermanentError` waits a
+minute or a change of the session. Nothing escapes a loop: one bad object never stops
+the operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+
+from kernelsession.operator import metrics, reconcile
+from kernelsession.operator.act import event
+from kernelsession.operator.errors import PermanentError, RetryLater
+from kernelsession.operator.runtime import Runtime
+from kernelsession.operator.state import SessionState
+
+log = structlog.get_logger("kernelsession.operator")
+MAX_BACKOFF = 60.0
+IMMEDIATE_PASSES = 3
+
+
+def start(rt: Runtime, state: SessionState) -> None:
+    """Start the session's loop unless it runs (only while this replica is active)."""
+    if rt.active and not state.running and rt.indexes is not None:
+        state.task = asyncio.get_running_loop().create_task(
+            session_loop(rt, state), name=f"session {state.key}"
+        )
+
+
+def start_all(rt: Runtime) -> None:
+    for state in rt.sessions:
+        start(rt, state)
+
+
+def stop_all(rt: Runtime) -> None:
+    for state in rt.sessions:
+        state.stop()
+
+
+async def one_pass(rt: Runtime, state: SessionState) -> float:
+    idx = rt.indexes
+    assert idx is not None
+    key = state.key
+    claims: Any = idx.claims.get(key, [])
+    async with rt.passes:
+        return await reconcile.reconcile(
+            rt,
+            state,
+            list(idx.pods.get(key, [])),
+            key in idx.services,
+            key in idx.policies,
+            next(iter(claims), None),
+        )
+
+
+async def session_loop(rt: Runtime, state: SessionState) -> None:
+    """Reconcile one session until it is deleted or this replica stops acting."""
+    namespace, name = state.key
+    failures = immediate = 0
+    while True:
+        state.wake.clear()
+        try:
+            delay = await one_pass(rt, state)
+            failures = 0
+        except asyncio.CancelledError:
+            raise
+        except PermanentError as exc:
+            metrics.RECONCILE_ERRORS.labels("PermanentError").inc()
+            log.error(
+                "session cannot be reconciled", namespace=namespace, session=name, error=str(exc)
+            )
+            event(state.body, "ReconcileFailed", str(exc), warning=True)
+            delay = MAX_BACKOFF
+        except Exception as exc:
+            failures += 1
+            metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
+            delay = min(MAX_BACKOFF, 0.5 * 2**failures)
+            if isinstance(exc, RetryLater):
+                delay = min(delay, exc.delay)
+            log.warning(
+                "reconcile failed; retrying",
+                namespace=namespace,
+                session=name,
+                error=f"{type(exc).__name__}: {exc}",
+                retry_in=delay,
+            )
+        metrics.RECONCILES.inc()
+        immediate = immediate + 1 if delay <= 0 else 0
+        if delay <= 0 and immediate <= IMMEDIATE_PASSES:
+            continue  # e.g. the token Secret was just created: build the pod now
+        delay = max(delay, rt.settings.starting_interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.wake.wait(), timeout=delay)

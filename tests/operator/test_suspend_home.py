@@ -1,0 +1,282 @@
+"""spec.suspend, spec.home, the capacity grace and the standby operator, end to end.
+
+Parts that need a real node (volumes that keep data, a scheduler that counts resources,
+the operator running as a two-replica Deployment) skip unless ``cluster.real_node``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from helpers import (
+    LABS,
+    apply_session,
+    children,
+    events_for,
+    get_ks,
+    requires,
+    wait_for,
+    wait_phase,
+)
+
+from kernelsession.client import KernelSessionClient
+from kernelsession.localcluster.cluster import LocalCluster
+from kernelsession.localcluster.deploy import InClusterOperator
+from kernelsession.localcluster.operator_process import OPERATOR_NAMESPACE
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+
+def _patch(cluster: LocalCluster, name: str, spec: dict[str, object]) -> None:
+    cluster.kubectl(
+        "-n", LABS, "patch", f"ks/{name}", "--type", "merge", "-p", json.dumps({"spec": spec})
+    )
+
+
+def _secret_data(cluster: LocalCluster, name: str) -> dict[str, str]:
+    secret = cluster.get_json("-n", LABS, f"secret/{name}-token")
+    return dict(secret["data"])
+
+
+@pytest.fixture
+def no_provisioner_class(installed: LocalCluster) -> Iterator[str]:
+    """A storage class nothing provisions (Immediate binding): claims stay Pending."""
+    name = f"ks-noprov-{uuid.uuid4().hex[:6]}"
+    installed.apply(
+        [
+            {
+                "apiVersion": "storage.k8s.io/v1",
+                "kind": "StorageClass",
+                "metadata": {"name": name},
+                "provisioner": "kubernetes.io/no-provisioner",
+                "volumeBindingMode": "Immediate",
+            }
+        ]
+    )
+    yield name
+    installed.kubectl("delete", "storageclass", name, "--ignore-not-found", check=False)
+
+
+async def test_suspend_keeps_children_and_resume_keeps_the_token(
+    installed: LocalCluster,
+    operator: InClusterOperator,
+    session_name: str,
+    ks: KernelSessionClient,
+) -> None:
+    apply_session(installed, session_name, {"user": "sue"})
+    ready = wait_phase(installed, session_name, "Ready", timeout=90)
+    token = _secret_data(installed, session_name)
+
+    _patch(installed, session_name, {"suspend": True})
+    status = wait_phase(installed, session_name, "Suspended", timeout=30, reason="Suspended")
+    assert '"suspend":false' in status["message"]
+    assert "url" not in status
+    ready_cond = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready_cond["status"] == "False"
+    wait_for(
+        lambda: "Pod" not in children(installed, session_name),
+        timeout=30,
+        what="suspended lab pod deleted",
+    )
+    kept = children(installed, session_name)
+    assert {"Secret", "Service", "NetworkPolicy"} <= set(kept)
+    assert "Suspended" in [e["reason"] for e in events_for(installed, session_name)]
+    out = installed.kubectl("-n", LABS, "get", "ks", session_name).stdout
+    assert "Suspended" in out
+
+    _patch(installed, session_name, {"suspend": False})
+    again = wait_phase(installed, session_name, "Ready", timeout=90)
+    assert _secret_data(installed, session_name) == token
+    assert again["tokenSecretName"] == ready["tokenSecretName"]
+    assert again["readyTime"] >= ready["readyTime"]
+    async with await ks.lab_session(session_name) as lab:
+        assert await lab.run_python("print('back')") == "back\n"
+
+
+def test_unschedulable_waits_for_capacity_then_fails(
+    installed: LocalCluster, operator: InClusterOperator, session_name: str
+) -> None:
+    """KERNELSESSION_UNSCHEDULABLE_GRACE is 4 s for the test operator."""
+    apply_session(installed, session_name, {"user": "una", "nodeSelector": {"pool": "gpu"}})
+    waiting = wait_phase(installed, session_name, "Pending", 30, reason="WaitingForCapacity")
+    assert "Waiting up to 4s" in waiting["message"]
+    assert "selector" in waiting["message"]
+    assert "cpu=" in waiting["message"]  # the lab's requests are named
+    failed = wait_phase(installed, session_name, "Failed", 30, reason="Unschedulable")
+    assert "waited 4s" in failed["message"]
+
+
+def test_home_claim_is_an_owned_labelled_child_and_waits_visibly(
+    installed: LocalCluster,
+    operator: InClusterOperator,
+    session_name: str,
+    no_provisioner_class: str,
+) -> None:
+    apply_session(
+        installed,
+        session_name,
+        {"user": "hank", "home": {"size": "2Gi", "storageClassName": no_provisioner_class}},
+    )
+    status = wait_phase(installed, session_name, "Pending", 60, reason="HomePending")
+    claim_name = f"{session_name}-home"
+    assert claim_name in status["message"]
+    assert no_provisioner_class in status["message"]
+    (claim,) = children(installed, session_name)["PersistentVolumeClaim"]
+    labels = claim["metadata"]["labels"]
+    assert labels["app.kubernetes.io/managed-by"] == "kernelsession-operator"
+    assert labels["kernelsession.dev/user"] == "hank"
+    (ref,) = claim["metadata"]["ownerReferences"]
+    assert ref["uid"] == get_ks(installed, session_name)["metadata"]["uid"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    assert "Pod" not in children(installed, session_name)  # no pod that cannot schedule
+
+    # Suspending and resuming never touch the claim.
+    _patch(installed, session_name, {"suspend": True})
+    wait_phase(installed, session_name, "Suspended", 30)
+    _patch(installed, session_name, {"suspend": False})
+    wait_phase(installed, session_name, "Pending", 30, reason="HomePending")
+    (same,) = children(installed, session_name)["PersistentVolumeClaim"]
+    assert same["metadata"]["uid"] == claim["metadata"]["uid"]
+
+    installed.kubectl("-n", LABS, "delete", "ks", session_name, "--timeout=60s")
+
+    def claim_deleted() -> bool:
+        claims = children(installed, session_name).get("PersistentVolumeClaim", [])
+        # Gone, or deleted and held only by kubernetes.io/pvc-protection (whose controller
+        # the process cluster does not run).
+        return all(c["metadata"].get("deletionTimestamp") for c in claims)
+
+    wait_for(claim_deleted, timeout=60, what="home claim deleted with its session")
+
+
+def test_missing_storage_class_is_reported(
+    installed: LocalCluster, operator: InClusterOperator, session_name: str
+) -> None:
+    apply_session(
+        installed, session_name, {"user": "ike", "home": {"storageClassName": "no-such-class"}}
+    )
+    status = wait_phase(installed, session_name, "Failed", 60, reason="HomeUnavailable")
+    assert "'no-such-class' of the home volume does not exist" in status["message"]
+    assert "spec.home.storageClassName" in status["message"]
+
+
+def test_operator_refuses_a_mount_over_the_home(
+    installed: LocalCluster, operator: InClusterOperator, session_name: str
+) -> None:
+    """The schema cannot compare spec.volumeMounts with spec.home; the operator does."""
+    apply_session(
+        installed,
+        session_name,
+        {
+            "user": "ned",
+            "home": {"size": "1Gi"},
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            "volumeMounts": [{"name": "scratch", "mountPath": "/home/jovyan"}],
+        },
+    )
+    status = wait_phase(installed, session_name, "Failed", 60, reason="InvalidSpec")
+    assert "spec.volumeMounts[0].mountPath" in status["message"]
+    assert not {"Pod", "PersistentVolumeClaim"} & set(children(installed, session_name))
+
+
+# -- on the real node (after merge) -----------------------------------------------------
+async def test_home_files_survive_suspend_culling_and_operator_restart(
+    installed: LocalCluster,
+    operator: InClusterOperator,
+    session_name: str,
+    ks: KernelSessionClient,
+) -> None:
+    requires(installed, "real_node", "the process kubelet does not mount volumes")
+    apply_session(
+        installed,
+        session_name,
+        {"user": "jo", "home": {"size": "64Mi"}, "culling": {"idleTimeoutSeconds": 6}},
+    )
+    wait_phase(installed, session_name, "Ready", timeout=180)
+    async with await ks.lab_session(session_name) as lab:
+        code = "open('/home/jovyan/keep.txt', 'w').write('kept'); import os; print(os.getuid())"
+        assert await lab.run_python(code) == "1000\n"
+
+    async def read_back() -> None:
+        wait_phase(installed, session_name, "Ready", timeout=180)
+        async with await ks.lab_session(session_name) as lab:
+            assert await lab.run_python("print(open('/home/jovyan/keep.txt').read())") == ("kept\n")
+
+    _patch(installed, session_name, {"suspend": True})
+    wait_phase(installed, session_name, "Suspended", 60)
+    _patch(installed, session_name, {"suspend": False})
+    await read_back()
+    operator.restart()
+    await read_back()
+    wait_phase(installed, session_name, "Culled", 60)  # idle for 6 s
+    installed.kubectl(
+        "-n", LABS, "annotate", "ks", session_name, "kernelsession.dev/resume=1", "--overwrite"
+    )
+    await read_back()
+    (claim,) = children(installed, session_name)["PersistentVolumeClaim"]
+    assert claim["status"]["phase"] == "Bound"
+
+
+def _millicores(quantity: str) -> int:
+    return int(quantity[:-1]) if quantity.endswith("m") else int(float(quantity) * 1000)
+
+
+def test_capacity_freed_within_the_grace_lets_the_lab_start(
+    installed: LocalCluster, operator: InClusterOperator, session_name: str
+) -> None:
+    """A first session takes all free CPU; a second waits for capacity; deleting the
+    first frees it within the grace and the second starts."""
+    requires(installed, "real_node", "the process kubelet does not count resource requests")
+    node = installed.get_json("nodes")["items"][0]
+    free = _millicores(node["status"]["allocatable"]["cpu"])
+    for pod in installed.get_json("pods", "-A")["items"]:
+        if pod["status"].get("phase") in ("Succeeded", "Failed"):
+            continue
+        for c in pod["spec"]["containers"]:
+            free -= _millicores(((c.get("resources") or {}).get("requests") or {}).get("cpu", "0"))
+    hog = f"{session_name}-hog"
+    apply_session(
+        installed, hog, {"user": "hog", "resources": {"requests": {"cpu": f"{free - 100}m"}}}
+    )
+    try:
+        wait_phase(installed, hog, "Ready", timeout=120)
+        apply_session(
+            installed, session_name, {"user": "kim", "resources": {"requests": {"cpu": "500m"}}}
+        )
+        waiting = wait_phase(installed, session_name, "Pending", 60, reason="WaitingForCapacity")
+        assert "cpu=500m" in waiting["message"]
+    finally:
+        installed.kubectl("-n", LABS, "delete", "ks", hog, "--wait=false", check=False)
+    wait_phase(installed, session_name, "Ready", timeout=120)
+
+
+def test_standby_takes_over_within_15s(installed: LocalCluster, session_name: str) -> None:
+    requires(installed, "real_node", "needs the operator as the two-replica Deployment")
+    selector = "app.kubernetes.io/name=kernelsession-operator"
+
+    def lease_holder() -> str:
+        lease = installed.get_json("-n", OPERATOR_NAMESPACE, "lease/kernelsession-operator")
+        return str(lease["spec"].get("holderIdentity") or "")
+
+    pods = installed.get_json("-n", OPERATOR_NAMESPACE, "pods", "-l", selector)["items"]
+    assert len(pods) == 2
+    active = wait_for(lease_holder, timeout=60, what="a lease holder")
+    assert active in {p["metadata"]["name"] for p in pods}
+    killed = time.monotonic()
+    installed.kubectl(
+        "-n", OPERATOR_NAMESPACE, "delete", "pod", active, "--grace-period=0", "--force"
+    )
+    new = wait_for(
+        lambda: (h := lease_holder()) and h != active and h,
+        timeout=30,
+        what="the standby holding the lease",
+    )
+    took = time.monotonic() - killed
+    print(f"takeover by {new} after {took:.1f}s")
+    assert took <= 15
+    apply_session(installed, session_name, {"user": "leo"})
+    wait_phase(installed, session_name, "Ready", timeout=120)

@@ -1,0 +1,443 @@
+"""The decision, pure: every phase transition from a table of observed situations."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from kernelsession.operator import builders, naming
+from kernelsession.operator import status as st
+from kernelsession.operator.actions import (
+    Create,
+    CreateToken,
+    Decision,
+    DeletePod,
+    Emit,
+    RecordSpawn,
+    WriteStatus,
+)
+from kernelsession.operator.config import Settings
+from kernelsession.operator.decide import decide
+from kernelsession.operator.labapi import KernelActivity, LabActivity
+from kernelsession.operator.observe import ClaimView, HomeView, Observation
+from kernelsession.operator.podview import read_pod
+
+NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
+CFG = Settings(
+    url_mode="pod-ip",
+    cull_interval=30,
+    starting_interval=1,
+    home_interval=5,
+    unschedulable_grace=120,
+    default_idle_timeout=3600,
+)
+UID = "secret-uid-1"
+
+
+def session(
+    spec: dict[str, Any] | None = None,
+    status: dict[str, Any] | None = None,
+    *,
+    generation: int = 1,
+    annotations: dict[str, str] | None = None,
+    deleting: bool = False,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": "alice",
+        "namespace": "labs",
+        "uid": "ks-uid",
+        "generation": generation,
+        "annotations": annotations or {},
+    }
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-22T11:59:00Z"
+    return {"metadata": meta, "spec": {"user": "alice", **(spec or {})}, "status": status or {}}
+
+
+def desired_name(body: dict[str, Any]) -> str:
+    return str(builders.lab_pod(body, CFG, UID)["metadata"]["name"])
+
+
+def pod(
+    body: dict[str, Any],
+    *,
+    name: str | None = None,
+    ready: bool = True,
+    phase: str = "Running",
+    unschedulable: str | None = None,
+    since: datetime | None = None,
+    created: datetime = NOW - timedelta(seconds=10),
+    deleting: bool = False,
+) -> Any:
+    conditions: list[dict[str, Any]] = [{"type": "Ready", "status": "True" if ready else "False"}]
+    if unschedulable:
+        conditions.append(
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": unschedulable,
+                "lastTransitionTime": st.fmt_time(since or created),
+            }
+        )
+    meta: dict[str, Any] = {
+        "name": name or desired_name(body),
+        "creationTimestamp": st.fmt_time(created),
+    }
+    if deleting:
+        meta["deletionTimestamp"] = st.fmt_time(NOW)
+    manifest = builders.lab_pod(body, CFG, UID)
+    return read_pod(
+        {
+            "metadata": meta,
+            "spec": manifest["spec"],
+            "status": {
+                "phase": "Pending" if unschedulable else phase,
+                "podIP": None if unschedulable else "127.0.1.2",
+                "conditions": conditions,
+                "containerStatuses": []
+                if unschedulable
+                else [{"restartCount": 0, "state": {"running": {}}}],
+            },
+        }
+    )
+
+
+def idle(seconds: float) -> LabActivity:
+    at = NOW - timedelta(seconds=seconds)
+    return LabActivity(at, at, (KernelActivity("idle", 0, at),))
+
+
+def obs(body: dict[str, Any], **kw: Any) -> Observation:
+    base: dict[str, Any] = {
+        "body": body,
+        "now": NOW,
+        "has_service": True,
+        "has_policy": True,
+        "token_uid": UID,
+    }
+    return Observation(**(base | kw))
+
+
+def status_of(d: Decision) -> dict[str, Any]:
+    assert d.status is not None
+    return dict(d.status)
+
+
+def kinds(d: Decision) -> list[str]:
+    return [a.kind for a in d.of(Create)]
+
+
+def deleted(d: Decision) -> list[str]:
+    return [a.name for a in d.of(DeletePod)]
+
+
+def emitted(d: Decision) -> list[str]:
+    return [a.reason for a in d.of(Emit)]
+
+
+# -- a new session ------------------------------------------------------------------
+def test_new_session_creates_token_and_children_then_looks_again_at_once() -> None:
+    d = decide(obs(session(), token_uid=None, has_service=False, has_policy=False), CFG)
+    assert d.of(CreateToken)
+    assert kinds(d) == ["Service", "NetworkPolicy"]
+    assert d.requeue_after == 0
+    assert not d.of(WriteStatus)  # no status until there is something to say
+
+
+def test_token_exists_creates_the_pod_pending() -> None:
+    body = session()
+    d = decide(obs(body), CFG)
+    assert kinds(d) == ["Pod"]
+    assert status_of(d)["phase"] == st.PENDING
+    assert status_of(d)["reason"] == "Creating"
+    assert d.requeue_after == CFG.starting_interval
+
+
+def test_ready_lab_writes_ready_with_spawn_time_and_event() -> None:
+    body = session()
+    d = decide(obs(body, pods=(pod(body),), activity=idle(1)), CFG)
+    s = status_of(d)
+    assert (s["phase"], s["reason"]) == (st.READY, "LabReady")
+    assert s["url"] == "http://127.0.1.2:8888/"
+    assert d.of(RecordSpawn)[0].seconds == pytest.approx(10)
+    assert emitted(d) == ["Ready"]
+    assert d.requeue_after == CFG.cull_interval
+
+
+def test_steady_ready_state_writes_nothing() -> None:
+    body = session()
+    first = decide(obs(body, pods=(pod(body),), activity=idle(1)), CFG)
+    settled = session(status=dict(first.status or {}))
+    again = decide(obs(settled, pods=(pod(settled),), activity=idle(1)), CFG)
+    assert again.actions == ()
+    assert again.phase == st.READY
+
+
+def test_pod_not_answering_yet_is_starting() -> None:
+    body = session()
+    d = decide(obs(body, pods=(pod(body, ready=False),), probe_error="ConnectError"), CFG)
+    assert (status_of(d)["phase"], status_of(d)["reason"]) == (st.STARTING, "LabStarting")
+
+
+def test_spec_change_rolls_the_pod() -> None:
+    body = session({"image": "new:2"}, {"phase": "Ready", "observedGeneration": 1}, generation=2)
+    old = pod(body, name="alice-lab-old")
+    d = decide(obs(body, pods=(old,)), CFG)
+    assert deleted(d) == ["alice-lab-old"]
+    assert kinds(d) == ["Pod"]
+
+
+def test_deleting_session_is_terminating_and_touches_nothing() -> None:
+    d = decide(obs(session(deleting=True)), CFG)
+    assert [type(a) for a in d.actions] == [WriteStatus]
+    assert status_of(d)["phase"] == st.TERMINATING
+
+
+def test_missing_service_and_policy_are_recreated() -> None:
+    body = session()
+    d = decide(obs(body, pods=(pod(body),), activity=idle(1), has_service=False), CFG)
+    assert "Service" in kinds(d)
+
+
+# -- culling ------------------------------------------------------------------------
+def test_idle_past_timeout_is_culled_with_resume_hint() -> None:
+    body = session({"culling": {"idleTimeoutSeconds": 60}}, {"phase": "Ready"})
+    p = pod(body, created=NOW - timedelta(seconds=600))
+    d = decide(obs(body, pods=(p,), activity=idle(120)), CFG)
+    assert d.of(DeletePod)[0].cull_reason == "IdleTimeout"
+    s = status_of(d)
+    assert (s["phase"], s["reason"]) == (st.CULLED, "IdleTimeout")
+    assert naming.RESUME_ANNOTATION in s["message"]
+    assert "Culled" in emitted(d)
+
+
+def test_idle_soon_warns_once() -> None:
+    body = session({"culling": {"idleTimeoutSeconds": 600}})
+    p = pod(body, created=NOW - timedelta(seconds=900))
+    first = decide(obs(body, pods=(p,), activity=idle(400)), CFG)
+    assert "CullingSoon" in emitted(first)
+    assert first.warned
+    second = decide(obs(body, pods=(p,), activity=idle(410), warned=True), CFG)
+    assert "CullingSoon" not in emitted(second)
+    assert second.warned
+
+
+def test_culled_is_sticky_until_resumed() -> None:
+    status = {"phase": "Culled", "reason": "IdleTimeout", "observedGeneration": 1}
+    body = session(status=status)
+    leftover = pod(body)
+    d = decide(obs(body, pods=(leftover,)), CFG)
+    assert deleted(d) == [leftover.name]
+    assert not d.of(WriteStatus)
+    assert d.phase == st.CULLED
+
+    resumed = session(status=status, annotations={naming.RESUME_ANNOTATION: "7"})
+    d = decide(obs(resumed), CFG)
+    assert kinds(d) == ["Pod"]
+    assert status_of(d)["resumeRequest"] == "7"
+    assert "Resumed" in emitted(d)
+
+
+def test_start_timeout_deletes_the_pod_and_fails() -> None:
+    body = session({"startTimeoutSeconds": 30})
+    p = pod(body, ready=False, created=NOW - timedelta(seconds=60))
+    d = decide(obs(body, pods=(p,), probe_error="ConnectError"), CFG)
+    assert deleted(d) == [p.name]
+    assert (status_of(d)["phase"], status_of(d)["reason"]) == (st.FAILED, "StartTimeout")
+
+
+# -- suspend ------------------------------------------------------------------------
+def test_suspend_deletes_the_pod_keeps_the_rest() -> None:
+    body = session(
+        {"suspend": True, "home": {"size": "1Gi"}},
+        {"phase": "Ready", "tokenSecretName": "alice-token"},
+        generation=2,
+    )
+    p = pod(body)
+    d = decide(obs(body, pods=(p,), token_uid=None), CFG)
+    assert deleted(d) == [p.name]
+    assert not d.of(Create)
+    assert not d.of(CreateToken)
+    s = status_of(d)
+    assert (s["phase"], s["reason"]) == (st.SUSPENDED, "Suspended")
+    assert s["tokenSecretName"] == "alice-token"
+    assert "url" not in s
+    assert "podName" not in s
+    assert '"suspend":false' in s["message"]
+    assert emitted(d) == ["Suspended"]
+
+
+def test_suspended_with_pod_gone_writes_nothing() -> None:
+    body = session({"suspend": True})
+    first = decide(obs(body), CFG)
+    settled = session({"suspend": True}, dict(first.status or {}))
+    assert decide(obs(settled), CFG).actions == ()
+
+
+def test_resume_annotation_does_not_override_suspend() -> None:
+    status = {"phase": "Suspended", "reason": "Suspended", "observedGeneration": 1}
+    body = session({"suspend": True}, status, annotations={naming.RESUME_ANNOTATION: "1"})
+    d = decide(obs(body), CFG)
+    assert not d.of(Create)
+    assert "resumeRequest" not in status_of(d)  # left for when it is unsuspended
+
+
+def test_unsuspend_starts_the_lab_again() -> None:
+    status = {"phase": "Suspended", "reason": "Suspended", "observedGeneration": 1}
+    body = session({"suspend": False}, status, generation=2)
+    d = decide(obs(body), CFG)
+    assert kinds(d) == ["Pod"]
+    assert status_of(d)["phase"] == st.PENDING
+    assert "Resumed" in emitted(d)
+
+
+def test_suspend_then_resume_keeps_the_same_pod_name() -> None:
+    """Same spec and token Secret: the same pod (hash) comes back, token unchanged."""
+    running = session()
+    resumed = session({"suspend": False}, generation=3)
+    assert desired_name(running) == desired_name(resumed)
+
+
+# -- capacity -----------------------------------------------------------------------
+UNSCHED = "0/1 nodes are available: 1 Insufficient cpu."
+
+
+def test_unschedulable_waits_for_capacity_naming_the_request() -> None:
+    body = session({"resources": {"requests": {"cpu": "64"}}})
+    p = pod(body, unschedulable=UNSCHED, since=NOW - timedelta(seconds=30))
+    d = decide(obs(body, pods=(p,)), CFG)
+    s = status_of(d)
+    assert (s["phase"], s["reason"]) == (st.PENDING, "WaitingForCapacity")
+    assert "cpu=64" in s["message"]
+    assert "Insufficient cpu" in s["message"]
+    assert "120s" in s["message"]
+    assert not deleted(d)
+
+
+def test_unschedulable_after_grace_fails() -> None:
+    body = session({"resources": {"requests": {"cpu": "64"}}})
+    p = pod(body, unschedulable=UNSCHED, since=NOW - timedelta(seconds=121))
+    d = decide(obs(body, pods=(p,)), CFG)
+    s = status_of(d)
+    assert (s["phase"], s["reason"]) == (st.FAILED, "Unschedulable")
+    assert "cpu=64" in s["message"]
+    assert "Unschedulable" in emitted(d)
+
+
+def test_capacity_freed_within_grace_lets_it_start() -> None:
+    body = session({"resources": {"requests": {"cpu": "2"}}})
+    waiting = {"phase": "Pending", "reason": "WaitingForCapacity"}
+    body["status"] = waiting
+    d = decide(obs(body, pods=(pod(body),), activity=idle(1)), CFG)
+    assert status_of(d)["phase"] == st.READY
+
+
+def test_zero_grace_fails_at_once() -> None:
+    body = session()
+    p = pod(body, unschedulable=UNSCHED, since=NOW)
+    d = decide(obs(body, pods=(p,)), replace(CFG, unschedulable_grace=0))
+    assert status_of(d)["reason"] == "Unschedulable"
+
+
+# -- home volume --------------------------------------------------------------------
+HOME = {"home": {"size": "2Gi", "storageClassName": "fast"}}
+
+
+def test_home_claim_is_created_and_the_pod_waits_for_it() -> None:
+    body = session(HOME)
+    d = decide(obs(body), CFG)
+    assert kinds(d) == ["PersistentVolumeClaim"]
+    assert (status_of(d)["phase"], status_of(d)["reason"]) == (st.PENDING, "HomePending")
+
+
+def test_unbound_immediate_claim_shows_its_event() -> None:
+    body = session(HOME)
+    claim = ClaimView("alice-home", "Pending", "fast")
+    home = HomeView("fast", True, "Immediate", "ProvisioningFailed: disk quota exceeded")
+    d = decide(obs(body, claim=claim, home=home), CFG)
+    s = status_of(d)
+    assert (s["phase"], s["reason"]) == (st.PENDING, "HomePending")
+    assert "disk quota exceeded" in s["message"]
+    assert "alice-home" in s["message"]
+    assert not kinds(d)
+    assert d.requeue_after == CFG.home_interval
+
+
+def test_wait_for_first_consumer_creates_the_pod() -> None:
+    body = session(HOME)
+    claim = ClaimView("alice-home", "Pending", "fast")
+    home = HomeView("fast", True, "WaitForFirstConsumer", None)
+    d = decide(obs(body, claim=claim, home=home), CFG)
+    assert kinds(d) == ["Pod"]
+
+
+def test_pod_unschedulable_for_an_unbound_claim_is_home_pending() -> None:
+    body = session(HOME)
+    claim = ClaimView("alice-home", "Pending", "fast")
+    home = HomeView("fast", True, "WaitForFirstConsumer", None)
+    p = pod(body, unschedulable="pod has unbound immediate PersistentVolumeClaims")
+    d = decide(obs(body, claim=claim, home=home, pods=(p,)), CFG)
+    assert status_of(d)["reason"] == "HomePending"
+
+
+def test_missing_storage_class_says_so() -> None:
+    body = session(HOME)
+    claim = ClaimView("alice-home", "Pending", "fast")
+    d = decide(obs(body, claim=claim, home=HomeView("fast", False, None, None)), CFG)
+    s = status_of(d)
+    assert (s["phase"], s["reason"]) == (st.FAILED, "HomeUnavailable")
+    assert "'fast'" in s["message"]
+    assert "spec.home.storageClassName" in s["message"]
+    assert not kinds(d)
+
+
+def test_refused_claim_is_home_unavailable() -> None:
+    body = session(HOME)
+    d = decide(obs(body, rejected={"alice-home": "exceeded quota: storage"}), CFG)
+    assert status_of(d)["reason"] == "HomeUnavailable"
+    assert "exceeded quota" in status_of(d)["message"]
+
+
+def test_bound_home_runs_the_lab_and_is_never_deleted() -> None:
+    body = session(HOME, {"phase": "Ready"})
+    claim = ClaimView("alice-home", "Bound", "fast")
+    p = pod(body, created=NOW - timedelta(seconds=9000))
+    d = decide(obs(body, claim=claim, pods=(p,), activity=idle(5000)), CFG)
+    assert status_of(d)["phase"] == st.CULLED
+    assert deleted(d) == [p.name]  # only the pod: decisions never delete a claim
+    assert not kinds(d)
+
+
+def test_home_mount_colliding_with_a_volume_mount_is_refused() -> None:
+    body = session(
+        {
+            "home": {"size": "1Gi"},
+            "volumes": [{"name": "x", "emptyDir": {}}],
+            "volumeMounts": [{"name": "x", "mountPath": "/home/jovyan/"}],
+        }
+    )
+    d = decide(obs(body), CFG)
+    s = status_of(d)
+    assert (s["phase"], s["reason"]) == (st.FAILED, "InvalidSpec")
+    assert "spec.volumeMounts[0].mountPath" in s["message"]
+    assert not kinds(d)
+
+
+def test_rejected_pod_fails_naming_the_field_and_is_not_recreated() -> None:
+    body = session({"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}})
+    d = decide(obs(body, rejected={desired_name(body): "spec.containers[0].resources: bad"}), CFG)
+    assert status_of(d)["reason"] == "PodRejected"
+    assert "spec.resources" in status_of(d)["message"]
+    assert not kinds(d)
+
+
+def test_terminating_old_pod_while_rolling() -> None:
+    body = session({"image": "new:2"}, generation=2)
+    old = pod(body, name="alice-lab-old", deleting=True)
+    d = decide(obs(body, pods=(old,)), CFG)
+    assert not deleted(d)  # already going
+    assert kinds(d) == ["Pod"]
