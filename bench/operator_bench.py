@@ -208,7 +208,7 @@ def _safe_cpu(proc: psutil.Process) -> float:
 def operator_process(cluster: LocalCluster, op: InClusterOperator) -> psutil.Process:
     """The operator container's main process, found through containerd."""
     assert cluster.node is not None
-    pod = op.ready_pods()[0]
+    pod = op.leader_pod()
     container_id = pod["status"]["containerStatuses"][0]["containerID"].rsplit("/", 1)[1]
     return psutil.Process(cluster.node.task_pids()[container_id])
 

@@ -36,12 +36,12 @@ def _skip_unless_buildable() -> None:
 
 
 @pytest.fixture(scope="module")
-def built() -> Iterator[images.Images]:
+def built() -> images.Images:
     _skip_unless_buildable()
     before = _mounts()
     result = images.ensure_images(log=True)
     assert _mounts() - before == set(), "an image build left mounts on the host"
-    yield result
+    return result
 
 
 def test_archives_are_valid_oci_images(built: images.Images) -> None:
@@ -159,7 +159,7 @@ def private_containerd() -> Iterator[tuple[Path, Path]]:
         f'root = "{tmp}/root"\n'
         f'state = "{tmp}/state"\n'
         f'[grpc]\n  address = "{sock}"\n'
-        "[ttrpc]\n  address = \"\"\n"
+        '[ttrpc]\n  address = ""\n'
         f'[debug]\n  address = ""\n'
         '[metrics]\n  address = ""\n'
         "[plugins]\n"

@@ -254,7 +254,9 @@ def test_capacity_freed_within_the_grace_lets_the_lab_start(
     wait_phase(installed, session_name, "Ready", timeout=120)
 
 
-def test_standby_takes_over_within_15s(installed: LocalCluster, session_name: str) -> None:
+def test_standby_takes_over_within_15s(
+    installed: LocalCluster, operator: InClusterOperator, session_name: str
+) -> None:
     requires(installed, "real_node", "needs the operator as the two-replica Deployment")
     selector = "app.kubernetes.io/name=kernelsession-operator"
 

@@ -165,3 +165,58 @@ def test_pod_rejection_names_the_session_field() -> None:
         assert (verdict.phase, verdict.reason) == (st.FAILED, "PodRejected")
         assert verdict.message.endswith(f"Check {where}."), verdict.message
         assert message.rstrip(".") in verdict.message
+
+
+def test_config_error_names_the_env_references_when_the_kubelet_does_not() -> None:
+    """The kubelet's watch-based secret cache says only "failed to sync secret cache";
+    the verdict names what spec.env references (never the token Secret)."""
+    from datetime import UTC, datetime
+
+    from kernelsession.operator.podview import read_pod
+    from kernelsession.operator.status import judge
+
+    pod = read_pod(
+        {
+            "metadata": {"name": "p", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {
+                "containers": [
+                    {
+                        "env": [
+                            {
+                                "name": "JUPYTER_TOKEN",
+                                "valueFrom": {"secretKeyRef": {"name": "s-token", "key": "token"}},
+                            },
+                            {
+                                "name": "X",
+                                "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k"}},
+                            },
+                        ],
+                        "envFrom": [{"configMapRef": {"name": "settings"}}],
+                    }
+                ]
+            },
+            "status": {
+                "containerStatuses": [
+                    {
+                        "state": {
+                            "waiting": {
+                                "reason": "CreateContainerConfigError",
+                                "message": "failed to sync secret cache: timed out",
+                            }
+                        }
+                    }
+                ]
+            },
+        }
+    )
+    verdict = judge(
+        pod,
+        image="lab",
+        probe_ok=False,
+        probe_error=None,
+        now=datetime.now(UTC),
+        start_timeout=60,
+    )
+    assert verdict.reason == "ConfigError"
+    assert "Secret nope, ConfigMap settings" in verdict.message
+    assert "s-token" not in verdict.message

@@ -124,12 +124,42 @@ class OperatorDeployment:
                     parts.append(out)
         return "".join(parts)
 
+    def leader(self) -> str | None:
+        """The name of the operator pod holding the leader Lease (None: no holder)."""
+        result = self.cluster.kubectl(
+            "-n", OPERATOR_NAMESPACE, "get", "lease", DEPLOYMENT, "-o", "json", check=False
+        )
+        if result.returncode != 0:
+            return None
+        holder = (json.loads(result.stdout).get("spec") or {}).get("holderIdentity")
+        return str(holder) if holder else None
+
+    def leader_pod(self) -> dict[str, Any]:
+        """The active operator pod: the Lease holder when there is one, else the only
+        ready pod. Raises RuntimeError when neither exists."""
+        pods = self.ready_pods()
+        holder = self.leader()
+        for pod in pods:
+            if pod["metadata"]["name"] == holder:
+                return pod
+        if len(pods) == 1 and holder is None:
+            return pods[0]
+        raise RuntimeError(f"no active operator pod (lease holder {holder!r})")
+
     def metrics(self, timeout: float = 5.0) -> str:
-        """``/metrics`` through the metrics Service's cluster IP."""
+        """``/metrics`` of the active operator (its pod IP, which the node routes)."""
+        ip = self.leader_pod()["status"]["podIP"]
+        return _get(f"http://{ip}:9090/metrics", timeout)
+
+    def service_metrics(self, timeout: float = 5.0) -> str:
+        """``/metrics`` through the metrics Service's cluster IP (any replica)."""
         svc = self.cluster.get_json("service", "-n", OPERATOR_NAMESPACE, f"{DEPLOYMENT}-metrics")
-        url = f"http://{svc['spec']['clusterIP']}:9090/metrics"
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return bytes(response.read()).decode()
+        return _get(f"http://{svc['spec']['clusterIP']}:9090/metrics", timeout)
+
+
+def _get(url: str, timeout: float) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http only
+        return bytes(response.read()).decode()
 
 
 def deploy_operator(
@@ -213,20 +243,27 @@ class InClusterOperator(OperatorDeployment):
     def kill(self) -> str:
         """Force-delete the active operator pod (its processes get SIGKILL); returns its
         name."""
-        pods = self.ready_pods() or self.pods()
-        name = str(pods[0]["metadata"]["name"])
+        name = str(self.leader_pod()["metadata"]["name"])
         self.cluster.kubectl(
             "-n", OPERATOR_NAMESPACE, "delete", "pod", name, "--grace-period=0", "--force"
         )
         return name
 
     def instance(self) -> tuple[str, int] | None:
-        """(pod UID, container restart count) of the ready operator, or None."""
-        pods = self.ready_pods()
-        if not pods:
+        """(pod UID, container restart count) of the active operator, or None."""
+        try:
+            pod = self.leader_pod()
+        except RuntimeError:
             return None
-        statuses = pods[0]["status"].get("containerStatuses") or [{}]
-        return str(pods[0]["metadata"]["uid"]), int(statuses[0].get("restartCount", 0))
+        statuses = pod["status"].get("containerStatuses") or [{}]
+        return str(pod["metadata"]["uid"]), int(statuses[0].get("restartCount", 0))
+
+    def restart(self, timeout: float = 180.0) -> float:
+        """``kubectl rollout restart`` (new pods, one at a time) and wait; returns seconds."""
+        started = time.monotonic()
+        self.cluster.kubectl("-n", OPERATOR_NAMESPACE, "rollout", "restart", f"deploy/{DEPLOYMENT}")
+        self.wait_available(timeout)
+        return time.monotonic() - started
 
     def running(self) -> bool:
         return self.instance() is not None

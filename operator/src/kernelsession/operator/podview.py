@@ -38,6 +38,8 @@ class PodView:
     """The lab container's resource requests, e.g. (("cpu", "4"), ("memory", "8Gi"))."""
     claims: tuple[str, ...] = ()
     """PersistentVolumeClaims the pod mounts."""
+    env_refs: tuple[str, ...] = ()
+    """The Secrets and ConfigMaps the user's env names (not the token), e.g. ("Secret db",)."""
 
 
 def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
@@ -72,6 +74,18 @@ def read_pod(pod: Mapping[str, Any]) -> PodView:
         for v in spec.get("volumes") or []
         if (v.get("persistentVolumeClaim") or {}).get("claimName")
     )
+    refs: list[str] = []
+    for env in containers[0].get("env") or []:
+        if env.get("name") == "JUPYTER_TOKEN":  # the operator's own token Secret
+            continue
+        source = env.get("valueFrom") or {}
+        for key, kind in (("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")):
+            if (source.get(key) or {}).get("name"):
+                refs.append(f"{kind} {source[key]['name']}")
+    for env_from in containers[0].get("envFrom") or []:
+        for key, kind in (("secretRef", "Secret"), ("configMapRef", "ConfigMap")):
+            if (env_from.get(key) or {}).get("name"):
+                refs.append(f"{kind} {env_from[key]['name']}")
     return PodView(
         name=str(meta.get("name", "")),
         phase=str(status.get("phase") or "Pending"),
@@ -91,4 +105,5 @@ def read_pod(pod: Mapping[str, Any]) -> PodView:
         unschedulable_since=unschedulable_since,
         requests=tuple(sorted((str(k), str(v)) for k, v in requests.items())),
         claims=claims,
+        env_refs=tuple(dict.fromkeys(refs)),
     )

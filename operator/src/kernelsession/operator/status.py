@@ -101,11 +101,12 @@ def judge(
             f"The lab image {image!r} cannot be pulled ({reason}){detail}. Check spec.image.",
         )
     if reason in CONFIG_REASONS:
+        names = f" ({', '.join(pod.env_refs)})" if pod.env_refs else ""
         return Verdict(
             FAILED,
             "ConfigError",
             f"The lab container cannot be configured{detail}. "
-            "Check that the Secrets and ConfigMaps named in spec.env exist.",
+            f"Check that the Secrets and ConfigMaps named in spec.env exist{names}.",
         )
     if reason in RUN_REASONS:
         return Verdict(
