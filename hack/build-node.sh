@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Build the node's non-Kubernetes daemons from the Go module proxy into $1 (a cache directory
-# outside the repo): containerd (daemon, ctr, the runc shim) and CoreDNS. Pinned versions
+# outside the repo): containerd (daemon, ctr, the runc shim), CoreDNS and
+# local-path-provisioner (the default StorageClass's dynamic provisioner). Pinned versions
 # come from the environment (set by kernelsession.localcluster.binaries, the one place that
 # decides them).
 set -euo pipefail
 out=${1:?usage: build-node.sh OUTDIR}
 containerd=${KS_CONTAINERD_VERSION:?}
 coredns=${KS_COREDNS_VERSION:?}
+localpath=${KS_LOCAL_PATH_VERSION:?}
 command -v go >/dev/null || { echo "build-node: no 'go' on PATH" >&2; exit 3; }
 work=$(mktemp -d "${TMPDIR:-/tmp}/ks-nodebuild.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -27,5 +29,9 @@ go build -trimpath -tags "no_btrfs no_devmapper no_zfs" -ldflags "$ld" -o "$out/
 mkdir -p "$work/coredns" && cd "$work/coredns"
 printf 'module kscoredns\n\ngo 1.24\n\nrequire github.com/coredns/coredns %s\n' "$coredns" > go.mod
 go build -trimpath -ldflags "-s -w" -o "$out/coredns" github.com/coredns/coredns
+# local-path-provisioner: PersistentVolumes in a directory of the node, per claim.
+mkdir -p "$work/localpath" && cd "$work/localpath"
+printf 'module kslocalpath\n\ngo 1.24\n\nrequire github.com/rancher/local-path-provisioner %s\n' "$localpath" > go.mod
+go build -trimpath -ldflags "-s -w" -o "$out/local-path-provisioner" github.com/rancher/local-path-provisioner
 "$out/containerd" --version
 "$out/coredns" -version | head -1

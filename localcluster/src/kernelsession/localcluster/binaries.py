@@ -34,6 +34,7 @@ K8S_VERSION = "v1.35.4"
 ETCD_VERSION = "v3.6.8"
 CONTAINERD_VERSION = "v2.2.9"
 COREDNS_VERSION = "v1.13.1"
+LOCAL_PATH_VERSION = "v0.0.30"
 
 REQUIRED = (
     "etcd",
@@ -45,7 +46,13 @@ REQUIRED = (
 )
 BUILD_SCRIPT = Path("hack") / "build-controlplane.sh"
 NODE_BUILD_SCRIPT = Path("hack") / "build-node.sh"
-NODE_REQUIRED = ("containerd", "ctr", "containerd-shim-runc-v2", "coredns")
+NODE_REQUIRED = (
+    "containerd",
+    "ctr",
+    "containerd-shim-runc-v2",
+    "coredns",
+    "local-path-provisioner",
+)
 # From Debian packages (installed by `make setup`): runc and the CNI plugins.
 RUNC = Path("/usr/sbin/runc")
 CNI_BIN_DIR = Path("/usr/lib/cni")
@@ -273,6 +280,10 @@ class NodeBinaries:
     def coredns(self) -> Path:
         return self.directory / "coredns"
 
+    @property
+    def local_path_provisioner(self) -> Path:
+        return self.directory / "local-path-provisioner"
+
     @staticmethod
     def complete(directory: Path) -> bool:
         return all(os.access(directory / name, os.X_OK) for name in NODE_REQUIRED)
@@ -281,7 +292,9 @@ class NodeBinaries:
 def node_cache_dir() -> Path:
     """Cache entry of the node daemons for the pinned versions."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    key = f"containerd-{CONTAINERD_VERSION}-coredns-{COREDNS_VERSION}"
+    key = (
+        f"containerd-{CONTAINERD_VERSION}-coredns-{COREDNS_VERSION}-localpath-{LOCAL_PATH_VERSION}"
+    )
     return Path(base) / "kernelsession" / "node" / key
 
 
@@ -316,7 +329,11 @@ def ensure_node(*, build_missing: bool = True, log: bool = True) -> NodeBinaries
             "(needs Go and the Go module proxy) or set KERNELSESSION_NODE_ASSETS to a "
             "directory holding them"
         )
-    env = {"KS_CONTAINERD_VERSION": CONTAINERD_VERSION, "KS_COREDNS_VERSION": COREDNS_VERSION}
+    env = {
+        "KS_CONTAINERD_VERSION": CONTAINERD_VERSION,
+        "KS_COREDNS_VERSION": COREDNS_VERSION,
+        "KS_LOCAL_PATH_VERSION": LOCAL_PATH_VERSION,
+    }
     try:
         directory = _build_into(
             node_cache_dir(),

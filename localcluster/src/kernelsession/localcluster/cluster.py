@@ -58,7 +58,7 @@ def default_images() -> tuple[list[tuple[str, Path]], str, dict[str, str]]:
 
     images = ensure_images(log=True)
     refs = {image.name: image.ref for image in images.all()}
-    pairs = [(image.ref, image.archive) for image in images.node_images()]
+    pairs = [(image.ref, image.archive) for image in images.all()]  # base: helper pods
     return pairs, images.pause.ref, refs
 
 
@@ -182,6 +182,7 @@ class LocalCluster:
             self.workdir / "node",
             images=images,
             sandbox_image=pause,
+            helper_image=self.image_refs.get("base"),
             start_timeout=self.start_timeout,
         )
         try:

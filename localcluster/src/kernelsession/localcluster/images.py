@@ -120,7 +120,7 @@ class Images:
         return (self.pause, self.base, self.lab, self.operator)
 
     def node_images(self) -> tuple[Image, ...]:
-        """What a node imports: pause, lab and operator."""
+        """pause, lab and operator (the node also imports base, for helper pods)."""
         return (self.pause, self.lab, self.operator)
 
 

@@ -325,11 +325,15 @@ class Node:
         *,
         images: list[tuple[str, Path]],
         sandbox_image: str,
+        helper_image: str | None = None,
         start_timeout: float = 120.0,
         max_pods: int = 150,
     ) -> None:
         """``images``: (ref, OCI archive) pairs imported into containerd when missing;
-        ``sandbox_image``: the pause image ref (one of them)."""
+        ``sandbox_image``: the pause image ref (one of them); ``helper_image``: an image
+        with ``sh``, ``mkdir`` and ``rm`` for the volume provisioner's helper pods (none:
+        no default StorageClass)."""
+        self.helper_image = helper_image
         self.cp = controlplane
         self.binaries = binaries
         self.node_binaries = node_binaries
@@ -432,6 +436,8 @@ class Node:
         self._start_kube_proxy()
         self._start_coredns()
         self._start_netpol()
+        if self.helper_image is not None:
+            self._start_local_path()
         self.timings.addons = time.monotonic() - t
         return self.timings
 
@@ -440,7 +446,7 @@ class Node:
         restored ([] normally). Safe after a failed start and twice."""
         if self.record is None:
             return []
-        for name in ("netpol", "coredns", "kube-proxy", "kubelet"):
+        for name in ("local-path", "netpol", "coredns", "kube-proxy", "kubelet"):
             proc = self.processes.pop(name, None)
             if proc is not None:
                 stop_process(proc, grace=10)
@@ -805,6 +811,33 @@ oom_score = 0
             timeout=60,
         )
 
+    def _start_local_path(self) -> None:
+        storage = self.workdir / "local-path"
+        storage.mkdir(parents=True, exist_ok=True)
+        result = self.cp_kubectl(
+            "apply", "-f", "-", input=yaml.safe_dump_all(_local_path_objects(storage))
+        )
+        if result.returncode != 0:
+            raise NodeError(f"installing the local-path StorageClass failed: {result.stderr}")
+        assert self.helper_image is not None
+        self._spawn(
+            "local-path",
+            [
+                str(self.node_binaries.local_path_provisioner),
+                "start",
+                f"--kubeconfig={self.cp.kubeconfig}",
+                f"--namespace={LOCAL_PATH_NAMESPACE}",
+                f"--helper-image={self.helper_image}",
+            ],
+        )
+        log = self.workdir / "local-path.log"
+        # it serves once it has read its config (it logs the provisioner's start)
+        self._await(
+            "local-path",
+            lambda: "Starting provisioner controller" in log.read_text(errors="replace"),
+            timeout=60,
+        )
+
     def _start_netpol(self) -> None:
         ready = self.workdir / "netpol.ready"
         self._spawn(
@@ -818,6 +851,63 @@ oom_score = 0
             ],
         )
         self._await("netpol", ready.exists, timeout=60)
+
+
+LOCAL_PATH_NAMESPACE = "local-path-storage"
+LOCAL_PATH_HELPER_POD = """apiVersion: v1
+kind: Pod
+metadata:
+  name: helper-pod
+spec:
+  priorityClassName: system-node-critical
+  tolerations:
+  - {key: node.kubernetes.io/disk-pressure, operator: Exists, effect: NoSchedule}
+  containers:
+  - name: helper-pod
+    image: busybox
+    imagePullPolicy: IfNotPresent
+"""
+
+
+def _local_path_objects(storage_dir: Path) -> list[dict[str, Any]]:
+    """Namespace, helper service account, config and the default StorageClass of
+    local-path-provisioner (as its upstream deploy/local-path-storage.yaml, minus the
+    Deployment: the provisioner runs on the node as a process)."""
+    config = {
+        "nodePathMap": [{"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": [str(storage_dir)]}]
+    }
+    ns = LOCAL_PATH_NAMESPACE
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "local-path-provisioner-service-account", "namespace": ns},
+            "automountServiceAccountToken": False,
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "local-path-config", "namespace": ns},
+            "data": {
+                "config.json": json.dumps(config),
+                "setup": '#!/bin/sh\nset -eu\nmkdir -m 0777 -p "$VOL_DIR"\n',
+                "teardown": '#!/bin/sh\nset -eu\nrm -rf "$VOL_DIR"\n',
+                "helperPod.yaml": LOCAL_PATH_HELPER_POD,
+            },
+        },
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {
+                "name": "local-path",
+                "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+            },
+            "provisioner": "rancher.io/local-path",
+            "volumeBindingMode": "WaitForFirstConsumer",
+            "reclaimPolicy": "Delete",
+        },
+    ]
 
 
 def _http_ok(url: str) -> bool:
