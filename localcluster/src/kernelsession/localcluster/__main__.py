@@ -1,7 +1,13 @@
-"""``python -m kernelsession.localcluster up``: run a local cluster until Ctrl-C.
+"""``python -m kernelsession.localcluster COMMAND``: the local cluster by hand.
 
-Prints ``export KUBECONFIG=/abs/path`` once the cluster serves pods; on SIGINT/SIGTERM
-stops the kubelet (and its pods' processes) and the control plane, by PID.
+- ``up``: run a local cluster until Ctrl-C; prints ``export KUBECONFIG=/abs/path`` once the
+  node is Ready. On SIGINT/SIGTERM everything is stopped by PID and the host restored.
+- ``cleanup``: remove what a node that did not stop (SIGKILL, power loss of its process
+  tree) left on this machine; a no-op when there is nothing (``up`` does it first anyway).
+- ``check-host --save FILE`` / ``check-host --against FILE``: record the host's state
+  (mounts, network namespaces, links, routes, iptables, nftables tables, ipsets, kubepods
+  cgroups, sysctls, host paths), or compare with a recording and list every difference
+  (exit 1 when there is one).
 """
 
 from __future__ import annotations
@@ -10,18 +16,17 @@ import argparse
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 
+from . import hoststate
 from .binaries import BinariesUnavailableError
 from .cluster import LocalCluster
 from .controlplane import ControlPlaneError
+from .node import NodeLock, cleanup_crashed
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m kernelsession.localcluster")
-    parser.add_argument("command", choices=["up"])
-    parser.parse_args(argv)
+def _up() -> int:
     done = threading.Event()
 
     def on_term(signum: int, frame: FrameType | None) -> None:
@@ -43,8 +48,58 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
-        cluster.stop()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        problems = cluster.stop()
+        if problems:
+            print(f"could not restore: {', '.join(problems)}", file=sys.stderr)
     return 0
+
+
+def _cleanup() -> int:
+    lock = NodeLock()
+    try:
+        lock.acquire()
+    except ControlPlaneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        cleaned = cleanup_crashed(sys.stderr)
+    finally:
+        lock.release()
+    print("cleaned up after a crashed node" if cleaned else "nothing to clean up")
+    return 0
+
+
+def _check_host(save: Path | None, against: Path | None) -> int:
+    now = hoststate.snapshot()
+    if save is not None:
+        save.write_text(now.to_json())
+        print(f"host state saved to {save}")
+        return 0
+    assert against is not None
+    changes = hoststate.diff(hoststate.HostState.from_json(against.read_text()), now)
+    for change in changes:
+        print(change)
+    print(f"{len(changes)} difference(s) from {against}")
+    return 1 if changes else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m kernelsession.localcluster")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="run a local cluster until Ctrl-C")
+    sub.add_parser("cleanup", help="remove what a crashed node left")
+    check = sub.add_parser("check-host", help="record or compare the host's state")
+    group = check.add_mutually_exclusive_group(required=True)
+    group.add_argument("--save", type=Path, metavar="FILE")
+    group.add_argument("--against", type=Path, metavar="FILE")
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        return _up()
+    if args.command == "cleanup":
+        return _cleanup()
+    return _check_host(args.save, args.against)
 
 
 if __name__ == "__main__":
