@@ -121,10 +121,20 @@ def test_home_claim_is_an_owned_labelled_child_and_waits_visibly(
         session_name,
         {"user": "hank", "home": {"size": "2Gi", "storageClassName": no_provisioner_class}},
     )
-    status = wait_phase(installed, session_name, "Pending", 60, reason="HomePending")
+    wait_phase(installed, session_name, "Pending", 60, reason="HomePending")
     claim_name = f"{session_name}-home"
+    # first "Creating the home volume ...", then the claim's own event names the class
+    status = wait_for(
+        lambda: (
+            (s := get_ks(installed, session_name)["status"])
+            if no_provisioner_class in s.get("message", "")
+            else None
+        ),
+        timeout=60,
+        what="the status message naming the storage class",
+    )
+    assert status["reason"] == "HomePending"
     assert claim_name in status["message"]
-    assert no_provisioner_class in status["message"]
     (claim,) = children(installed, session_name)["PersistentVolumeClaim"]
     labels = claim["metadata"]["labels"]
     assert labels["app.kubernetes.io/managed-by"] == "kernelsession-operator"
