@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from helpers import (
@@ -123,16 +124,13 @@ def test_home_claim_is_an_owned_labelled_child_and_waits_visibly(
     )
     wait_phase(installed, session_name, "Pending", 60, reason="HomePending")
     claim_name = f"{session_name}-home"
+
     # first "Creating the home volume ...", then the claim's own event names the class
-    status = wait_for(
-        lambda: (
-            (s := get_ks(installed, session_name)["status"])
-            if no_provisioner_class in s.get("message", "")
-            else None
-        ),
-        timeout=60,
-        what="the status message naming the storage class",
-    )
+    def names_class() -> dict[str, Any] | None:
+        current: dict[str, Any] = get_ks(installed, session_name)["status"]
+        return current if no_provisioner_class in current.get("message", "") else None
+
+    status = wait_for(names_class, timeout=60, what="the status message naming the class")
     assert status["reason"] == "HomePending"
     assert claim_name in status["message"]
     (claim,) = children(installed, session_name)["PersistentVolumeClaim"]
