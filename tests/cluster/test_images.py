@@ -8,6 +8,7 @@ which is stopped by PID and removed afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -36,12 +37,12 @@ def _skip_unless_buildable() -> None:
 
 
 @pytest.fixture(scope="module")
-def built() -> Iterator[images.Images]:
+def built() -> images.Images:
     _skip_unless_buildable()
     before = _mounts()
     result = images.ensure_images(log=True)
     assert _mounts() - before == set(), "an image build left mounts on the host"
-    yield result
+    return result
 
 
 def test_archives_are_valid_oci_images(built: images.Images) -> None:
@@ -142,6 +143,106 @@ def test_no_buildah_leftovers(built: images.Images) -> None:
     assert leftovers == []
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_lab_serves_jupyterlab_as_uid_1000_on_a_read_only_root(
+    built: images.Images, tmp_path: Path
+) -> None:
+    """Run the lab like the operator does (``jupyter server ...``, token from the env, uid
+    1000:100, read-only root with a writable HOME and /tmp), in a private mount and PID
+    namespace over the unpacked image, and run code in it with the project's client."""
+    import httpx
+    import psutil
+
+    from kernelsession.client import JupyterLabSessionManager
+
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare")
+    root = tmp_path / "rootfs"
+    oci.unpack(built.lab.archive, root)
+    port = _free_port()
+    token = "test-token-" + os.urandom(8).hex()
+    cfg = oci.read_archive(built.lab.archive).config["config"]
+    env = ["env", "-i", *cfg["Env"], f"JUPYTER_TOKEN={token}"]
+    args = [
+        "jupyter",
+        "server",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        "--ServerApp.open_browser=False",
+    ]
+    script = (
+        f"set -e; R={root}; mount --bind $R $R; mount -o remount,bind,ro $R; "
+        "mount -t proc proc $R/proc; mount -t tmpfs -o mode=1777 tmpfs $R/tmp; "
+        "mount -t tmpfs -o uid=1000,gid=100,mode=0755 tmpfs $R/home/jovyan; "
+        f'cd $R{cfg["WorkingDir"]}; exec chroot --userspec={cfg["User"]} $R "$@"'
+    )
+    before = _mounts()
+    proc = subprocess.Popen(
+        [
+            "unshare",
+            "--mount",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            *env,
+            *args,
+        ],
+        stdout=open(tmp_path / "lab.log", "w"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        async with httpx.AsyncClient() as http:
+            while True:
+                assert proc.poll() is None, (tmp_path / "lab.log").read_text()
+                try:
+                    r = await http.get(
+                        f"{base_url}/api/status", headers={"Authorization": f"token {token}"}
+                    )
+                    if r.status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, (tmp_path / "lab.log").read_text()
+                await asyncio.sleep(0.2)  # polling for readiness, not a fixed wait
+            lab = await http.get(f"{base_url}/lab", headers={"Authorization": f"token {token}"})
+            assert lab.status_code == 200
+            assert "JupyterLab" in lab.text
+        manager = JupyterLabSessionManager(base_url=base_url, token=token, username="test")
+        async with manager as session:
+            out = await session.run_python(
+                "import os, sys, tempfile\n"
+                "print(os.getuid(), os.getgid(), sys.executable, os.getcwd())\n"
+                "open(os.path.expanduser('~/ok'), 'w').write('x')\n"
+                "try:\n    open('/opt/x', 'w')\nexcept OSError as e:\n    print(e.errno)\n"
+            )
+        assert out.split("\n")[0] == "1000 100 /opt/lab/bin/python3 /home/jovyan"
+        assert out.split("\n")[1] == "30"  # EROFS: the root file system is read-only
+    finally:
+        for child in psutil.Process(proc.pid).children():
+            child.terminate()  # the lab (PID 1 of its namespace); unshare ignores SIGTERM
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        assert _mounts() == before
+        shutil.rmtree(root, ignore_errors=True)
+
+
 # ------------------------------------------------------------- private containerd (optional)
 
 
@@ -159,7 +260,7 @@ def private_containerd() -> Iterator[tuple[Path, Path]]:
         f'root = "{tmp}/root"\n'
         f'state = "{tmp}/state"\n'
         f'[grpc]\n  address = "{sock}"\n'
-        "[ttrpc]\n  address = \"\"\n"
+        '[ttrpc]\n  address = ""\n'
         f'[debug]\n  address = ""\n'
         '[metrics]\n  address = ""\n'
         "[plugins]\n"
