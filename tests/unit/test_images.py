@@ -247,3 +247,33 @@ def test_os_package_groups() -> None:
     assert {"buildah", "mmdebstrap", "gcc", "libc6-dev"} <= set(pkgs)
     with pytest.raises(ValueError, match="unknown package group"):
         ospackages.packages_of(["nope"])
+
+
+def test_prune_keeps_current_and_one_previous(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache = images.cache_dir()
+    for i, tag in enumerate(["old1", "old2", "old3", "cur"]):
+        entry = cache / f"lab-{tag}"
+        entry.mkdir(parents=True)
+        os.utime(entry, (1000 + i, 1000 + i))
+    (cache / "operator-cur").mkdir()
+    removed = images.prune(keep={"lab": "cur", "operator": "cur"})
+    assert sorted(p.name for p in removed) == ["lab-old1", "lab-old2"]
+    assert sorted(p.name for p in cache.iterdir()) == ["lab-cur", "lab-old3", "operator-cur"]
+
+
+def test_cached_needs_archive_and_info(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    entry = images.cache_dir() / "pause-abc"
+    entry.mkdir(parents=True)
+    assert images.cached("pause", "abc") is None
+    (entry / "image.oci.tar").write_bytes(b"x")
+    info = {"manifest_digest": "sha256:00", "unpacked_bytes": 5, "build_seconds": 1.5}
+    (entry / "info.json").write_text(json.dumps(info))
+    hit = images.cached("pause", "abc")
+    assert hit is not None
+    assert hit.ref == "localhost/kernelsession/pause:abc"
+    assert hit.content_hash == "abc"
+    assert not hit.built_now

@@ -692,6 +692,7 @@ def ensure_images(*, log: bool = True, rebuild: Iterable[str] = ()) -> Images:
     if len(found) == len(NAMES) and all(found.values()):
         return _images(found, started)
     with _locked():
+        _remove_stale_work()
         done: dict[str, Image | None] = {}
 
         def one(name: str) -> Image:
@@ -714,7 +715,31 @@ def ensure_images(*, log: bool = True, rebuild: Iterable[str] = ()) -> Images:
                 futures = {name: pool.submit(one, name) for name in stage}
                 for name, future in futures.items():
                     done[name] = future.result()
+        prune(keep={n: tags[n] for n in NAMES})
         return _images(done, started)
+
+
+def _remove_stale_work() -> None:
+    """Remove ``.build-*`` directories of builds that were killed (we hold the lock)."""
+    for stale in cache_dir().glob(".build-*"):
+        _unmount_below(stale)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def prune(*, keep: dict[str, str], previous: int = 1) -> list[Path]:
+    """Delete cache entries other than ``keep`` (name -> tag) and, per image, the
+    ``previous`` most recent other builds (switching branches back stays cheap).
+    Returns the removed entries."""
+    removed: list[Path] = []
+    for name, tag in keep.items():
+        others = [
+            p for p in cache_dir().glob(f"{name}-*") if p.is_dir() and p.name != f"{name}-{tag}"
+        ]
+        others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in others[previous:]:
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old)
+    return removed
 
 
 def _build(name: str, root: Path, tag: str, done: dict[str, Image | None], *, log: bool) -> Image:
