@@ -257,12 +257,23 @@ async def test_lab_serves_jupyterlab_as_uid_1000_on_a_read_only_root(
 # ------------------------------------------------------------- private containerd (optional)
 
 
-@pytest.fixture
-def private_containerd() -> Iterator[tuple[Path, Path]]:
-    containerd = shutil.which("containerd")
-    ctr = shutil.which("ctr")
-    if containerd is None or ctr is None:
-        pytest.skip("containerd/ctr not installed")
+def _containerd_dirs() -> list[str]:
+    """Directories holding ``containerd`` and ``ctr`` to test against: the one on PATH
+    (Debian's 1.6) and those in ``KERNELSESSION_TEST_CONTAINERD`` (``:``-separated, e.g. a
+    containerd 2.x build)."""
+    found = shutil.which("containerd")
+    dirs = [str(Path(found).parent)] if found else []
+    extra = os.environ.get("KERNELSESSION_TEST_CONTAINERD", "")
+    dirs += [d for d in extra.split(":") if d and d not in dirs]
+    return dirs or ["(none)"]
+
+
+@pytest.fixture(params=_containerd_dirs())
+def private_containerd(request: pytest.FixtureRequest) -> Iterator[tuple[Path, Path]]:
+    bindir = Path(request.param)
+    containerd, ctr = bindir / "containerd", bindir / "ctr"
+    if not (os.access(containerd, os.X_OK) and os.access(ctr, os.X_OK)):
+        pytest.skip("containerd/ctr not installed (apt-get install containerd)")
     tmp = Path(tempfile.mkdtemp(prefix="ks-containerd-"))
     sock = tmp / "containerd.sock"
     config = tmp / "config.toml"
