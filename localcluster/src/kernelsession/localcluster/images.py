@@ -691,6 +691,12 @@ def ensure_images(*, log: bool = True, rebuild: Iterable[str] = ()) -> Images:
     found = {n: cached(n, tags[n]) for n in NAMES if n not in force}
     if len(found) == len(NAMES) and all(found.values()):
         return _images(found, started)
+    if os.geteuid() != 0:
+        missing = [n for n in NAMES if n in force or not found.get(n)]
+        raise ImagesUnavailableError(
+            f"images {', '.join(missing)} must be built, which needs root (mmdebstrap, "
+            "buildah --isolation chroot): run `make images` as root (e.g. `sudo make images`)."
+        )
     with _locked():
         _remove_stale_work()
         done: dict[str, Image | None] = {}
