@@ -1,9 +1,10 @@
 """`make images` for real: builds (or finds) the four images and checks what is inside.
 
 Slow the first time (mmdebstrap + two buildah builds, a few minutes); a cache hit later.
-When containerd (``containerd`` and ``ctr``) is installed, the node images are also imported
-into a private containerd started here (own root, state and socket in a temp directory),
-which is stopped by PID and removed afterwards.
+When containerd (``containerd`` and ``ctr``) is on PATH, or in the directories named by
+``KERNELSESSION_TEST_CONTAINERD`` (``:``-separated, e.g. a containerd 2.x build), the node
+images are also imported into a private containerd started here per binary (own root, state
+and socket in a temp directory, CRI plugin off), which is stopped by PID and removed.
 """
 
 from __future__ import annotations
