@@ -247,3 +247,78 @@ def test_os_package_groups() -> None:
     assert {"buildah", "mmdebstrap", "gcc", "libc6-dev"} <= set(pkgs)
     with pytest.raises(ValueError, match="unknown package group"):
         ospackages.packages_of(["nope"])
+
+
+def test_prune_keeps_current_and_one_previous(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache = images.cache_dir()
+    for i, tag in enumerate(["old1", "old2", "old3", "cur"]):
+        entry = cache / f"lab-{tag}"
+        entry.mkdir(parents=True)
+        os.utime(entry, (1000 + i, 1000 + i))
+    (cache / "operator-cur").mkdir()
+    removed = images.prune(keep={"lab": "cur", "operator": "cur"})
+    assert sorted(p.name for p in removed) == ["lab-old1", "lab-old2"]
+    assert sorted(p.name for p in cache.iterdir()) == ["lab-cur", "lab-old3", "operator-cur"]
+
+
+def test_cached_needs_archive_and_info(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    entry = images.cache_dir() / "pause-abc"
+    entry.mkdir(parents=True)
+    assert images.cached("pause", "abc") is None
+    (entry / "image.oci.tar").write_bytes(b"x")
+    info = {"manifest_digest": "sha256:00", "unpacked_bytes": 5, "build_seconds": 1.5}
+    (entry / "info.json").write_text(json.dumps(info))
+    hit = images.cached("pause", "abc")
+    assert hit is not None
+    assert hit.ref == "localhost/kernelsession/pause:abc"
+    assert hit.content_hash == "abc"
+    assert not hit.built_now
+
+
+def test_concurrent_callers_build_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls: list[str] = []
+    started = threading.Barrier(2)
+
+    def fake_build(
+        name: str, root: Path, tag: str, done: dict[str, images.Image | None], *, log: bool
+    ) -> images.Image:
+        calls.append(name)
+        entry = images.cache_dir() / f"{name}-{tag}"
+        entry.mkdir(parents=True)
+        (entry / "image.oci.tar").write_bytes(b"x")
+        info = {"manifest_digest": "sha256:00", "unpacked_bytes": 1, "build_seconds": 0.1}
+        (entry / "info.json").write_text(json.dumps(info))
+        hit = images.cached(name, tag)
+        assert hit is not None
+        return hit
+
+    monkeypatch.setattr(images, "_build", fake_build)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)  # building needs root; nothing real runs
+    results: list[images.Images] = []
+
+    def call() -> None:
+        started.wait()
+        results.append(images.ensure_images(log=False))
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(calls) == sorted(images.NAMES)
+    assert len(results) == 2
+    assert [i.ref for i in results[0].all()] == [i.ref for i in results[1].all()]
+
+
+def test_building_as_non_root_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(images.ImagesUnavailableError, match="needs root"):
+        images.ensure_images(log=False)

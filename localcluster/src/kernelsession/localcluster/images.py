@@ -28,10 +28,12 @@ from __future__ import annotations
 import argparse
 import configparser
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -326,7 +328,7 @@ def _commit(name: str, tag: str, work: Path, archive: Path, seconds: float) -> I
     os.replace(entry_tmp, final)
     done = cached(name, tag)
     assert done is not None
-    return Image(**{**done.__dict__, "built_now": True})
+    return dataclasses.replace(done, built_now=True)
 
 
 def _mounts() -> list[str]:
@@ -366,22 +368,31 @@ def _run(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
 ) -> str:
-    """Run a build step; its output goes to stderr when logging, else is kept for the error."""
-    result = subprocess.run(
+    """Run a build step and return its output (stdout and stderr merged). When logging, the
+    output is also streamed to stderr as it comes; a failure quotes its last lines."""
+    lines: list[str] = []
+    with subprocess.Popen(
         argv,
         env=env,
         cwd=cwd,
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        stderr=sys.stderr if log else subprocess.STDOUT,
+        stderr=subprocess.STDOUT,
         text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout or "").splitlines()[-40:])
+        errors="replace",
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if log:
+                sys.stderr.write(line)
+        returncode = proc.wait()
+    if returncode != 0:
+        tail = "".join(lines[-40:])
         raise ImagesUnavailableError(
-            f"{what} failed (exit {result.returncode}): {' '.join(argv[:6])} ...\n{tail}"
+            f"{what} failed (exit {returncode}): {' '.join(argv[:6])} ...\n{tail}"
         )
-    return result.stdout or ""
+    return "".join(lines)
 
 
 def _say(log: bool, message: str) -> None:
@@ -588,18 +599,18 @@ def build_with_buildah(
     with _workdir(name) as work:
         buildah = _Buildah(work, log, exe)
         try:
-            image_id = (
-                buildah(
-                    "pull",
-                    "--quiet",
-                    "--signature-policy",
-                    str(work / "policy.json"),
-                    f"oci-archive:{base.archive}",
-                    what="loading the base image into buildah",
-                )
-                .strip()
-                .splitlines()[-1]
+            pulled = buildah(
+                "pull",
+                "--quiet",
+                "--signature-policy",
+                str(work / "policy.json"),
+                f"oci-archive:{base.archive}",
+                what="loading the base image into buildah",
             )
+            ids = [w for w in pulled.split() if re.fullmatch(r"[0-9a-f]{64}", w)]
+            if not ids:
+                raise ImagesUnavailableError(f"buildah pull printed no image id: {pulled!r}")
+            image_id = ids[-1]
             buildah("tag", image_id, base.ref, what="naming the base image")
             ctx = context(work)
             build_args = ["--build-arg", f"BASE={base.ref}"]
@@ -691,7 +702,14 @@ def ensure_images(*, log: bool = True, rebuild: Iterable[str] = ()) -> Images:
     found = {n: cached(n, tags[n]) for n in NAMES if n not in force}
     if len(found) == len(NAMES) and all(found.values()):
         return _images(found, started)
+    if os.geteuid() != 0:
+        missing = [n for n in NAMES if n in force or not found.get(n)]
+        raise ImagesUnavailableError(
+            f"images {', '.join(missing)} must be built, which needs root (mmdebstrap, "
+            "buildah --isolation chroot): run `make images` as root (e.g. `sudo make images`)."
+        )
     with _locked():
+        _remove_stale_work()
         done: dict[str, Image | None] = {}
 
         def one(name: str) -> Image:
@@ -714,7 +732,31 @@ def ensure_images(*, log: bool = True, rebuild: Iterable[str] = ()) -> Images:
                 futures = {name: pool.submit(one, name) for name in stage}
                 for name, future in futures.items():
                     done[name] = future.result()
+        prune(keep={n: tags[n] for n in NAMES})
         return _images(done, started)
+
+
+def _remove_stale_work() -> None:
+    """Remove ``.build-*`` directories of builds that were killed (we hold the lock)."""
+    for stale in cache_dir().glob(".build-*"):
+        _unmount_below(stale)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def prune(*, keep: dict[str, str], previous: int = 1) -> list[Path]:
+    """Delete cache entries other than ``keep`` (name -> tag) and, per image, the
+    ``previous`` most recent other builds (switching branches back stays cheap).
+    Returns the removed entries."""
+    removed: list[Path] = []
+    for name, tag in keep.items():
+        others = [
+            p for p in cache_dir().glob(f"{name}-*") if p.is_dir() and p.name != f"{name}-{tag}"
+        ]
+        others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in others[previous:]:
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old)
+    return removed
 
 
 def _build(name: str, root: Path, tag: str, done: dict[str, Image | None], *, log: bool) -> Image:
@@ -746,14 +788,17 @@ def _build(name: str, root: Path, tag: str, done: dict[str, Image | None], *, lo
 
 
 def _images(found: dict[str, Image | None], started: float) -> Images:
-    imgs = {n: found[n] for n in NAMES}
-    for n, img in imgs.items():
-        assert img is not None, n
+    def get(name: str) -> Image:
+        img = found.get(name)
+        if img is None:
+            raise ImagesUnavailableError(f"image {name} was not built")
+        return img
+
     return Images(
-        pause=imgs["pause"],  # type: ignore[arg-type]
-        base=imgs["base"],  # type: ignore[arg-type]
-        lab=imgs["lab"],  # type: ignore[arg-type]
-        operator=imgs["operator"],  # type: ignore[arg-type]
+        pause=get("pause"),
+        base=get("base"),
+        lab=get("lab"),
+        operator=get("operator"),
         seconds=time.monotonic() - started,
     )
 

@@ -1,13 +1,15 @@
 """`make images` for real: builds (or finds) the four images and checks what is inside.
 
 Slow the first time (mmdebstrap + two buildah builds, a few minutes); a cache hit later.
-When containerd (``containerd`` and ``ctr``) is installed, the node images are also imported
-into a private containerd started here (own root, state and socket in a temp directory),
-which is stopped by PID and removed afterwards.
+When containerd (``containerd`` and ``ctr``) is on PATH, or in the directories named by
+``KERNELSESSION_TEST_CONTAINERD`` (``:``-separated, e.g. a containerd 2.x build), the node
+images are also imported into a private containerd started here per binary (own root, state
+and socket in a temp directory, CRI plugin off), which is stopped by PID and removed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -23,8 +25,18 @@ from kernelsession.localcluster import images, oci
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
-def _mounts() -> set[str]:
-    return set(Path("/proc/self/mounts").read_text().splitlines())
+def _mounts(*under: Path | str) -> set[str]:
+    """Mount table lines naming any of ``under`` (default: what an image build could leave:
+    the images cache, buildah's default stores, temp dirs). Other processes (a running local
+    cluster) mount and unmount elsewhere concurrently; those are not ours to check."""
+    roots = [str(u) for u in under] or [
+        str(images.cache_dir()),
+        "/var/lib/containers",
+        "/run/containers",
+        "buildah",
+    ]
+    lines = Path("/proc/self/mounts").read_text().splitlines()
+    return {line for line in lines if any(root in line for root in roots)}
 
 
 def _skip_unless_buildable() -> None:
@@ -142,15 +154,127 @@ def test_no_buildah_leftovers(built: images.Images) -> None:
     assert leftovers == []
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_lab_serves_jupyterlab_as_uid_1000_on_a_read_only_root(
+    built: images.Images, tmp_path: Path
+) -> None:
+    """Run the lab like the operator does (``jupyter server ...``, token from the env, uid
+    1000:100, read-only root with a writable HOME and /tmp), in a private mount and PID
+    namespace over the unpacked image, and run code in it with the project's client."""
+    import httpx
+    import psutil
+
+    from kernelsession.client import JupyterLabSessionManager
+
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare")
+    root = tmp_path / "rootfs"
+    oci.unpack(built.lab.archive, root)
+    port = _free_port()
+    token = "test-token-" + os.urandom(8).hex()
+    cfg = oci.read_archive(built.lab.archive).config["config"]
+    env = ["env", "-i", *cfg["Env"], f"JUPYTER_TOKEN={token}"]
+    args = [
+        "jupyter",
+        "server",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        "--ServerApp.open_browser=False",
+    ]
+    script = (
+        f"set -e; R={root}; mount --bind $R $R; mount -o remount,bind,ro $R; "
+        "mount -t proc proc $R/proc; mount -t tmpfs -o mode=1777 tmpfs $R/tmp; "
+        "mount -t tmpfs -o uid=1000,gid=100,mode=0755 tmpfs $R/home/jovyan; "
+        f'exec chroot --userspec={cfg["User"]} $R /bin/sh -c \'cd "$0" && exec "$@"\' '
+        f'{cfg["WorkingDir"]} "$@"'
+    )
+    before = _mounts(tmp_path)
+    proc = subprocess.Popen(
+        [
+            "unshare",
+            "--mount",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            *env,
+            *args,
+        ],
+        stdout=open(tmp_path / "lab.log", "w"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        async with httpx.AsyncClient() as http:
+            while True:
+                assert proc.poll() is None, (tmp_path / "lab.log").read_text()
+                try:
+                    r = await http.get(
+                        f"{base_url}/api/status", headers={"Authorization": f"token {token}"}
+                    )
+                    if r.status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, (tmp_path / "lab.log").read_text()
+                await asyncio.sleep(0.2)  # polling for readiness, not a fixed wait
+            lab = await http.get(f"{base_url}/lab", headers={"Authorization": f"token {token}"})
+            assert lab.status_code == 200
+            assert "JupyterLab" in lab.text
+        manager = JupyterLabSessionManager(base_url=base_url, token=token, username="test")
+        async with manager as session:
+            out = await session.run_python(
+                "import os, sys, tempfile\n"
+                "print(os.getuid(), os.getgid(), sys.executable, os.getcwd())\n"
+                "open(os.path.expanduser('~/ok'), 'w').write('x')\n"
+                "try:\n    open('/opt/x', 'w')\nexcept OSError as e:\n    print(e.errno)\n"
+            )
+        assert out.split("\n")[0] == "1000 100 /opt/lab/bin/python3 /home/jovyan"
+        assert out.split("\n")[1] == "30"  # EROFS: the root file system is read-only
+    finally:
+        for child in psutil.Process(proc.pid).children():
+            child.terminate()  # the lab (PID 1 of its namespace); unshare ignores SIGTERM
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        assert _mounts(tmp_path) == before
+        shutil.rmtree(root, ignore_errors=True)
+
+
 # ------------------------------------------------------------- private containerd (optional)
 
 
-@pytest.fixture
-def private_containerd() -> Iterator[tuple[Path, Path]]:
-    containerd = shutil.which("containerd")
-    ctr = shutil.which("ctr")
-    if containerd is None or ctr is None:
-        pytest.skip("containerd/ctr not installed")
+def _containerd_dirs() -> list[str]:
+    """Directories holding ``containerd`` and ``ctr`` to test against: the one on PATH
+    (Debian's 1.6) and those in ``KERNELSESSION_TEST_CONTAINERD`` (``:``-separated, e.g. a
+    containerd 2.x build)."""
+    found = shutil.which("containerd")
+    dirs = [str(Path(found).parent)] if found else []
+    extra = os.environ.get("KERNELSESSION_TEST_CONTAINERD", "")
+    dirs += [d for d in extra.split(":") if d and d not in dirs]
+    return dirs or ["(none)"]
+
+
+@pytest.fixture(params=_containerd_dirs())
+def private_containerd(request: pytest.FixtureRequest) -> Iterator[tuple[Path, Path]]:
+    bindir = Path(request.param)
+    containerd, ctr = bindir / "containerd", bindir / "ctr"
+    if not (os.access(containerd, os.X_OK) and os.access(ctr, os.X_OK)):
+        pytest.skip("containerd/ctr not installed (apt-get install containerd)")
     tmp = Path(tempfile.mkdtemp(prefix="ks-containerd-"))
     sock = tmp / "containerd.sock"
     config = tmp / "config.toml"
@@ -158,16 +282,13 @@ def private_containerd() -> Iterator[tuple[Path, Path]]:
         "version = 2\n"
         f'root = "{tmp}/root"\n'
         f'state = "{tmp}/state"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
         f'[grpc]\n  address = "{sock}"\n'
         '[ttrpc]\n  address = ""\n'
-        f'[debug]\n  address = ""\n'
+        '[debug]\n  address = ""\n'
         '[metrics]\n  address = ""\n'
-        "[plugins]\n"
-        '  [plugins."io.containerd.grpc.v1.cri"]\n'
-        "    disable_cgroup = true\n"
-        "    restrict_oom_score_adj = true\n"
     )
-    before = _mounts()
+    before = _mounts(tmp)
     log = open(tmp / "containerd.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
         [containerd, "--config", str(config)], stdout=log, stderr=subprocess.STDOUT
@@ -192,10 +313,11 @@ def private_containerd() -> Iterator[tuple[Path, Path]]:
             proc.kill()
             proc.wait()
         log.close()
-        for mount in sorted(_mounts() - before, reverse=True):
+        for mount in sorted(_mounts(tmp) - before, reverse=True):
             subprocess.run(["umount", "-l", mount.split()[1]], check=False)
+        left = _mounts(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
-    assert _mounts() == before
+    assert left == before
 
 
 def test_import_into_containerd(
