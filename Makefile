@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml client/pyproject.toml operator/pyproject.toml localclus
 	$(PY) -m pip install --quiet -e ./client -e ./operator -e ./localcluster --group dev
 	touch $(STAMP)
 
-# etcd, kube-apiserver, kube-controller-manager and kubectl: found or built once, cached outside the repo.
+# Kubernetes (etcd, kube-apiserver, -controller-manager, -scheduler, kubelet, kube-proxy, kubectl)
+# and the node daemons (containerd, CoreDNS, local-path-provisioner): found or built once from
+# the Go module proxy, cached outside the repo.
 binaries: $(STAMP)
 	$(PY) -m kernelsession.localcluster.binaries ensure
 
