@@ -271,7 +271,9 @@ def _wants_browser(args: argparse.Namespace) -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-async def _open_and_serve(args: argparse.Namespace, stopping: asyncio.Event) -> int:
+async def _open_and_serve(
+    args: argparse.Namespace, stopping: asyncio.Event, serving: asyncio.Event
+) -> int:
     api: client.ApiClient | None = None
     lab: _Lab | None = None
     try:
@@ -298,6 +300,7 @@ async def _open_and_serve(args: argparse.Namespace, stopping: asyncio.Event) -> 
         except OSError as e:
             raise OpenError(f"cannot listen on 127.0.0.1:{args.port}: {e.strerror}") from None
         try:
+            serving.set()
             print(proxy.url, flush=True)
             _say(
                 f"serving {lab.what} on http://127.0.0.1:{proxy.port}{lab.base_path}lab "
@@ -332,10 +335,13 @@ async def run_open(args: argparse.Namespace) -> int:
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
-    work = asyncio.ensure_future(_open_and_serve(args, stopping))
+    serving = asyncio.Event()
+    work = asyncio.ensure_future(_open_and_serve(args, stopping, serving))
     waiter = asyncio.ensure_future(stopping.wait())
     try:
         await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if serving.is_set():  # serving: it stops itself (closing the proxy) on the signal
+            await asyncio.wait({work})
         if not work.done():  # interrupted before serving: give up cleanly
             work.cancel()
             await asyncio.gather(work, return_exceptions=True)

@@ -1,0 +1,305 @@
+"""`kernelsession open` in a real browser: headless Chromium, a real jupyter-server with
+JupyterLab, the real CLI process. The upstream is the lab's loopback address here
+(``--url``); tests/e2e/test_open.py runs the same through the API server's port-forward.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from headless import browser_missing, headless_chromium, stop_process_tree
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import WebDriverWait
+
+from kernelsession.client.testing import LocalJupyterServer
+
+CLI = str(Path(sys.executable).parent / "kernelsession")
+LOGIN = "kernelsession-login"
+# JupyterLab asks the internet for news and new releases unless told not to: traffic
+# stays on loopback.
+LAB_OFFLINE = [
+    "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    "--LabApp.news_url=None",
+]
+
+
+@dataclass
+class OpenProcess:
+    """A running `kernelsession open` and the URL it printed."""
+
+    process: subprocess.Popen[str]
+    url: str
+    stderr_path: Path
+    started: float
+
+    @property
+    def origin(self) -> str:
+        return self.url.split("/lab", 1)[0]
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def interrupt(self) -> int:
+        """Ctrl-C (SIGINT by PID) and the exit code."""
+        self.process.send_signal(signal.SIGINT)
+        return self.process.wait(30)
+
+
+def start_open(tmp_path: Path, lab: LocalJupyterServer, *extra: str) -> OpenProcess:
+    token_file = tmp_path / f"token-{lab.port}"
+    token_file.write_text(lab.token)
+    token_file.chmod(0o600)
+    stderr_path = tmp_path / f"open-{lab.port}.stderr"
+    env = {k: v for k, v in os.environ.items() if k not in ("JUPYTER_TOKEN", "DISPLAY")}
+    started = time.monotonic()
+    with stderr_path.open("w") as err:
+        process = subprocess.Popen(
+            [CLI, "open", "--url", lab.url, "--token-file", str(token_file), "-v", *extra],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+    assert process.stdout is not None
+    line = process.stdout.readline()  # the one line it prints (pytest-timeout bounds this)
+    assert line, f"open printed nothing; stderr:\n{stderr_path.read_text()}"
+    return OpenProcess(process, line.strip(), stderr_path, started)
+
+
+@pytest.fixture
+def jupyterlab() -> Iterator[LocalJupyterServer]:
+    """A fresh jupyter-server with JupyterLab (the lab needs its token)."""
+    server = LocalJupyterServer(extra_args=LAB_OFFLINE)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def running_open(tmp_path: Path, lab: LocalJupyterServer) -> Iterator[OpenProcess]:
+    proc = start_open(tmp_path, lab)
+    try:
+        yield proc
+    finally:
+        stop_process_tree(proc.process)
+
+
+@pytest.fixture
+def opened(tmp_path: Path, jupyterlab: LocalJupyterServer) -> Iterator[OpenProcess]:
+    with running_open(tmp_path, jupyterlab) as proc:
+        yield proc
+
+
+def run_in_notebook(driver: WebDriver, code: str, expected: str, timeout: float = 60) -> None:
+    """From the launcher: open a Python notebook, run ``code``, wait for ``expected``."""
+    wait = WebDriverWait(driver, timeout)
+    card = wait.until(
+        ec.element_to_be_clickable((By.CSS_SELECTOR, '.jp-LauncherCard[data-category="Notebook"]'))
+    )
+    card.click()
+    # JupyterLab drops a cell run before the notebook's kernel is connected: wait for it
+    wait.until(
+        ec.presence_of_element_located(
+            (By.XPATH, "//*[@id='jp-main-statusbar']//*[contains(text(), '| Idle')]")
+        )
+    )
+    editor = wait.until(
+        ec.element_to_be_clickable((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell .cm-content"))
+    )
+    editor.click()
+    editor.send_keys(code)
+    editor.send_keys(Keys.SHIFT, Keys.ENTER)
+    wait.until(
+        ec.text_to_be_present_in_element(
+            (By.CSS_SELECTOR, ".jp-NotebookPanel .jp-OutputArea-output"), expected
+        )
+    )
+
+
+@pytest.mark.skipif(browser_missing() is not None, reason=str(browser_missing()))
+def test_browser_opens_lab_runs_code_and_never_sees_the_token(
+    tmp_path: Path, jupyterlab: LocalJupyterServer
+) -> None:
+    token = jupyterlab.token
+    with headless_chromium(tmp_path) as driver, running_open(tmp_path, jupyterlab) as opened:
+        printed = time.monotonic() - opened.started
+        assert opened.url.startswith("http://127.0.0.1:")
+        assert f"/lab?{LOGIN}=" in opened.url
+        assert token not in opened.url
+        driver.get(opened.url)
+        WebDriverWait(driver, 90).until(
+            ec.visibility_of_element_located((By.CSS_SELECTOR, ".jp-Launcher .jp-LauncherCard"))
+        )
+        rendered = time.monotonic() - opened.started
+        # the one-time code is spent and gone from the address bar
+        assert driver.current_url == opened.origin + "/lab"
+        try:
+            run_in_notebook(driver, "print(6*7)", "42")
+        except Exception:
+            driver.save_screenshot(str(tmp_path / "failure.png"))
+            raise
+        outputs = driver.find_elements(By.CSS_SELECTOR, ".jp-NotebookPanel .jp-OutputArea-output")
+        assert any(o.text.strip() == "42" for o in outputs)
+        screenshot = tmp_path / "jupyterlab.png"
+        assert driver.save_screenshot(str(screenshot))
+        assert screenshot.stat().st_size > 10_000
+
+        # pages served: the DOM, the page config and the raw /lab page as the browser gets it
+        assert token not in driver.page_source
+        config = json.loads(
+            driver.execute_script(
+                "return document.getElementById('jupyter-config-data').textContent"
+            )
+        )
+        assert config["token"] == ""
+        raw = driver.execute_script(
+            "return fetch('/lab', {credentials: 'same-origin'}).then(r => r.text())"
+        )
+        assert "jupyter-config-data" in raw
+        assert token not in raw
+
+        timing = (
+            f"open -> URL printed: {printed:.2f} s; "
+            f"open -> JupyterLab launcher rendered: {rendered:.2f} s\n"
+        )
+        (tmp_path / "timing.txt").write_text(timing)
+        print(timing, end="")
+        assert opened.interrupt() == 0
+        stderr = opened.stderr()
+        assert "Traceback" not in stderr
+        assert "request" in stderr  # -v logs every request...
+        assert token not in stderr  # ...and never the token
+        assert "stopped" in stderr
+
+
+def test_login_link_is_one_time_and_the_port_is_guarded(opened: OpenProcess) -> None:
+    with httpx.Client(trust_env=False) as browser, httpx.Client(trust_env=False) as other:
+        first = browser.get(opened.url)
+        assert first.status_code == 303
+        assert first.headers["location"] == "/lab"
+        cookie = first.headers["set-cookie"]
+        assert "HttpOnly" in cookie
+        assert "SameSite=Strict" in cookie
+        assert browser.get(opened.origin + "/api/status").status_code == 200
+        # the same link again, from someone without the cookie: spent
+        replay = other.get(opened.url)
+        assert replay.status_code == 403
+        assert "already used" in replay.text
+        # no cookie: refused, whatever the path
+        for path in ("/lab", "/api/kernels", "/api/contents", "/static/lab/"):
+            assert other.get(opened.origin + path).status_code == 403
+        # the browser that logged in may open the link again (a second tab)
+        assert browser.get(opened.url).status_code == 303
+        # DNS rebinding: another Host name on the same address
+        port = opened.origin.rsplit(":", 1)[1]
+        rebound = browser.get(opened.origin + "/api/status", headers={"host": f"evil.test:{port}"})
+        assert rebound.status_code == 421
+        # a page from another origin (another site, or another port on 127.0.0.1)
+        for origin in ("http://evil.test", f"http://127.0.0.1:{int(port) + 1}"):
+            cross = browser.post(opened.origin + "/api/kernels", headers={"origin": origin})
+            assert cross.status_code == 403
+        # the browser's own origin may
+        same = browser.get(opened.origin + "/api/kernels", headers={"origin": opened.origin})
+        assert same.status_code == 200
+
+
+def test_two_labs_side_by_side(tmp_path: Path, jupyterlab: LocalJupyterServer) -> None:
+    with LocalJupyterServer(extra_args=LAB_OFFLINE) as second:
+        a = start_open(tmp_path, jupyterlab)
+        b = start_open(tmp_path, second)
+        try:
+            assert a.origin != b.origin
+            with httpx.Client(trust_env=False, follow_redirects=True) as browser:
+                # one browser, both labs: each proxy keeps its own cookie
+                assert browser.get(a.url).status_code == 200
+                assert browser.get(b.url).status_code == 200
+                root_a = browser.get(a.origin + "/api/contents").json()
+                root_b = browser.get(b.origin + "/api/contents").json()
+                assert root_a["path"] == root_b["path"] == ""
+                put = browser.put(
+                    a.origin + "/api/contents/only-in-a.txt",
+                    json={"type": "file", "format": "text", "content": "a"},
+                )
+                assert put.status_code == 201
+                assert browser.get(a.origin + "/api/contents/only-in-a.txt").status_code == 200
+                assert browser.get(b.origin + "/api/contents/only-in-a.txt").status_code == 404
+            assert a.interrupt() == 0
+            assert b.interrupt() == 0
+        finally:
+            stop_process_tree(a.process)
+            stop_process_tree(b.process)
+
+
+def test_port_option_and_port_taken(tmp_path: Path, jupyterlab: LocalJupyterServer) -> None:
+    a = start_open(tmp_path, jupyterlab)
+    try:
+        port = a.origin.rsplit(":", 1)[1]
+        token_file = tmp_path / "token"
+        token_file.write_text(jupyterlab.token)
+        taken = subprocess.run(
+            [CLI, "open", "--url", jupyterlab.url, "--token-file", str(token_file), "--port", port],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert taken.returncode == 1
+        assert f"cannot listen on 127.0.0.1:{port}" in taken.stderr
+        assert "Traceback" not in taken.stderr
+        assert taken.stdout == ""
+    finally:
+        stop_process_tree(a.process)
+
+
+def test_wrong_token_unreachable_lab_and_usage_errors(
+    tmp_path: Path, jupyterlab: LocalJupyterServer
+) -> None:
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-token")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CLI, "open", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+
+    bad = run("--url", jupyterlab.url, "--token-file", str(wrong), "--no-browser")
+    assert bad.returncode == 1
+    assert "answered HTTP 403" in bad.stderr
+    assert "not-the-token" not in bad.stderr + bad.stdout
+
+    # a port nothing listens on: the stopped server's (a real refused connection)
+    dead = LocalJupyterServer()
+    dead.start()
+    dead_url = dead.url
+    dead.stop()
+    gone = run("--url", dead_url, "--token-file", str(wrong), "--no-browser")
+    assert gone.returncode == 1
+    assert "cannot connect to 127.0.0.1" in gone.stderr
+
+    for args in ((), ("--url", jupyterlab.url), ("alice", "--url", jupyterlab.url)):
+        usage = run(*args)
+        assert usage.returncode == 2, usage.stderr
+        assert "kernelsession open: error:" in usage.stderr
+    for result in (bad, gone):
+        assert "Traceback" not in result.stderr
+        assert result.stdout == ""
