@@ -18,12 +18,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from headless import browser_missing, headless_chromium, stop_process_tree
+from headless import (
+    browser_missing,
+    headless_chromium,
+    run_in_notebook,
+    stop_process_tree,
+    wait_for_launcher,
+)
 from selenium.webdriver.common.by import By
-from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support import expected_conditions as ec
-from selenium.webdriver.support.ui import WebDriverWait
 
 from kernelsession.client.testing import LocalJupyterServer
 
@@ -107,32 +109,6 @@ def opened(tmp_path: Path, jupyterlab: LocalJupyterServer) -> Iterator[OpenProce
         yield proc
 
 
-def run_in_notebook(driver: WebDriver, code: str, expected: str, timeout: float = 60) -> None:
-    """From the launcher: open a Python notebook, run ``code``, wait for ``expected``."""
-    wait = WebDriverWait(driver, timeout)
-    card = wait.until(
-        ec.element_to_be_clickable((By.CSS_SELECTOR, '.jp-LauncherCard[data-category="Notebook"]'))
-    )
-    card.click()
-    # JupyterLab drops a cell run before the notebook's kernel is connected: wait for it
-    wait.until(
-        ec.presence_of_element_located(
-            (By.XPATH, "//*[@id='jp-main-statusbar']//*[contains(text(), '| Idle')]")
-        )
-    )
-    editor = wait.until(
-        ec.element_to_be_clickable((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell .cm-content"))
-    )
-    editor.click()
-    editor.send_keys(code)
-    editor.send_keys(Keys.SHIFT, Keys.ENTER)
-    wait.until(
-        ec.text_to_be_present_in_element(
-            (By.CSS_SELECTOR, ".jp-NotebookPanel .jp-OutputArea-output"), expected
-        )
-    )
-
-
 @pytest.mark.skipif(browser_missing() is not None, reason=str(browser_missing()))
 def test_browser_opens_lab_runs_code_and_never_sees_the_token(
     tmp_path: Path, jupyterlab: LocalJupyterServer
@@ -144,9 +120,7 @@ def test_browser_opens_lab_runs_code_and_never_sees_the_token(
         assert f"/lab?{LOGIN}=" in opened.url
         assert token not in opened.url
         driver.get(opened.url)
-        WebDriverWait(driver, 90).until(
-            ec.visibility_of_element_located((By.CSS_SELECTOR, ".jp-Launcher .jp-LauncherCard"))
-        )
+        wait_for_launcher(driver)
         rendered = time.monotonic() - opened.started
         # the one-time code is spent and gone from the address bar
         assert driver.current_url == opened.origin + "/lab"

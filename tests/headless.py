@@ -21,6 +21,11 @@ import httpx
 import psutil
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -125,3 +130,36 @@ def headless_chromium(tmp_path: Path) -> Iterator[webdriver.Remote]:
             yield driver
         finally:
             driver.quit()
+
+
+def wait_for_launcher(driver: WebDriver, timeout: float = 90) -> None:
+    """Until JupyterLab's launcher shows its cards."""
+    WebDriverWait(driver, timeout).until(
+        ec.visibility_of_element_located((By.CSS_SELECTOR, ".jp-Launcher .jp-LauncherCard"))
+    )
+
+
+def run_in_notebook(driver: WebDriver, code: str, expected: str, timeout: float = 60) -> None:
+    """From the launcher: open a Python notebook, run ``code``, wait for ``expected``."""
+    wait = WebDriverWait(driver, timeout)
+    card = wait.until(
+        ec.element_to_be_clickable((By.CSS_SELECTOR, '.jp-LauncherCard[data-category="Notebook"]'))
+    )
+    card.click()
+    # JupyterLab drops a cell run before the notebook's kernel is connected: wait for it
+    wait.until(
+        ec.presence_of_element_located(
+            (By.XPATH, "//*[@id='jp-main-statusbar']//*[contains(text(), '| Idle')]")
+        )
+    )
+    editor = wait.until(
+        ec.element_to_be_clickable((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell .cm-content"))
+    )
+    editor.click()
+    editor.send_keys(code)
+    editor.send_keys(Keys.SHIFT, Keys.ENTER)
+    wait.until(
+        ec.text_to_be_present_in_element(
+            (By.CSS_SELECTOR, ".jp-NotebookPanel .jp-OutputArea-output"), expected
+        )
+    )
