@@ -160,7 +160,9 @@ def test_two_sessions_side_by_side(
             assert browser.get(a.origin + "/api/contents/only-in-a.txt").status_code == 200
             assert browser.get(b.origin + "/api/contents/only-in-a.txt").status_code == 404
     finally:
-        node.kubectl("-n", LABS, "delete", "ks", other, "--ignore-not-found", "--wait=false")
+        node.kubectl(
+            "-n", LABS, "delete", "ks", other, "--ignore-not-found", "--wait=false", check=False
+        )
 
 
 def test_open_resumes_a_culled_session_unless_told_not_to(
