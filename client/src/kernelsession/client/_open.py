@@ -30,6 +30,7 @@ import h11
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from ._errors import redact
 from ._kubernetes import (
     GROUP,
     PLURAL,
@@ -119,8 +120,11 @@ def add_open_parser(sub: Any) -> argparse.ArgumentParser:
     return parser
 
 
+_SECRETS: list[str] = []  # the lab token once known: kept out of every message
+
+
 def _say(text: str) -> None:
-    print(f"kernelsession open: {text}", file=sys.stderr, flush=True)
+    print(f"kernelsession open: {redact(text, _SECRETS)}", file=sys.stderr, flush=True)
 
 
 def _read_token(args: argparse.Namespace) -> str:
@@ -277,6 +281,8 @@ async def _open_and_serve(
     api: client.ApiClient | None = None
     lab: _Lab | None = None
     try:
+        if not 0 <= args.port <= 65535:
+            raise _UsageError(f"--port {args.port}: not a port number (0 picks a free one)")
         if args.url:
             if args.name:
                 raise _UsageError("give a session NAME or --url URL, not both")
@@ -291,6 +297,7 @@ async def _open_and_serve(
             except Exception as e:  # no kubeconfig, unreadable file...
                 raise OpenError(f"cannot load Kubernetes credentials: {e}") from None
             lab = await _session_lab(args, api)
+        _SECRETS.append(lab.token)
         await check_lab(lab.upstream, lab.token, lab.base_path)
         proxy = LocalProxy(
             lab.upstream, token=lab.token, port=args.port, landing=f"{lab.base_path}lab"
@@ -350,7 +357,7 @@ async def run_open(args: argparse.Namespace) -> int:
         try:
             return work.result()
         except _UsageError as e:
-            print(f"kernelsession open: error: {e}", file=sys.stderr)
+            print(f"kernelsession open: error: {redact(str(e), _SECRETS)}", file=sys.stderr)
             return EXIT_USAGE
         except OpenError as e:
             _say(str(e))
