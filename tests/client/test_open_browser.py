@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -161,6 +162,7 @@ def test_browser_opens_lab_runs_code_and_never_sees_the_token(
         assert "request" in stderr  # -v logs every request...
         assert token not in stderr  # ...and never the token
         assert "stopped" in stderr
+        assert "interrupted" not in stderr
 
 
 def test_login_link_is_one_time_and_the_port_is_guarded(opened: OpenProcess) -> None:
@@ -277,3 +279,45 @@ def test_wrong_token_unreachable_lab_and_usage_errors(
     for result in (bad, gone):
         assert "Traceback" not in result.stderr
         assert result.stdout == ""
+
+
+def test_ctrl_c_while_the_lab_does_not_answer_yet(tmp_path: Path) -> None:
+    """A lab that accepts connections but never answers (a bare listening socket, a real
+    hang): open waits, Ctrl-C ends it cleanly with exit 0 and prints no URL."""
+    token_file = tmp_path / "token"
+    token_file.write_text("x" * 48)
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen()
+        port = hung.getsockname()[1]
+        stderr_path = tmp_path / "open.stderr"
+        with stderr_path.open("w") as err:
+            process = subprocess.Popen(
+                [
+                    CLI,
+                    "open",
+                    "--url",
+                    f"http://127.0.0.1:{port}/",
+                    "--token-file",
+                    str(token_file),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                text=True,
+            )
+        try:
+            connection, _ = hung.accept()  # open's check of the lab has connected
+            with connection:
+                connection.settimeout(30)
+                assert connection.recv(4096).startswith(b"GET /api/status HTTP/1.1")
+                process.send_signal(signal.SIGINT)
+                assert process.wait(30) == 0
+        finally:
+            stop_process_tree(process)
+        assert process.stdout is not None
+        assert process.stdout.read() == ""
+        stderr = stderr_path.read_text()
+        assert "interrupted" in stderr
+        assert "Traceback" not in stderr
+        assert "x" * 48 not in stderr

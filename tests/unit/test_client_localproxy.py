@@ -228,3 +228,6 @@ def test_page_bodies_are_scanned_and_redacted() -> None:
     for content_type in (b"image/png", b"application/octet-stream", b"font/woff2"):
         assert not scanned([(b"content-type", content_type)])
     assert not scanned([])
+    assert not scanned([(b"content-type", b"text/event-stream")])
+    assert not scanned([(b"content-type", b"text/html"), (b"content-encoding", b"gzip")])
+    assert scanned([(b"content-type", b"text/html"), (b"content-encoding", b"identity")])

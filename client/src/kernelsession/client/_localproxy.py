@@ -330,6 +330,10 @@ def upstream_headers(
 def scanned(headers: Sequence[tuple[bytes, bytes]]) -> bool:
     """Whether a response body is text a browser reads (and so scanned for the token)."""
     content_type = (_header(headers, b"content-type") or b"").lower()
+    if content_type.startswith(b"text/event-stream"):
+        return False  # a stream that never ends: passed through as it comes
+    if (_header(headers, b"content-encoding") or b"identity").lower() != b"identity":
+        return False  # compressed (not asked for): cannot hold the token in clear
     return content_type.startswith(_SCANNED_TYPES)
 
 

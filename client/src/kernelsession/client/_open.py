@@ -52,6 +52,7 @@ EXIT_USAGE = 2
 DEFAULT_NAMESPACE = "labs"
 LAB_PORT = 8888
 RESUME_ANNOTATION = "kernelsession.dev/resume"
+CHECK_TIMEOUT = 30.0  # seconds for the lab to answer its API through the forward
 
 
 class OpenError(Exception):
@@ -233,8 +234,20 @@ async def _session_lab(args: argparse.Namespace, api: client.ApiClient) -> _Lab:
     )
 
 
-async def check_lab(upstream: Upstream, token: str, base_path: str) -> None:
+async def check_lab(
+    upstream: Upstream, token: str, base_path: str, timeout: float = CHECK_TIMEOUT
+) -> None:
     """One ``GET api/status`` through ``upstream`` with the token: 200, or OpenError."""
+    try:
+        async with asyncio.timeout(timeout):
+            await _check_lab(upstream, token, base_path)
+    except TimeoutError:
+        raise OpenError(
+            f"the lab at {upstream.describe()} did not answer within {timeout:g} s"
+        ) from None
+
+
+async def _check_lab(upstream: Upstream, token: str, base_path: str) -> None:
     stream: ByteStream = await upstream.connect()
     try:
         conn = h11.Connection(h11.CLIENT)
