@@ -84,9 +84,9 @@ def start_open(tmp_path: Path, lab: LocalJupyterServer, *extra: str) -> OpenProc
     return OpenProcess(process, line.strip(), stderr_path, started)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def jupyterlab() -> Iterator[LocalJupyterServer]:
-    """A fresh jupyter-server with JupyterLab (the lab needs its token)."""
+    """A jupyter-server with JupyterLab for this module (the lab needs its token)."""
     server = LocalJupyterServer(extra_args=LAB_OFFLINE)
     server.start()
     try:
@@ -263,11 +263,10 @@ def test_wrong_token_unreachable_lab_and_usage_errors(
     assert "answered HTTP 403" in bad.stderr
     assert "not-the-token" not in bad.stderr + bad.stdout
 
-    # a port nothing listens on: the stopped server's (a real refused connection)
-    dead = LocalJupyterServer()
-    dead.start()
-    dead_url = dead.url
-    dead.stop()
+    # a port nothing listens on (bound, never listened, closed: connection refused)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_url = f"http://127.0.0.1:{s.getsockname()[1]}/"
     gone = run("--url", dead_url, "--token-file", str(wrong), "--no-browser")
     assert gone.returncode == 1
     assert "cannot connect to 127.0.0.1" in gone.stderr

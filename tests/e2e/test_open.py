@@ -168,7 +168,7 @@ def test_two_sessions_side_by_side(
 def test_open_resumes_a_culled_session_unless_told_not_to(
     node: LocalCluster, operator: OperatorProcess, session_name: str, tmp_path: Path
 ) -> None:
-    apply_session(node, session_name, {"user": "alice", "culling": {"idleTimeoutSeconds": 3}})
+    apply_session(node, session_name, {"user": "alice", "culling": {"idleTimeoutSeconds": 8}})
     wait_phase(node, session_name, "Culled", timeout=120)
     refused = run_cli(node.kubeconfig, "open", session_name, "-n", LABS, "--no-resume")
     assert refused.returncode == 1
