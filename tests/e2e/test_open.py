@@ -232,3 +232,27 @@ def test_the_sample_role_is_enough_to_open(
     ):
         assert browser.get(opened.url).status_code == 200
         assert browser.get(opened.origin + "/api/status").status_code == 200
+
+
+def test_without_portforward_permission_the_forward_is_refused_clearly(
+    node: LocalCluster,
+    operator: OperatorProcess,
+    session_name: str,
+    sa_kubeconfig: Any,
+) -> None:
+    """May read the session and its token, may not create pods/portforward: exit 1,
+    the message names the missing permission, no URL, no traceback."""
+    apply_session(node, session_name, {"user": "alice"})
+    wait_phase(node, session_name, "Ready", timeout=120)
+    role, binding = sample_role_for("no-forward")
+    role["metadata"]["name"] = "kernelsession-no-forward"
+    role["rules"] = [r for r in role["rules"] if r["resources"] != ["pods/portforward"]]
+    binding["roleRef"]["name"] = "kernelsession-no-forward"
+    kubeconfig = sa_kubeconfig([role, binding], LABS, "no-forward")
+    denied = run_cli(kubeconfig, "open", session_name, "-n", LABS, "--no-browser")
+    assert denied.returncode == 1
+    assert "403 Forbidden" in denied.stderr
+    assert "pods/portforward" in denied.stderr
+    assert "Traceback" not in denied.stderr
+    assert denied.stdout == ""
+    assert token_of(node, session_name) not in denied.stderr
