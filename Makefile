@@ -8,15 +8,23 @@ PYTEST_ARGS ?=
 RUN_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup run test test-quick lint bench manifests wheels clean binaries
+.PHONY: setup run test test-quick lint bench manifests wheels clean binaries browser
 
-setup: $(STAMP) binaries
+setup: $(STAMP) binaries browser
 
 $(STAMP): pyproject.toml client/pyproject.toml operator/pyproject.toml localcluster/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ./client -e ./operator -e ./localcluster --group dev
 	touch $(STAMP)
+
+# Headless Chromium and chromedriver for the browser tests of `kernelsession open`
+# (Debian packages; the tests skip, saying why, where they cannot be installed).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else echo "chromium/chromedriver missing (not root or no apt-get): browser tests will skip"; fi
 
 # etcd, kube-apiserver, kube-controller-manager and kubectl: found or built once, cached outside the repo.
 binaries: $(STAMP)
