@@ -27,6 +27,8 @@ from headless import (
     wait_for_launcher,
 )
 from selenium.webdriver.common.by import By
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 from kernelsession.client.testing import LocalJupyterServer
 
@@ -194,6 +196,17 @@ def test_login_link_is_one_time_and_the_port_is_guarded(opened: OpenProcess) -> 
         # the browser's own origin may
         same = browser.get(opened.origin + "/api/kernels", headers={"origin": opened.origin})
         assert same.status_code == 200
+        # websocket upgrades pass the same guard
+        ws_url = opened.origin.replace("http://", "ws://") + "/api/events/subscribe"
+        cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.items())
+        with pytest.raises(InvalidStatus) as no_cookie:
+            ws_connect(ws_url, open_timeout=30)
+        assert no_cookie.value.response.status_code == 403
+        with pytest.raises(InvalidStatus) as foreign:
+            ws_connect(ws_url, origin="http://evil.test", additional_headers={"Cookie": cookie})
+        assert foreign.value.response.status_code == 403
+        with ws_connect(ws_url, additional_headers={"Cookie": cookie}, open_timeout=30) as ws:
+            assert ws.protocol.state.name == "OPEN"
 
 
 def test_two_labs_side_by_side(tmp_path: Path, jupyterlab: LocalJupyterServer) -> None:
