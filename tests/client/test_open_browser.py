@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -53,7 +54,8 @@ class OpenProcess:
 
     @property
     def origin(self) -> str:
-        return self.url.split("/lab", 1)[0]
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.netloc}"
 
     def stderr(self) -> str:
         return self.stderr_path.read_text()
@@ -333,3 +335,21 @@ def test_ctrl_c_while_the_lab_does_not_answer_yet(tmp_path: Path) -> None:
         assert "interrupted" in stderr
         assert "Traceback" not in stderr
         assert "x" * 48 not in stderr
+
+
+def test_lab_under_a_base_url(tmp_path: Path) -> None:
+    """A lab served under /user/alice/ (like a JupyterHub single-user server)."""
+    with (
+        LocalJupyterServer(base_url="/user/alice/", extra_args=LAB_OFFLINE) as lab,
+        running_open(tmp_path, lab) as opened,
+        httpx.Client(trust_env=False) as browser,
+    ):
+        assert opened.url.startswith(opened.origin + f"/user/alice/lab?{LOGIN}=")
+        login = browser.get(opened.url)
+        assert login.status_code == 303
+        assert login.headers["location"] == "/user/alice/lab"
+        page = browser.get(opened.origin + "/user/alice/lab")
+        assert page.status_code == 200
+        assert '"baseUrl": "/user/alice/"' in page.text
+        assert lab.token not in page.text
+        assert opened.interrupt() == 0

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -59,7 +60,8 @@ class Opened:
 
     @property
     def origin(self) -> str:
-        return self.url.split("/lab", 1)[0]
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.netloc}"
 
     def stderr(self) -> str:
         return self.stderr_path.read_text()
