@@ -481,6 +481,9 @@ class LocalProxy:
             self._log.debug("connection ended", error=type(e).__name__)
         except asyncio.CancelledError:
             pass
+        except Exception as e:  # one connection's failure never ends the proxy
+            message = redact(f"{type(e).__name__}: {e}".encode(), self._token).decode()
+            self._log.warning("connection failed", error=message)
         finally:
             self._tasks.discard(task)
             writer.close()
