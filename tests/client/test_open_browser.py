@@ -353,3 +353,25 @@ def test_lab_under_a_base_url(tmp_path: Path) -> None:
         assert '"baseUrl": "/user/alice/"' in page.text
         assert lab.token not in page.text
         assert opened.interrupt() == 0
+
+
+@pytest.mark.skipif(browser_missing() is not None, reason=str(browser_missing()))
+def test_one_browser_two_labs(tmp_path: Path, jupyterlab: LocalJupyterServer) -> None:
+    """Two `open`s side by side in one real browser: cookies are not scoped by port, so
+    each proxy's cookie has its own name and logging in to one keeps the other."""
+    with (
+        LocalJupyterServer(extra_args=LAB_OFFLINE) as second,
+        running_open(tmp_path, jupyterlab) as a,
+        running_open(tmp_path, second) as b,
+        headless_chromium(tmp_path) as driver,
+    ):
+        driver.get(a.url)
+        wait_for_launcher(driver)
+        driver.get(b.url)
+        wait_for_launcher(driver)
+        names = {c["name"] for c in driver.get_cookies()}
+        assert {f"kernelsession-{p.origin.rsplit(':', 1)[1]}" for p in (a, b)} <= names
+        for lab in (a, b):  # both still logged in, without their (spent) links
+            driver.get(lab.origin + "/lab")
+            wait_for_launcher(driver)
+            assert driver.current_url == lab.origin + "/lab"

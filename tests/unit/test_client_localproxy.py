@@ -149,6 +149,7 @@ def test_upstream_headers_add_the_token_and_strip_what_the_lab_must_not_see() ->
             HOST,
             (b"Authorization", b"token from-the-browser"),
             (b"Cookie", f"_xsrf=1; kernelsession-{PORT}=secret; other=2".encode()),
+            (b"Cookie", b"kernelsession-1234=another-proxys; username-127-0-0-1-1=x"),
             (b"Accept-Encoding", b"gzip, br"),
             (b"Connection", b"keep-alive"),
             (b"Keep-Alive", b"timeout=5"),
@@ -159,7 +160,8 @@ def test_upstream_headers_add_the_token_and_strip_what_the_lab_must_not_see() ->
         cookie_name=f"kernelsession-{PORT}",
     )
     assert header_values(out, b"authorization") == [f"token {TOKEN}".encode()]
-    assert header_values(out, b"cookie") == [b"_xsrf=1; other=2"]
+    # its own cookie and other `open` proxies' cookies (browsers send them to every port)
+    assert header_values(out, b"cookie") == [b"_xsrf=1; other=2", b"username-127-0-0-1-1=x"]
     assert header_values(out, b"host") == [f"127.0.0.1:{PORT}".encode()]
     assert header_values(out, b"x-xsrftoken") == [b"1"]
     for gone in (b"accept-encoding", b"connection", b"keep-alive", b"proxy-authorization"):

@@ -207,7 +207,7 @@ class Guard:
     def cookie_name(self) -> str:
         # One name per port: several labs side by side keep their own cookies (cookies
         # are not port-scoped, names are).
-        return f"kernelsession-{self.port}"
+        return f"{COOKIE_PREFIX}{self.port}"
 
     @property
     def origins(self) -> tuple[bytes, ...]:
@@ -291,12 +291,23 @@ def _is_upgrade(headers: Sequence[tuple[bytes, bytes]]) -> bool:
     return b"upgrade" in tokens and _header(headers, b"upgrade") is not None
 
 
+COOKIE_PREFIX = "kernelsession-"
+
+
 def _strip_cookie(value: bytes, name: str) -> bytes:
-    kept = [
-        part.strip()
-        for part in value.split(b";")
-        if part.strip() and part.strip().split(b"=", 1)[0].strip() != name.encode()
-    ]
+    """``value`` without the proxy's cookie, nor those of other ``open`` proxies.
+
+    Browsers do not scope cookies by port, so every lab served on 127.0.0.1 receives
+    every proxy's cookie; none of them is the lab's business.
+    """
+    kept = []
+    for part in value.split(b";"):
+        cookie_name = part.strip().split(b"=", 1)[0].strip()
+        if not part.strip() or cookie_name == name.encode():
+            continue
+        if cookie_name.startswith(COOKIE_PREFIX.encode()):
+            continue
+        kept.append(part.strip())
     return b"; ".join(kept)
 
 
@@ -306,7 +317,7 @@ def upstream_headers(
     """The request headers to send to the lab.
 
     Drops hop-by-hop headers (keeping a websocket upgrade), any ``Authorization`` the
-    browser sent, the proxy's own cookie and ``Accept-Encoding`` (bodies come back
+    browser sent, the cookies of ``open`` proxies and ``Accept-Encoding`` (bodies come back
     uncompressed so they can be scanned for the token); adds ``Authorization: token``.
     """
     upgrade = _is_upgrade(headers)
