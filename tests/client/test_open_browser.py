@@ -51,6 +51,7 @@ class OpenProcess:
     url: str
     stderr_path: Path
     started: float
+    token: str
 
     @property
     def origin(self) -> str:
@@ -85,7 +86,7 @@ def start_open(tmp_path: Path, lab: LocalJupyterServer, *extra: str) -> OpenProc
     assert process.stdout is not None
     line = process.stdout.readline()  # the one line it prints (pytest-timeout bounds this)
     assert line, f"open printed nothing; stderr:\n{stderr_path.read_text()}"
-    return OpenProcess(process, line.strip(), stderr_path, started)
+    return OpenProcess(process, line.strip(), stderr_path, started, lab.token)
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +186,15 @@ def test_login_link_is_one_time_and_the_port_is_guarded(opened: OpenProcess) -> 
         # no cookie: refused, whatever the path
         for path in ("/lab", "/api/kernels", "/api/contents", "/static/lab/"):
             assert other.get(opened.origin + path).status_code == 403
+        # jupyter-server writes the token into its pages (404 page, /lab page config,
+        # tree redirect): none of it reaches the browser
+        for path in ("/no-such-page", "/lab", "/lab/tree", "/tree", "/api/me", "/"):
+            served = browser.get(opened.origin + path, follow_redirects=True)
+            assert served.status_code in (200, 404), path
+            assert opened.token not in served.text, path
+            assert all(opened.token not in v for v in served.headers.values()), path
+            if path == "/no-such-page":  # where the lab writes it, now empty
+                assert 'data-jupyter-api-token=""' in served.text
         # the browser that logged in may open the link again (a second tab)
         assert browser.get(opened.url).status_code == 303
         # DNS rebinding: another Host name on the same address
