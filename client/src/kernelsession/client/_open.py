@@ -19,6 +19,7 @@ import base64
 import os
 import signal
 import sys
+import threading
 import time
 import webbrowser
 from dataclasses import dataclass
@@ -327,7 +328,9 @@ async def _open_and_serve(
                 "(the printed link logs in one browser, once); Ctrl-C to stop"
             )
             if _wants_browser(args):
-                await asyncio.to_thread(webbrowser.open, proxy.url)
+                # a daemon thread: a launcher that blocks (a console browser) never delays
+                # Ctrl-C or the exit
+                threading.Thread(target=webbrowser.open, args=(proxy.url,), daemon=True).start()
             await stopping.wait()
             _say("stopped")
         finally:
