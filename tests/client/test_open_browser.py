@@ -385,3 +385,38 @@ def test_one_browser_two_labs(tmp_path: Path, jupyterlab: LocalJupyterServer) ->
             driver.get(lab.origin + "/lab")
             wait_for_launcher(driver)
             assert driver.current_url == lab.origin + "/lab"
+
+
+def test_browser_flag_hands_the_url_to_the_default_browser(
+    tmp_path: Path, jupyterlab: LocalJupyterServer
+) -> None:
+    """`--browser` runs the user's browser command ($BROWSER, as Python's webbrowser
+    reads it) with the printed URL; here that command records what it was given."""
+    record = tmp_path / "opened-url"
+    launcher = tmp_path / "browser.sh"
+    launcher.write_text(f'#!/bin/sh\nprintf %s "$1" > {record}.tmp && mv {record}.tmp {record}\n')
+    launcher.chmod(0o755)
+    token_file = tmp_path / "token"
+    token_file.write_text(jupyterlab.token)
+    env = {k: v for k, v in os.environ.items() if k not in ("JUPYTER_TOKEN", "DISPLAY")}
+    env["BROWSER"] = f"{launcher} %s"
+    process = subprocess.Popen(
+        [CLI, "open", "--url", jupyterlab.url, "--token-file", str(token_file), "--browser"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        deadline = time.monotonic() + 30
+        while not record.exists():  # the launcher runs once the URL is printed
+            assert time.monotonic() < deadline, "the browser command did not run"
+            time.sleep(0.05)  # polling the condition above, bounded by the deadline
+        assert record.read_text() == url
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0
+    finally:
+        stop_process_tree(process)
