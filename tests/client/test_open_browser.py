@@ -100,6 +100,13 @@ def jupyterlab() -> Iterator[LocalJupyterServer]:
         server.stop()
 
 
+@pytest.fixture
+def fresh_lab() -> Iterator[LocalJupyterServer]:
+    """A lab of its own (a used lab restores its workspace: no launcher in front)."""
+    with LocalJupyterServer(extra_args=LAB_OFFLINE) as server:
+        yield server
+
+
 @contextmanager
 def running_open(tmp_path: Path, lab: LocalJupyterServer) -> Iterator[OpenProcess]:
     proc = start_open(tmp_path, lab)
@@ -117,10 +124,10 @@ def opened(tmp_path: Path, jupyterlab: LocalJupyterServer) -> Iterator[OpenProce
 
 @pytest.mark.skipif(browser_missing() is not None, reason=str(browser_missing()))
 def test_browser_opens_lab_runs_code_and_never_sees_the_token(
-    tmp_path: Path, jupyterlab: LocalJupyterServer
+    tmp_path: Path, fresh_lab: LocalJupyterServer
 ) -> None:
-    token = jupyterlab.token
-    with headless_chromium(tmp_path) as driver, running_open(tmp_path, jupyterlab) as opened:
+    token = fresh_lab.token
+    with headless_chromium(tmp_path) as driver, running_open(tmp_path, fresh_lab) as opened:
         printed = time.monotonic() - opened.started
         assert opened.url.startswith("http://127.0.0.1:")
         assert f"/lab?{LOGIN}=" in opened.url
@@ -366,12 +373,14 @@ def test_lab_under_a_base_url(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(browser_missing() is not None, reason=str(browser_missing()))
-def test_one_browser_two_labs(tmp_path: Path, jupyterlab: LocalJupyterServer) -> None:
+def test_one_browser_two_labs(tmp_path: Path) -> None:
     """Two `open`s side by side in one real browser: cookies are not scoped by port, so
-    each proxy's cookie has its own name and logging in to one keeps the other."""
+    each proxy's cookie has its own name and logging in to one keeps the other.
+    (Fresh labs: a used one restores its workspace, with no launcher in front.)"""
     with (
+        LocalJupyterServer(extra_args=LAB_OFFLINE) as first,
         LocalJupyterServer(extra_args=LAB_OFFLINE) as second,
-        running_open(tmp_path, jupyterlab) as a,
+        running_open(tmp_path, first) as a,
         running_open(tmp_path, second) as b,
         headless_chromium(tmp_path) as driver,
     ):
