@@ -24,6 +24,7 @@ import structlog
 
 from ._errors import JupyterError, redact
 from ._kubernetes import KernelSessionClient, KernelSessionError
+from ._open import add_open_parser, run_open
 from ._session import JupyterLabSessionManager
 
 __all__ = ["LabTarget", "ResolveError", "UsageError", "main", "resolve_target"]
@@ -222,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _target_arguments(probe_parser)
     probe_parser.add_argument("--json", action="store_true", help="print a JSON report")
+    add_open_parser(sub)
     return parser
 
 
@@ -240,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
-    runner = _exec if args.command == "exec" else _probe
+    runner = {"exec": _exec, "probe": _probe, "open": run_open}[args.command]
     try:
         return asyncio.run(runner(args))
     except UsageError as e:
