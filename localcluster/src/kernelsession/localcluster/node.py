@@ -820,12 +820,11 @@ oom_score = 0
     def _start_local_path(self) -> None:
         storage = self.workdir / "local-path"
         storage.mkdir(parents=True, exist_ok=True)
-        result = self.cp_kubectl(
-            "apply", "-f", "-", input=yaml.safe_dump_all(_local_path_objects(storage))
-        )
+        assert self.helper_image is not None
+        objects = _local_path_objects(storage, self.helper_image)
+        result = self.cp_kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
         if result.returncode != 0:
             raise NodeError(f"installing the local-path StorageClass failed: {result.stderr}")
-        assert self.helper_image is not None
         self._spawn(
             "local-path",
             [
@@ -867,15 +866,15 @@ metadata:
 spec:
   priorityClassName: system-node-critical
   tolerations:
-  - {key: node.kubernetes.io/disk-pressure, operator: Exists, effect: NoSchedule}
+  - {{key: node.kubernetes.io/disk-pressure, operator: Exists, effect: NoSchedule}}
   containers:
   - name: helper-pod
-    image: busybox
+    image: {image}
     imagePullPolicy: IfNotPresent
 """
 
 
-def _local_path_objects(storage_dir: Path) -> list[dict[str, Any]]:
+def _local_path_objects(storage_dir: Path, helper_image: str) -> list[dict[str, Any]]:
     """Namespace, helper service account, config and the default StorageClass of
     local-path-provisioner (as its upstream deploy/local-path-storage.yaml, minus the
     Deployment: the provisioner runs on the node as a process)."""
@@ -899,7 +898,7 @@ def _local_path_objects(storage_dir: Path) -> list[dict[str, Any]]:
                 "config.json": json.dumps(config),
                 "setup": '#!/bin/sh\nset -eu\nmkdir -m 0777 -p "$VOL_DIR"\n',
                 "teardown": '#!/bin/sh\nset -eu\nrm -rf "$VOL_DIR"\n',
-                "helperPod.yaml": LOCAL_PATH_HELPER_POD,
+                "helperPod.yaml": LOCAL_PATH_HELPER_POD.format(image=helper_image),
             },
         },
         {
