@@ -61,7 +61,7 @@ def test_pod_is_hardened_and_gets_token_by_reference() -> None:
     assert token_env["valueFrom"]["secretKeyRef"] == {"name": "alice-token", "key": "token"}
     assert "value" not in token_env
     assert c["command"] == ["jupyter"]
-    assert "--ServerApp.ip=$(POD_IP)" in c["args"]
+    assert "--ServerApp.ip=0.0.0.0" in c["args"]
     assert "--ServerApp.port=8888" in c["args"]
     assert "--ServerApp.iopub_data_rate_limit=0" in c["args"]
     assert c["readinessProbe"]["httpGet"]["port"] == 8888

@@ -7,7 +7,7 @@ The first message the server sends on each channel carries the port number (2 by
 little-endian) before any payload; the client sends data on channel 0 with no port
 prefix. The framing is pure (:func:`encode_data`, :class:`PortForwardDecoder`); the
 websocket is kubernetes_asyncio's ``WsApiClient``, so the forward authenticates as the
-caller with whatever their kubeconfig says (RBAC: ``create`` on ``pods/portforward``).
+caller with whatever their kubeconfig says (RBAC: ``get`` and ``create`` on ``pods/portforward``).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def _refusal(status: int, where: str) -> str:
     if status == 403:
         return (
             f"the API server refused the port-forward to {where} (403 Forbidden): "
-            "your account needs `create` on `pods/portforward` in that namespace"
+            "your account needs `get` and `create` on `pods/portforward` in that namespace"
         )
     if status == 404:
         return f"pod {where} not found (404): the session has no running lab pod"

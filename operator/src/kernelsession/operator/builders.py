@@ -87,7 +87,9 @@ def lab_args(settings: Settings) -> list[str]:
     """Arguments of ``jupyter server``: listen on the pod IP, token from the environment."""
     return [
         "server",
-        "--ServerApp.ip=$(POD_IP)",
+        # all of the pod's addresses: the pod IP (Service, probes) and its loopback,
+        # where `kubectl port-forward` (and `kernelsession open`) connect
+        "--ServerApp.ip=0.0.0.0",
         f"--ServerApp.port={settings.lab_port}",
         "--ServerApp.port_retries=0",
         "--ServerApp.open_browser=False",
