@@ -20,11 +20,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from ._errors import JupyterError, redact
 from ._kubernetes import KernelSessionClient, KernelSessionError
+from ._logging import LOGGER_NAME
 from ._session import JupyterLabSessionManager
+from .resources import DEFAULT_NAMESPACE
 
 __all__ = ["LabTarget", "ResolveError", "UsageError", "main", "resolve_target"]
 
@@ -32,7 +32,6 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-DEFAULT_NAMESPACE = "labs"
 PROBE_CODE = "print('kernelsession-probe-ok')"
 PROBE_EXPECTED = "kernelsession-probe-ok\n"
 
@@ -226,13 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging(verbose: bool) -> None:
-    """Send logs to stderr (stdout is the code's output), warnings only unless -v."""
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.DEBUG if verbose else logging.WARNING
-        ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+    """Send the library's logs to stderr (stdout is the code's output) with -v; else none.
+
+    Errors are printed by the command itself, so without ``-v`` nothing is logged.
+    """
+    if not verbose:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
 
 
 def main(argv: list[str] | None = None) -> int:

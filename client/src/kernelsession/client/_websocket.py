@@ -54,12 +54,11 @@ class QuickAckClientConnection(ClientConnection):
 async def open_kernel_websocket(
     url: str,
     *,
-    cookie_header: str,
-    xsrf: str | None,
+    headers: dict[str, str],
     max_size: int | None,
     open_timeout: timedelta,
-    ping_interval: float = 20.0,
-    ping_timeout: float = 60.0,
+    ping_interval: float | None = 20.0,
+    ping_timeout: float | None = 60.0,
     quickack: bool = True,
     subprotocols: list[str] | None = None,
 ) -> ClientConnection:
@@ -68,9 +67,6 @@ async def open_kernel_websocket(
     Raises the exceptions of :func:`websockets.asyncio.client.connect`
     (``TimeoutError``, ``InvalidStatus``, ``OSError``...).
     """
-    headers = {"Cookie": cookie_header}
-    if xsrf:
-        headers["X-XSRFToken"] = xsrf
     protocols = [V1_SUBPROTOCOL] if subprotocols is None else subprotocols
     return await connect(
         url,
