@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from ._login import LabHttp
 __all__ = ["CHUNK_BYTES", "Contents", "iter_chunks"]
 
 #: Raw bytes per upload request (base64 makes the request about 4/3 of this).
-CHUNK_BYTES = 8 * 1024 * 1024
+CHUNK_BYTES = 4 * 1024 * 1024
 
 Data = bytes | bytearray | memoryview
 Source = Data | str | os.PathLike[str]
@@ -101,6 +102,23 @@ class Contents:
             secrets=self._secrets,
         )
 
+    async def _parent_missing(self, remote_path: str) -> bool:
+        """Whether ``remote_path``'s directory does not exist (the server says 500 then)."""
+        parent = remote_path.strip("/").rpartition("/")[0]
+        if not parent:
+            return False
+        try:
+            response = await self._http.request(
+                "GET",
+                f"api/contents/{_api_path(parent)}",
+                params={"content": "0"},
+                expect=(200, 404),
+                what="checking the remote directory",
+            )
+        except JupyterWebError:
+            return False
+        return response.status_code == 404
+
     async def upload(self, source: Source, remote_path: str) -> None:
         """Write ``source`` (bytes, or a local file path) to ``remote_path`` on the server.
 
@@ -108,39 +126,52 @@ class Contents:
             JupyterUnsupportedError: The server has no contents API.
             JupyterNotFoundError: The remote directory does not exist.
             JupyterWebError: Another HTTP failure.
+            OSError: The local file cannot be read.
         """
         started_at = datetime.now(tz=UTC)
+        if isinstance(source, bytes | bytearray | memoryview):
+            size = memoryview(source).nbytes
+        else:
+            size = os.stat(source).st_size
         await self._require(started_at)
         path = _api_path(remote_path)
-        name = remote_path.rstrip("/").rsplit("/", 1)[-1]
-        chunks = iter_chunks(source)
-        piece: bytes | None = next(chunks)
-        number = 0
-        while piece is not None:
-            following = next(chunks, None)
+        chunked = size > CHUNK_BYTES
+        sent = 0
+        for number, piece in enumerate(iter_chunks(source), start=1):
+            sent += len(piece)
             model: dict[str, Any] = {
                 "type": "file",
                 "format": "base64",
-                "name": name,
+                "name": remote_path.rstrip("/").rsplit("/", 1)[-1],
                 "path": remote_path.strip("/"),
-                "content": base64.b64encode(piece).decode("ascii"),
             }
-            if number or following is not None:  # chunked: 1, 2, ..., -1 for the last
-                number += 1
-                model["chunk"] = -1 if following is None else number
+            if chunked:  # the contents API's chunked upload: 1, 2, ..., -1 for the last
+                model["chunk"] = -1 if sent >= size else number
+            # The JSON body is sent in three parts so the base64 text is never copied.
+            head = json.dumps(model)[:-1].encode() + b', "content": "'
+            encoded = base64.b64encode(piece)
+            del piece
+            length = len(head) + len(encoded) + 2
+
+            async def body(head: bytes = head, encoded: bytes = encoded) -> AsyncIterator[bytes]:
+                yield head
+                yield encoded
+                yield b'"}'
+
             try:
                 await self._http.request(
                     "PUT",
                     f"api/contents/{path}",
-                    json=model,
+                    content=body(),
+                    headers={"Content-Type": "application/json", "Content-Length": str(length)},
                     expect=(200, 201),
                     what=f"uploading {remote_path!r}",
                 )
             except JupyterWebError as e:
-                if e.status == 404:
+                if e.status == 404 or await self._parent_missing(remote_path):
                     raise self._not_found(e, remote_path, "uploading") from None
                 raise
-            piece = following
+            del encoded
 
     async def download(self, remote_path: str) -> bytes:
         """The bytes of ``remote_path`` on the server.
@@ -155,7 +186,10 @@ class Contents:
         api_path = f"files/{_api_path(remote_path)}"
         buffer = io.BytesIO()
         try:
-            async with self._http.client.stream("GET", api_path) as response:
+            # The raw-file view refuses cookie-authenticated requests without a same-origin
+            # Referer ("Blocking request from unknown origin"); a browser sends the lab's.
+            headers = {"Referer": self._http.base_url}
+            async with self._http.client.stream("GET", api_path, headers=headers) as response:
                 if response.status_code != 200:
                     body = (await response.aread()).decode(errors="replace")
                     error = self._http.error(

@@ -352,7 +352,7 @@ class JupyterLabSession:
         ``data_or_path`` is the content (``bytes``, ``bytearray``, ``memoryview``)
         or a local file path (``str`` or ``os.PathLike``); ``remote_path`` is
         relative to the server's root directory, whose directories must exist.
-        Files larger than 8 MiB go in chunks, read from disk one at a time.
+        Files larger than 4 MiB go in chunks, read from disk one at a time.
 
         Raises:
             JupyterUnsupportedError: The server has no contents API (Kernel Gateway).
