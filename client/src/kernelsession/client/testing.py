@@ -254,8 +254,9 @@ class TcpProxy:
     connection at once (no close frame or FIN handshake reaches either end
     cleanly: both see a reset), like a dropped network path. :meth:`hold`
     makes new connections wait (accepted, not forwarded) until :meth:`release`.
-    ``idle_timeout`` cuts a connection that carried no bytes for that long, as
-    load balancers do.
+    ``idle_timeout`` cuts an open websocket (upgrade requested and answered)
+    that carried no bytes for that long, as load balancers do
+    (``websocket_idle_cuts`` counts them).
     """
 
     def __init__(self, target_port: int, *, idle_timeout: float | None = None) -> None:
@@ -264,7 +265,7 @@ class TcpProxy:
         self.port = 0
         self.connections = 0
         self.cuts = 0
-        self.idle_cuts = 0
+        self.websocket_idle_cuts = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._open = asyncio.Event()
@@ -303,47 +304,64 @@ class TcpProxy:
         return len(writers)
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        await self._open.wait()
+        pumps: list[asyncio.Task[None]] = []
+        pair: tuple[asyncio.StreamWriter, ...] = (client_w,)
         try:
-            server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            client_w.transport.abort()
-            return
-        self.connections += 1
-        pair = (client_w, server_w)
-        self._writers.update(pair)
-        activity = [asyncio.get_running_loop().time()]
-        pumps = [
-            asyncio.create_task(self._pump(client_r, server_w, activity)),
-            asyncio.create_task(self._pump(server_r, client_w, activity)),
-        ]
-        if self.idle_timeout is not None:
-            pumps.append(asyncio.create_task(self._idle_watch(activity, pair)))
-        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-        for task in pumps:
-            task.cancel()
-        for writer in pair:
-            self._writers.discard(writer)
-            writer.transport.abort()
+            await self._open.wait()
+            try:
+                server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+            except OSError:
+                return
+            self.connections += 1
+            pair = (client_w, server_w)
+            self._writers.update(pair)
+            # activity: [last byte time, 0 / 1 upgrade asked / 2 upgrade answered]
+            activity: list[float] = [asyncio.get_running_loop().time(), 0.0]
+            pumps = [
+                asyncio.create_task(self._pump(client_r, server_w, activity, upstream=True)),
+                asyncio.create_task(self._pump(server_r, client_w, activity, upstream=False)),
+            ]
+            if self.idle_timeout is not None:
+                pumps.append(asyncio.create_task(self._idle_watch(activity, pair)))
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            pass  # the proxy is closing
+        finally:
+            for task in pumps:
+                task.cancel()
+            for writer in pair:
+                self._writers.discard(writer)
+                writer.transport.abort()
 
     async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, activity: list[float]
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        activity: list[float],
+        *,
+        upstream: bool,
     ) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while data := await reader.read(65536):
                 activity[0] = asyncio.get_running_loop().time()
+                if upstream and not activity[1] and b"upgrade: websocket" in data.lower():
+                    activity[1] = 1.0
+                elif not upstream and activity[1] == 1.0:
+                    activity[1] = 2.0
                 writer.write(data)
                 await writer.drain()
 
     async def _idle_watch(
-        self, activity: list[float], pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter]
+        self, activity: list[float], pair: tuple[asyncio.StreamWriter, ...]
     ) -> None:
         assert self.idle_timeout is not None
         loop = asyncio.get_running_loop()
         while True:
             left = activity[0] + self.idle_timeout - loop.time()
-            if left <= 0:
-                self.idle_cuts += 1
+            if activity[1] < 2.0:
+                left = self.idle_timeout  # not an open websocket (yet)
+            elif left <= 0:
+                self.websocket_idle_cuts += 1
                 for writer in pair:
                     writer.transport.abort()
                 return
