@@ -170,8 +170,11 @@ class JupyterLabSession:
         request = await self._connection.request(self._execute_request(code))
         try:
             try:
-                async with asyncio.timeout(seconds):
-                    await asyncio.shield(request.done)
+                if seconds is None:
+                    await request.done  # no timer, no shield: the common, fastest path
+                else:
+                    async with asyncio.timeout(seconds):
+                        await asyncio.shield(request.done)
             except TimeoutError:
                 interrupted = await self._interrupt_and_drain(request)
                 kwargs = self._error_kwargs(started_at, code, context)
