@@ -58,7 +58,16 @@ async def _kernel(server: LocalJupyterServer, method: str = "POST", kernel_id: s
             json={"name": "python3"} if method == "POST" else None,
         )
         response.raise_for_status()
-        return str(response.json()["id"]) if method == "POST" else kernel_id
+        if method != "POST":
+            return kernel_id
+        kernel_id = str(response.json()["id"])
+    # Ready once it ran code (the server's websocket open waits for its first reply).
+    ws = await _raw_open(server, kernel_id)
+    try:
+        assert await _raw_run(ws, "print(1)") == "1\n"
+    finally:
+        await ws.close()
+    return kernel_id
 
 
 async def _zmq_client(server: LocalJupyterServer, kernel_id: str) -> AsyncKernelClient:
