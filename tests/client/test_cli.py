@@ -34,6 +34,7 @@ def test_exec_prints_stdout(lab, token_file):
     result = run_cli("exec", "--url", lab.url, "--token-file", token_file, "-c", "print(2 + 3)")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "5\n"
+    assert result.stderr == ""  # no log lines without -v
     assert lab.token not in result.stdout + result.stderr
 
 

@@ -83,6 +83,8 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def api_url() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.daemon_threads = True
+    server.block_on_close = False  # keep-alive handler threads must not delay teardown
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
