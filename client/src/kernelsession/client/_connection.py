@@ -29,11 +29,13 @@ from websockets.frames import CloseCode
 from ._dispatch import MessageRouter, PendingRequest, Termination, termination_error
 from ._errors import JupyterError, JupyterTimeoutError
 from ._protocol import KernelMessage, ProtocolError, decode_frame, encode_message, make_message
+from ._websocket import MessageHandler
 
 __all__ = ["Connect", "KernelConnection"]
 
-#: Opens a kernel websocket for a client session id (raises JupyterError subclasses).
-Connect = Callable[[str], Awaitable[ClientConnection]]
+#: Opens a kernel websocket for a client session id, delivering its messages to the
+#: handler (raises JupyterError subclasses).
+Connect = Callable[[str, MessageHandler], Awaitable[ClientConnection]]
 
 #: How long to wait for the websocket close handshake.
 _CLOSE_TIMEOUT = 10.0
@@ -94,7 +96,7 @@ class KernelConnection:
         Raises:
             JupyterTimeoutError, JupyterWebSocketError: from ``connect``.
         """
-        await self._attach(await self._connect(self.client_session_id))
+        await self._attach(await self._connect(self.client_session_id, self._on_message))
 
     async def _attach(self, ws: ClientConnection) -> None:
         self._ws = ws
@@ -165,31 +167,28 @@ class KernelConnection:
             self._ready.set()
             return
 
-    async def _read(self, ws: ClientConnection) -> tuple[int | None, str | None]:
-        """Route every frame of ``ws``; return its close code and reason when it ends."""
-        subprotocol = ws.subprotocol
-        dispatch = self.router.dispatch
+    def _on_message(self, frame: bytes | str, subprotocol: str | None) -> None:
+        """Decode and route one websocket message (called from the protocol, in order)."""
         try:
-            async for frame in ws:
-                try:
-                    msg = decode_frame(frame, subprotocol)
-                except (ProtocolError, ValueError, UnicodeDecodeError) as e:
-                    self._logger.warning("Dropping malformed kernel frame", error=str(e))
-                    continue
-                if (
-                    msg.msg_type == "status"
-                    and not msg.parent_msg_id
-                    and msg.content.get("execution_state") in ("restarting", "dead")
-                ):
-                    self._kernel_restarted = True
-                    self._logger.warning(
-                        "Kernel restarting or dead",
-                        execution_state=msg.content.get("execution_state"),
-                    )
-                dispatch(msg)
-            close = ws.protocol.close_rcvd or ws.protocol.close_sent
-        except ConnectionClosed as e:
-            close = e.rcvd or e.sent
+            msg = decode_frame(frame, subprotocol)
+        except (ProtocolError, ValueError, UnicodeDecodeError) as e:
+            self._logger.warning("Dropping malformed kernel frame", error=str(e))
+            return
+        if (
+            msg.msg_type == "status"
+            and not msg.parent_msg_id
+            and msg.content.get("execution_state") in ("restarting", "dead")
+        ):
+            self._kernel_restarted = True
+            self._logger.warning(
+                "Kernel restarting or dead", execution_state=msg.content.get("execution_state")
+            )
+        self.router.dispatch(msg)
+
+    async def _read(self, ws: ClientConnection) -> tuple[int | None, str | None]:
+        """Wait until ``ws`` ends (its messages go to :meth:`_on_message`); its close code."""
+        await ws.wait_closed()
+        close = ws.protocol.close_rcvd or ws.protocol.close_sent
         return (close.code if close else None), (close.reason if close else None)
 
     async def _reconnect(self, code: int | None) -> bool:
@@ -210,7 +209,7 @@ class KernelConnection:
             attempts += 1
             try:
                 async with asyncio.timeout(remaining):
-                    ws = await self._connect(self.client_session_id)
+                    ws = await self._connect(self.client_session_id, self._on_message)
             except (JupyterError, OSError, TimeoutError) as e:
                 self._logger.debug("Reconnect attempt failed", attempt=attempts, error=str(e))
                 await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0)))
@@ -319,7 +318,7 @@ class KernelConnection:
             finally:
                 self._replacing = False
             self._kernel_restarted = False
-            await self._attach(await self._connect(self.client_session_id))
+            await self._attach(await self._connect(self.client_session_id, self._on_message))
             await self.nudge(self.reconnect_timeout or 60.0)
 
     async def nudge(self, timeout: float) -> None:

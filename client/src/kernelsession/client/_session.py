@@ -41,7 +41,7 @@ from ._models import (
     SessionTimings,
 )
 from ._notebook import load_code_cells
-from ._websocket import open_kernel_websocket
+from ._websocket import MessageHandler, open_kernel_websocket
 
 __all__ = ["JupyterLabSession", "JupyterLabSessionManager"]
 
@@ -492,7 +492,9 @@ class JupyterLabSessionManager:
         timeout = self.websocket_open_timeout.total_seconds()
         deadline = time.monotonic() + timeout
         connection = KernelConnection(
-            lambda client_session_id: self._connect_websocket(kernel_id, client_session_id),
+            lambda session_id, on_message: self._connect_websocket(
+                kernel_id, session_id, on_message
+            ),
             username=self.username,
             secrets=(self._token,),
             logger=self._logger.bind(kernel_id=kernel_id),
@@ -558,7 +560,9 @@ class JupyterLabSessionManager:
         self._logger.info("Created kernel", kernel_id=self._kernel_id)
         return self._kernel_id
 
-    async def _connect_websocket(self, kernel_id: str, client_session_id: str) -> ClientConnection:
+    async def _connect_websocket(
+        self, kernel_id: str, client_session_id: str, on_message: MessageHandler
+    ) -> ClientConnection:
         """Open the kernel websocket.
 
         Raises:
@@ -585,6 +589,7 @@ class JupyterLabSessionManager:
                 ping_timeout=max(ping * 3, 60.0) if ping else None,
                 quickack=self._quickack,
                 subprotocols=self._subprotocols,
+                on_message=on_message,
             )
         except TimeoutError:
             raise JupyterTimeoutError(
