@@ -1,4 +1,4 @@
-"""The ``kernelsession`` command: ``exec`` code in a lab, ``probe`` a lab's health.
+"""The ``kernelsession`` command: ``exec`` code or a ``notebook`` in a lab, ``probe`` its health.
 
 Exit codes: 0 success/healthy, 1 failure/unhealthy (the typed error is
 printed), 2 usage error. Tokens are read from a file or an environment
@@ -130,6 +130,29 @@ async def _exec(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _notebook(args: argparse.Namespace) -> int:
+    if args.notebook_path is None:
+        if not (args.url and args.name):
+            raise UsageError("give the notebook: kernelsession notebook [NAME] PATH.ipynb")
+        args.notebook_path, args.name = args.name, None  # --url URL PATH.ipynb
+    target = await resolve_target(args)
+    try:
+        async with _manager(target, args) as session:
+            result = await session.run_notebook(args.notebook_path, timeout=args.timeout)
+    except JupyterError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_FAILED
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read notebook {args.notebook_path}: {e}") from None
+    sys.stdout.write(result.stdout)
+    sys.stdout.flush()
+    print(
+        f"{result.notebook}: {len(result.cells)} code cells ran in {result.seconds:.2f} s",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
 async def _probe(args: argparse.Namespace) -> int:
     target = await resolve_target(args)
     manager = _manager(target, args)
@@ -216,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     exec_parser.add_argument(
         "-c", "--code", required=True, help="Python code to run ('-' reads stdin)"
     )
+    notebook_parser = sub.add_parser(
+        "notebook", help="run a notebook's code cells in order; exit 1 on the first failing cell"
+    )
+    _target_arguments(notebook_parser)
+    notebook_parser.add_argument("notebook_path", nargs="?", metavar="PATH.ipynb")
     probe_parser = sub.add_parser(
         "probe", help="health check: exit 0 if the lab runs code, 1 if not, 2 on usage errors"
     )
@@ -243,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
-    runner = _exec if args.command == "exec" else _probe
+    runner = {"exec": _exec, "notebook": _notebook, "probe": _probe}[args.command]
     try:
         return asyncio.run(runner(args))
     except UsageError as e:
