@@ -288,7 +288,7 @@ def main(args: argparse.Namespace) -> int:
     )
     print(
         f"  client process peak RSS    {conc['rss_mib']:8.1f} MiB "
-        f"(+{conc['rss_added_mib']:.1f} MiB for the sessions)"
+        f"({conc['rss_added_mib']:+.1f} MiB for the sessions)"
     )
     ratio = latency[OURS][0] / floor
     ws_ratio = latency[OURS][0] / ws_floor

@@ -56,6 +56,9 @@ class KernelConnection:
         max_websocket_size: Only to explain a 1009 close.
         reconnect_timeout: Seconds to keep trying to reopen a broken socket
             (``None`` or 0: never reconnect).
+        kernel_alive: Asked before each reconnect attempt: ``True`` (the kernel
+            exists), ``False`` (the server or kernel is gone: stop at once, the
+            output cannot come back), ``None`` (cannot tell: keep trying).
     """
 
     def __init__(
@@ -67,8 +70,11 @@ class KernelConnection:
         logger: Any,
         max_websocket_size: int | None = None,
         reconnect_timeout: float | None = None,
+        kernel_alive: Callable[[], Awaitable[bool | None]] | None = None,
     ) -> None:
         self._connect = connect
+        self._kernel_alive = kernel_alive
+        self._gone = False
         self.username = username
         self.secrets = secrets
         self.client_session_id = uuid.uuid4().hex
@@ -206,6 +212,16 @@ class KernelConnection:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
+            if self._kernel_alive is not None:
+                try:
+                    async with asyncio.timeout(remaining):
+                        alive = await self._kernel_alive()
+                except TimeoutError:
+                    alive = None
+                if alive is False:
+                    self._gone = True
+                    self._logger.warning("Not reconnecting: the server or the kernel is gone")
+                    return False
             attempts += 1
             try:
                 async with asyncio.timeout(remaining):
@@ -239,7 +255,9 @@ class KernelConnection:
             detail = "the websocket was closed by the client"
         elif code is None or code == CloseCode.ABNORMAL_CLOSURE:
             detail = "the kernel websocket broke (no close frame: server gone or network)"
-            if self.reconnect_timeout:
+            if self._gone:
+                detail += "; not reopened: the server or the kernel is gone"
+            elif self.reconnect_timeout:
                 detail += f" and could not be reopened within {self.reconnect_timeout:g} s"
         else:
             detail = "the kernel websocket closed unexpectedly"

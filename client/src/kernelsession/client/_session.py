@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
+import httpx
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
@@ -500,6 +501,7 @@ class JupyterLabSessionManager:
             logger=self._logger.bind(kernel_id=kernel_id),
             max_websocket_size=self.max_websocket_size,
             reconnect_timeout=self.reconnect_timeout,
+            kernel_alive=lambda: self._kernel_alive(kernel_id),
         )
         self._connection = connection
         await connection.open()
@@ -559,6 +561,25 @@ class JupyterLabSessionManager:
         self._kernel_id = str(response.json()["id"])
         self._logger.info("Created kernel", kernel_id=self._kernel_id)
         return self._kernel_id
+
+    async def _kernel_alive(self, kernel_id: str) -> bool | None:
+        """Whether the kernel still exists: ``False`` when the server refuses
+        connections (nothing listens: it is gone) or says 404; ``None`` when
+        unreachable otherwise (a network problem, worth retrying)."""
+        try:
+            response = await self._http.client.get(f"api/kernels/{kernel_id}", timeout=5.0)
+        except httpx.ConnectError as e:
+            cause: BaseException | None = e
+            while cause is not None:
+                if isinstance(cause, ConnectionRefusedError):
+                    return False
+                cause = cause.__cause__ or cause.__context__
+            return None
+        except httpx.HTTPError:
+            return None
+        if response.status_code == 404:
+            return False
+        return True if response.status_code == 200 else None
 
     async def _connect_websocket(
         self, kernel_id: str, client_session_id: str, on_message: MessageHandler
