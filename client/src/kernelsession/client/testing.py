@@ -266,6 +266,7 @@ class TcpProxy:
         self.connections = 0
         self.cuts = 0
         self.websocket_idle_cuts = 0
+        self._last_byte = 0.0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._open = asyncio.Event()
@@ -285,6 +286,10 @@ class TcpProxy:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+    def quiet_for(self) -> float:
+        """Seconds since any byte went through the proxy (in either direction)."""
+        return time.monotonic() - self._last_byte
 
     def hold(self) -> None:
         """New connections wait until :meth:`release`."""
@@ -344,6 +349,7 @@ class TcpProxy:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while data := await reader.read(65536):
                 activity[0] = asyncio.get_running_loop().time()
+                self._last_byte = time.monotonic()
                 if upstream and not activity[1] and b"upgrade: websocket" in data.lower():
                     activity[1] = 1.0
                 elif not upstream and activity[1] == 1.0:
