@@ -109,7 +109,11 @@ class JupyterError(Exception):
     def _traceback_text(self) -> str | None:
         if self.__traceback__ is None:
             return None
-        return "".join(traceback.format_exception(type(self), self, self.__traceback__))
+        # Not the chained exceptions: their texts were not redacted with the token.
+        text = "".join(
+            traceback.format_exception(type(self), self, self.__traceback__, chain=False)
+        )
+        return redact(text)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready, redacted form for alerting and structured logs.
