@@ -43,12 +43,13 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio import watch
 
+from kernelsession.client import resources
 from kernelsession.localcluster import audit
 from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.deploy import InClusterOperator
 from kernelsession.localcluster.operator_process import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE
 
-LABS = "labs"
+LABS = resources.DEFAULT_NAMESPACE
 SESSION_LABEL = "kernelsession.dev/session"
 PLAIN_LABEL = "kernelsession-bench/plain"
 OPERATOR_USER = audit.service_account(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT)
@@ -88,10 +89,10 @@ async def _watch(api: k8s.ApiClient, times: Times, kind: str) -> None:
         else:
             stream = w.stream(
                 custom.list_namespaced_custom_object,
-                "kernelsession.dev",
-                "v1alpha1",
+                resources.GROUP,
+                resources.VERSION,
                 LABS,
-                "kernelsessions",
+                resources.PLURAL,
                 timeout_seconds=3600,
             )
         async for event in stream:
@@ -110,7 +111,7 @@ async def _watch(api: k8s.ApiClient, times: Times, kind: str) -> None:
             else:
                 name = obj["metadata"]["name"]
                 times.session_seen.setdefault(name, now)
-                if (obj.get("status") or {}).get("phase") == "Ready":
+                if resources.parse_status(obj).phase_enum is resources.Phase.READY:
                     times.session_ready.setdefault(name, now)
             times.changed.set()
 
@@ -146,8 +147,8 @@ async def _kubectl(cluster: LocalCluster, *args: str, input: str | None = None) 
 
 def _session(name: str) -> dict[str, Any]:
     return {
-        "apiVersion": "kernelsession.dev/v1alpha1",
-        "kind": "KernelSession",
+        "apiVersion": resources.API_VERSION,
+        "kind": resources.KIND,
         "metadata": {"name": name, "namespace": LABS},
         "spec": {
             "user": "bench",

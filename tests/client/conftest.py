@@ -1,4 +1,4 @@
-"""Real jupyter-server processes on loopback for the client tests (no mocks)."""
+"""Real jupyter-server and Kernel Gateway processes on loopback for the client tests (no mocks)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from kernelsession.client import JupyterLabSession, JupyterLabSessionManager
-from kernelsession.client.testing import LocalJupyterServer
+from kernelsession.client.testing import LocalJupyterServer, LocalKernelGateway
 
 UNLIMITED = [
     "--ZMQChannelsWebsocketConnection.iopub_data_rate_limit=0",
@@ -18,8 +18,10 @@ UNLIMITED = [
 LEGACY_PROTOCOL = ["--ZMQChannelsWebsocketConnection.kernel_ws_protocol="]
 
 
-def _serve(**kwargs: object) -> Iterator[LocalJupyterServer]:
-    server = LocalJupyterServer(**kwargs)  # type: ignore[arg-type]
+def _serve(
+    kind: type[LocalJupyterServer] = LocalJupyterServer, **kwargs: object
+) -> Iterator[LocalJupyterServer]:
+    server = kind(**kwargs)  # type: ignore[arg-type]
     server.start()
     try:
         yield server
@@ -51,6 +53,12 @@ def lab_legacy() -> Iterator[LocalJupyterServer]:
     yield from _serve(extra_args=LEGACY_PROTOCOL)
 
 
+@pytest.fixture(scope="session")
+def gateway() -> Iterator[LocalJupyterServer]:
+    """A Jupyter Kernel Gateway 3 (jupyter-websocket, auth_token; no login page)."""
+    yield from _serve(LocalKernelGateway)
+
+
 @pytest.fixture
 def doomed_lab() -> Iterator[LocalJupyterServer]:
     """A server the test may kill."""
@@ -59,7 +67,7 @@ def doomed_lab() -> Iterator[LocalJupyterServer]:
 
 def _manager_for(server: LocalJupyterServer, **kwargs: object) -> JupyterLabSessionManager:
     return JupyterLabSessionManager(
-        base_url=server.url,
+        base_url=str(kwargs.pop("base_url", server.url)),
         token=str(kwargs.pop("token", server.token)),
         username=str(kwargs.pop("username", "alice")),
         **kwargs,  # type: ignore[arg-type]

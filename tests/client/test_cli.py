@@ -34,6 +34,7 @@ def test_exec_prints_stdout(lab, token_file):
     result = run_cli("exec", "--url", lab.url, "--token-file", token_file, "-c", "print(2 + 3)")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "5\n"
+    assert result.stderr == ""  # no log lines without -v
     assert lab.token not in result.stdout + result.stderr
 
 
@@ -120,3 +121,28 @@ def test_session_name_without_cluster_is_not_healthy(tmp_path):
     )
     assert result.returncode in (1, 2)
     assert "some-session" in result.stderr
+
+
+def test_notebook_runs_cells_and_names_the_failing_one(lab, token_file, tmp_path):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# smoke"),
+        nbformat.v4.new_code_cell("print('cell one')", id="one"),
+        nbformat.v4.new_code_cell("print('cell two')", id="two"),
+    ]
+    good = tmp_path / "good.ipynb"
+    nbformat.write(nb, good)
+    nb.cells.append(nbformat.v4.new_code_cell("1/0", id="bad-cell"))
+    bad = tmp_path / "bad.ipynb"
+    nbformat.write(nb, bad)
+    ok = run_cli("notebook", "--url", lab.url, "--token-file", token_file, str(good))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == "cell one\ncell two\n"
+    failed = run_cli("notebook", "--url", lab.url, "--token-file", token_file, str(bad))
+    assert failed.returncode == 1
+    assert "notebook=bad.ipynb" in failed.stderr
+    assert "cell=bad-cell" in failed.stderr
+    assert "cell_number=4" in failed.stderr
+    assert "ZeroDivisionError" in failed.stderr

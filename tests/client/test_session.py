@@ -203,8 +203,10 @@ async def test_server_killed_mid_execution(doomed_lab, manager_for):
         t0 = time.perf_counter()
         with pytest.raises(JupyterWebSocketError) as excinfo:
             await asyncio.wait_for(task, 30)
-        assert time.perf_counter() - t0 < 30
+        # Nothing listens any more: no reconnect attempts until reconnect_timeout.
+        assert time.perf_counter() - t0 < 5
         assert excinfo.value.code in (None, 1006, 1011)
+        assert "the server or the kernel is gone" in str(excinfo.value)
         with pytest.raises(JupyterWebSocketError):
             await session.run_python("print(1)")
 
@@ -262,8 +264,4 @@ async def test_twenty_concurrent_sessions(lab, manager_for, lab_sessions):
     assert len(await lab_sessions(lab)) == before
 
 
-@pytest.mark.slow
-async def test_long_silent_cell_survives_keepalive(lab, manager_for):
-    async with manager_for(lab) as session:
-        out = await session.run_python("import time\ntime.sleep(70)\nprint('woke')", timeout=120)
-        assert out == "woke\n"
+# The long silent cell kept alive by websocket pings: test_reconnect.py (keepalive test).

@@ -76,3 +76,56 @@ def test_websocket_error_code():
     assert error.code == 1006
     assert error.running_code == "print(1)"
     assert "close code: 1006" in str(error)
+
+
+def test_to_dict_is_structured_and_redacted():
+    import json
+    from datetime import UTC, datetime
+
+    from kernelsession.client import (
+        CodeContext,
+        JupyterExecutionError,
+        JupyterWebError,
+        JupyterWebSocketError,
+    )
+
+    token = "tok-3f9a2c"
+    started = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    error = JupyterExecutionError(
+        f"ValueError: {token}",
+        error=f"\x1b[31mTraceback\x1b[0m: ValueError({token!r})",
+        ename="ValueError",
+        evalue=token,
+        status="error",
+        user="alice",
+        started_at=started,
+        context=CodeContext(notebook="n.ipynb", cell="c1", cell_number="2"),
+        code=f"raise ValueError({token!r})",
+        secrets=(token,),
+    )
+    d = error.to_dict()
+    assert d["type"] == "JupyterExecutionError"
+    assert d["user"] == "alice"
+    assert d["started_at"] == started.isoformat()
+    assert d["context"] == {
+        "node": None, "image": None, "notebook": "n.ipynb", "cell": "c1", "cell_number": "2",
+    }  # fmt: skip
+    assert d["traceback"] == "Traceback: ValueError('<redacted>')"
+    assert d["ename"] == "ValueError"
+    assert "<redacted>" in d["code"]
+    web = JupyterWebError(
+        "login failed",
+        method="POST",
+        url=f"http://lab/login?token={token}",
+        status=403,
+        body=f"bad {token}",
+        secrets=(token,),
+    )
+    ws = JupyterWebSocketError("broke", close_code=1006, code="print(1)", secrets=(token,))
+    assert ws.to_dict()["close_code"] == 1006
+    assert ws.to_dict()["code"] == "print(1)"
+    for item in (error, web, ws):
+        text = json.dumps(item.to_dict())
+        assert token not in text
+    assert web.to_dict()["status"] == 403
+    assert web.to_dict()["traceback"] is None  # never raised

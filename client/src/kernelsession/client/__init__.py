@@ -7,28 +7,57 @@
 42
 """
 
+from . import resources
 from ._errors import (
     JupyterError,
     JupyterExecutionError,
     JupyterExecutionTimeoutError,
     JupyterKernelDiedError,
+    JupyterNotFoundError,
     JupyterOutputLostError,
     JupyterTimeoutError,
+    JupyterUnsupportedError,
     JupyterWebError,
     JupyterWebSocketError,
 )
 from ._kubernetes import (
+    KernelSessionApiError,
     KernelSessionClient,
     KernelSessionError,
     KernelSessionFailedError,
     KernelSessionNotFoundError,
-    KernelSessionStatus,
     KernelSessionTimeoutError,
 )
-from ._models import CodeContext, ExecutionResult, SessionTimings
+from ._models import (
+    CellResult,
+    CodeContext,
+    ExecutionResult,
+    NotebookResult,
+    OutputChunk,
+    SessionTimings,
+)
 from ._session import JupyterLabSession, JupyterLabSessionManager
+from .resources import (
+    API_VERSION,
+    DEFAULT_NAMESPACE,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    KernelSessionStatus,
+    Phase,
+    parse_status,
+    read_token,
+)
 
 __all__ = [
+    "API_VERSION",
+    "DEFAULT_NAMESPACE",
+    "GROUP",
+    "KIND",
+    "PLURAL",
+    "VERSION",
+    "CellResult",
     "CodeContext",
     "ExecutionResult",
     "JupyterError",
@@ -37,15 +66,24 @@ __all__ = [
     "JupyterKernelDiedError",
     "JupyterLabSession",
     "JupyterLabSessionManager",
+    "JupyterNotFoundError",
     "JupyterOutputLostError",
     "JupyterTimeoutError",
+    "JupyterUnsupportedError",
     "JupyterWebError",
     "JupyterWebSocketError",
+    "KernelSessionApiError",
     "KernelSessionClient",
     "KernelSessionError",
     "KernelSessionFailedError",
     "KernelSessionNotFoundError",
     "KernelSessionStatus",
     "KernelSessionTimeoutError",
+    "NotebookResult",
+    "OutputChunk",
+    "Phase",
     "SessionTimings",
+    "parse_status",
+    "read_token",
+    "resources",
 ]

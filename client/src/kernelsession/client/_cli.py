@@ -1,4 +1,4 @@
-"""The ``kernelsession`` command: ``exec`` code in a lab, ``probe`` a lab's health.
+"""The ``kernelsession`` command: ``exec`` code or a ``notebook`` in a lab, ``probe`` its health.
 
 Exit codes: 0 success/healthy, 1 failure/unhealthy (the typed error is
 printed), 2 usage error. Tokens are read from a file or an environment
@@ -20,12 +20,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from ._errors import JupyterError, redact
 from ._kubernetes import KernelSessionClient, KernelSessionError
 from ._open import add_open_parser, run_open
+from ._logging import LOGGER_NAME
 from ._session import JupyterLabSessionManager
+from .resources import DEFAULT_NAMESPACE
 
 __all__ = ["LabTarget", "ResolveError", "UsageError", "main", "resolve_target"]
 
@@ -33,7 +33,6 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-DEFAULT_NAMESPACE = "labs"
 PROBE_CODE = "print('kernelsession-probe-ok')"
 PROBE_EXPECTED = "kernelsession-probe-ok\n"
 
@@ -132,6 +131,29 @@ async def _exec(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _notebook(args: argparse.Namespace) -> int:
+    if args.notebook_path is None:
+        if not (args.url and args.name):
+            raise UsageError("give the notebook: kernelsession notebook [NAME] PATH.ipynb")
+        args.notebook_path, args.name = args.name, None  # --url URL PATH.ipynb
+    target = await resolve_target(args)
+    try:
+        async with _manager(target, args) as session:
+            result = await session.run_notebook(args.notebook_path, timeout=args.timeout)
+    except JupyterError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_FAILED
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read notebook {args.notebook_path}: {e}") from None
+    sys.stdout.write(result.stdout)
+    sys.stdout.flush()
+    print(
+        f"{result.notebook}: {len(result.cells)} code cells ran in {result.seconds:.2f} s",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
 async def _probe(args: argparse.Namespace) -> int:
     target = await resolve_target(args)
     manager = _manager(target, args)
@@ -218,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     exec_parser.add_argument(
         "-c", "--code", required=True, help="Python code to run ('-' reads stdin)"
     )
+    notebook_parser = sub.add_parser(
+        "notebook", help="run a notebook's code cells in order; exit 1 on the first failing cell"
+    )
+    _target_arguments(notebook_parser)
+    notebook_parser.add_argument("notebook_path", nargs="?", metavar="PATH.ipynb")
     probe_parser = sub.add_parser(
         "probe", help="health check: exit 0 if the lab runs code, 1 if not, 2 on usage errors"
     )
@@ -228,13 +255,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging(verbose: bool) -> None:
-    """Send logs to stderr (stdout is the code's output), warnings only unless -v."""
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.DEBUG if verbose else logging.WARNING
-        ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+    """Send the library's logs to stderr (stdout is the code's output) with -v; else none.
+
+    Errors are printed by the command itself, so without ``-v`` nothing is logged.
+    """
+    if not verbose:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
-    runner = {"exec": _exec, "probe": _probe, "open": run_open}[args.command]
+    runner = {"exec": _exec, "notebook": _notebook, "probe": _probe, "open": run_open}[
+        args.command
+    ]
     try:
         return asyncio.run(runner(args))
     except UsageError as e:

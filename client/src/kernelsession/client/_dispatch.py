@@ -1,20 +1,44 @@
-"""Routing kernel messages to the request they answer, and collecting a request's output.
+"""Routing kernel messages to the request they answer, and assembling its result.
 
-No I/O: the session's reader task feeds every decoded message to a
+No I/O: the connection's reader task feeds every decoded message to a
 :class:`MessageRouter`, which hands it to the :class:`PendingRequest` whose
 ``msg_id`` is the message's parent, so no request ever sees (or consumes)
-another's messages.
+another's messages. :func:`assemble_result` and :func:`termination_error` turn a
+finished request into an :class:`ExecutionResult` or the typed error to raise.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ._errors import (
+    JupyterError,
+    JupyterExecutionError,
+    JupyterKernelDiedError,
+    JupyterOutputLostError,
+    JupyterWebSocketError,
+)
+from ._models import ExecutionResult
 from ._protocol import KernelMessage
 
-__all__ = ["RATE_LIMIT_NOTICES", "MessageRouter", "PendingRequest", "Termination"]
+__all__ = [
+    "IMAGE_MIME_TYPES",
+    "RATE_LIMIT_NOTICES",
+    "MessageRouter",
+    "PendingRequest",
+    "Termination",
+    "assemble_result",
+    "decode_images",
+    "termination_error",
+]
+
+#: MIME types decoded into ``ExecutionResult.images``.
+IMAGE_MIME_TYPES = ("image/png", "image/jpeg")
 
 #: Start of the stderr text a stock jupyter-server sends when it drops output.
 RATE_LIMIT_NOTICES = ("IOPub data rate exceeded", "IOPub message rate exceeded")
@@ -40,10 +64,34 @@ class PendingRequest:
     Complete once both its ``*_reply`` (shell) and, when ``wait_idle``, the
     kernel's ``status: idle`` with this parent (iopub) have arrived: only then
     is all the output in. Stream text is kept as lists and joined once.
+    ``on_stream(name, text)``, when set, is called with every stream message
+    as it arrives (for streaming to a caller).
     """
 
-    def __init__(self, msg_id: str, *, wait_idle: bool = True) -> None:
+    __slots__ = (
+        "done",
+        "error",
+        "idle",
+        "lost_output_notice",
+        "msg_id",
+        "on_stream",
+        "outputs",
+        "reply",
+        "stderr",
+        "stdout",
+        "termination",
+        "wait_idle",
+    )
+
+    def __init__(
+        self,
+        msg_id: str,
+        *,
+        wait_idle: bool = True,
+        on_stream: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.msg_id = msg_id
+        self.on_stream = on_stream
         self.wait_idle = wait_idle
         self.stdout: list[str] = []
         self.stderr: list[str] = []
@@ -62,12 +110,16 @@ class PendingRequest:
         if msg.channel == "iopub":
             if msg_type == "stream":
                 text = content.get("text", "")
-                if content.get("name") == "stdout":
+                name = content.get("name")
+                if name == "stdout":
                     self.stdout.append(text)
                 else:
+                    name = "stderr"
                     if text.startswith(RATE_LIMIT_NOTICES) and self.lost_output_notice is None:
                         self.lost_output_notice = text
                     self.stderr.append(text)
+                if self.on_stream is not None:
+                    self.on_stream(name, text)
             elif msg_type in ("execute_result", "display_data"):
                 self.outputs.append(content)
             elif msg_type == "error":
@@ -76,7 +128,8 @@ class PendingRequest:
                 self.idle = True
         elif msg_type.endswith("_reply"):
             self.reply = content
-        self._check_done()
+        if self.reply is not None and (self.idle or not self.wait_idle) and not self.done.done():
+            self.done.set_result(None)
 
     def terminate(self, termination: Termination) -> None:
         """End the request without a (complete) reply."""
@@ -87,10 +140,6 @@ class PendingRequest:
     @property
     def complete(self) -> bool:
         return self.reply is not None and (self.idle or not self.wait_idle)
-
-    def _check_done(self) -> None:
-        if self.complete and not self.done.done():
-            self.done.set_result(None)
 
 
 class MessageRouter:
@@ -133,3 +182,92 @@ class MessageRouter:
     def terminate_all(self, termination: Termination) -> None:
         for request in list(self._pending.values()):
             request.terminate(termination)
+
+
+def termination_error(termination: Termination, **kwargs: Any) -> JupyterError:
+    """The error for a request ended by ``termination`` (``kwargs``: user, code...)."""
+    if termination.kind == "kernel-died":
+        return JupyterKernelDiedError(
+            f"the kernel died while running the code ({termination.detail})",
+            execution_state=termination.execution_state,
+            **kwargs,
+        )
+    return JupyterWebSocketError(
+        termination.detail,
+        close_code=termination.close_code,
+        reason=termination.reason,
+        **kwargs,
+    )
+
+
+def decode_images(outputs: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
+    """``(mime_type, bytes)`` of every PNG and JPEG in ``outputs`` (MIME bundle contents).
+
+    Base64 values may be one string or a list of lines (nbformat style); values
+    that do not decode are skipped.
+    """
+    images: list[tuple[str, bytes]] = []
+    for output in outputs:
+        data = output.get("data")
+        if not data:
+            continue
+        for mime in IMAGE_MIME_TYPES:
+            value = data.get(mime)
+            if value is None:
+                continue
+            if isinstance(value, list):
+                value = "".join(value)
+            if not isinstance(value, str):
+                continue
+            try:
+                images.append((mime, base64.b64decode(value)))
+            except (binascii.Error, ValueError):
+                continue
+    return images
+
+
+def assemble_result(request: PendingRequest, **kwargs: Any) -> ExecutionResult:
+    """The result of a finished ``execute_request``, or raise its typed error.
+
+    ``kwargs`` (user, started_at, context, code, secrets) go to the error.
+
+    Raises:
+        JupyterKernelDiedError, JupyterWebSocketError: the request was terminated.
+        JupyterExecutionError: the reply's status is not ``ok`` (error or aborted).
+        JupyterOutputLostError: the server reported dropping output.
+    """
+    if request.termination is not None:
+        raise termination_error(request.termination, **kwargs)
+    reply = request.reply or {}
+    status = str(reply.get("status", "ok"))
+    if status != "ok":
+        error = request.error or reply
+        ename = error.get("ename") or ("Aborted" if status == "aborted" else "Error")
+        evalue = error.get("evalue") or ""
+        traceback = "\n".join(error.get("traceback") or [])
+        raise JupyterExecutionError(
+            f"{ename}: {evalue}" if evalue else str(ename),
+            error=traceback or None,
+            ename=str(ename),
+            evalue=str(evalue),
+            status=status,
+            **kwargs,
+        )
+    stdout = "".join(request.stdout)
+    if request.lost_output_notice is not None:
+        raise JupyterOutputLostError(
+            "the lab server dropped part of the output (IOPub rate limit exceeded); "
+            "the result would be incomplete",
+            notice=request.lost_output_notice,
+            partial_stdout=stdout,
+            **kwargs,
+        )
+    return ExecutionResult(
+        msg_id=request.msg_id,
+        stdout=stdout,
+        stderr="".join(request.stderr),
+        outputs=request.outputs,
+        execution_count=reply.get("execution_count"),
+        status=status,
+        images=decode_images(request.outputs) if request.outputs else [],
+    )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import traceback
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 from ._models import CodeContext
 
@@ -13,8 +16,10 @@ __all__ = [
     "JupyterExecutionError",
     "JupyterExecutionTimeoutError",
     "JupyterKernelDiedError",
+    "JupyterNotFoundError",
     "JupyterOutputLostError",
     "JupyterTimeoutError",
+    "JupyterUnsupportedError",
     "JupyterWebError",
     "JupyterWebSocketError",
     "redact",
@@ -97,6 +102,40 @@ class JupyterError(Exception):
         """Extra ``(label, value)`` lines of subclasses, shown by ``str()``."""
         return []
 
+    def _fields(self) -> dict[str, Any]:
+        """Extra fields of subclasses for :meth:`to_dict`."""
+        return {}
+
+    def _traceback_text(self) -> str | None:
+        if self.__traceback__ is None:
+            return None
+        # Not the chained exceptions: their texts were not redacted with the token.
+        text = "".join(
+            traceback.format_exception(type(self), self, self.__traceback__, chain=False)
+        )
+        return redact(text)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready, redacted form for alerting and structured logs.
+
+        Keys: ``type``, ``message``, ``user``, ``code`` (the code that ran),
+        ``context`` (dict or ``None``), ``started_at`` and ``failed_at`` (ISO 8601),
+        ``traceback`` (the kernel's traceback without colours for execution errors,
+        else where the client raised it, or ``None``), then the subclass's fields.
+        Every string was redacted when the error was made: the token never appears.
+        """
+        return {
+            "type": type(self).__name__,
+            "message": self.message,
+            "user": self.user,
+            "code": self._code_text,
+            "context": dataclasses.asdict(self.context) if self.context is not None else None,
+            "started_at": self.started_at.isoformat(),
+            "failed_at": self.failed_at.isoformat(),
+            "traceback": self._traceback_text(),
+            **self._fields(),
+        }
+
     def __str__(self) -> str:
         lines = [f"{type(self).__name__}: {self.message}"]
         if self.user is not None:
@@ -143,6 +182,9 @@ class JupyterWebError(JupyterError):
         self.status = status
         self.body = _redact_with(kwargs, body[:_MAX_BODY]) if body is not None else None
 
+    def _fields(self) -> dict[str, Any]:
+        return {"method": self.method, "url": self.url, "status": self.status, "body": self.body}
+
     def _details(self) -> list[tuple[str, str]]:
         details = [("request", f"{self.method} {self.url}")]
         if self.status is not None:
@@ -185,6 +227,9 @@ class JupyterWebSocketError(JupyterError):
         """The code that was running when the websocket broke, if any."""
         return self._code_text
 
+    def _fields(self) -> dict[str, Any]:
+        return {"close_code": self.close_code, "reason": self.reason}
+
     def _details(self) -> list[tuple[str, str]]:
         details = []
         if self.close_code is not None:
@@ -225,6 +270,12 @@ class JupyterExecutionError(JupyterError):
         self.evalue = _redact_with(kwargs, evalue) if evalue is not None else None
         self.status = status
 
+    def _traceback_text(self) -> str | None:
+        return strip_ansi(self.error) if self.error is not None else super()._traceback_text()
+
+    def _fields(self) -> dict[str, Any]:
+        return {"ename": self.ename, "evalue": self.evalue, "status": self.status}
+
     def _details(self) -> list[tuple[str, str]]:
         details = []
         if self.status is not None:
@@ -252,6 +303,9 @@ class JupyterExecutionTimeoutError(JupyterError):
         self.timeout = timeout
         self.interrupted = interrupted
 
+    def _fields(self) -> dict[str, Any]:
+        return {"timeout": self.timeout, "interrupted": self.interrupted}
+
     def _details(self) -> list[tuple[str, str]]:
         return [
             ("timeout", f"{self.timeout:g} s"),
@@ -269,6 +323,9 @@ class JupyterKernelDiedError(JupyterError):
     def __init__(self, message: str, *, execution_state: str | None = None, **kwargs: object):
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.execution_state = execution_state
+
+    def _fields(self) -> dict[str, Any]:
+        return {"execution_state": self.execution_state}
 
     def _details(self) -> list[tuple[str, str]]:
         if self.execution_state is None:
@@ -289,8 +346,44 @@ class JupyterOutputLostError(JupyterError):
         self.notice = _redact_with(kwargs, notice)
         self.partial_stdout = partial_stdout
 
+    def _fields(self) -> dict[str, Any]:
+        return {"notice": self.notice, "partial_stdout_chars": len(self.partial_stdout)}
+
     def _details(self) -> list[tuple[str, str]]:
         return [
             ("server notice", self.notice.strip()),
             ("stdout received", f"{len(self.partial_stdout)} characters"),
         ]
+
+
+class JupyterNotFoundError(JupyterWebError):
+    """A remote path (file or directory in the lab's contents API) does not exist.
+
+    Attributes:
+        path: The remote path asked for.
+    """
+
+    def __init__(self, message: str, *, path: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.path = path
+
+    def _fields(self) -> dict[str, Any]:
+        return {**super()._fields(), "path": self.path}
+
+
+class JupyterUnsupportedError(JupyterError):
+    """The server does not offer what was asked (e.g. Kernel Gateway has no contents API).
+
+    Attributes:
+        feature: What is missing, e.g. ``"contents API"``.
+    """
+
+    def __init__(self, message: str, *, feature: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.feature = feature
+
+    def _fields(self) -> dict[str, Any]:
+        return {"feature": self.feature}
+
+    def _details(self) -> list[tuple[str, str]]:
+        return [("missing", self.feature)]

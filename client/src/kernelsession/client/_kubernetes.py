@@ -9,23 +9,34 @@ or put in an exception message.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
 
-import structlog
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from ._reach import reachable_url
+from ._logging import default_logger
 from ._session import JupyterLabSessionManager
+from .resources import (
+    API_VERSION,
+    DEFAULT_NAMESPACE,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    KernelSessionStatus,
+    Phase,
+    parse_status,
+    read_token,
+)
 
 __all__ = [
+    "KernelSessionApiError",
     "KernelSessionClient",
     "KernelSessionError",
     "KernelSessionFailedError",
@@ -33,11 +44,6 @@ __all__ = [
     "KernelSessionStatus",
     "KernelSessionTimeoutError",
 ]
-
-GROUP = "kernelsession.dev"
-VERSION = "v1alpha1"
-PLURAL = "kernelsessions"
-DEFAULT_NAMESPACE = "labs"
 
 
 class KernelSessionError(Exception):
@@ -47,6 +53,18 @@ class KernelSessionError(Exception):
         super().__init__(message)
         self.name = name
         self.namespace = namespace
+
+
+class KernelSessionApiError(KernelSessionError):
+    """The Kubernetes API server refused or failed a request about the session.
+
+    Attributes:
+        status: The HTTP status (e.g. 403 when RBAC forbids reading the token Secret).
+    """
+
+    def __init__(self, message: str, *, name: str, namespace: str, status: int | None) -> None:
+        super().__init__(message, name=name, namespace=namespace)
+        self.status = status
 
 
 class KernelSessionNotFoundError(KernelSessionError):
@@ -74,62 +92,6 @@ class KernelSessionTimeoutError(KernelSessionError):
         self.last = last
 
 
-@dataclass(frozen=True)
-class KernelSessionStatus:
-    """What the operator reports about a session (``status``), typed."""
-
-    name: str
-    namespace: str
-    user: str
-    phase: str | None
-    ready: bool
-    reason: str | None = None
-    message: str | None = None
-    url: str | None = None
-    token_secret_name: str | None = None
-    pod_name: str | None = None
-    observed_generation: int | None = None
-    generation: int | None = None
-    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    @classmethod
-    def from_object(cls, obj: Mapping[str, Any]) -> KernelSessionStatus:
-        meta = obj.get("metadata") or {}
-        status = obj.get("status") or {}
-        ready = any(
-            c.get("type") == "Ready" and c.get("status") == "True"
-            for c in status.get("conditions") or []
-        )
-        return cls(
-            name=meta.get("name", ""),
-            namespace=meta.get("namespace", ""),
-            user=(obj.get("spec") or {}).get("user", ""),
-            phase=status.get("phase"),
-            ready=ready,
-            reason=status.get("reason"),
-            message=status.get("message"),
-            url=status.get("url"),
-            token_secret_name=status.get("tokenSecretName"),
-            pod_name=status.get("podName"),
-            observed_generation=status.get("observedGeneration"),
-            generation=meta.get("generation"),
-            raw=obj,
-        )
-
-    @property
-    def current(self) -> bool:
-        """Whether the status describes the latest spec."""
-        return self.observed_generation is not None and self.observed_generation == self.generation
-
-    def describe(self) -> str:
-        text = f"{self.namespace}/{self.name}: {self.phase or 'Unknown'}"
-        if self.reason:
-            text += f" ({self.reason})"
-        if self.message:
-            text += f": {self.message}"
-        return text
-
-
 async def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     """An ApiClient from ``kubeconfig``, ``$KUBECONFIG``, or the in-cluster service account."""
     cfg = client.Configuration()
@@ -155,13 +117,13 @@ class KernelSessionClient:
         namespace: str = DEFAULT_NAMESPACE,
         kubeconfig: str | None = None,
         api_client: client.ApiClient | None = None,
-        logger: structlog.stdlib.BoundLogger | None = None,
+        logger: Any = None,
     ) -> None:
         self.namespace = namespace
         self._kubeconfig = kubeconfig
         self._api = api_client
         self._owns_api = api_client is None
-        self._log = logger or structlog.get_logger("kernelsession.client")
+        self._log = logger if logger is not None else default_logger()
 
     async def __aenter__(self) -> KernelSessionClient:
         if self._api is None:
@@ -223,8 +185,8 @@ class KernelSessionClient:
         spec.update({k: v for k, v in optional.items() if v is not None})
         spec.update(extra_spec or {})
         body = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "KernelSession",
+            "apiVersion": API_VERSION,
+            "kind": KIND,
             "metadata": {"name": name, "labels": dict(labels or {})},
             "spec": spec,
         }
@@ -232,7 +194,7 @@ class KernelSessionClient:
             GROUP, VERSION, self.namespace, PLURAL, body, field_validation="Strict"
         )
         self._log.info("session created", session=name, namespace=self.namespace, user=user)
-        return KernelSessionStatus.from_object(obj)
+        return parse_status(obj)
 
     async def get(self, name: str) -> KernelSessionStatus:
         """The session's current status.
@@ -248,7 +210,7 @@ class KernelSessionClient:
             if exc.status == 404:
                 raise self._not_found(name) from None
             raise
-        return KernelSessionStatus.from_object(obj)
+        return parse_status(obj)
 
     async def follow(
         self, name: str, *, timeout: float = 300.0
@@ -285,7 +247,7 @@ class KernelSessionClient:
                         version = obj.get("metadata", {}).get("resourceVersion", version)
                         if event["type"] == "DELETED":
                             raise self._not_found(name)
-                        yield KernelSessionStatus.from_object(obj)
+                        yield parse_status(obj)
             except TimeoutError:
                 return
             except ApiException as exc:
@@ -320,12 +282,12 @@ class KernelSessionClient:
                 continue
             if status.ready and status.url:
                 return status
-            if status.phase in ("Failed", "Culled"):
+            if status.phase_enum in (Phase.FAILED, Phase.CULLED):
                 raise KernelSessionFailedError(
                     status.describe(),
                     name=name,
                     namespace=self.namespace,
-                    phase=status.phase,
+                    phase=status.phase or "Unknown",
                     reason=status.reason,
                 )
         raise KernelSessionTimeoutError(
@@ -336,16 +298,31 @@ class KernelSessionClient:
             last=last,
         )
 
+    def _api_error(self, exc: ApiException, name: str, what: str) -> KernelSessionApiError:
+        return KernelSessionApiError(
+            f"{what} for KernelSession {self.namespace}/{name} failed: "
+            f"HTTP {exc.status}: {api_message(exc)}",
+            name=name,
+            namespace=self.namespace,
+            status=exc.status,
+        )
+
     async def credentials(self, name: str) -> tuple[str, str, str]:
         """(url, token, user) of a Ready session; the token comes from its Secret. A
         Service DNS name that does not resolve here is replaced by the Service's cluster IP
         (see :mod:`._reach`).
 
         Raises:
-            KernelSessionFailedError: the session is not Ready (phase and reason inside).
+            KernelSessionFailedError: the session is not Ready (phase and reason
+                inside), or its token Secret is missing or holds no token.
             KernelSessionNotFoundError: no such session.
+            KernelSessionApiError: the API server refused or failed a request
+                (e.g. 403: not allowed to read the Secret).
         """
-        status = await self.get(name)
+        try:
+            status = await self.get(name)
+        except ApiException as exc:
+            raise self._api_error(exc, name, "reading the session") from None
         if not (status.ready and status.url and status.token_secret_name):
             raise KernelSessionFailedError(
                 f"KernelSession is not Ready: {status.describe()}",
@@ -354,9 +331,22 @@ class KernelSessionClient:
                 phase=status.phase or "Unknown",
                 reason=status.reason,
             )
-        secret = await self._core.read_namespaced_secret(status.token_secret_name, self.namespace)
-        raw = (secret.data or {}).get("token")
-        if not raw:
+        try:
+            secret = await self._core.read_namespaced_secret(
+                status.token_secret_name, self.namespace
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                raise KernelSessionFailedError(
+                    f"the token Secret {status.token_secret_name} does not exist",
+                    name=name,
+                    namespace=self.namespace,
+                    phase=status.phase or "Unknown",
+                    reason="TokenMissing",
+                ) from None
+            raise self._api_error(exc, name, "reading the token Secret") from None
+        token = read_token(secret.data)
+        if token is None:
             raise KernelSessionFailedError(
                 f"Secret {status.token_secret_name} has no token",
                 name=name,
@@ -364,8 +354,11 @@ class KernelSessionClient:
                 phase=status.phase or "Unknown",
                 reason="TokenMissing",
             )
-        url = await reachable_url(status.url, self._core)
-        return url, base64.b64decode(raw).decode(), status.user
+        try:
+            url = await reachable_url(status.url, self._core)
+        except ApiException as exc:
+            raise self._api_error(exc, name, "reading the lab's Service") from None
+        return url, token, status.user
 
     async def lab_session(
         self,
@@ -375,11 +368,14 @@ class KernelSessionClient:
         notebook_name: str | None = None,
         max_websocket_size: int | None = None,
         websocket_open_timeout: timedelta = timedelta(seconds=60),
+        ping_interval: timedelta | float | None = timedelta(seconds=20),
+        reconnect_timeout: timedelta | float | None = timedelta(seconds=10),
     ) -> JupyterLabSessionManager:
         """A :class:`JupyterLabSessionManager` for a Ready session (use with ``async with``).
 
         Raises:
-            KernelSessionFailedError, KernelSessionNotFoundError: as :meth:`credentials`.
+            KernelSessionFailedError, KernelSessionNotFoundError, KernelSessionApiError:
+                as :meth:`credentials`.
         """
         url, token, user = await self.credentials(name)
         return JupyterLabSessionManager(
@@ -390,6 +386,8 @@ class KernelSessionClient:
             notebook_name=notebook_name,
             max_websocket_size=max_websocket_size,
             websocket_open_timeout=websocket_open_timeout,
+            ping_interval=ping_interval,
+            reconnect_timeout=reconnect_timeout,
             logger=self._log,
         )
 

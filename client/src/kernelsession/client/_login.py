@@ -1,4 +1,4 @@
-"""HTTP side of a lab: browser-style token login, XSRF, and typed HTTP errors."""
+"""HTTP side of a Jupyter server: token login (form or header), XSRF, typed HTTP errors."""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ _TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 
 class LabHttp:
-    """An ``httpx.AsyncClient`` logged in to one lab as a browser would be.
+    """An ``httpx.AsyncClient`` logged in to one Jupyter server.
 
     ``login()`` fetches the login page (which sets the ``_xsrf`` cookie), then
-    posts the token as the login form's password, which sets the login cookie.
-    The token thus never appears in a URL. Later non-GET requests carry the
-    ``X-XSRFToken`` header. Every failure raises :class:`JupyterWebError`
-    with the token redacted.
+    posts the token as the login form's password, which sets the login cookie,
+    as a browser does; later non-GET requests carry the ``X-XSRFToken`` header.
+    A server without a login page (Jupyter Kernel Gateway) gets the token in an
+    ``Authorization: token ...`` header instead. The token never appears in a
+    URL. Every failure raises :class:`JupyterWebError` with the token redacted.
     """
 
     def __init__(self, base_url: str, token: str, username: str) -> None:
@@ -33,6 +34,8 @@ class LabHttp:
         self.client = httpx.AsyncClient(
             base_url=base_url, timeout=_TIMEOUT, follow_redirects=False, trust_env=False
         )
+        #: Whether the server has a login page (``None`` before :meth:`login`).
+        self.has_login_page: bool | None = None
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -43,6 +46,34 @@ class LabHttp:
 
     def cookie_header(self) -> str:
         return "; ".join(f"{c.name}={c.value}" for c in self.client.cookies.jar)
+
+    def websocket_headers(self) -> dict[str, str]:
+        """Headers that authenticate a websocket handshake as this client."""
+        headers: dict[str, str] = {}
+        cookies = self.cookie_header()
+        if cookies:
+            headers["Cookie"] = cookies
+        if self.xsrf:
+            headers["X-XSRFToken"] = self.xsrf
+        authorization = self.client.headers.get("Authorization")
+        if authorization:
+            headers["Authorization"] = authorization
+        return headers
+
+    def error(
+        self,
+        message: str,
+        *,
+        method: str,
+        path: str,
+        started_at: datetime,
+        status: int | None = None,
+        body: str | None = None,
+    ) -> JupyterWebError:
+        """A :class:`JupyterWebError` about ``method path`` (token redacted)."""
+        return self._error(
+            message, method=method, path=path, started_at=started_at, status=status, body=body
+        )
 
     def url(self, path: str) -> str:
         return self.base_url + path.lstrip("/")
@@ -108,13 +139,34 @@ class LabHttp:
             )
         return response
 
-    async def login(self) -> None:
-        """Log in with the token through the login form.
+    async def login(self) -> bool:
+        """Log in with the token; return whether the server has a login page.
+
+        Through the login form where there is one; otherwise (HTTP 404, e.g.
+        Jupyter Kernel Gateway) the token goes in an ``Authorization`` header,
+        checked with ``GET api/kernelspecs``.
 
         Raises:
-            JupyterWebError: If the login page is unreachable or the token is refused.
+            JupyterWebError: If the server is unreachable or the token is refused.
         """
-        await self.request("GET", "login", what="fetching the login page")
+        page = await self.request("GET", "login", expect=(200, 404), what="fetching the login page")
+        if page.status_code == 404:
+            self.has_login_page = False
+            self.client.headers["Authorization"] = f"token {self._token}"
+            response = await self.request(
+                "GET", "api/kernelspecs", expect=(200, 401, 403), what="checking the token"
+            )
+            if response.status_code != 200:
+                raise self._error(
+                    "login refused: the server did not accept the token",
+                    method="GET",
+                    path="api/kernelspecs",
+                    started_at=datetime.now(tz=UTC),
+                    status=response.status_code,
+                    body=response.text,
+                )
+            return False
+        self.has_login_page = True
         if not self.xsrf:
             raise self._error(
                 "the login page set no _xsrf cookie",
@@ -139,3 +191,4 @@ class LabHttp:
                 status=response.status_code,
                 body=response.text,
             )
+        return True

@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["CodeContext", "ExecutionResult", "SessionTimings"]
+__all__ = [
+    "CellResult",
+    "CodeContext",
+    "ExecutionResult",
+    "NotebookResult",
+    "OutputChunk",
+    "SessionTimings",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +52,8 @@ class ExecutionResult:
     ``stdout`` and ``stderr`` are the concatenated stream text in arrival order.
     ``outputs`` holds the ``content`` of each ``execute_result`` and
     ``display_data`` message in order (their ``data`` dicts are MIME bundles).
+    ``images`` holds ``(mime_type, bytes)`` decoded from their ``image/png`` and
+    ``image/jpeg`` entries, in order.
     """
 
     msg_id: str
@@ -53,6 +62,7 @@ class ExecutionResult:
     outputs: list[dict[str, Any]] = field(default_factory=list)
     execution_count: int | None = None
     status: str = "ok"
+    images: list[tuple[str, bytes]] = field(default_factory=list)
 
     @property
     def result(self) -> dict[str, Any] | None:
@@ -81,3 +91,39 @@ class SessionTimings:
             "websocket_open": self.websocket_open,
             "cleanup": self.cleanup,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class OutputChunk:
+    """A piece of stream output as the kernel produced it (:meth:`JupyterLabSession.stream`).
+
+    ``name`` is ``"stdout"`` or ``"stderr"``.
+    """
+
+    name: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class CellResult:
+    """One code cell of a notebook run: its id, 1-based position among all cells, output."""
+
+    cell_id: str | None
+    cell_number: int
+    stdout: str
+    seconds: float
+    result: ExecutionResult = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class NotebookResult:
+    """A notebook run: every code cell's result in order, and the total seconds."""
+
+    notebook: str
+    cells: list[CellResult]
+    seconds: float
+
+    @property
+    def stdout(self) -> str:
+        """All code cells' stdout, concatenated in order."""
+        return "".join(cell.stdout for cell in self.cells)

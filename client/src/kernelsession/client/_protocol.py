@@ -116,8 +116,15 @@ def encode_v1(msg: KernelMessage) -> bytes:
     return b"".join([table, channel, *parts])
 
 
+_loads = json.loads
+
+
 def _load(part: bytes | memoryview) -> dict[str, Any]:
-    value = json.loads(bytes(part)) if part else {}
+    # Most parent headers and metadata are "{}": no parser call for them. Decoding to
+    # str first skips json's encoding detection on bytes.
+    if len(part) <= 2 and (not part or part == b"{}"):
+        return {}
+    value = _loads(str(part, "utf-8"))
     if not isinstance(value, dict):
         raise ProtocolError("message part is not a JSON object")
     return value

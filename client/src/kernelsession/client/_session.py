@@ -1,55 +1,63 @@
-"""Lab sessions: the manager opens one, the session runs code."""
+"""Lab sessions: the manager opens one, the session runs code and moves files.
+
+The manager does the HTTP side (login, creating and deleting the lab session or
+kernel) and gives the session a :class:`KernelConnection` (socket, reader,
+routing, reconnecting) and what it needs to interrupt the kernel and reach the
+contents API; results are assembled by the pure functions of ``_dispatch``.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import os
 import time
 import uuid
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
-import structlog
+import httpx
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-from websockets.frames import CloseCode
 
-from ._dispatch import MessageRouter, PendingRequest, Termination
+from ._connection import KernelConnection
+from ._dispatch import PendingRequest, assemble_result, termination_error
 from ._errors import (
-    JupyterError,
-    JupyterExecutionError,
     JupyterExecutionTimeoutError,
-    JupyterKernelDiedError,
-    JupyterOutputLostError,
     JupyterTimeoutError,
     JupyterWebError,
     JupyterWebSocketError,
     redact,
 )
+from ._files import Contents, Source
+from ._logging import default_logger
 from ._login import LabHttp
-from ._models import CodeContext, ExecutionResult, SessionTimings
-from ._protocol import (
-    KernelMessage,
-    ProtocolError,
-    decode_frame,
-    encode_message,
-    make_message,
+from ._models import (
+    CellResult,
+    CodeContext,
+    ExecutionResult,
+    NotebookResult,
+    OutputChunk,
+    SessionTimings,
 )
-from ._websocket import open_kernel_websocket
+from ._notebook import load_code_cells
+from ._websocket import MessageHandler, open_kernel_websocket
 
 __all__ = ["JupyterLabSession", "JupyterLabSessionManager"]
 
 #: How long an interrupted request may take to deliver its reply and idle status.
 _DRAIN_TIMEOUT = 15.0
-#: How long to wait for the websocket close handshake and the session DELETE.
+#: How long to wait for the session/kernel DELETE.
 _CLOSE_TIMEOUT = 10.0
-# Seconds to wait for one kernel_info round trip (shell + IOPub) before asking again.
-_NUDGE_ATTEMPT = 1.0
 
 
 def _now() -> datetime:
     return datetime.now(tz=UTC)
+
+
+def _seconds(value: timedelta | float | None) -> float | None:
+    return value.total_seconds() if isinstance(value, timedelta) else value
 
 
 def _ws_url(http_url: str) -> str:
@@ -61,190 +69,41 @@ def _ws_url(http_url: str) -> str:
 class JupyterLabSession:
     """An open lab session: one kernel and its websocket. Made by the manager.
 
-    One reader task reads every frame and routes it by parent ``msg_id``, so
-    any number of requests may be in flight (from concurrent tasks) without one
-    consuming another's messages.
+    Any number of requests may be in flight (from concurrent tasks); each gets
+    only its own messages.
     """
 
     def __init__(
         self,
         *,
-        manager: JupyterLabSessionManager,
-        websocket: ClientConnection,
+        connection: KernelConnection,
+        http: LabHttp,
         kernel_id: str,
         session_id: str,
-        client_session_id: str,
+        logger: Any,
     ) -> None:
-        self._manager = manager
-        self._ws = websocket
+        self._connection = connection
+        self._http = http
         self.kernel_id = kernel_id
+        #: The server's lab session id ("" where the kernel was created directly).
         self.session_id = session_id
-        self._client_session_id = client_session_id
-        self._router = MessageRouter()
-        self._closed: Termination | None = None
-        self._kernel_restarted = False
-        self._closing_ws = False
-        self._reconnect_lock = asyncio.Lock()
-        self._logger = manager._logger.bind(kernel_id=kernel_id)
-        self._reader = asyncio.create_task(
-            self._read_loop(), name=f"kernelsession-reader-{kernel_id}"
-        )
+        self._secrets = connection.secrets
+        self._logger = logger.bind(kernel_id=kernel_id)
+        self._contents = Contents(http, user=connection.username, secrets=connection.secrets)
 
     @property
     def subprotocol(self) -> str | None:
         """The websocket subprotocol the server selected (``None``: legacy JSON frames)."""
-        return self._ws.subprotocol
+        return self._connection.subprotocol
 
     @property
     def user(self) -> str:
-        return self._manager.username
+        return self._connection.username
 
-    # -- reading ---------------------------------------------------------------------
-
-    async def _read_loop(self) -> None:
-        ws = self._ws
-        subprotocol = ws.subprotocol
-        dispatch = self._router.dispatch
-        try:
-            async for frame in ws:
-                try:
-                    msg = decode_frame(frame, subprotocol)
-                except (ProtocolError, ValueError, UnicodeDecodeError) as e:
-                    self._logger.warning("Dropping malformed kernel frame", error=str(e))
-                    continue
-                if (
-                    msg.msg_type == "status"
-                    and not msg.parent_msg_id
-                    and msg.content.get("execution_state") in ("restarting", "dead")
-                ):
-                    self._kernel_restarted = True
-                    self._logger.warning(
-                        "Kernel restarting or dead",
-                        execution_state=msg.content.get("execution_state"),
-                    )
-                dispatch(msg)
-            close = ws.protocol.close_rcvd or ws.protocol.close_sent
-            self._set_closed(close.code if close else None, close.reason if close else None, None)
-        except ConnectionClosed as e:
-            close = e.rcvd or e.sent
-            self._set_closed(close.code if close else None, close.reason if close else None, e)
-        except Exception as e:  # pragma: no cover - defensive: never leave requests hanging
-            self._logger.exception("Kernel websocket reader failed")
-            self._set_closed(None, f"{type(e).__name__}: {e}", e)
-
-    def _set_closed(self, code: int | None, reason: str | None, exc: BaseException | None) -> None:
-        if code == CloseCode.MESSAGE_TOO_BIG:
-            limit = self._manager.max_websocket_size
-            detail = (
-                f"a kernel message was larger than max_websocket_size ({limit} bytes); "
-                "the websocket was closed"
-            )
-        elif self._manager._closing or self._closing_ws:
-            detail = "the websocket was closed by the client"
-        else:
-            detail = "the kernel websocket closed unexpectedly"
-            if code is None or code == CloseCode.ABNORMAL_CLOSURE:
-                detail = "the kernel websocket broke (no close frame: server gone or network)"
-        termination = Termination(kind="websocket", detail=detail, close_code=code, reason=reason)
-        if self._closed is None:
-            self._closed = termination
-            if not (self._manager._closing or self._closing_ws):
-                self._logger.warning(
-                    "Kernel websocket closed", close_code=code, reason=reason, detail=detail
-                )
-        self._router.terminate_all(termination)
-
-    # -- sending ---------------------------------------------------------------------
-
-    def _message(self, channel: str, msg_type: str, content: dict[str, Any]) -> KernelMessage:
-        return make_message(
-            channel,
-            msg_type,
-            content,
-            session_id=self._client_session_id,
-            username=self.user,
-        )
-
-    async def _send(self, msg: KernelMessage) -> None:
-        await self._ws.send(encode_message(msg, self._ws.subprotocol))
-
-    async def _reconnect_if_restarted(self) -> None:
-        """After a kernel restart, open a fresh websocket to the same kernel.
-
-        A restart may move the kernel to new ports, which leaves the server's
-        side of the old websocket talking to nothing; like JupyterLab, reconnect.
-        """
-        async with self._reconnect_lock:
-            if not self._kernel_restarted or self._manager._closing:
-                return
-            self._logger.info("Reconnecting the kernel websocket after a kernel restart")
-            await self._close()
-            self._ws = await self._manager._connect_websocket(
-                self.kernel_id, self._client_session_id
-            )
-            self._closed = None
-            self._closing_ws = False
-            self._kernel_restarted = False
-            self._reader = asyncio.create_task(
-                self._read_loop(), name=f"kernelsession-reader-{self.kernel_id}"
-            )
-            await self._nudge(self._manager.websocket_open_timeout.total_seconds())
-
-    async def _nudge(self, timeout: float) -> None:
-        """Wait until both shell and IOPub reach the (restarted) kernel.
-
-        A kernel_info_request is complete only once its IOPub idle status arrives; the
-        server's IOPub subscription to a freshly started kernel may not be connected
-        yet (ZMQ drops what a subscriber misses), so ask again until one completes.
-        This is what jupyter-server's own "nudge" does for new connections, which it
-        skips when it restores a buffered one.
-
-        Raises:
-            JupyterTimeoutError: not reachable within ``timeout`` seconds.
-            JupyterKernelDiedError, JupyterWebSocketError: as for :meth:`execute`.
-        """
-        started_at = _now()
-        deadline = time.monotonic() + timeout
-        while True:
-            request = await self._request(
-                self._message("shell", "kernel_info_request", {}), wait_idle=True
-            )
-            attempt = min(_NUDGE_ATTEMPT, max(deadline - time.monotonic(), 0.001))
-            try:
-                async with asyncio.timeout(attempt):
-                    await asyncio.shield(request.done)
-            except TimeoutError:
-                if time.monotonic() >= deadline:
-                    raise JupyterTimeoutError(
-                        f"the restarted kernel did not answer on shell and IOPub within "
-                        f"{timeout:g} s",
-                        **self._error_kwargs(started_at, None, None),
-                    ) from None
-                continue
-            finally:
-                self._router.unregister(request.msg_id)
-            if request.termination is not None:
-                raise self._termination_error(
-                    request.termination, **self._error_kwargs(started_at, None, None)
-                )
-            return
-
-    async def _request(self, msg: KernelMessage, *, wait_idle: bool = True) -> PendingRequest:
-        if self._kernel_restarted and msg.msg_type != "kernel_info_request":
-            await self._reconnect_if_restarted()
-        request = PendingRequest(msg.msg_id, wait_idle=wait_idle)
-        self._router.register(request)
-        if self._closed is not None:
-            request.terminate(self._closed)
-            return request
-        try:
-            await self._send(msg)
-        except ConnectionClosed as e:
-            close = e.rcvd or e.sent
-            self._set_closed(close.code if close else None, close.reason if close else None, e)
-        return request
-
-    # -- errors ----------------------------------------------------------------------
+    @property
+    def reconnects(self) -> int:
+        """How many times a broken websocket was reopened during this session."""
+        return self._connection.reconnects
 
     def _error_kwargs(
         self, started_at: datetime, code: str | None, context: CodeContext | None
@@ -254,49 +113,11 @@ class JupyterLabSession:
             "started_at": started_at,
             "context": context,
             "code": code,
-            "secrets": (self._manager._token,),
+            "secrets": self._secrets,
         }
 
-    def _termination_error(self, termination: Termination, **kwargs: Any) -> JupyterError:
-        if termination.kind == "kernel-died":
-            return JupyterKernelDiedError(
-                f"the kernel died while running the code ({termination.detail})",
-                execution_state=termination.execution_state,
-                **kwargs,
-            )
-        return JupyterWebSocketError(
-            termination.detail,
-            close_code=termination.close_code,
-            reason=termination.reason,
-            **kwargs,
-        )
-
-    # -- public API ------------------------------------------------------------------
-
-    async def execute(
-        self,
-        code: str,
-        context: CodeContext | None = None,
-        *,
-        timeout: timedelta | float | None = None,
-    ) -> ExecutionResult:
-        """Run ``code`` and return everything it produced.
-
-        Complete only once both the ``execute_reply`` and the kernel's idle
-        status for this request have arrived.
-
-        Raises:
-            JupyterExecutionError: The code raised (or the request was aborted).
-            JupyterExecutionTimeoutError: ``timeout`` passed; the kernel was
-                interrupted and the session stays usable.
-            JupyterKernelDiedError: The kernel died or restarted meanwhile.
-            JupyterOutputLostError: The server dropped output (IOPub rate limit).
-            JupyterWebSocketError: The websocket is closed or broke.
-        """
-        started_at = _now()
-        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
-        kwargs = self._error_kwargs(started_at, code, context)
-        msg = self._message(
+    def _execute_request(self, code: str) -> Any:
+        return self._connection.message(
             "shell",
             "execute_request",
             {
@@ -308,62 +129,64 @@ class JupyterLabSession:
                 "stop_on_error": True,
             },
         )
-        request = await self._request(msg)
+
+    def _timeout_error(
+        self, seconds: float | None, interrupted: bool, kwargs: dict[str, Any]
+    ) -> JupyterExecutionTimeoutError:
+        self._logger.warning("Code execution timed out", timeout=seconds, interrupted=interrupted)
+        return JupyterExecutionTimeoutError(
+            f"the code ran longer than its timeout of {seconds:g} s"
+            + ("; the kernel was interrupted" if interrupted else ""),
+            timeout=float(seconds or 0),
+            interrupted=interrupted,
+            **kwargs,
+        )
+
+    # -- running code --------------------------------------------------------------------
+
+    async def execute(
+        self,
+        code: str,
+        context: CodeContext | None = None,
+        *,
+        timeout: timedelta | float | None = None,
+    ) -> ExecutionResult:
+        """Run ``code`` and return everything it produced.
+
+        Complete only once both the ``execute_reply`` and the kernel's idle
+        status for this request have arrived. ``images`` holds the PNG and JPEG
+        images of its ``display_data`` and ``execute_result`` outputs, decoded.
+
+        Raises:
+            JupyterExecutionError: The code raised (or the request was aborted).
+            JupyterExecutionTimeoutError: ``timeout`` passed; the kernel was
+                interrupted and the session stays usable.
+            JupyterKernelDiedError: The kernel died or restarted meanwhile.
+            JupyterOutputLostError: The server dropped output (IOPub rate limit).
+            JupyterWebSocketError: The websocket closed, or broke and could not be
+                reopened within the manager's ``reconnect_timeout``.
+        """
+        started_at = _now()
+        seconds = _seconds(timeout)
+        request = await self._connection.request(self._execute_request(code))
         try:
             try:
-                async with asyncio.timeout(seconds):
-                    await asyncio.shield(request.done)
+                if seconds is None:
+                    await request.done  # no timer, no shield: the common, fastest path
+                else:
+                    async with asyncio.timeout(seconds):
+                        await asyncio.shield(request.done)
             except TimeoutError:
                 interrupted = await self._interrupt_and_drain(request)
-                self._logger.warning(
-                    "Code execution timed out", timeout=seconds, interrupted=interrupted
-                )
-                raise JupyterExecutionTimeoutError(
-                    f"the code ran longer than its timeout of {seconds:g} s"
-                    + ("; the kernel was interrupted" if interrupted else ""),
-                    timeout=float(seconds or 0),
-                    interrupted=interrupted,
-                    **kwargs,
-                ) from None
+                kwargs = self._error_kwargs(started_at, code, context)
+                raise self._timeout_error(seconds, interrupted, kwargs) from None
         finally:
-            self._router.unregister(request.msg_id)
-        return self._result(request, kwargs)
-
-    def _result(self, request: PendingRequest, kwargs: dict[str, Any]) -> ExecutionResult:
-        if request.termination is not None:
-            raise self._termination_error(request.termination, **kwargs)
-        reply = request.reply or {}
-        status = str(reply.get("status", "ok"))
-        if status != "ok":
-            error = request.error or reply
-            ename = error.get("ename") or ("Aborted" if status == "aborted" else "Error")
-            evalue = error.get("evalue") or ""
-            traceback = "\n".join(error.get("traceback") or [])
-            raise JupyterExecutionError(
-                f"{ename}: {evalue}" if evalue else str(ename),
-                error=traceback or None,
-                ename=str(ename),
-                evalue=str(evalue),
-                status=status,
-                **kwargs,
-            )
-        stdout = "".join(request.stdout)
-        if request.lost_output_notice is not None:
-            raise JupyterOutputLostError(
-                "the lab server dropped part of the output (IOPub rate limit exceeded); "
-                "the result would be incomplete",
-                notice=request.lost_output_notice,
-                partial_stdout=stdout,
-                **kwargs,
-            )
-        return ExecutionResult(
-            msg_id=request.msg_id,
-            stdout=stdout,
-            stderr="".join(request.stderr),
-            outputs=request.outputs,
-            execution_count=reply.get("execution_count"),
-            status=status,
-        )
+            self._connection.unregister(request.msg_id)
+        if request.termination is None and request.lost_output_notice is None:
+            reply = request.reply
+            if reply is not None and reply.get("status") == "ok":
+                return assemble_result(request)  # the common case: no error kwargs built
+        return assemble_result(request, **self._error_kwargs(started_at, code, context))
 
     async def run_python(
         self,
@@ -383,15 +206,105 @@ class JupyterLabSession:
                 session still usable).
             JupyterKernelDiedError: The kernel died while running the code.
             JupyterOutputLostError: The server dropped some of the output.
-            JupyterWebSocketError: The websocket closed or broke.
+            JupyterWebSocketError: The websocket closed, or broke and could not be reopened.
         """
         result = await self.execute(code, context, timeout=timeout)
         return result.stdout
 
+    async def stream(
+        self,
+        code: str,
+        context: CodeContext | None = None,
+        *,
+        timeout: timedelta | float | None = None,
+    ) -> AsyncIterator[OutputChunk]:
+        """Run ``code``, yielding its stdout and stderr as the kernel produces them.
+
+        ``async for chunk in session.stream(code): print(chunk.name, chunk.text)``.
+        The iteration ends once the execution is complete; then, as
+        :meth:`run_python` would, it raises if the code failed. ``timeout``
+        bounds the whole execution (the time the caller spends between chunks
+        counts). Leaving the loop early stops listening, not the code.
+
+        Raises:
+            JupyterExecutionError: The code raised (after its output was yielded).
+            JupyterExecutionTimeoutError: ``timeout`` passed; the kernel was
+                interrupted and the session stays usable.
+            JupyterKernelDiedError, JupyterOutputLostError, JupyterWebSocketError:
+                as for :meth:`run_python`.
+        """
+        started_at = _now()
+        seconds = _seconds(timeout)
+        loop = asyncio.get_running_loop()
+        deadline = None if seconds is None else loop.time() + seconds
+        queue: asyncio.Queue[OutputChunk | None] = asyncio.Queue()
+
+        def on_stream(name: str, text: str) -> None:
+            queue.put_nowait(OutputChunk(name, text))
+
+        request = await self._connection.request(self._execute_request(code), on_stream=on_stream)
+        request.done.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await queue.get()
+                except TimeoutError:
+                    interrupted = await self._interrupt_and_drain(request)
+                    kwargs = self._error_kwargs(started_at, code, context)
+                    raise self._timeout_error(seconds, interrupted, kwargs) from None
+                if chunk is None:
+                    break
+                yield chunk
+        finally:
+            self._connection.unregister(request.msg_id)
+        assemble_result(request, **self._error_kwargs(started_at, code, context))
+
+    async def run_notebook(
+        self,
+        notebook: str | os.PathLike[str] | Mapping[str, Any],
+        *,
+        timeout: timedelta | float | None = None,
+    ) -> NotebookResult:
+        """Run a notebook's code cells in order, in this session's kernel.
+
+        ``notebook`` is a path to an ``.ipynb`` file or an nbformat dict;
+        markdown and raw cells are skipped. ``timeout`` applies to each cell.
+        Errors carry a :class:`CodeContext` with the notebook's name, the cell's
+        id and its 1-based number among all cells.
+
+        Raises:
+            JupyterExecutionError: A cell raised (``context`` names the notebook,
+                ``cell`` and ``cell_number``); later cells were not run.
+            JupyterExecutionTimeoutError, JupyterKernelDiedError,
+                JupyterOutputLostError, JupyterWebSocketError: as for :meth:`execute`.
+            OSError: The notebook path cannot be read.
+            ValueError: It is not a notebook (nbformat's errors are ValueErrors).
+        """
+        name, cells = load_code_cells(notebook)
+        t0 = time.perf_counter()
+        results: list[CellResult] = []
+        for cell in cells:
+            context = CodeContext(
+                notebook=name, cell=cell.cell_id, cell_number=str(cell.cell_number)
+            )
+            t_cell = time.perf_counter()
+            result = await self.execute(cell.source, context, timeout=timeout)
+            results.append(
+                CellResult(
+                    cell_id=cell.cell_id,
+                    cell_number=cell.cell_number,
+                    stdout=result.stdout,
+                    seconds=time.perf_counter() - t_cell,
+                    result=result,
+                )
+            )
+        return NotebookResult(notebook=name, cells=results, seconds=time.perf_counter() - t0)
+
     async def _interrupt_and_drain(self, request: PendingRequest) -> bool:
         """Interrupt the kernel and wait (bounded) for the request to finish."""
         try:
-            await self._manager._http.request(
+            await self._http.request(
                 "POST",
                 f"api/kernels/{self.kernel_id}/interrupt",
                 what="interrupting the kernel",
@@ -415,49 +328,78 @@ class JupyterLabSession:
             JupyterKernelDiedError, JupyterWebSocketError: As for :meth:`execute`.
         """
         started_at = _now()
-        kwargs = self._error_kwargs(started_at, None, None)
-        request = await self._request(
-            self._message("shell", "kernel_info_request", {}), wait_idle=False
+        connection = self._connection
+        request = await connection.request(
+            connection.message("shell", "kernel_info_request", {}), wait_idle=False
         )
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.shield(request.done)
         except TimeoutError:
             raise JupyterTimeoutError(
-                f"the kernel did not answer kernel_info_request within {timeout:g} s", **kwargs
+                f"the kernel did not answer kernel_info_request within {timeout:g} s",
+                **self._error_kwargs(started_at, None, None),
             ) from None
         finally:
-            self._router.unregister(request.msg_id)
+            connection.unregister(request.msg_id)
         if request.termination is not None:
-            raise self._termination_error(request.termination, **kwargs)
+            raise termination_error(
+                request.termination, **self._error_kwargs(started_at, None, None)
+            )
         return request.reply or {}
 
-    async def _close(self) -> None:
-        self._closing_ws = True
-        try:
-            async with asyncio.timeout(_CLOSE_TIMEOUT):
-                await self._ws.close()
-        except TimeoutError:
-            self._ws.transport.abort()
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader
+    # -- files ---------------------------------------------------------------------------
+
+    async def upload(self, data_or_path: Source, remote_path: str) -> None:
+        """Write a file in the lab through its contents API (binary-safe).
+
+        ``data_or_path`` is the content (``bytes``, ``bytearray``, ``memoryview``)
+        or a local file path (``str`` or ``os.PathLike``); ``remote_path`` is
+        relative to the server's root directory, whose directories must exist.
+        Files larger than 4 MiB go in chunks, read from disk one at a time.
+
+        Raises:
+            JupyterUnsupportedError: The server has no contents API (Kernel Gateway).
+            JupyterNotFoundError: The remote directory does not exist.
+            JupyterWebError: Another HTTP failure.
+            OSError: The local file cannot be read.
+        """
+        await self._contents.upload(data_or_path, remote_path)
+
+    async def download(self, remote_path: str) -> bytes:
+        """The bytes of a file in the lab (relative to the server's root directory).
+
+        Raises:
+            JupyterUnsupportedError: The server has no contents API (Kernel Gateway).
+            JupyterNotFoundError: No such file.
+            JupyterWebError: Another HTTP failure.
+        """
+        return await self._contents.download(remote_path)
 
 
 class JupyterLabSessionManager:
     """Open a lab session as an async context manager; yields a :class:`JupyterLabSession`.
 
-    ``async with`` logs in (token to cookies and XSRF, through the login form
-    as a browser does), creates a lab session with a kernel (``POST
-    api/sessions``), opens the kernel websocket offering the
-    ``v1.kernel.websocket.jupyter.org`` subprotocol (falling back to JSON
-    frames if the server does not select it) and waits for the kernel's first
-    reply. On exit it closes the websocket and deletes the lab session, which
-    also happens when opening failed after the session was created.
+    ``async with`` logs in, starts a kernel and opens its websocket offering the
+    ``v1.kernel.websocket.jupyter.org`` subprotocol (falling back to JSON frames
+    if the server does not select it), then waits for the kernel's first reply.
+    It works unchanged against jupyter-server (JupyterLab), a lab behind a
+    base_url, and Jupyter Kernel Gateway:
+
+    * where there is a login page, the token is posted to it as a browser does
+      (cookies and XSRF); where there is none (Kernel Gateway), the token goes
+      in an ``Authorization`` header;
+    * where there is a login page a lab session is created (``POST
+      api/sessions``), falling back to a bare kernel if the server has no
+      sessions API; without a login page a kernel is created directly (``POST
+      api/kernels``).
+
+    On exit it closes the websocket and deletes what it created (the lab
+    session, or the kernel), which also happens when opening failed half way.
 
     Args:
-        base_url: The lab's base URL, e.g. ``http://host:8888/user/alice/``.
-        token: The lab token (never logged, redacted from errors).
+        base_url: The server's base URL, e.g. ``http://host:8888/user/alice/``.
+        token: The server's token (never logged, redacted from errors).
         username: The lab user, bound to logs and carried by errors.
         kernel_name: Kernel spec to start.
         notebook_name: Session path/name; a unique console name if ``None``.
@@ -466,10 +408,19 @@ class JupyterLabSessionManager:
             with a ``JupyterWebSocketError`` saying so.
         websocket_open_timeout: Bound on opening the websocket and getting the
             kernel's first reply.
-        logger: A structlog logger; ``user`` is bound to it.
+        logger: A structlog logger; ``user`` is bound to it. By default the
+            library logs to the stdlib logger ``kernelsession.client``, which
+            prints nothing unless the application configures logging.
+        ping_interval: Websocket keepalive: a ping this often (``None``: never),
+            so proxies and load balancers do not drop a socket during a long
+            silent cell. A pong must come within ``max(ping_interval * 3, 60 s)``.
+        reconnect_timeout: When the websocket breaks without a close frame
+            (network, proxy) while the server and kernel live, reopen it with
+            the same client session id within this time and return the complete
+            results (the server buffers output meanwhile); ``None`` disables it.
 
     Raises (from ``__aenter__``):
-        JupyterWebError: Login or session creation failed.
+        JupyterWebError: Login or session/kernel creation failed.
         JupyterTimeoutError: The websocket or kernel did not answer in time.
         JupyterWebSocketError: The websocket could not be opened.
     """
@@ -485,6 +436,8 @@ class JupyterLabSessionManager:
         max_websocket_size: int | None = None,
         websocket_open_timeout: timedelta = timedelta(seconds=60),
         logger: Any = None,
+        ping_interval: timedelta | float | None = timedelta(seconds=20),
+        reconnect_timeout: timedelta | float | None = timedelta(seconds=10),
     ) -> None:
         if not base_url.endswith("/"):
             base_url += "/"
@@ -494,13 +447,17 @@ class JupyterLabSessionManager:
         self.notebook_name = notebook_name
         self.max_websocket_size = max_websocket_size
         self.websocket_open_timeout = websocket_open_timeout
+        self.ping_interval = _seconds(ping_interval)
+        self.reconnect_timeout = _seconds(reconnect_timeout)
         self.timings = SessionTimings()
         self._token = token
-        self._logger = (logger or structlog.get_logger("kernelsession.client")).bind(
+        self._logger = (logger if logger is not None else default_logger()).bind(
             user=username, base_url=redact(base_url, (token,))
         )
         self._http = LabHttp(base_url, token, username)
         self._lab_session_id: str | None = None
+        self._kernel_id: str | None = None
+        self._connection: KernelConnection | None = None
         self._session: JupyterLabSession | None = None
         self._closing = False
         # Overridable by tests/benchmarks: websocket subprotocols offered and quickack.
@@ -524,60 +481,109 @@ class JupyterLabSessionManager:
 
     async def _open(self) -> JupyterLabSession:
         t0 = time.perf_counter()
-        await self._http.login()
+        has_login_page = await self._http.login()
         t1 = time.perf_counter()
         self.timings.login = t1 - t0
-        self._logger.debug("Logged in to the lab")
+        self._logger.debug("Logged in", login_page=has_login_page)
 
-        name = self.notebook_name or f"kernelsession-{uuid.uuid4().hex[:12]}"
-        response = await self._http.request(
-            "POST",
-            "api/sessions",
-            json={
-                "kernel": {"name": self.kernel_name},
-                "name": name,
-                "path": name,
-                "type": "notebook" if self.notebook_name else "console",
-            },
-            what="creating the lab session",
-        )
-        body = response.json()
-        self._lab_session_id = str(body["id"])
-        kernel_id = str(body["kernel"]["id"])
+        kernel_id = await self._start_kernel(with_session=has_login_page)
         t2 = time.perf_counter()
         self.timings.session_create = t2 - t1
-        self._logger.info(
-            "Created lab session", session_id=self._lab_session_id, kernel_id=kernel_id
-        )
 
-        session = await self._open_websocket(kernel_id)
-        self._session = session
-        self.timings.websocket_open = time.perf_counter() - t2
-        return session
-
-    async def _open_websocket(self, kernel_id: str) -> JupyterLabSession:
         timeout = self.websocket_open_timeout.total_seconds()
         deadline = time.monotonic() + timeout
-        client_session_id = uuid.uuid4().hex
-        ws = await self._connect_websocket(kernel_id, client_session_id)
+        connection = KernelConnection(
+            lambda session_id, on_message: self._connect_websocket(
+                kernel_id, session_id, on_message
+            ),
+            username=self.username,
+            secrets=(self._token,),
+            logger=self._logger.bind(kernel_id=kernel_id),
+            max_websocket_size=self.max_websocket_size,
+            reconnect_timeout=self.reconnect_timeout,
+            kernel_alive=lambda: self._kernel_alive(kernel_id),
+        )
+        self._connection = connection
+        await connection.open()
+        self._logger.debug(
+            "Opened kernel websocket", subprotocol=connection.subprotocol or "legacy-json"
+        )
         session = JupyterLabSession(
-            manager=self,
-            websocket=ws,
+            connection=connection,
+            http=self._http,
             kernel_id=kernel_id,
             session_id=self._lab_session_id or "",
-            client_session_id=client_session_id,
+            logger=self._logger,
         )
-        self._session = session
-        self._logger.debug("Opened kernel websocket", subprotocol=ws.subprotocol or "legacy-json")
         remaining = max(deadline - time.monotonic(), 0.001)
         try:
             await session.kernel_info(timeout=remaining)
         except JupyterTimeoutError as e:
             e.message = f"the kernel did not answer within {timeout:g} s of opening"
             raise
+        self._session = session
+        self.timings.websocket_open = time.perf_counter() - t2
         return session
 
-    async def _connect_websocket(self, kernel_id: str, client_session_id: str) -> ClientConnection:
+    async def _start_kernel(self, *, with_session: bool) -> str:
+        """Create a lab session (or a bare kernel where there is no sessions API).
+
+        Raises:
+            JupyterWebError: The server refused.
+        """
+        if with_session:
+            name = self.notebook_name or f"kernelsession-{uuid.uuid4().hex[:12]}"
+            response = await self._http.request(
+                "POST",
+                "api/sessions",
+                json={
+                    "kernel": {"name": self.kernel_name},
+                    "name": name,
+                    "path": name,
+                    "type": "notebook" if self.notebook_name else "console",
+                },
+                expect=(200, 201, 404),
+                what="creating the lab session",
+            )
+            if response.status_code != 404:
+                body = response.json()
+                self._lab_session_id = str(body["id"])
+                self._kernel_id = str(body["kernel"]["id"])
+                self._logger.info(
+                    "Created lab session",
+                    session_id=self._lab_session_id,
+                    kernel_id=self._kernel_id,
+                )
+                return self._kernel_id
+        response = await self._http.request(
+            "POST", "api/kernels", json={"name": self.kernel_name}, what="creating the kernel"
+        )
+        self._kernel_id = str(response.json()["id"])
+        self._logger.info("Created kernel", kernel_id=self._kernel_id)
+        return self._kernel_id
+
+    async def _kernel_alive(self, kernel_id: str) -> bool | None:
+        """Whether the kernel still exists: ``False`` when the server refuses
+        connections (nothing listens: it is gone) or says 404; ``None`` when
+        unreachable otherwise (a network problem, worth retrying)."""
+        try:
+            response = await self._http.client.get(f"api/kernels/{kernel_id}", timeout=5.0)
+        except httpx.ConnectError as e:
+            cause: BaseException | None = e
+            while cause is not None:
+                if isinstance(cause, ConnectionRefusedError):
+                    return False
+                cause = cause.__cause__ or cause.__context__
+            return None
+        except httpx.HTTPError:
+            return None
+        if response.status_code == 404:
+            return False
+        return True if response.status_code == 200 else None
+
+    async def _connect_websocket(
+        self, kernel_id: str, client_session_id: str, on_message: MessageHandler
+    ) -> ClientConnection:
         """Open the kernel websocket.
 
         Raises:
@@ -593,15 +599,18 @@ class JupyterLabSessionManager:
             "secrets": (self._token,),
         }
         timeout = self.websocket_open_timeout.total_seconds()
+        ping = self.ping_interval
         try:
             ws = await open_kernel_websocket(
                 url,
-                cookie_header=self._http.cookie_header(),
-                xsrf=self._http.xsrf,
+                headers=self._http.websocket_headers(),
                 max_size=self.max_websocket_size,
                 open_timeout=self.websocket_open_timeout,
+                ping_interval=ping,
+                ping_timeout=max(ping * 3, 60.0) if ping else None,
                 quickack=self._quickack,
                 subprotocols=self._subprotocols,
+                on_message=on_message,
             )
         except TimeoutError:
             raise JupyterTimeoutError(
@@ -618,32 +627,31 @@ class JupyterLabSessionManager:
             ) from None
         return ws
 
+    async def _delete(self, path: str, what: str) -> None:
+        try:
+            await asyncio.wait_for(
+                self._http.request("DELETE", path, expect=(204, 404), what=what), _CLOSE_TIMEOUT
+            )
+            self._logger.info(what.capitalize().replace("deleting", "Deleted"), path=path)
+        except (JupyterWebError, TimeoutError) as e:
+            self._logger.warning(
+                f"Could not finish {what}", path=path, error=str(getattr(e, "message", e))
+            )
+
     async def _cleanup(self) -> None:
         if self._closing:
             return
         self._closing = True
         t0 = time.perf_counter()
         try:
-            if self._session is not None:
-                await self._session._close()
+            if self._connection is not None:
+                await self._connection.close()
             if self._lab_session_id is not None:
-                try:
-                    await asyncio.wait_for(
-                        self._http.request(
-                            "DELETE",
-                            f"api/sessions/{self._lab_session_id}",
-                            expect=(204, 404),
-                            what="deleting the lab session",
-                        ),
-                        _CLOSE_TIMEOUT,
-                    )
-                    self._logger.info("Deleted lab session", session_id=self._lab_session_id)
-                except (JupyterWebError, TimeoutError) as e:
-                    self._logger.warning(
-                        "Could not delete the lab session",
-                        session_id=self._lab_session_id,
-                        error=str(getattr(e, "message", e)),
-                    )
+                await self._delete(
+                    f"api/sessions/{self._lab_session_id}", "deleting the lab session"
+                )
+            elif self._kernel_id is not None:
+                await self._delete(f"api/kernels/{self._kernel_id}", "deleting the kernel")
         finally:
             await self._http.aclose()
             self.timings.cleanup = time.perf_counter() - t0

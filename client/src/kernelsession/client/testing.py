@@ -1,15 +1,21 @@
-"""A real jupyter-server on loopback, for tests and benchmarks of this client.
+"""Real Jupyter servers and a cuttable TCP proxy on loopback, for tests and benchmarks.
 
 >>> with LocalJupyterServer() as lab:
 ...     manager = JupyterLabSessionManager(base_url=lab.url, token=lab.token, username="u")
 
-The server runs with its own temporary HOME, root, runtime and data
-directories, a random token and a free port; ``stop()`` ends it by PID
-(SIGTERM, then SIGKILL after a grace period).
+:class:`LocalJupyterServer` is a jupyter-server (what JupyterLab runs on);
+:class:`LocalKernelGateway` a Jupyter Kernel Gateway (``jupyter-websocket``
+personality: kernels only, no login page, no contents API). Each runs with its
+own temporary HOME, root, runtime and data directories, a random token and a
+free port; ``stop()`` ends it by PID (SIGTERM, then SIGKILL after a grace
+period). :class:`TcpProxy` forwards a loopback port to a server and can cut
+every connection through it, as a flaky network would.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -24,7 +30,7 @@ from types import TracebackType
 
 import httpx
 
-__all__ = ["LocalJupyterServer"]
+__all__ = ["LocalJupyterServer", "LocalKernelGateway", "TcpProxy"]
 
 
 def _free_port() -> int:
@@ -99,20 +105,7 @@ class LocalJupyterServer:
             "JUPYTER_PLATFORM_DIRS": "1",
         }
         env.pop("JUPYTER_TOKEN", None)
-        args = [
-            sys.executable,
-            "-m",
-            "jupyter_server",
-            "--ServerApp.ip=127.0.0.1",
-            f"--ServerApp.port={self.port}",
-            "--ServerApp.port_retries=0",
-            f"--ServerApp.base_url={self.base_path}",
-            f"--IdentityProvider.token={self.token}",
-            "--ServerApp.open_browser=False",
-            "--ServerApp.allow_root=True",
-            f"--ServerApp.root_dir={self._dir / 'root'}",
-            *self.extra_args,
-        ]
+        args = [*self._command(self._dir / "root"), *self.extra_args]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -124,6 +117,30 @@ class LocalJupyterServer:
             raise
         return self
 
+    def _command(self, root: Path) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "jupyter_server",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={self.port}",
+            "--ServerApp.port_retries=0",
+            f"--ServerApp.base_url={self.base_path}",
+            f"--IdentityProvider.token={self.token}",
+            "--ServerApp.open_browser=False",
+            "--ServerApp.allow_root=True",
+            f"--ServerApp.root_dir={root}",
+        ]
+
+    #: Path (relative to the base URL) that answers 200 with the token once ready.
+    _ready_path = "api/status"
+
+    @property
+    def root_dir(self) -> Path:
+        """The server's root directory (where the contents API reads and writes)."""
+        assert self._dir is not None
+        return self._dir / "root"
+
     def _wait_ready(self) -> None:
         assert self.process is not None
         deadline = time.monotonic() + self.start_timeout
@@ -132,16 +149,18 @@ class LocalJupyterServer:
             while True:
                 if self.process.poll() is not None:
                     raise RuntimeError(
-                        f"jupyter server exited with {self.process.returncode}:\n{self.log()}"
+                        f"{type(self).__name__} exited with {self.process.returncode}:\n"
+                        + self.log()
                     )
                 try:
-                    if client.get(self.url + "api/status", headers=headers).status_code == 200:
+                    if client.get(self.url + self._ready_path, headers=headers).status_code == 200:
                         return
                 except httpx.HTTPError:
                     pass
                 if time.monotonic() > deadline:
                     raise TimeoutError(
-                        f"jupyter server not ready after {self.start_timeout} s:\n{self.log()}"
+                        f"{type(self).__name__} not ready after {self.start_timeout} s:\n"
+                        + self.log()
                     )
                 time.sleep(0.05)
 
@@ -201,3 +220,155 @@ class LocalJupyterServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class LocalKernelGateway(LocalJupyterServer):
+    """Start Jupyter Kernel Gateway 3 (``python -m kernel_gateway``) on 127.0.0.1.
+
+    ``jupyter-websocket`` personality with ``auth_token``: kernels only, no login
+    page, no contents API. Listing kernels (``GET api/kernels``) is enabled so
+    tests can see what a client left behind.
+    """
+
+    _ready_path = "api/kernelspecs"
+
+    def _command(self, root: Path) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "kernel_gateway",
+            "--KernelGatewayApp.ip=127.0.0.1",
+            f"--KernelGatewayApp.port={self.port}",
+            "--KernelGatewayApp.port_retries=0",
+            f"--KernelGatewayApp.base_url={self.base_path}",
+            f"--KernelGatewayApp.auth_token={self.token}",
+            "--JupyterWebsocketPersonality.list_kernels=True",
+        ]
+
+
+class TcpProxy:
+    """A loopback TCP proxy (asyncio) in front of ``target_port`` that tests can cut.
+
+    Run it inside the test's event loop: ``async with TcpProxy(port) as proxy:``
+    then connect to ``proxy.url_for(server)``. :meth:`cut` aborts every open
+    connection at once (no close frame or FIN handshake reaches either end
+    cleanly: both see a reset), like a dropped network path. :meth:`hold`
+    makes new connections wait (accepted, not forwarded) until :meth:`release`.
+    ``idle_timeout`` cuts an open websocket (upgrade requested and answered)
+    that carried no bytes for that long, as load balancers do
+    (``websocket_idle_cuts`` counts them).
+    """
+
+    def __init__(self, target_port: int, *, idle_timeout: float | None = None) -> None:
+        self.target_port = target_port
+        self.idle_timeout = idle_timeout
+        self.port = 0
+        self.connections = 0
+        self.cuts = 0
+        self.websocket_idle_cuts = 0
+        self._last_byte = 0.0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._open = asyncio.Event()
+        self._open.set()
+
+    def url_for(self, server: LocalJupyterServer) -> str:
+        return f"http://127.0.0.1:{self.port}{server.base_path}"
+
+    async def __aenter__(self) -> TcpProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+        self.cut(count=False)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def quiet_for(self) -> float:
+        """Seconds since any byte went through the proxy (in either direction)."""
+        return time.monotonic() - self._last_byte
+
+    def hold(self) -> None:
+        """New connections wait until :meth:`release`."""
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def cut(self, *, count: bool = True) -> int:
+        """Abort every connection through the proxy; return how many were cut."""
+        writers = list(self._writers)
+        for writer in writers:
+            writer.transport.abort()
+        self._writers.clear()
+        if count and writers:
+            self.cuts += 1
+        return len(writers)
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        pumps: list[asyncio.Task[None]] = []
+        pair: tuple[asyncio.StreamWriter, ...] = (client_w,)
+        try:
+            await self._open.wait()
+            try:
+                server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+            except OSError:
+                return
+            self.connections += 1
+            pair = (client_w, server_w)
+            self._writers.update(pair)
+            # activity: [last byte time, 0 / 1 upgrade asked / 2 upgrade answered]
+            activity: list[float] = [asyncio.get_running_loop().time(), 0.0]
+            pumps = [
+                asyncio.create_task(self._pump(client_r, server_w, activity, upstream=True)),
+                asyncio.create_task(self._pump(server_r, client_w, activity, upstream=False)),
+            ]
+            if self.idle_timeout is not None:
+                pumps.append(asyncio.create_task(self._idle_watch(activity, pair)))
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            pass  # the proxy is closing
+        finally:
+            for task in pumps:
+                task.cancel()
+            for writer in pair:
+                self._writers.discard(writer)
+                writer.transport.abort()
+
+    async def _pump(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        activity: list[float],
+        *,
+        upstream: bool,
+    ) -> None:
+        with contextlib.suppress(OSError, asyncio.CancelledError):
+            while data := await reader.read(65536):
+                activity[0] = asyncio.get_running_loop().time()
+                self._last_byte = time.monotonic()
+                if upstream and not activity[1] and b"upgrade: websocket" in data.lower():
+                    activity[1] = 1.0
+                elif not upstream and activity[1] == 1.0:
+                    activity[1] = 2.0
+                writer.write(data)
+                await writer.drain()
+
+    async def _idle_watch(
+        self, activity: list[float], pair: tuple[asyncio.StreamWriter, ...]
+    ) -> None:
+        assert self.idle_timeout is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            left = activity[0] + self.idle_timeout - loop.time()
+            if activity[1] < 2.0:
+                left = self.idle_timeout  # not an open websocket (yet)
+            elif left <= 0:
+                self.websocket_idle_cuts += 1
+                for writer in pair:
+                    writer.transport.abort()
+                return
+            await asyncio.sleep(left)  # re-checks the last-activity time at its deadline
