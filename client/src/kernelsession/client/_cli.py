@@ -22,8 +22,8 @@ from typing import Any
 
 from ._errors import JupyterError, redact
 from ._kubernetes import KernelSessionClient, KernelSessionError
-from ._open import add_open_parser, run_open
 from ._logging import LOGGER_NAME
+from ._open import add_open_parser, run_open
 from ._session import JupyterLabSessionManager
 from .resources import DEFAULT_NAMESPACE
 
@@ -273,9 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
-    runner = {"exec": _exec, "notebook": _notebook, "probe": _probe, "open": run_open}[
-        args.command
-    ]
+    runner = {"exec": _exec, "notebook": _notebook, "probe": _probe, "open": run_open}[args.command]
     try:
         return asyncio.run(runner(args))
     except UsageError as e:

@@ -19,8 +19,8 @@ from typing import Any, cast
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from ._reach import reachable_url
 from ._logging import default_logger
+from ._reach import reachable_url
 from ._session import JupyterLabSessionManager
 from .resources import (
     API_VERSION,

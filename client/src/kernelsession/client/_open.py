@@ -33,9 +33,6 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from ._errors import redact
 from ._kubernetes import (
-    GROUP,
-    PLURAL,
-    VERSION,
     KernelSessionClient,
     KernelSessionNotFoundError,
     KernelSessionStatus,
@@ -44,6 +41,7 @@ from ._kubernetes import (
 )
 from ._localproxy import ByteStream, LocalProxy, TCPUpstream, Upstream, UpstreamError
 from ._portforward import PortForwardUpstream
+from .resources import GROUP, PLURAL, VERSION
 
 __all__ = ["OpenError", "add_open_parser", "run_open"]
 
