@@ -28,11 +28,12 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import h11
-import structlog
+
+from ._logging import default_logger
 
 __all__ = [
     "LOGIN_PARAMETER",
@@ -428,13 +429,13 @@ class LocalProxy:
         token: str,
         port: int = 0,
         landing: str = "/lab",
-        logger: structlog.typing.FilteringBoundLogger | None = None,
+        logger: Any = None,
     ) -> None:
         self.upstream = upstream
         self._token = token
         self._requested_port = port
         self._landing = landing
-        self._log = logger or structlog.get_logger("kernelsession.client.open")
+        self._log = logger or default_logger()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.guard: Guard | None = None
