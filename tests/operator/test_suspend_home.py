@@ -202,7 +202,7 @@ async def test_home_files_survive_suspend_culling_and_operator_restart(
     apply_session(
         installed,
         session_name,
-        {"user": "jo", "home": {"size": "64Mi"}, "culling": {"idleTimeoutSeconds": 6}},
+        {"user": "jo", "home": {"size": "64Mi"}, "culling": {"idleTimeoutSeconds": 0}},
     )
     wait_phase(installed, session_name, "Ready", timeout=180)
     async with await ks.lab_session(session_name) as lab:
@@ -220,6 +220,7 @@ async def test_home_files_survive_suspend_culling_and_operator_restart(
     await read_back()
     operator.restart()
     await read_back()
+    _patch(installed, session_name, {"culling": {"idleTimeoutSeconds": 6}})
     wait_phase(installed, session_name, "Culled", 60)  # idle for 6 s
     installed.kubectl(
         "-n", LABS, "annotate", "ks", session_name, "kernelsession.dev/resume=1", "--overwrite"
