@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from kernelsession.localcluster import images, oci
+from kernelsession.localcluster import binaries, images, oci
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -260,10 +260,14 @@ async def test_lab_serves_jupyterlab_as_uid_1000_on_a_read_only_root(
 
 def _containerd_dirs() -> list[str]:
     """Directories holding ``containerd`` and ``ctr`` to test against: the one on PATH
-    (Debian's 1.6) and those in ``KERNELSESSION_TEST_CONTAINERD`` (``:``-separated, e.g. a
+    (Debian's 1.6), the node's (``make binaries``) and those in ``KERNELSESSION_TEST_CONTAINERD`` (``:``-separated, e.g. a
     containerd 2.x build)."""
     found = shutil.which("containerd")
     dirs = [str(Path(found).parent)] if found else []
+    try:  # the project's own containerd 2.x (make binaries)
+        dirs.append(str(binaries.ensure_node(build_missing=False, log=False).directory))
+    except binaries.BinariesUnavailableError:
+        pass
     extra = os.environ.get("KERNELSESSION_TEST_CONTAINERD", "")
     dirs += [d for d in extra.split(":") if d and d not in dirs]
     return dirs or ["(none)"]
