@@ -10,6 +10,7 @@ and socket in a temp directory, CRI plugin off), which is stopped by PID and rem
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -260,14 +261,12 @@ async def test_lab_serves_jupyterlab_as_uid_1000_on_a_read_only_root(
 
 def _containerd_dirs() -> list[str]:
     """Directories holding ``containerd`` and ``ctr`` to test against: the one on PATH
-    (Debian's 1.6), the node's (``make binaries``) and those in ``KERNELSESSION_TEST_CONTAINERD`` (``:``-separated, e.g. a
-    containerd 2.x build)."""
+    (Debian's 1.6), the node's (``make binaries``) and those in
+    ``KERNELSESSION_TEST_CONTAINERD`` (``:``-separated)."""
     found = shutil.which("containerd")
     dirs = [str(Path(found).parent)] if found else []
-    try:  # the project's own containerd 2.x (make binaries)
+    with contextlib.suppress(binaries.BinariesUnavailableError):  # the node's containerd 2.x
         dirs.append(str(binaries.ensure_node(build_missing=False, log=False).directory))
-    except binaries.BinariesUnavailableError:
-        pass
     extra = os.environ.get("KERNELSESSION_TEST_CONTAINERD", "")
     dirs += [d for d in extra.split(":") if d and d not in dirs]
     return dirs or ["(none)"]
