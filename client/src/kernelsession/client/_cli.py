@@ -247,7 +247,7 @@ async def _probe_continuous(args: argparse.Namespace) -> int:
         raise UsageError("--every must be a positive number of seconds")
     if args.metrics_port is not None and args.every is None:
         raise UsageError("--metrics-port needs --every SECONDS (a continuous prober)")
-    metrics = ProbeMetrics()
+    metrics = ProbeMetrics(spawn=args.spawn)
     keep_going = dict(
         every=args.every,
         as_json=args.json,

@@ -187,9 +187,10 @@ class ProbeMetrics:
       ``kernelsession_spawn_total{result,reason}``.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, spawn: bool = False) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        spawn_registry = r if spawn else None  # spawn metrics exported by spawn probers only
         self.total = Counter(
             "kernelsession_probe_total",
             "Probe checks by result and error type",
@@ -215,19 +216,19 @@ class ProbeMetrics:
             "kernelsession_spawn_seconds",
             "Seconds from creating a session until it is Ready",
             buckets=_SPAWN_BUCKETS,
-            registry=r,
+            registry=spawn_registry,
         )
         self.spawn_delete_seconds = Histogram(
             "kernelsession_spawn_delete_seconds",
             "Seconds from deleting a session until it and its children are gone",
             buckets=_SPAWN_BUCKETS,
-            registry=r,
+            registry=spawn_registry,
         )
         self.spawn_total = Counter(
             "kernelsession_spawn_total",
             "Spawn probes by result and failure reason",
             ["result", "reason"],
-            registry=r,
+            registry=spawn_registry,
         )
         self.total.labels(result="success", error="")
         for phase in LAB_PHASES:
