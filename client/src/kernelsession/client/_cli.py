@@ -28,6 +28,7 @@ from ._prober import (
     LabProber,
     ProbeMetrics,
     SpawnSettings,
+    announcer,
     notebook_report,
     run_continuous,
     run_spawn_once,
@@ -267,7 +268,10 @@ async def _probe_continuous(args: argparse.Namespace) -> int:
         )
         if args.every is None:
             return await run_spawn_once(settings, as_json=args.json)
-        return await run_continuous(lambda: spawn_once(settings, metrics), **keep_going)
+        announce = announcer(settings)
+        return await run_continuous(
+            lambda: spawn_once(settings, metrics, on_name=announce), **keep_going
+        )
     if args.url:
         target = await resolve_target(args)  # usage errors now, not at the first check
 

@@ -507,6 +507,15 @@ class Stopper:
             await asyncio.wait_for(self.event.wait(), timeout=max(seconds, 0))
 
 
+def announcer(settings: SpawnSettings) -> Callable[[str], None]:
+    """``on_name`` for :func:`spawn_once`: say on stderr which session is being created."""
+
+    def announce(name: str) -> None:
+        print(f"creating KernelSession {settings.namespace}/{name}", file=sys.stderr, flush=True)
+
+    return announce
+
+
 def emit(result: ProbeResult, *, as_json: bool, out: TextIO = sys.stdout) -> None:
     print(format_result(result, as_json=as_json), file=out, flush=True)
 
@@ -547,7 +556,7 @@ async def run_spawn_once(settings: SpawnSettings, *, as_json: bool) -> int:
         holder: dict[str, ProbeResult] = {}
 
         async def step() -> ProbeResult:
-            holder["result"] = await spawn_once(settings)
+            holder["result"] = await spawn_once(settings, on_name=announcer(settings))
             return holder["result"]
 
         result = await stopper.run(step())
