@@ -374,6 +374,7 @@ async def spawn_once(
     metrics: ProbeMetrics | None = None,
     *,
     on_name: Callable[[str], None] | None = None,
+    on_result: Callable[[ProbeResult], None] | None = None,
 ) -> ProbeResult:
     """Create a temporary session, wait until Ready, run code, delete it; time each step.
 
@@ -431,6 +432,8 @@ async def spawn_once(
             await api.close()
             if metrics is not None:
                 metrics.record(result)
+            if on_result is not None:
+                on_result(result)
     return result
 
 
@@ -551,17 +554,29 @@ async def run_continuous(
 
 
 async def run_spawn_once(settings: SpawnSettings, *, as_json: bool) -> int:
-    """One spawn probe; SIGINT/SIGTERM interrupt it (the session is still deleted)."""
+    """One spawn probe; SIGINT/SIGTERM interrupt it (the session is still deleted).
+
+    Exit 0 when it all worked, 1 when a step failed, 130 when interrupted.
+    """
+    seen: list[ProbeResult] = []
     with Stopper() as stopper:
-        holder: dict[str, ProbeResult] = {}
-
-        async def step() -> ProbeResult:
-            holder["result"] = await spawn_once(settings, on_name=announcer(settings))
-            return holder["result"]
-
-        result = await stopper.run(step())
-    if result is None:
-        print("probe interrupted; the temporary session was deleted", file=sys.stderr)
+        await stopper.run(spawn_once(settings, on_name=announcer(settings), on_result=seen.append))
+    if not seen:  # interrupted before it named a session: nothing was created
+        return 130
+    (result,) = seen
+    if result.interrupted:
+        if as_json:
+            emit(result, as_json=True)
+        if "delete" in result.seconds:
+            print(f"probe interrupted; {result.target} was deleted", file=sys.stderr)
+        elif result.error is None:
+            print("probe interrupted before creating a session", file=sys.stderr)
+        else:
+            print(
+                f"probe interrupted; deleting {result.target} failed: {result.error}; find "
+                f"leftovers with: kubectl get ks -A -l {PROBE_LABEL[0]}={PROBE_LABEL[1]}",
+                file=sys.stderr,
+            )
         return 130
     emit(result, as_json=as_json)
     if not as_json and result.ok:
