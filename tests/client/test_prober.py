@@ -284,3 +284,35 @@ def test_notebook_verbose_seconds_and_json(lab, tmp_path, token_file):
     assert "cell=c2" in text.stderr
     assert "cell_number=3" in text.stderr
     assert "KeyError" in text.stderr
+
+
+def test_spawn_probe_without_an_api_server_fails_typed(tmp_path):
+    """No cluster: the create fails, the cleanup delete is still attempted, exit 1, JSON."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:9"}}],
+                "users": [{"name": "u", "user": {"token": "kube-secret-token"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    result = subprocess.run(
+        [SCRIPT, "probe", "--spawn", "--json", "--ready-timeout", "5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**_env(), "KUBECONFIG": str(kubeconfig)},
+    )
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["probe"] == "spawn"
+    assert report["result"] == "failure"
+    assert report["error"]["type"]
+    assert report["target"].startswith("labs/probe-")
+    assert "Traceback" not in result.stderr
+    assert "kube-secret-token" not in result.stdout + result.stderr

@@ -62,6 +62,10 @@ _SPAWN_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 _CLOSE_TIMEOUT = 15.0
 
 
+class KubeconfigError(Exception):
+    """No Kubernetes credentials could be loaded (kubeconfig or in-cluster)."""
+
+
 class UnexpectedOutputError(Exception):
     """The probe code ran but printed something else than expected."""
 
@@ -385,10 +389,14 @@ async def spawn_once(
     """
     name = spawn_name()
     result = ProbeResult("spawn", f"{settings.namespace}/{name}", datetime.now(tz=UTC))
-    api = await load_api_client(settings.kubeconfig)
-    sessions = KernelSessionClient(namespace=settings.namespace, api_client=api)
     create_sent = False
+    api: Any = None
     try:
+        try:
+            api = await load_api_client(settings.kubeconfig)
+        except Exception as e:  # no kubeconfig, no in-cluster service account...
+            raise KubeconfigError(f"cannot load Kubernetes credentials: {e}") from None
+        sessions = KernelSessionClient(namespace=settings.namespace, api_client=api)
         if on_name is not None:
             on_name(name)
         t0 = time.perf_counter()
@@ -429,7 +437,8 @@ async def spawn_once(
                 cleanup = asyncio.ensure_future(_delete(sessions, api, settings, name, result))
                 await _await_shielded(cleanup)
         finally:
-            await api.close()
+            if api is not None:
+                await api.close()
             if metrics is not None:
                 metrics.record(result)
             if on_result is not None:
