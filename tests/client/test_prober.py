@@ -316,3 +316,37 @@ def test_spawn_probe_without_an_api_server_fails_typed(tmp_path):
     assert report["target"].startswith("labs/probe-")
     assert "Traceback" not in result.stderr
     assert "kube-secret-token" not in result.stdout + result.stderr
+
+
+async def test_a_hung_server_is_a_timeout_failure_not_a_hang():
+    """A server that accepts connections and never answers: the check fails within its
+    deadline with error type TimeoutError, and the next check tries again."""
+    import socket
+
+    from kernelsession.client import JupyterLabSessionManager
+    from kernelsession.client._prober import LabProber, ProbeMetrics
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes handshakes; nobody ever reads or answers
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/"
+    try:
+
+        async def open_manager() -> JupyterLabSessionManager:
+            return JupyterLabSessionManager(base_url=url, token="t", username="u")
+
+        metrics = ProbeMetrics()
+        prober = LabProber(open_manager, target=url, timeout=1, metrics=metrics, deadline=0.5)
+        loop = asyncio.get_running_loop()
+        for attempt in (1, 2):
+            t0 = loop.time()
+            result = await prober.check()
+            assert loop.time() - t0 < 5
+            assert type(result.error) is TimeoutError
+            value = metrics.registry.get_sample_value(
+                "kernelsession_probe_total", {"result": "failure", "error": "TimeoutError"}
+            )
+            assert value == attempt
+        await prober.close()
+    finally:
+        silent.close()

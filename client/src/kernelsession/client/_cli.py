@@ -284,6 +284,7 @@ async def _probe_continuous(args: argparse.Namespace) -> int:
             target=redact(target.base_url, (target.token,)),
             timeout=args.timeout,
             metrics=metrics,
+            deadline=args.timeout + args.open_timeout + 30,
         )
         return await run_continuous(prober.check, on_stop=prober.close, **keep_going)
     if not args.name:
@@ -306,6 +307,7 @@ async def _probe_continuous(args: argparse.Namespace) -> int:
             target=f"{args.namespace}/{args.name}",
             timeout=args.timeout,
             metrics=metrics,
+            deadline=args.timeout + args.open_timeout + 30,
         )
         return await run_continuous(prober.check, on_stop=prober.close, **keep_going)
 

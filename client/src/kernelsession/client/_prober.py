@@ -284,31 +284,34 @@ class LabProber:
     """
 
     def __init__(
-        self, open_manager: OpenManager, *, target: str, timeout: float, metrics: ProbeMetrics
+        self,
+        open_manager: OpenManager,
+        *,
+        target: str,
+        timeout: float,
+        metrics: ProbeMetrics,
+        deadline: float | None = None,
     ) -> None:
         self._open_manager = open_manager
         self.target = target
         self.timeout = timeout
+        #: Bound on a whole check (opening included): a hung server is a failure, not a hang.
+        self.deadline = deadline if deadline is not None else timeout + 90.0
         self.metrics = metrics
         self._manager: JupyterLabSessionManager | None = None
         self._session: JupyterLabSession | None = None
 
     async def check(self) -> ProbeResult:
-        """One check: open the session if needed, run the probe code; record the result."""
+        """One check: open the session if needed, run the probe code; record the result.
+
+        Every failure is a result whose ``error`` is typed by its class (a check that
+        takes longer than ``deadline`` fails with ``TimeoutError``); the session is then
+        closed, and the next check opens a new one.
+        """
         result = ProbeResult("lab", self.target, datetime.now(tz=UTC))
         try:
-            if self._session is None:
-                manager = await self._open_manager()
-                self._manager = manager
-                try:
-                    self._session = await manager.__aenter__()
-                finally:
-                    result.seconds.update(_timings(manager))
-            t0 = time.perf_counter()
-            output = await self._session.run_python(PROBE_CODE, timeout=self.timeout)
-            result.seconds["execute"] = time.perf_counter() - t0
-            if output != PROBE_EXPECTED:
-                raise UnexpectedOutputError(f"unexpected output {output[:200]!r}")
+            async with asyncio.timeout(self.deadline):
+                await self._check(result)
         except asyncio.CancelledError:
             result.interrupted = True
             raise
@@ -318,6 +321,20 @@ class LabProber:
         finally:
             self.metrics.record(result)
         return result
+
+    async def _check(self, result: ProbeResult) -> None:
+        if self._session is None:
+            manager = await self._open_manager()
+            self._manager = manager
+            try:
+                self._session = await manager.__aenter__()
+            finally:
+                result.seconds.update(_timings(manager))
+        t0 = time.perf_counter()
+        output = await self._session.run_python(PROBE_CODE, timeout=self.timeout)
+        result.seconds["execute"] = time.perf_counter() - t0
+        if output != PROBE_EXPECTED:
+            raise UnexpectedOutputError(f"unexpected output {output[:200]!r}")
 
     async def close(self) -> None:
         """Close the open lab session (deleting what it created), bounded in time."""
