@@ -117,7 +117,9 @@ def test_prober_deployment_sample_success_failure_success(
     wait_phase(installed, session_name, "Ready", timeout=120)
     installed.apply(prober_objects(installed, session_name))
     try:
-        installed.kubectl("-n", LABS, "rollout", "status", f"deploy/{PROBER}", "--timeout=180s")
+        installed.kubectl(
+            "-n", LABS, "rollout", "status", f"deploy/{PROBER}", "--timeout=180s", timeout=200
+        )
         ip = installed.get_json("-n", LABS, f"svc/{PROBER}")["spec"]["clusterIP"]
         url = f"http://{ip}:9100/metrics"
 
@@ -131,7 +133,7 @@ def test_prober_deployment_sample_success_failure_success(
         old_token = _token(installed, session_name)
 
         # the probed session goes away: failures, typed, and probe_up 0
-        installed.kubectl("-n", LABS, "delete", "ks", session_name, "--timeout=60s")
+        installed.kubectl("-n", LABS, "delete", "ks", session_name, "--timeout=60s", timeout=90)
         wait_for(
             lambda: failures(scrape(url)).get("KernelSessionNotFoundError", 0) >= 1,
             timeout=120,
@@ -155,10 +157,15 @@ def test_prober_deployment_sample_success_failure_success(
 
         # SIGTERM (Deployment deleted): the prober closes the lab session it opened
         installed.kubectl("-n", LABS, "delete", "deployment", PROBER, "--wait=true")
-        installed.kubectl(
-            "-n", LABS, "wait", "--for=delete", "pod", "-l",
-            f"app.kubernetes.io/name={PROBER}", "--timeout=90s",
-        )  # fmt: skip
+        wait_for(
+            lambda: (
+                not installed.get_json(
+                    "-n", LABS, "pods", "-l", f"app.kubernetes.io/name={PROBER}"
+                )["items"]
+            ),
+            timeout=90,
+            what="the prober pod gone (it got SIGTERM and exited)",
+        )
         assert _lab_sessions(installed, session_name) == []
     finally:
         installed.kubectl(
