@@ -214,6 +214,18 @@ def test_prober_json_failure_carries_the_typed_error(tmp_path):
         ["probe", "--spawn", "--url", "http://127.0.0.1:9/", "--token-env", "HOME"],
         ["probe", "--spawn", "somename"],
         ["probe", "--every", "5"],
+        ["probe", "--url", "http://127.0.0.1:9/", "--token-env", "HOME", "--notebook", "x.ipynb"],
+        [
+            "probe",
+            "--url",
+            "http://127.0.0.1:9/",
+            "--token-env",
+            "HOME",
+            "--every",
+            "1",
+            "--notebook",
+            "/no/such.ipynb",
+        ],
         ["notebook", "--url", "http://127.0.0.1:9/", "--token-env", "HOME", "/no/such.ipynb"],
     ],
 )
@@ -350,3 +362,28 @@ async def test_a_hung_server_is_a_timeout_failure_not_a_hang():
         await prober.close()
     finally:
         silent.close()
+
+
+def test_prober_runs_a_notebook_each_interval(lab, tmp_path, token_file):
+    """`probe --every --notebook`: a synthetic test; a failing cell is a typed failure
+    naming the cell, counted as JupyterExecutionError."""
+    good = _notebook(tmp_path / "good.ipynb", "print('ok')")
+    bad = _notebook(tmp_path / "flaky.ipynb", "print('a')", "assert False, 'broken'")
+    tokens = token_file(lab)
+    for path, expected in ((good, "success"), (bad, "failure")):
+        args = ("--url", lab.url, "--token-file", tokens, "--every", "0.2", "--json")
+        with prober(tmp_path, *args, "--notebook", str(path)) as p:
+            wait_for(lambda: p.stdout().count("\n") >= 2, timeout=60, what="2 results")
+            failures = p.failures()
+        results = [json.loads(line) for line in p.stdout().splitlines()]
+        assert {r["result"] for r in results} == {expected}
+        if expected == "success":
+            assert failures == {}
+            continue
+        assert failures.get("JupyterExecutionError", 0) >= 2
+        error = results[0]["error"]
+        assert error["type"] == "JupyterExecutionError"
+        assert error["ename"] == "AssertionError"
+        assert error["context"]["notebook"] == "flaky.ipynb"
+        assert error["context"]["cell"] == "c2"
+        assert error["context"]["cell_number"] == "3"

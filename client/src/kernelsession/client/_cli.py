@@ -190,7 +190,7 @@ async def _notebook(args: argparse.Namespace) -> int:
 
 
 async def _probe(args: argparse.Namespace) -> int:
-    if args.spawn or args.every is not None or args.metrics_port is not None:
+    if args.spawn or args.every is not None or args.metrics_port is not None or args.notebook:
         return await _probe_continuous(args)
     target = await resolve_target(args)
     manager = _manager(target, args)
@@ -248,6 +248,10 @@ async def _probe_continuous(args: argparse.Namespace) -> int:
         raise UsageError("--every must be a positive number of seconds")
     if args.metrics_port is not None and args.every is None:
         raise UsageError("--metrics-port needs --every SECONDS (a continuous prober)")
+    if args.notebook is not None:
+        if args.spawn or args.every is None:
+            raise UsageError("--notebook goes with --every (a continuous synthetic test)")
+        _check_notebook(args.notebook)
     metrics = ProbeMetrics(spawn=args.spawn)
     keep_going = dict(
         every=args.every,
@@ -285,6 +289,7 @@ async def _probe_continuous(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             metrics=metrics,
             deadline=args.timeout + args.open_timeout + 30,
+            notebook=args.notebook,
         )
         return await run_continuous(prober.check, on_stop=prober.close, **keep_going)
     if not args.name:
@@ -308,6 +313,7 @@ async def _probe_continuous(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             metrics=metrics,
             deadline=args.timeout + args.open_timeout + 30,
+            notebook=args.notebook,
         )
         return await run_continuous(prober.check, on_stop=prober.close, **keep_going)
 
@@ -351,6 +357,11 @@ def _prober_arguments(parser: argparse.ArgumentParser) -> None:
         "--spawn",
         action="store_true",
         help="probe the whole path: create a temporary session, Ready, run code, delete it",
+    )
+    parser.add_argument(
+        "--notebook",
+        metavar="PATH.ipynb",
+        help="with --every: run this notebook's code cells each interval instead of print()",
     )
     parser.add_argument("--image", help="lab image of --spawn sessions (default: operator's)")
     parser.add_argument(

@@ -291,8 +291,11 @@ class LabProber:
         timeout: float,
         metrics: ProbeMetrics,
         deadline: float | None = None,
+        notebook: str | None = None,
     ) -> None:
         self._open_manager = open_manager
+        #: A notebook to run each check (a synthetic test) instead of the probe code.
+        self.notebook = notebook
         self.target = target
         self.timeout = timeout
         #: Bound on a whole check (opening included): a hung server is a failure, not a hang.
@@ -331,6 +334,10 @@ class LabProber:
             finally:
                 result.seconds.update(_timings(manager))
         t0 = time.perf_counter()
+        if self.notebook is not None:
+            await self._session.run_notebook(self.notebook, timeout=self.timeout)
+            result.seconds["execute"] = time.perf_counter() - t0
+            return
         output = await self._session.run_python(PROBE_CODE, timeout=self.timeout)
         result.seconds["execute"] = time.perf_counter() - t0
         if output != PROBE_EXPECTED:
