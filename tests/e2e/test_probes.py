@@ -248,6 +248,28 @@ def test_spawn_probe_creates_runs_and_deletes(
     assert name not in _spawn_sessions(installed)
 
 
+def test_spawn_probe_as_the_sample_service_account(
+    installed: LocalCluster, operator: object, sa_kubeconfig: Any
+) -> None:
+    """The RBAC of manifests/samples/spawn-prober.yaml is enough for a whole spawn probe."""
+    docs = yaml.safe_load_all((SAMPLE.parent / "spawn-prober.yaml").read_text())
+    rbac = [d for d in docs if d and d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+    kubeconfig = sa_kubeconfig(rbac, LABS, "kernelsession-spawn-prober")
+    env = {**_env(installed), "KUBECONFIG": str(kubeconfig)}
+    result = subprocess.run(
+        [CLI, "probe", "--spawn", "-n", LABS, "--user", "spawner", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    report = json.loads(result.stdout)
+    assert report["result"] == "success", report
+    _gone(installed, report["target"].split("/", 1)[1])
+
+
 def test_spawn_probe_sigint_mid_spawn_leaves_no_session(
     installed: LocalCluster, operator: object, tmp_path: Path
 ) -> None:

@@ -5,20 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
-SAMPLE = Path(__file__).parents[2] / "manifests" / "samples" / "prober.yaml"
+SAMPLES = Path(__file__).parents[2] / "manifests" / "samples"
+SAMPLE = SAMPLES / "prober.yaml"
 
 
-def _objects() -> dict[str, dict[str, Any]]:
-    return {d["kind"]: d for d in yaml.safe_load_all(SAMPLE.read_text()) if d}
+def _objects(path: Path = SAMPLE) -> dict[str, dict[str, Any]]:
+    return {d["kind"]: d for d in yaml.safe_load_all(path.read_text()) if d}
 
 
-def test_prober_sample_is_hardened_and_labelled_as_a_client() -> None:
-    objects = _objects()
-    assert set(objects) == {
-        "KernelSession", "ServiceAccount", "Role", "RoleBinding", "Deployment", "Service",
-    }  # fmt: skip
+@pytest.mark.parametrize("sample", ["prober.yaml", "spawn-prober.yaml"])
+def test_prober_samples_are_hardened_and_labelled_as_clients(sample: str) -> None:
+    objects = _objects(SAMPLES / sample)
+    assert {"ServiceAccount", "Role", "RoleBinding", "Deployment", "Service"} <= set(objects)
     template = objects["Deployment"]["spec"]["template"]
     assert template["metadata"]["labels"]["kernelsession.dev/client"] == "true"
     pod = template["spec"]
@@ -72,3 +73,23 @@ def test_prober_sample_service_exposes_the_metrics_port() -> None:
     assert objects["Service"]["spec"]["selector"].items() <= (
         objects["Deployment"]["spec"]["template"]["metadata"]["labels"].items()
     )
+
+
+def test_spawn_prober_sample_asks_only_for_what_the_spawn_probe_does() -> None:
+    objects = _objects(SAMPLES / "spawn-prober.yaml")
+    verbs = {
+        (group, resource): set(rule["verbs"])
+        for rule in objects["Role"]["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert verbs == {
+        ("kernelsession.dev", "kernelsessions"): {"create", "get", "list", "watch", "delete"},
+        ("", "secrets"): {"get", "list"},
+        ("", "pods"): {"get", "list"},
+        ("", "services"): {"get", "list"},
+        ("networking.k8s.io", "networkpolicies"): {"list"},
+    }
+    (container,) = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert container["args"][:2] == ["probe", "--spawn"]
+    assert objects["Deployment"]["spec"]["strategy"]["type"] == "Recreate"
