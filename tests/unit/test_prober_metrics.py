@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import generate_latest
 
@@ -14,6 +15,7 @@ from kernelsession.client import (
     ExecutionResult,
     JupyterExecutionError,
     JupyterWebError,
+    KernelSessionFailedError,
     KernelSessionNotFoundError,
     NotebookResult,
 )
@@ -24,6 +26,7 @@ from kernelsession.client._prober import (
     UnexpectedOutputError,
     error_dict,
     error_type,
+    failure_reason,
     format_result,
     notebook_report,
     spawn_name,
@@ -97,6 +100,23 @@ def test_spawn_metrics() -> None:
         )
         == 1
     )
+
+
+def test_spawn_failures_by_the_sessions_own_reason() -> None:
+    failed = KernelSessionFailedError(
+        "image cannot be pulled",
+        name="p",
+        namespace="labs",
+        phase="Failed",
+        reason="ImagePullFailed",
+    )
+    assert failure_reason(failed) == "ImagePullFailed"
+    assert failure_reason(TimeoutError()) == "TimeoutError"
+    assert failure_reason(None) == ""
+    metrics = ProbeMetrics(spawn=True)
+    metrics.record(ProbeResult("spawn", "labs/p", WHEN, {"create": 0.1}, error=failed))
+    reason = {"result": "failure", "reason": "ImagePullFailed"}
+    assert metrics.registry.get_sample_value("kernelsession_spawn_total", reason) == 1
 
 
 def test_interrupted_results_are_not_counted() -> None:
@@ -173,3 +193,36 @@ def test_spawn_names_are_unique_dns_labels() -> None:
     names = {spawn_name() for _ in range(200)}
     assert len(names) == 200
     assert all(n.startswith("probe-") and len(n) <= 50 and n.islower() for n in names)
+
+
+async def test_shielded_cleanup_finishes_before_the_cancel_propagates() -> None:
+    """What spawn_once relies on: a cancel during the create or the delete waits for it to
+    finish, then propagates (a second cancel does not cut it short either)."""
+    import asyncio
+
+    from kernelsession.client._prober import _await_shielded
+
+    finished: list[str] = []
+    gate = asyncio.Event()
+
+    async def step() -> None:
+        await gate.wait()
+        finished.append("step")
+
+    async def outer() -> None:
+        try:
+            await _await_shielded(asyncio.ensure_future(step()))
+        finally:
+            finished.append("after")
+
+    task = asyncio.ensure_future(outer())
+    await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.sleep(0)
+    task.cancel()  # a second signal
+    await asyncio.sleep(0)
+    assert finished == []  # still waiting for the step
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert finished == ["step", "after"]

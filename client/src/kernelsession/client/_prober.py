@@ -34,7 +34,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import start_http_server
 
 from ._errors import JupyterError, redact
-from ._kubernetes import KernelSessionClient, KernelSessionError, load_api_client
+from ._kubernetes import (
+    KernelSessionClient,
+    KernelSessionError,
+    KernelSessionFailedError,
+    load_api_client,
+)
 from ._models import NotebookResult
 from ._session import JupyterLabSession, JupyterLabSessionManager
 
@@ -46,6 +51,7 @@ __all__ = [
     "UnexpectedOutputError",
     "error_dict",
     "error_type",
+    "failure_reason",
     "format_result",
     "notebook_report",
     "spawn_once",
@@ -80,6 +86,14 @@ def error_type(error: BaseException | None) -> str:
     if error is None:
         return ""
     return type(error).__name__
+
+
+def failure_reason(error: BaseException | None) -> str:
+    """The ``reason`` label of a failed spawn: the session's own reason when it went
+    Failed (``ImagePullFailed``, ``CrashLoop``...), else the error's class name. Pure."""
+    if isinstance(error, KernelSessionFailedError) and error.reason:
+        return str(error.reason)
+    return error_type(error)
 
 
 def error_dict(error: BaseException) -> dict[str, Any]:
@@ -251,7 +265,7 @@ class ProbeMetrics:
             if "delete" in result.seconds:
                 self.spawn_delete_seconds.observe(result.seconds["delete"])
             self.spawn_total.labels(
-                result="success" if result.ok else "failure", reason=error_type(result.error)
+                result="success" if result.ok else "failure", reason=failure_reason(result.error)
             ).inc()
         if result.ok:
             self.total.labels(result="success", error="").inc()
@@ -425,15 +439,20 @@ async def spawn_once(
             on_name(name)
         t0 = time.perf_counter()
         create_sent = True
-        await sessions.create(
-            name,
-            settings.user,
-            image=settings.image,
-            labels={
-                PROBE_LABEL[0]: PROBE_LABEL[1],
-                "app.kubernetes.io/created-by": "kernelsession-probe",
-            },
+        # Shielded: a create cancelled in flight could land after the cleanup's delete
+        # and leave the session behind; a cancel waits for it (well under a second).
+        create = asyncio.ensure_future(
+            sessions.create(
+                name,
+                settings.user,
+                image=settings.image,
+                labels={
+                    PROBE_LABEL[0]: PROBE_LABEL[1],
+                    "app.kubernetes.io/created-by": "kernelsession-probe",
+                },
+            )
         )
+        await _await_shielded(create)
         t1 = time.perf_counter()
         result.seconds["create"] = t1 - t0
         await sessions.wait_ready(name, timeout=settings.ready_timeout)
@@ -470,7 +489,7 @@ async def spawn_once(
     return result
 
 
-async def _await_shielded(task: asyncio.Future[None]) -> None:
+async def _await_shielded(task: asyncio.Future[Any]) -> None:
     """Wait for ``task`` to finish even if the caller is cancelled meanwhile; then re-raise."""
     cancelled = False
     while not task.done():
