@@ -387,3 +387,27 @@ def test_prober_runs_a_notebook_each_interval(lab, tmp_path, token_file):
         assert error["context"]["notebook"] == "flaky.ipynb"
         assert error["context"]["cell"] == "c2"
         assert error["context"]["cell_number"] == "3"
+
+
+def test_sigterm_mid_check_stops_at_once_and_closes_the_session(
+    lab, tmp_path, token_file, lab_sessions
+):
+    """A check still running (a cell waiting on a file that never comes) when SIGTERM
+    arrives: the prober does not wait for it, deletes its lab session and exits 0."""
+    before = len(asyncio.run(lab_sessions(lab)))
+    started = tmp_path / "started"
+    cell = (
+        "import pathlib, time\n"
+        f"pathlib.Path({str(started)!r}).touch()\n"
+        "while True:\n"
+        "    time.sleep(0.1)\n"
+    )
+    slow = _notebook(tmp_path / "slow.ipynb", cell)
+    args = ("--url", lab.url, "--token-file", token_file(lab), "--every", "1", "--timeout", "300")
+    with prober(tmp_path, *args, "--notebook", str(slow)) as p:
+        wait_for(started.exists, timeout=60, what="the slow cell running")
+        assert len(asyncio.run(lab_sessions(lab))) == before + 1
+        p.process.send_signal(signal.SIGTERM)
+        assert p.process.wait(20) == 0, p.stderr()
+    assert p.stdout() == ""  # the interrupted check is no result
+    assert len(asyncio.run(lab_sessions(lab))) == before
