@@ -147,7 +147,11 @@ def test_prober_deployment_sample_success_failure_success(
         wait_phase(installed, session_name, "Ready", timeout=120)
         wait_for(lambda: successes() >= before + 2, timeout=120, what="successes again")
         assert value(scrape(url), "kernelsession_probe_up") == 1
-        assert len(_lab_sessions(installed, session_name)) == 1  # one session kept open
+        wait_for(  # one lab session, kept open across checks
+            lambda: len(_lab_sessions(installed, session_name)) == 1,
+            timeout=30,
+            what="exactly one lab session on the recreated lab",
+        )
 
         logs = installed.kubectl("-n", LABS, "logs", f"deploy/{PROBER}").stdout
         results = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
