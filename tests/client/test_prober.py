@@ -411,3 +411,16 @@ def test_sigterm_mid_check_stops_at_once_and_closes_the_session(
         assert p.process.wait(20) == 0, p.stderr()
     assert p.stdout() == ""  # the interrupted check is no result
     assert len(asyncio.run(lab_sessions(lab))) == before
+
+
+def test_one_shot_probe_json_has_the_same_result_keys(lab, token_file):
+    ok = run_cli("probe", "--url", lab.url, "--token-file", token_file(lab), "--json")
+    assert ok.returncode == 0, ok.stderr
+    report = json.loads(ok.stdout)
+    assert (report["probe"], report["result"], report["healthy"]) == ("lab", "success", True)
+    down = run_cli("probe", "--url", "http://127.0.0.1:9/", "--token-env", "HOME", "--json")
+    assert down.returncode == 1
+    report = json.loads(down.stdout)
+    assert report["result"] == "failure"
+    assert report["error"]["type"] == "JupyterWebError"
+    assert report["error"]["failed_at"]  # the client's to_dict()

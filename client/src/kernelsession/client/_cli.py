@@ -215,6 +215,8 @@ async def _probe(args: argparse.Namespace) -> int:
     order = ["login", "session_create", "websocket_open", "execute", "cleanup"]
     if args.json:
         report: dict[str, Any] = {
+            "probe": "lab",
+            "result": "success" if healthy else "failure",
             "healthy": healthy,
             "url": redact(target.base_url, (target.token,)),
             "user": target.username,
