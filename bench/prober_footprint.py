@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
                         port = int(line.rsplit(":", 1)[1].split("/")[0])
                 time.sleep(0.05)
             url = f"http://127.0.0.1:{port}/metrics"
-            while "kernelsession_probe_up 1.0" not in httpx.get(url, timeout=5).text:
+            while (
+                "kernelsession_probe_up 1.0" not in httpx.get(url, timeout=5, trust_env=False).text
+            ):
                 assert time.monotonic() - started < 60, err.read_text()
                 time.sleep(0.05)
             startup_cpu = _cpu(proc)
@@ -70,14 +72,14 @@ def main(argv: list[str] | None = None) -> int:
             next_scrape = t0
             while (now := time.monotonic()) - t0 < args.seconds:
                 if now >= next_scrape:
-                    httpx.get(url, timeout=5)
+                    httpx.get(url, timeout=5, trust_env=False)
                     next_scrape += args.every
                 rss_max = max(rss_max, proc.memory_info().rss)
                 time.sleep(1.0)  # a sampling period, not a condition
             steady_cpu = _cpu(proc) - startup_cpu
             elapsed = time.monotonic() - t0
             rss_end = proc.memory_info().rss
-            text = httpx.get(url, timeout=5).text
+            text = httpx.get(url, timeout=5, trust_env=False).text
             checks = next(
                 float(line.rsplit(" ", 1)[1])
                 for line in text.splitlines()

@@ -51,7 +51,7 @@ class Prober:
         return self.stderr_path.read_text()
 
     def scrape(self) -> Samples:
-        text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
+        text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5, trust_env=False).text
         samples: Samples = {}
         for family in text_string_to_metric_families(text):
             for s in family.samples:

@@ -226,3 +226,17 @@ async def test_shielded_cleanup_finishes_before_the_cancel_propagates() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert finished == ["step", "after"]
+
+
+def test_metrics_served_on_loopback_and_stopped() -> None:
+    import httpx
+
+    metrics = ProbeMetrics()
+    port = metrics.serve(0, "127.0.0.1")
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5, trust_env=False).text
+        assert "kernelsession_probe_up 0.0" in text
+    finally:
+        metrics.stop_serving()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5, trust_env=False)

@@ -207,6 +207,7 @@ class ProbeMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None, *, spawn: bool = False) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._servers: list[Any] = []
         r = self.registry
         spawn_registry = r if spawn else None  # spawn metrics exported by spawn probers only
         self.total = Counter(
@@ -278,7 +279,15 @@ class ProbeMetrics:
     def serve(self, port: int, address: str) -> int:
         """Serve ``/metrics`` over HTTP in a daemon thread; return the bound port."""
         server, _thread = start_http_server(port, addr=address, registry=self.registry)
+        self._servers.append(server)
         return int(server.server_port)
+
+    def stop_serving(self) -> None:
+        """Stop the HTTP servers started by :meth:`serve` and close their sockets."""
+        while self._servers:
+            server = self._servers.pop()
+            server.shutdown()
+            server.server_close()
 
 
 def _timings(manager: JupyterLabSessionManager) -> dict[str, float]:
@@ -601,6 +610,7 @@ async def run_continuous(
         finally:
             if on_stop is not None:
                 await on_stop()
+            metrics.stop_serving()
     print("probe stopped", file=sys.stderr)
     return 0
 
