@@ -16,14 +16,25 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from ._errors import JupyterError, redact
 from ._kubernetes import KernelSessionClient, KernelSessionError
 from ._logging import LOGGER_NAME
+from ._notebook import load_code_cells
 from ._open import add_open_parser, run_open
+from ._prober import (
+    LabProber,
+    ProbeMetrics,
+    SpawnSettings,
+    announcer,
+    notebook_report,
+    run_continuous,
+    run_spawn_once,
+    spawn_once,
+)
 from ._session import JupyterLabSessionManager
 from .resources import DEFAULT_NAMESPACE
 
@@ -131,22 +142,47 @@ async def _exec(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_notebook(path: str) -> None:
+    """Read and parse the notebook before connecting: a bad path is a usage error (exit 2)."""
+    if not Path(path).is_file():
+        raise UsageError(f"notebook {path} does not exist or is not a file")
+    try:
+        load_code_cells(path)
+    except OSError as e:
+        raise UsageError(f"cannot read notebook {path}: {e.strerror}") from None
+    except Exception as e:  # nbformat: NotJSONError (ValueError), jsonschema ValidationError
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UsageError(f"{path} is not a Jupyter notebook: {first}") from None
+
+
 async def _notebook(args: argparse.Namespace) -> int:
     if args.notebook_path is None:
         if not (args.url and args.name):
             raise UsageError("give the notebook: kernelsession notebook [NAME] PATH.ipynb")
         args.notebook_path, args.name = args.name, None  # --url URL PATH.ipynb
+    _check_notebook(args.notebook_path)
     target = await resolve_target(args)
+    started = datetime.now(tz=UTC)
     try:
         async with _manager(target, args) as session:
             result = await session.run_notebook(args.notebook_path, timeout=args.timeout)
     except JupyterError as e:
-        print(str(e), file=sys.stderr)
+        if args.json:
+            print(json.dumps(notebook_report(args.notebook_path, started, error=e)))
+        else:
+            print(str(e), file=sys.stderr)
         return EXIT_FAILED
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read notebook {args.notebook_path}: {e}") from None
+    if args.json:
+        print(json.dumps(notebook_report(args.notebook_path, started, result=result)))
+        return EXIT_OK
     sys.stdout.write(result.stdout)
     sys.stdout.flush()
+    if args.verbose:
+        for cell in result.cells:
+            print(
+                f"cell {cell.cell_number} (id {cell.cell_id}): {cell.seconds:.3f} s",
+                file=sys.stderr,
+            )
     print(
         f"{result.notebook}: {len(result.cells)} code cells ran in {result.seconds:.2f} s",
         file=sys.stderr,
@@ -155,6 +191,8 @@ async def _notebook(args: argparse.Namespace) -> int:
 
 
 async def _probe(args: argparse.Namespace) -> int:
+    if args.spawn or args.every is not None or args.metrics_port is not None or args.notebook:
+        return await _probe_continuous(args)
     target = await resolve_target(args)
     manager = _manager(target, args)
     execute: float | None = None
@@ -178,6 +216,8 @@ async def _probe(args: argparse.Namespace) -> int:
     order = ["login", "session_create", "websocket_open", "execute", "cleanup"]
     if args.json:
         report: dict[str, Any] = {
+            "probe": "lab",
+            "result": "success" if healthy else "failure",
             "healthy": healthy,
             "url": redact(target.base_url, (target.token,)),
             "user": target.username,
@@ -185,10 +225,10 @@ async def _probe(args: argparse.Namespace) -> int:
             "total_seconds": total,
         }
         if error is not None:
-            report["error"] = {"type": type(error).__name__, "message": error.message}
+            report["error"] = error.to_dict()
         elif detail:
-            report["error"] = {"type": "UnexpectedOutput", "message": detail}
-        print(json.dumps(report, indent=2))
+            report["error"] = {"type": "UnexpectedOutputError", "message": detail}
+        print(json.dumps(report))
     else:
         print(
             f"{'healthy' if healthy else 'UNHEALTHY'}: {redact(target.base_url, (target.token,))}"
@@ -203,6 +243,82 @@ async def _probe(args: argparse.Namespace) -> int:
         elif detail:
             print(detail, file=sys.stderr)
     return EXIT_OK if healthy else EXIT_FAILED
+
+
+async def _probe_continuous(args: argparse.Namespace) -> int:
+    """``probe --every``/``--metrics-port`` (one lab, kept open) and ``probe --spawn``."""
+    if args.every is not None and args.every <= 0:
+        raise UsageError("--every must be a positive number of seconds")
+    if args.metrics_port is not None and args.every is None:
+        raise UsageError("--metrics-port needs --every SECONDS (a continuous prober)")
+    if args.notebook is not None:
+        if args.spawn or args.every is None:
+            raise UsageError("--notebook goes with --every (a continuous synthetic test)")
+        _check_notebook(args.notebook)
+    metrics = ProbeMetrics(spawn=args.spawn)
+    keep_going = dict(
+        every=args.every,
+        as_json=args.json,
+        metrics=metrics,
+        metrics_port=args.metrics_port,
+        metrics_address=args.metrics_address,
+    )
+    if args.spawn:
+        if args.name or args.url:
+            raise UsageError("--spawn creates its own session: give no NAME or --url")
+        settings = SpawnSettings(
+            namespace=args.namespace,
+            user=args.user or "probe",
+            image=args.image,
+            ready_timeout=args.ready_timeout,
+            execute_timeout=args.timeout,
+        )
+        if args.every is None:
+            return await run_spawn_once(settings, as_json=args.json)
+        announce = announcer(settings)
+        return await run_continuous(
+            lambda: spawn_once(settings, metrics, on_name=announce), **keep_going
+        )
+    if args.url:
+        target = await resolve_target(args)  # usage errors now, not at the first check
+
+        async def open_url() -> JupyterLabSessionManager:
+            token = _read_token(args)  # read again each time: the token may be rotated
+            return _manager(LabTarget(target.base_url, token, target.username), args)
+
+        prober = LabProber(
+            open_url,
+            target=redact(target.base_url, (target.token,)),
+            timeout=args.timeout,
+            metrics=metrics,
+            deadline=args.timeout + args.open_timeout + 30,
+            notebook=args.notebook,
+        )
+        return await run_continuous(prober.check, on_stop=prober.close, **keep_going)
+    if not args.name:
+        raise UsageError("give a session NAME, --url URL or --spawn")
+    try:
+        sessions = await KernelSessionClient(namespace=args.namespace).__aenter__()
+    except Exception as e:  # kubeconfig missing...
+        raise ResolveError(f"cannot reach the cluster: {type(e).__name__}: {e}") from None
+    async with sessions:
+
+        async def open_named() -> JupyterLabSessionManager:
+            return await sessions.lab_session(
+                args.name,
+                kernel_name=args.kernel,
+                websocket_open_timeout=timedelta(seconds=args.open_timeout),
+            )
+
+        prober = LabProber(
+            open_named,
+            target=f"{args.namespace}/{args.name}",
+            timeout=args.timeout,
+            metrics=metrics,
+            deadline=args.timeout + args.open_timeout + 30,
+            notebook=args.notebook,
+        )
+        return await run_continuous(prober.check, on_stop=prober.close, **keep_going)
 
 
 def _target_arguments(parser: argparse.ArgumentParser) -> None:
@@ -230,6 +346,35 @@ def _target_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _prober_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--every", type=float, metavar="SECONDS", help="keep probing, once every SECONDS"
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics (with --every)"
+    )
+    parser.add_argument(
+        "--metrics-address", default="0.0.0.0", help="address for --metrics-port (0.0.0.0)"
+    )
+    parser.add_argument(
+        "--spawn",
+        action="store_true",
+        help="probe the whole path: create a temporary session, Ready, run code, delete it",
+    )
+    parser.add_argument(
+        "--notebook",
+        metavar="PATH.ipynb",
+        help="with --every: run this notebook's code cells each interval instead of print()",
+    )
+    parser.add_argument("--image", help="lab image of --spawn sessions (default: operator's)")
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=300.0,
+        help="seconds a --spawn session may take to be Ready (default: 300)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kernelsession", description="Run code in JupyterLab sessions."
@@ -245,11 +390,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _target_arguments(notebook_parser)
     notebook_parser.add_argument("notebook_path", nargs="?", metavar="PATH.ipynb")
+    notebook_parser.add_argument(
+        "--json", action="store_true", help="print one JSON object with the result"
+    )
     probe_parser = sub.add_parser(
         "probe", help="health check: exit 0 if the lab runs code, 1 if not, 2 on usage errors"
     )
     _target_arguments(probe_parser)
-    probe_parser.add_argument("--json", action="store_true", help="print a JSON report")
+    probe_parser.add_argument(
+        "--json", action="store_true", help="print one JSON object per result"
+    )
+    _prober_arguments(probe_parser)
     add_open_parser(sub)
     return parser
 

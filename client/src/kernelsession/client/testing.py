@@ -48,6 +48,9 @@ class LocalJupyterServer:
         extra_args: More ``--Class.trait=value`` arguments (e.g. to lift the
             IOPub data rate limit or select the legacy websocket protocol).
         start_timeout: Seconds to wait for ``api/status`` to answer.
+        port: Listen on this port (default: a free one), e.g. to restart a server
+            where a client expects it.
+        token: The server's token (default: a random one).
     """
 
     def __init__(
@@ -56,6 +59,8 @@ class LocalJupyterServer:
         base_url: str = "/",
         extra_args: list[str] | None = None,
         start_timeout: float = 60.0,
+        port: int | None = None,
+        token: str | None = None,
     ) -> None:
         if not base_url.startswith("/"):
             base_url = "/" + base_url
@@ -64,8 +69,9 @@ class LocalJupyterServer:
         self.base_path = base_url
         self.extra_args = list(extra_args or [])
         self.start_timeout = start_timeout
-        self.token = secrets.token_hex(24)
+        self.token = token or secrets.token_hex(24)
         self.port = 0
+        self._requested_port = port
         self.process: subprocess.Popen[bytes] | None = None
         self._dir: Path | None = None
 
@@ -95,7 +101,7 @@ class LocalJupyterServer:
         self._dir = Path(tempfile.mkdtemp(prefix="kernelsession-lab-"))
         for sub in ("home", "root", "runtime", "data", "config"):
             (self._dir / sub).mkdir()
-        self.port = _free_port()
+        self.port = self._requested_port or _free_port()
         env = {
             **os.environ,
             "HOME": str(self._dir / "home"),
