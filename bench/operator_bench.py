@@ -153,6 +153,8 @@ def _session(name: str) -> dict[str, Any]:
         "spec": {
             "user": "bench",
             "culling": {"idleTimeoutSeconds": 0, "maxAgeSeconds": 0},
+            # the scheduler counts requests: 100 labs at the default 100m would need 10 cores
+            "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}},
             "startTimeoutSeconds": int(SCALE_DEADLINE),
         },
     }
