@@ -162,3 +162,18 @@ def test_pod_without_home_is_unchanged() -> None:
     assert "volumes" not in spec
     assert "volumeMounts" not in spec["containers"][0]
     assert "fsGroupChangePolicy" not in spec["securityContext"]
+
+
+def test_liveness_waits_for_the_startup_probe_over_the_start_timeout() -> None:
+    """A slow start (a busy node) is never restarted by liveness: the startup probe allows
+    the session's start timeout, then liveness takes over."""
+    from kernelsession.operator.builders import pod_spec
+    from kernelsession.operator.config import Settings
+
+    body = {
+        "metadata": {"name": "s", "namespace": "labs"},
+        "spec": {"user": "u", "startTimeoutSeconds": 301},
+    }
+    (c,) = pod_spec(body, Settings())["containers"]
+    assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 301
+    assert "initialDelaySeconds" not in c["livenessProbe"]

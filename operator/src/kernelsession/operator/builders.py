@@ -104,6 +104,7 @@ def lab_args(settings: Settings) -> list[str]:
 def pod_spec(body: Body, settings: Settings) -> dict[str, Any]:
     """The lab pod's ``spec``: hardened, token via secretKeyRef, no service-account token."""
     spec = _spec(body)
+    start_timeout = int(spec.get("startTimeoutSeconds") or settings.default_start_timeout)
     name = _meta(body)["name"]
     env: list[dict[str, Any]] = [
         {
@@ -134,9 +135,17 @@ def pod_spec(body: Body, settings: Settings) -> dict[str, Any]:
             "timeoutSeconds": 2,
             "failureThreshold": 3,
         },
+        # Liveness starts only once the lab has answered: a lab that starts slowly (a busy
+        # node starting many labs) is never restarted for it; the operator's own
+        # startTimeoutSeconds decides when a start has failed.
+        "startupProbe": {
+            "httpGet": dict(probe_get),
+            "periodSeconds": 2,
+            "timeoutSeconds": 2,
+            "failureThreshold": max(1, -(-start_timeout // 2)),
+        },
         "livenessProbe": {
             "httpGet": dict(probe_get),
-            "initialDelaySeconds": 30,
             "periodSeconds": 10,
             "timeoutSeconds": 5,
             "failureThreshold": 6,
