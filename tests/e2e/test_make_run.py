@@ -115,8 +115,10 @@ def test_next_start_cleans_up_after_a_crashed_node(exclusive_node: None) -> None
     assert proc.returncode == -signal.SIGKILL
     left = hoststate.diff(before, hoststate.snapshot())
     assert any("kubepods" in change for change in left), left  # the container survived it
+    crashed = sorted(Path("/tmp").glob("ks-cluster-*"))
     cluster = LocalCluster()
     cluster.start()  # cleans up first, then starts normally
+    assert not any(d.exists() for d in crashed)  # the crashed run's work dir is gone too
     try:
         nodes = cluster.kubectl("get", "pods", "-A", "-o", "name").stdout
         assert "orphan" not in nodes

@@ -301,6 +301,9 @@ def cleanup_crashed(log: IO[str] | None = None) -> bool:
         stop_process(proc, grace=10)
     _kill_recorded({k: v for k, v in record.pids.items() if k == "containerd"})
     _finish_host_cleanup(record)
+    cluster_dir = Path(record.workdir).parent  # the crashed LocalCluster's own temp dir
+    if cluster_dir.name.startswith("ks-cluster-"):
+        shutil.rmtree(cluster_dir, ignore_errors=True)
     RECORD_FILE.unlink(missing_ok=True)
     return True
 
