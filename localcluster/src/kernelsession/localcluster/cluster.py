@@ -193,6 +193,7 @@ class LocalCluster:
             raise
         try:
             cp_timings = self.controlplane.start()
+            self.node.record_processes(self.controlplane.processes)
             node_timings = self.node.start()
             self.timings = ClusterTimings(
                 controlplane=cp_timings, node=node_timings, total=time.monotonic() - t0
@@ -236,6 +237,8 @@ class LocalCluster:
         """
         t = time.monotonic()
         self._cp().restart_apiserver(grace=grace)
+        if self.node is not None:
+            self.node.record_processes(self._cp().processes)
         return time.monotonic() - t
 
     # -- conveniences -----------------------------------------------------------------

@@ -139,6 +139,9 @@ class HostState:
     cgroups: list[str] = field(default_factory=list)
     sysctls: dict[str, str] = field(default_factory=dict)
     paths: list[str] = field(default_factory=list)
+    processes: list[str] = field(default_factory=list)
+    """``PID EXECUTABLE`` of every process running a binary from the project's cache
+    (etcd, the Kubernetes components, containerd and its shims, CoreDNS...)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -146,6 +149,25 @@ class HostState:
     @classmethod
     def from_json(cls, text: str) -> HostState:
         return cls(**json.loads(text))
+
+
+def _cache_processes() -> list[str]:
+    """Processes whose executable lies under ``~/.cache/kernelsession`` (or XDG's)."""
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    cache = str(Path(base) / "kernelsession") + "/"
+    found: list[str] = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            exe = os.readlink(proc / "exe")
+        except OSError:
+            continue
+        if exe.startswith(cache):
+            found.append(f"{proc.name} {exe}")
+    return sorted(found)
 
 
 def snapshot() -> HostState:
@@ -164,6 +186,7 @@ def snapshot() -> HostState:
         cgroups=_cgroups(),
         sysctls=read_sysctls(),
         paths=sorted(p for p in HOST_PATHS if Path(p).exists()),
+        processes=_cache_processes(),
     )
 
 
@@ -174,7 +197,7 @@ def diff(before: HostState, after: HostState) -> list[str]:
         old, new = set(getattr(before, name)), set(getattr(after, name))
         changes += [f"{name}: + {item}" for item in sorted(new - old)]
         changes += [f"{name}: - {item}" for item in sorted(old - new)]
-    for name in ("nft_tables", "ipsets", "cgroups", "paths"):
+    for name in ("nft_tables", "ipsets", "cgroups", "paths", "processes"):
         old, new = set(getattr(before, name)), set(getattr(after, name))
         changes += [f"{name}: + {item}" for item in sorted(new - old)]
         changes += [f"{name}: - {item}" for item in sorted(old - new)]

@@ -218,9 +218,32 @@ def _remove_new_nft_tables(before: list[str]) -> None:
             _run(["nft", "delete", "table", family, name])
 
 
-def _containerd_cleanup(ctr: str, address: str) -> None:
-    """Kill and remove every task, container and sandbox in the k8s.io namespace."""
+def _shims_of(address: str) -> dict[str, list[str]]:
+    """The runc shims serving the containerd at ``address`` (their ``-address`` argument is
+    this node's private socket), as ``{name: [pid, start time]}``."""
+    wanted = f"\0-address\0{address}\0".encode()
+    shims: dict[str, list[str]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if wanted in cmdline + b"\0":
+            shims[f"shim-{proc.name}"] = [proc.name, _proc_start_time(int(proc.name)) or ""]
+    return shims
+
+
+def _containerd_cleanup(ctr: str, address: str) -> dict[str, list[str]]:
+    """Kill and remove every task, container and sandbox in the k8s.io namespace.
+
+    Returns the tasks' runc shims (``{name: [pid, start time]}``): a shim that hosted a
+    CRI pod does not exit when its tasks are deleted through ``ctr``, so the caller stops
+    them by PID once containerd is stopped (:func:`_kill_recorded`).
+    """
     base = [ctr, "--address", address, "-n", CONTAINERD_NAMESPACE]
+    shims = _shims_of(address)
     tasks = _run([*base, "tasks", "ls", "-q"]).stdout.split()
     for task in tasks:
         _run([*base, "tasks", "kill", "-a", "-s", "SIGKILL", task])
@@ -235,6 +258,7 @@ def _containerd_cleanup(ctr: str, address: str) -> None:
         _run([*base, "containers", "rm", container])
     for sandbox in _run([*base, "sandboxes", "ls", "-q"]).stdout.split():
         _run([*base, "sandboxes", "rm", "-f", sandbox])
+    return shims
 
 
 def _finish_host_cleanup(record: NodeRecord) -> list[str]:
@@ -295,11 +319,12 @@ def cleanup_crashed(log: IO[str] | None = None) -> bool:
         with contextlib.suppress(TimeoutError, RuntimeError):
             wait_until(lambda: Path(record.containerd_address).exists(), timeout=20)
         alive = True
+    shims: dict[str, list[str]] = {}
     if alive and record.ctr:
-        _containerd_cleanup(record.ctr, record.containerd_address)
+        shims = _containerd_cleanup(record.ctr, record.containerd_address)
     if proc is not None:
         stop_process(proc, grace=10)
-    _kill_recorded({k: v for k, v in record.pids.items() if k == "containerd"})
+    _kill_recorded({k: v for k, v in record.pids.items() if k == "containerd"} | shims)
     _finish_host_cleanup(record)
     cluster_dir = Path(record.workdir).parent  # the crashed LocalCluster's own temp dir
     if cluster_dir.name.startswith("ks-cluster-"):
@@ -455,13 +480,22 @@ class Node:
                 stop_process(proc, grace=10)
         containerd = self.processes.pop("containerd", None)
         if containerd is not None and containerd.poll() is None:
-            _containerd_cleanup(str(self.node_binaries.ctr), str(self.containerd_address))
+            shims = _containerd_cleanup(str(self.node_binaries.ctr), str(self.containerd_address))
             stop_process(containerd, grace=10)
+            _kill_recorded(shims)
         problems = _finish_host_cleanup(self.record)
         RECORD_FILE.unlink(missing_ok=True)
         self.record = None
         self.lock.release()
         return problems
+
+    def record_processes(self, processes: dict[str, subprocess.Popen[bytes]]) -> None:
+        """Add processes started outside the node (the control plane) to the crash record,
+        so that the next start stops them if this process dies without a teardown."""
+        assert self.record is not None
+        for name, proc in processes.items():
+            self.record.pids[name] = [str(proc.pid), _proc_start_time(proc.pid) or ""]
+        self.record.save()
 
     # -- helpers ----------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
@@ -583,7 +617,9 @@ oom_score = 0
             "containerd", lambda: self.ctr("version", timeout=5).returncode == 0, timeout=30
         )
         # a crashed run's containers (the root persists between runs)
-        _containerd_cleanup(str(self.node_binaries.ctr), str(self.containerd_address))
+        _kill_recorded(
+            _containerd_cleanup(str(self.node_binaries.ctr), str(self.containerd_address))
+        )
 
     def _import_images(self) -> None:
         present = set(self.ctr("images", "ls", "-q").stdout.split())
