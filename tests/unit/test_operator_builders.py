@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from kernelsession.operator import builders, naming
-from kernelsession.operator.config import Settings
+from kernelsession.operator.config import IngressSettings, Settings
 
 SESSION: dict[str, Any] = {
     "apiVersion": "kernelsession.dev/v1alpha1",
@@ -168,7 +168,6 @@ def test_liveness_waits_for_the_startup_probe_over_the_start_timeout() -> None:
     """A slow start (a busy node) is never restarted by liveness: the startup probe allows
     the session's start timeout, then liveness takes over."""
     from kernelsession.operator.builders import pod_spec
-    from kernelsession.operator.config import Settings
 
     body = {
         "metadata": {"name": "s", "namespace": "labs"},
@@ -177,3 +176,91 @@ def test_liveness_waits_for_the_startup_probe_over_the_start_timeout() -> None:
     (c,) = pod_spec(body, Settings())["containers"]
     assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 301
     assert "initialDelaySeconds" not in c["livenessProbe"]
+
+
+INGRESS = IngressSettings(
+    controller_namespace="edge",
+    controller_labels={"app": "traefik"},
+    class_name="traefik",
+    host="labs.example.org",
+    tls_secret="labs-tls",
+    annotations={"nginx.ingress.kubernetes.io/proxy-read-timeout": "3600"},
+)
+
+
+def test_without_ingress_settings_there_is_no_ingress_and_no_base_url() -> None:
+    cfg = Settings()
+    assert builders.ingress(SESSION, cfg) is None
+    assert builders.external_url(SESSION, cfg) is None
+    assert builders.base_path(SESSION, cfg) == "/"
+    container = builders.pod_spec(SESSION, cfg)["containers"][0]
+    assert not [a for a in container["args"] if "base_url" in a]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/api"
+
+
+def test_ingress_routes_the_session_path_to_its_service() -> None:
+    cfg = Settings(ingress=INGRESS)
+    ing = builders.ingress(SESSION, cfg)
+    assert ing is not None
+    _owner_ok(ing)
+    assert ing["metadata"]["name"] == "alice"
+    assert ing["metadata"]["annotations"] == dict(INGRESS.annotations)
+    assert ing["spec"]["ingressClassName"] == "traefik"
+    assert ing["spec"]["tls"] == [{"secretName": "labs-tls", "hosts": ["labs.example.org"]}]
+    (rule,) = ing["spec"]["rules"]
+    assert rule["host"] == "labs.example.org"
+    (path,) = rule["http"]["paths"]
+    assert path["path"] == "/labs/labs/alice/"
+    assert path["pathType"] == "Prefix"
+    assert path["backend"]["service"] == {"name": "alice", "port": {"name": "http"}}
+    assert builders.external_url(SESSION, cfg) == "https://labs.example.org/labs/labs/alice/"
+
+
+def test_minimal_ingress_has_no_class_host_or_tls() -> None:
+    cfg = Settings(ingress=IngressSettings(controller_namespace="edge"))
+    ing = builders.ingress(SESSION, cfg)
+    assert ing is not None
+    assert set(ing["spec"]) == {"rules"}
+    assert "host" not in ing["spec"]["rules"][0]
+    assert "annotations" not in ing["metadata"]
+    assert builders.external_url(SESSION, cfg) is None
+
+
+def test_the_lab_serves_under_the_ingress_path_everywhere() -> None:
+    cfg = Settings(ingress=INGRESS, url_mode="service")
+    container = builders.pod_spec(SESSION, cfg)["containers"][0]
+    assert "--ServerApp.base_url=/labs/labs/alice/" in container["args"]
+    for probe in ("readinessProbe", "startupProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/labs/labs/alice/api"
+    assert builders.lab_url(SESSION, cfg, None) == (
+        "http://alice.labs.svc.cluster.local:8888/labs/labs/alice/"
+    )
+    other = Settings(ingress=INGRESS, url_mode="pod-ip")
+    assert builders.lab_url(SESSION, other, "10.0.0.9") == "http://10.0.0.9:8888/labs/labs/alice/"
+
+
+def test_network_policy_admits_the_ingress_controller() -> None:
+    pol = builders.network_policy(SESSION, Settings(ingress=INGRESS))
+    (rule,) = pol["spec"]["ingress"]
+    assert len(rule["from"]) == 3
+    controller = rule["from"][2]
+    assert controller["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "edge"}
+    assert controller["podSelector"]["matchLabels"] == {"app": "traefik"}
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8888}]
+
+
+def test_child_patch_restores_spec_and_our_annotations_only() -> None:
+    desired = builders.ingress(SESSION, Settings(ingress=INGRESS))
+    assert desired is not None
+    spec = desired["spec"]
+    ours = dict(INGRESS.annotations)
+    assert builders.child_patch(desired, spec, ours | {"controller/x": "1"}, "5") is None
+    edited = json.loads(json.dumps(spec))
+    edited["rules"][0]["http"]["paths"][0]["path"] = "/"
+    edited["defaultBackend"] = {"service": {"name": "evil", "port": {"number": 80}}}
+    patch = builders.child_patch(desired, edited, {}, "5")
+    assert patch is not None
+    assert patch["metadata"] == {"resourceVersion": "5", "annotations": ours}
+    assert patch["spec"]["rules"] == spec["rules"]
+    assert patch["spec"]["defaultBackend"] is None  # removed by the merge patch
+    assert patch["spec"]["tls"] == spec["tls"]

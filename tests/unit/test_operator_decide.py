@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,15 +15,17 @@ from kernelsession.operator.actions import (
     Create,
     CreateToken,
     Decision,
+    Delete,
     DeletePod,
     Emit,
+    Patch,
     RecordSpawn,
     WriteStatus,
 )
-from kernelsession.operator.config import Settings
+from kernelsession.operator.config import IngressSettings, Settings
 from kernelsession.operator.decide import decide
 from kernelsession.operator.labapi import KernelActivity, LabActivity
-from kernelsession.operator.observe import ClaimView, HomeView, Observation
+from kernelsession.operator.observe import ChildView, ClaimView, HomeView, Observation
 from kernelsession.operator.podview import read_pod
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
@@ -57,8 +60,8 @@ def session(
     return {"metadata": meta, "spec": {"user": "alice", **(spec or {})}, "status": status or {}}
 
 
-def desired_name(body: dict[str, Any]) -> str:
-    return str(builders.lab_pod(body, CFG, UID)["metadata"]["name"])
+def desired_name(body: dict[str, Any], cfg: Settings = CFG) -> str:
+    return str(builders.lab_pod(body, cfg, UID)["metadata"]["name"])
 
 
 def pod(
@@ -71,6 +74,7 @@ def pod(
     since: datetime | None = None,
     created: datetime = NOW - timedelta(seconds=10),
     deleting: bool = False,
+    cfg: Settings = CFG,
 ) -> Any:
     conditions: list[dict[str, Any]] = [{"type": "Ready", "status": "True" if ready else "False"}]
     if unschedulable:
@@ -84,12 +88,12 @@ def pod(
             }
         )
     meta: dict[str, Any] = {
-        "name": name or desired_name(body),
+        "name": name or desired_name(body, cfg),
         "creationTimestamp": st.fmt_time(created),
     }
     if deleting:
         meta["deletionTimestamp"] = st.fmt_time(NOW)
-    manifest = builders.lab_pod(body, CFG, UID)
+    manifest = builders.lab_pod(body, cfg, UID)
     return read_pod(
         {
             "metadata": meta,
@@ -111,12 +115,24 @@ def idle(seconds: float) -> LabActivity:
     return LabActivity(at, at, (KernelActivity("idle", 0, at),))
 
 
-def obs(body: dict[str, Any], **kw: Any) -> Observation:
+def view(manifest: dict[str, Any] | None, resource_version: str = "7") -> ChildView | None:
+    """A child as the watch would show it, exactly as built."""
+    if manifest is None:
+        return None
+    meta = manifest["metadata"]
+    return ChildView(
+        meta["name"], manifest["spec"], meta.get("annotations") or {}, resource_version
+    )
+
+
+def obs(body: dict[str, Any], cfg: Settings = CFG, **kw: Any) -> Observation:
+    """The session with its Service, NetworkPolicy (and Ingress) in shape."""
     base: dict[str, Any] = {
         "body": body,
         "now": NOW,
         "has_service": True,
-        "has_policy": True,
+        "policy": view(builders.network_policy(body, cfg)),
+        "ingress": view(builders.ingress(body, cfg)),
         "token_uid": UID,
     }
     return Observation(**(base | kw))
@@ -141,7 +157,7 @@ def emitted(d: Decision) -> list[str]:
 
 # -- a new session ------------------------------------------------------------------
 def test_new_session_creates_token_and_children_then_looks_again_at_once() -> None:
-    d = decide(obs(session(), token_uid=None, has_service=False, has_policy=False), CFG)
+    d = decide(obs(session(), token_uid=None, has_service=False, policy=None), CFG)
     assert d.of(CreateToken)
     assert kinds(d) == ["Service", "NetworkPolicy"]
     assert d.requeue_after == 0
@@ -441,3 +457,61 @@ def test_terminating_old_pod_while_rolling() -> None:
     d = decide(obs(body, pods=(old,)), CFG)
     assert not deleted(d)  # already going
     assert kinds(d) == ["Pod"]
+
+
+# -- an Ingress per session ------------------------------------------------------------
+ROUTED = replace(
+    CFG,
+    ingress=IngressSettings(controller_namespace="edge", class_name="traefik", host="labs.test"),
+)
+
+
+def test_with_ingress_a_new_session_gets_its_route() -> None:
+    new = obs(session(), ROUTED, token_uid=None, has_service=False, policy=None, ingress=None)
+    d = decide(new, ROUTED)
+    assert kinds(d) == ["Service", "NetworkPolicy", "Ingress"]
+
+
+def test_ready_lab_behind_an_ingress_reports_both_urls() -> None:
+    body = session()
+    mine = pod(body, cfg=ROUTED)
+    d = decide(obs(body, ROUTED, pods=(mine,), activity=idle(5)), ROUTED)
+    status = status_of(d)
+    assert status["phase"] == st.READY
+    assert status["externalURL"] == "http://labs.test/labs/labs/alice/"
+    assert status["url"] == "http://127.0.1.2:8888/labs/labs/alice/"
+
+
+def test_an_edited_ingress_is_patched_back() -> None:
+    body = session()
+    good = builders.ingress(body, ROUTED)
+    assert good is not None
+    edited = json.loads(json.dumps(good))
+    edited["spec"]["rules"][0]["host"] = "elsewhere.test"
+    d = decide(obs(body, ROUTED, ingress=view(edited, "42")), ROUTED)
+    (patch,) = d.of(Patch)
+    assert (patch.kind, patch.name) == ("Ingress", "alice")
+    assert patch.patch["spec"]["rules"] == good["spec"]["rules"]
+    assert patch.patch["metadata"]["resourceVersion"] == "42"
+
+
+def test_turning_ingresses_on_patches_the_policy_and_off_deletes_the_route() -> None:
+    body = session()
+    old_policy = view(builders.network_policy(body, CFG))
+    on = decide(obs(body, ROUTED, policy=old_policy, ingress=None), ROUTED)
+    (patch,) = on.of(Patch)
+    assert patch.kind == "NetworkPolicy"
+    assert len(patch.patch["spec"]["ingress"][0]["from"]) == 3
+    assert kinds(on) == ["Ingress", "Pod"]  # and the pod rolls onto its base_url
+    route = view(builders.ingress(body, ROUTED))
+    off = decide(obs(body, CFG, ingress=route), CFG)
+    assert [(a.kind, a.name) for a in off.of(Delete)] == [("Ingress", "alice")]
+    assert "externalURL" not in status_of(off)
+
+
+def test_a_suspended_session_keeps_its_route() -> None:
+    body = session({"suspend": True})
+    d = decide(obs(body, ROUTED, pods=()), ROUTED)
+    assert not d.of(Delete)
+    assert not d.of(Patch)
+    assert not d.of(Create)

@@ -20,7 +20,7 @@ def runtime(bound: int) -> Runtime:
         http=cast(Any, None),
         passes=asyncio.Semaphore(bound),
     )
-    rt.indexes = Indexes(pods={}, services={}, policies={}, claims={})
+    rt.indexes = Indexes(pods={}, services={}, policies={}, claims={}, ingresses={})
     return rt
 
 

@@ -91,6 +91,9 @@ class KernelSessionStatus:
     reason: str | None = None
     message: str | None = None
     url: str | None = None
+    """The lab's base URL for clients inside the cluster (``status.url``)."""
+    external_url: str | None = None
+    """The lab's URL through its Ingress (``status.externalURL``), when there is one."""
     token_secret_name: str | None = None
     pod_name: str | None = None
     observed_generation: int | None = None
@@ -140,6 +143,7 @@ def parse_status(obj: Mapping[str, Any]) -> KernelSessionStatus:
         reason=status.get("reason"),
         message=status.get("message"),
         url=status.get("url"),
+        external_url=status.get("externalURL"),
         token_secret_name=status.get("tokenSecretName"),
         pod_name=status.get("podName"),
         observed_generation=status.get("observedGeneration"),

@@ -21,8 +21,10 @@ from kernelsession.operator.actions import (
     Create,
     CreateToken,
     Decision,
+    Delete,
     DeletePod,
     Emit,
+    Patch,
     RecordSpawn,
     WriteStatus,
 )
@@ -45,7 +47,7 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
     """Carry out ``decision`` in order; seconds until the next pass.
 
     Raises:
-        PermanentError: the API server refused a Service or NetworkPolicy.
+        PermanentError: the API server refused a Service, NetworkPolicy or Ingress.
         Exception: an API call failed (the pass is retried with back-off).
     """
     body = state.body
@@ -76,6 +78,19 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
                 log.info("child created", kind=action.kind, name=action.name, session=name)
                 if action.kind == "Pod":
                     event(body, "Created", f"Created lab pod {action.name}")
+        elif isinstance(action, Patch):
+            try:
+                patched = await rt.kube.patch(action.kind, ns, action.name, action.patch)
+            except ChildRejected as exc:
+                raise PermanentError(str(exc)) from None
+            if patched:
+                log.info("child restored", kind=action.kind, name=action.name, session=name)
+                event(body, "Restored", f"Put {action.kind} {action.name} back into shape")
+            else:  # changed meanwhile (or gone): the watch brings it, look again then
+                requeue = min(requeue, rt.settings.starting_interval)
+        elif isinstance(action, Delete):
+            await rt.kube.delete(action.kind, ns, action.name)
+            log.info("child deleted", kind=action.kind, name=action.name, session=name)
         elif isinstance(action, DeletePod):
             if action.cull_reason:
                 log.info("culling lab", namespace=ns, session=name, reason=action.cull_reason)

@@ -28,6 +28,23 @@ class Create:
 
 
 @dataclass(frozen=True)
+class Patch:
+    """Merge-patch a child back into shape (NetworkPolicy, Ingress)."""
+
+    kind: str
+    name: str
+    patch: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Delete a child the session no longer has (an Ingress once Ingresses are off)."""
+
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True)
 class DeletePod:
     name: str
     cull_reason: str | None = None
@@ -60,7 +77,7 @@ class RecordSpawn:
     seconds: float
 
 
-Action = CreateToken | Create | DeletePod | WriteStatus | Emit | RecordSpawn
+Action = CreateToken | Create | Patch | Delete | DeletePod | WriteStatus | Emit | RecordSpawn
 
 
 @dataclass(frozen=True)

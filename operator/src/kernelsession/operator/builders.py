@@ -1,4 +1,5 @@
-"""Pure builders of a session's children: Secret, Pod, Service, NetworkPolicy, home PVC.
+"""Pure builders of a session's children: Secret, Pod, Service, NetworkPolicy, home PVC
+and Ingress.
 
 Each takes the session body and the operator settings and returns a manifest dict
 owned by the session (ownerReferences via ``kopf.adopt``), so deleting the session
@@ -83,8 +84,19 @@ def token_secret(body: Body, token: str) -> Manifest:
     )
 
 
-def lab_args(settings: Settings) -> list[str]:
-    """Arguments of ``jupyter server``: listen on the pod IP, token from the environment."""
+def base_path(body: Body, settings: Settings) -> str:
+    """The lab's base_url: ``/``, or the session's Ingress path (links and websockets
+    then work behind the Ingress, through the Service and through a port-forward alike)."""
+    ingress = settings.ingress
+    if ingress is None:
+        return "/"
+    meta = _meta(body)
+    return ingress.path.format(namespace=meta["namespace"], name=meta["name"])
+
+
+def lab_args(settings: Settings, base: str = "/") -> list[str]:
+    """Arguments of ``jupyter server``: listen on the pod IP, token from the environment,
+    served under ``base``."""
     return [
         "server",
         # all of the pod's addresses: the pod IP (Service, probes) and its loopback,
@@ -97,6 +109,7 @@ def lab_args(settings: Settings) -> list[str]:
         # Programmatic clients read large outputs: never drop IOPub messages.
         "--ServerApp.iopub_data_rate_limit=0",
         "--ServerApp.iopub_msg_rate_limit=0",
+        *([f"--ServerApp.base_url={base}"] if base != "/" else []),
         *settings.lab_extra_args,
     ]
 
@@ -117,13 +130,14 @@ def pod_spec(body: Body, settings: Settings) -> dict[str, Any]:
         {"name": "KERNELSESSION_USER", "value": spec["user"]},
     ]
     env.extend(copy.deepcopy(list(spec.get("env") or [])))
-    probe_get = {"path": "/api", "port": settings.lab_port, "scheme": "HTTP"}
+    base = base_path(body, settings)
+    probe_get = {"path": f"{base}api", "port": settings.lab_port, "scheme": "HTTP"}
     container: dict[str, Any] = {
         "name": "lab",
         "image": spec.get("image") or settings.default_image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["jupyter"],
-        "args": lab_args(settings),
+        "args": lab_args(settings, base),
         "env": env,
         "ports": [
             {"name": naming.LAB_PORT_NAME, "containerPort": settings.lab_port, "protocol": "TCP"}
@@ -247,8 +261,32 @@ def service(body: Body, settings: Settings) -> Manifest:
 
 
 def network_policy(body: Body, settings: Settings) -> Manifest:
-    """Ingress to the lab only from client-labelled pods and from the operator."""
+    """Ingress to the lab only from client-labelled pods, from the operator, and from the
+    ingress controller's pods when the operator creates an Ingress per session."""
     name = _meta(body)["name"]
+    peers: list[dict[str, Any]] = [
+        {
+            "namespaceSelector": {},
+            "podSelector": {"matchLabels": {naming.CLIENT_LABEL: "true"}},
+        },
+        {
+            "namespaceSelector": {
+                "matchLabels": {"kubernetes.io/metadata.name": settings.operator_namespace}
+            },
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": naming.MANAGER}},
+        },
+    ]
+    if settings.ingress is not None:
+        peers.append(
+            {
+                "namespaceSelector": {
+                    "matchLabels": {
+                        "kubernetes.io/metadata.name": settings.ingress.controller_namespace
+                    }
+                },
+                "podSelector": {"matchLabels": dict(settings.ingress.controller_labels)},
+            }
+        )
     return _owned(
         body,
         {
@@ -263,22 +301,7 @@ def network_policy(body: Body, settings: Settings) -> Manifest:
                 "policyTypes": ["Ingress"],
                 "ingress": [
                     {
-                        "from": [
-                            {
-                                "namespaceSelector": {},
-                                "podSelector": {"matchLabels": {naming.CLIENT_LABEL: "true"}},
-                            },
-                            {
-                                "namespaceSelector": {
-                                    "matchLabels": {
-                                        "kubernetes.io/metadata.name": settings.operator_namespace
-                                    }
-                                },
-                                "podSelector": {
-                                    "matchLabels": {"app.kubernetes.io/name": naming.MANAGER}
-                                },
-                            },
-                        ],
+                        "from": peers,
                         "ports": [{"protocol": "TCP", "port": settings.lab_port}],
                     }
                 ],
@@ -329,10 +352,92 @@ def home_claim(body: Body) -> Manifest | None:
 def lab_url(body: Body, settings: Settings, pod_ip: str | None) -> str | None:
     """Base URL of the lab for clients in this deployment (ends with ``/``)."""
     meta = _meta(body)
+    base = base_path(body, settings)
     if settings.url_mode == "service":
         svc = naming.service_name(meta["name"])
         host = f"{svc}.{meta['namespace']}.svc.{settings.cluster_domain}"
-        return f"http://{host}:{settings.lab_port}/"
+        return f"http://{host}:{settings.lab_port}{base}"
     if not pod_ip:
         return None
-    return f"http://{pod_ip}:{settings.lab_port}/"
+    return f"http://{pod_ip}:{settings.lab_port}{base}"
+
+
+def external_url(body: Body, settings: Settings) -> str | None:
+    """The lab's URL through its Ingress (None without an Ingress, or when neither a host
+    nor ``KERNELSESSION_INGRESS_URL`` names where users reach the controller)."""
+    if settings.ingress is None or settings.ingress.external_base is None:
+        return None
+    return settings.ingress.external_base + base_path(body, settings)
+
+
+def ingress(body: Body, settings: Settings) -> Manifest | None:
+    """The session's Ingress: its path (the lab's base_url) on the configured host, to the
+    lab's Service; None when the operator creates no Ingress."""
+    cfg = settings.ingress
+    if cfg is None:
+        return None
+    name = _meta(body)["name"]
+    rule: dict[str, Any] = {
+        "http": {
+            "paths": [
+                {
+                    "path": base_path(body, settings),
+                    "pathType": "Prefix",
+                    "backend": {
+                        "service": {
+                            "name": naming.service_name(name),
+                            "port": {"name": naming.LAB_PORT_NAME},
+                        }
+                    },
+                }
+            ]
+        }
+    }
+    spec: dict[str, Any] = {}
+    if cfg.class_name:
+        spec["ingressClassName"] = cfg.class_name
+    if cfg.tls_secret:
+        tls: dict[str, Any] = {"secretName": cfg.tls_secret}
+        if cfg.host:
+            tls["hosts"] = [cfg.host]
+        spec["tls"] = [tls]
+    if cfg.host:
+        rule = {"host": cfg.host, **rule}
+    spec["rules"] = [rule]
+    metadata: dict[str, Any] = {
+        "name": naming.ingress_name(name),
+        "labels": labels_for(body) | {naming.COMPONENT_LABEL: "lab"},
+    }
+    if cfg.annotations:
+        metadata["annotations"] = dict(cfg.annotations)
+    return _owned(
+        body,
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": metadata,
+            "spec": spec,
+        },
+    )
+
+
+def child_patch(
+    desired: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    annotations: Mapping[str, str],
+    resource_version: str,
+) -> dict[str, Any] | None:
+    """A merge patch taking an existing child (its ``spec`` and ``annotations``) back to
+    ``desired``, or None when nothing differs: someone edited it, or the operator's
+    settings changed. Annotations others add (controllers do) are left alone; the
+    ``resourceVersion`` makes the patch fail rather than overwrite a newer change."""
+    wanted: Mapping[str, str] = desired["metadata"].get("annotations") or {}
+    changed = {k: v for k, v in wanted.items() if annotations.get(k) != v}
+    if dict(spec) == desired["spec"] and not changed:
+        return None
+    new_spec: dict[str, Any] = {k: None for k in spec if k not in desired["spec"]}
+    new_spec.update(copy.deepcopy(dict(desired["spec"])))
+    metadata: dict[str, Any] = {"resourceVersion": resource_version}
+    if changed:
+        metadata["annotations"] = changed
+    return {"metadata": metadata, "spec": new_spec}

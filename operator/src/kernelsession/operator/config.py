@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import socket
 from collections.abc import Mapping
@@ -17,6 +18,43 @@ ENV_PREFIX = "KERNELSESSION_"
 
 class ConfigError(ValueError):
     """A configuration value is malformed; the message names the variable."""
+
+
+DEFAULT_INGRESS_PATH = "/labs/{namespace}/{name}/"
+_DNS_NAME = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_KEY = re.compile(r"^([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class IngressSettings:
+    """An Ingress per session, routing ``path`` on ``host`` to the lab (whose base_url is
+    that path), admitted by the lab's NetworkPolicy from the controller's pods."""
+
+    controller_namespace: str
+    """Namespace of the ingress controller's pods (the NetworkPolicy admits them)."""
+    controller_labels: Mapping[str, str] = field(default_factory=dict)
+    """Labels of the controller's pods in that namespace (empty: every pod there)."""
+    class_name: str = ""
+    """``spec.ingressClassName`` (empty: the cluster's default IngressClass)."""
+    host: str = ""
+    """The rule's host (empty: any host)."""
+    tls_secret: str = ""
+    """A TLS Secret in each session's namespace (empty: no TLS section)."""
+    path: str = DEFAULT_INGRESS_PATH
+    """Path prefix template with ``{namespace}`` and ``{name}``; starts and ends with /."""
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    """Added to every Ingress (e.g. the controller's websocket timeouts)."""
+    url: str = ""
+    """Scheme, host and port users reach the controller at (default: from host and TLS)."""
+
+    @property
+    def external_base(self) -> str | None:
+        """``scheme://host[:port]`` of the external URL; None when nothing names it."""
+        if self.url:
+            return self.url.rstrip("/")
+        if self.host and not self.host.startswith("*"):
+            return f"{'https' if self.tls_secret else 'http'}://{self.host}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -70,6 +108,8 @@ class Settings:
     health_port: int = 8080
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
+    ingress: IngressSettings | None = None
+    """An Ingress per session (``KERNELSESSION_INGRESS=true``); None: no Ingress."""
 
     @property
     def clusterwide(self) -> bool:
@@ -111,6 +151,86 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw.lower() in ("0", "false", "no"):
         return False
     raise ConfigError(f"{ENV_PREFIX}{name} must be true or false, got {raw!r}")
+
+
+def _json_strings(env: Mapping[str, str], name: str) -> dict[str, str]:
+    raw = env.get(ENV_PREFIX + name)
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{ENV_PREFIX}{name} is not JSON: {exc}") from None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ConfigError(f"{ENV_PREFIX}{name} must be a JSON object of strings")
+    return value
+
+
+def _labels(env: Mapping[str, str], name: str) -> dict[str, str]:
+    """``key=value,key=value`` (a label selector's equality terms)."""
+    raw = env.get(ENV_PREFIX + name) or ""
+    labels: dict[str, str] = {}
+    for term in (t.strip() for t in raw.split(",")):
+        if not term:
+            continue
+        key, sep, value = term.partition("=")
+        if not sep or not _LABEL_KEY.match(key.strip()):
+            raise ConfigError(f"{ENV_PREFIX}{name} must be key=value[,key=value], got {raw!r}")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def ingress_from_env(env: Mapping[str, str]) -> IngressSettings | None:
+    """The Ingress settings (None unless ``KERNELSESSION_INGRESS`` is true).
+
+    Raises:
+        ConfigError: a variable is malformed or missing (the message names it).
+    """
+    if not _bool(env, "INGRESS", False):
+        return None
+    namespace = env.get(ENV_PREFIX + "INGRESS_CONTROLLER_NAMESPACE", "").strip()
+    if not namespace:
+        raise ConfigError(
+            f"{ENV_PREFIX}INGRESS_CONTROLLER_NAMESPACE must name the ingress controller's "
+            "namespace when KERNELSESSION_INGRESS is true (the labs' NetworkPolicy admits it)"
+        )
+    host = env.get(ENV_PREFIX + "INGRESS_HOST", "").strip().lower()
+    if host and not _DNS_NAME.match(host):
+        raise ConfigError(f"{ENV_PREFIX}INGRESS_HOST must be a DNS name, got {host!r}")
+    path = env.get(ENV_PREFIX + "INGRESS_PATH", "").strip() or DEFAULT_INGRESS_PATH
+    if (
+        not path.startswith("/")
+        or not path.endswith("/")
+        or "{name}" not in path
+        or "{namespace}" not in path
+    ):
+        raise ConfigError(
+            f"{ENV_PREFIX}INGRESS_PATH must start and end with / and contain {{namespace}} "
+            f"and {{name}} (one path per session), got {path!r}"
+        )
+    try:
+        path.format(namespace="ns", name="n")
+    except (KeyError, IndexError, ValueError):
+        raise ConfigError(
+            f"{ENV_PREFIX}INGRESS_PATH may use only {{namespace}} and {{name}}, got {path!r}"
+        ) from None
+    url = env.get(ENV_PREFIX + "INGRESS_URL", "").strip()
+    if url and not re.match(r"^https?://[^/?#]+/?$", url):
+        raise ConfigError(
+            f"{ENV_PREFIX}INGRESS_URL must be scheme://host[:port] (no path), got {url!r}"
+        )
+    return IngressSettings(
+        controller_namespace=namespace,
+        controller_labels=_labels(env, "INGRESS_CONTROLLER_LABELS"),
+        class_name=env.get(ENV_PREFIX + "INGRESS_CLASS", "").strip(),
+        host=host,
+        tls_secret=env.get(ENV_PREFIX + "INGRESS_TLS_SECRET", "").strip(),
+        path=path,
+        annotations=_json_strings(env, "INGRESS_ANNOTATIONS"),
+        url=url,
+    )
 
 
 def from_env(
@@ -184,4 +304,5 @@ def from_env(
         health_port=_int(env, "HEALTH_PORT", d.health_port),
         log_level=env.get(ENV_PREFIX + "LOG_LEVEL", d.log_level).upper(),
         log_format=log_format,  # type: ignore[arg-type]
+        ingress=ingress_from_env(env),
     )

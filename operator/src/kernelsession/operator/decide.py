@@ -21,14 +21,16 @@ from kernelsession.operator.actions import (
     Create,
     CreateToken,
     Decision,
+    Delete,
     DeletePod,
     Emit,
+    Patch,
     RecordSpawn,
     WriteStatus,
 )
 from kernelsession.operator.config import Settings
 from kernelsession.operator.errors import PermanentError
-from kernelsession.operator.observe import Observation, resume_asked, spec_changed
+from kernelsession.operator.observe import ChildView, Observation, resume_asked, spec_changed
 from kernelsession.operator.podview import PodView
 
 RESUME_HINT = (
@@ -114,8 +116,8 @@ def decide(obs: Observation, cfg: Settings) -> Decision:
     creates: list[Action] = []
     if not obs.has_service:
         creates.append(Create(builders.service(obs.body, cfg)))
-    if not obs.has_policy:
-        creates.append(Create(builders.network_policy(obs.body, cfg)))
+    creates.extend(_kept(obs.policy, builders.network_policy(obs.body, cfg)))
+    creates.extend(_kept(obs.ingress, builders.ingress(obs.body, cfg), kind="Ingress"))
     claim = builders.home_claim(obs.body)
     if claim is not None and obs.claim is None:
         creates.append(Create(claim))
@@ -232,11 +234,24 @@ def decide(obs: Observation, cfg: Settings) -> Decision:
         token_name=token_name,
         pod=pod,
         url=builders.lab_url(obs.body, cfg, pod.pod_ip if pod else None),
+        external_url=builders.external_url(obs.body, cfg),
         last_activity=last_activity,
         culled_time=culled_time,
         resume=resume,
         warned=warned,
     )
+
+
+def _kept(
+    found: ChildView | None, desired: Mapping[str, Any] | None, *, kind: str = ""
+) -> list[Action]:
+    """Create a child that is missing, patch one out of shape, delete one not wanted."""
+    if desired is None:
+        return [Delete(kind, found.name)] if found is not None else []
+    if found is None:
+        return [Create(desired)]
+    patch = builders.child_patch(desired, found.spec, found.annotations, found.resource_version)
+    return [Patch(str(desired["kind"]), found.name, patch)] if patch is not None else []
 
 
 def _home(
@@ -306,6 +321,7 @@ def _finish(
     events: list[Action] | None = None,
     pod: PodView | None = None,
     url: str | None = None,
+    external_url: str | None = None,
     last_activity: str | None = None,
     culled_time: str | None = None,
     resume: str | None = None,
@@ -314,12 +330,14 @@ def _finish(
     """Render the status for ``verdict``; add its write and the phase-change events."""
     current = obs.status
     generation = int(obs.body["metadata"].get("generation") or 1)
+    reachable = pod is not None or verdict.phase not in (st.CULLED, st.FAILED, st.SUSPENDED)
     desired = st.render(
         current,
         verdict,
         now=obs.now,
         generation=generation,
-        url=url if pod or verdict.phase not in (st.CULLED, st.FAILED, st.SUSPENDED) else None,
+        url=url if reachable else None,
+        external_url=external_url if reachable else None,
         token_secret_name=token_name,
         pod=pod,
         last_activity=last_activity,

@@ -10,6 +10,7 @@ keeps its indexes and bodies warm and starts every loop when it takes over.
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -128,10 +129,31 @@ def lab_services(namespace: str | None, labels: Mapping[str, str], name: str, **
     return {key: name} if key else {}
 
 
+def child_entry(body: kopf.Body) -> dict[str, Any]:
+    """What a pass needs of a child kept in shape (``observe.ChildView``)."""
+    meta = body.get("metadata") or {}
+    return {
+        "name": meta.get("name"),
+        "spec": copy.deepcopy(dict(body.get("spec") or {})),
+        "annotations": dict(meta.get("annotations") or {}),
+        "resourceVersion": meta.get("resourceVersion"),
+    }
+
+
 @kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=CHILD_LABELS)
-def lab_policies(namespace: str | None, labels: Mapping[str, str], name: str, **_: Any) -> Any:
+def lab_policies(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> Any:
     key = _session_key(namespace, labels)
-    return {key: name} if key else {}
+    return {key: child_entry(body)} if key else {}
+
+
+@kopf.index("networking.k8s.io", "v1", "ingresses", labels=CHILD_LABELS)
+def lab_ingresses(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> Any:
+    key = _session_key(namespace, labels)
+    return {key: child_entry(body)} if key else {}
 
 
 @kopf.index("persistentvolumeclaims", labels=CHILD_LABELS)
@@ -151,6 +173,7 @@ def lab_claims(
 @kopf.on.event("pods", labels=CHILD_LABELS)
 @kopf.on.event("services", labels=CHILD_LABELS)
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=CHILD_LABELS)
+@kopf.on.event("networking.k8s.io", "v1", "ingresses", labels=CHILD_LABELS)
 @kopf.on.event("persistentvolumeclaims", labels=CHILD_LABELS)
 async def child_changed(
     namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **_: Any
@@ -184,7 +207,11 @@ async def session_event(
         return
     if rt.indexes is None:
         rt.indexes = Indexes(
-            kwargs["lab_pods"], kwargs["lab_services"], kwargs["lab_policies"], kwargs["lab_claims"]
+            kwargs["lab_pods"],
+            kwargs["lab_services"],
+            kwargs["lab_policies"],
+            kwargs["lab_claims"],
+            kwargs["lab_ingresses"],
         )
     state = rt.sessions.remember(key, dict(body))
     if state.running:

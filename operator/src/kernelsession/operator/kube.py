@@ -70,6 +70,8 @@ class Kube:
                 created = await self.net.create_namespaced_network_policy(ns, body)
             elif kind == "PersistentVolumeClaim":
                 created = await self.core.create_namespaced_persistent_volume_claim(ns, body)
+            elif kind == "Ingress":
+                created = await self.net.create_namespaced_ingress(ns, body)
             else:  # pragma: no cover - programming error
                 raise ValueError(f"unsupported kind {kind}")
         except ApiException as exc:
@@ -119,6 +121,36 @@ class Kube:
             return None
         newest = items[-1]
         return f"{newest.reason}: {(newest.message or '').strip()}"
+
+    async def patch(self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]) -> bool:
+        """Merge-patch a NetworkPolicy or Ingress; False when it changed meanwhile (409,
+        its ``resourceVersion`` precondition) or is gone (404).
+
+        Raises:
+            ChildRejected: the API server rejected the patched object.
+        """
+        call = {
+            "NetworkPolicy": self.net.patch_namespaced_network_policy,
+            "Ingress": self.net.patch_namespaced_ingress,
+        }[kind]
+        try:
+            await cast(Any, call)(name, namespace, dict(patch), _content_type=MERGE_PATCH)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return False
+            if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+                raise ChildRejected(kind, exc.status, api_message(exc)) from None
+            raise
+        return True
+
+    async def delete(self, kind: str, namespace: str, name: str) -> None:
+        """Delete an Ingress (gone already is fine)."""
+        call = {"Ingress": self.net.delete_namespaced_ingress}[kind]
+        try:
+            await call(name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     async def delete_pod(self, namespace: str, name: str) -> None:
         try:

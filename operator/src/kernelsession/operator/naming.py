@@ -31,6 +31,10 @@ def network_policy_name(session: str) -> str:
     return f"{session}-lab"
 
 
+def ingress_name(session: str) -> str:
+    return session
+
+
 def home_claim_name(session: str) -> str:
     return f"{session}-home"
 

@@ -45,6 +45,28 @@ class ClaimView:
 
 
 @dataclass(frozen=True)
+class ChildView:
+    """A child the operator keeps in shape (NetworkPolicy, Ingress) as the watch shows it."""
+
+    name: str
+    spec: Mapping[str, Any]
+    annotations: Mapping[str, str]
+    resource_version: str
+
+    @classmethod
+    def of(cls, found: Mapping[str, Any] | None) -> ChildView | None:
+        """From an index entry (``handlers.child_entry``); None when there is none."""
+        if found is None:
+            return None
+        return cls(
+            name=str(found["name"]),
+            spec=dict(found.get("spec") or {}),
+            annotations=dict(found.get("annotations") or {}),
+            resource_version=str(found.get("resourceVersion") or ""),
+        )
+
+
+@dataclass(frozen=True)
 class HomeView:
     """Why a home volume is not bound, looked up while it is not."""
 
@@ -60,7 +82,8 @@ class Observation:
     now: datetime
     pods: tuple[PodView, ...] = ()
     has_service: bool = False
-    has_policy: bool = False
+    policy: ChildView | None = None
+    ingress: ChildView | None = None
     token_uid: str | None = None
     """The token Secret's uid; None when it does not exist yet."""
     claim: ClaimView | None = None
@@ -117,7 +140,8 @@ async def observe(
     state: SessionState,
     pods: Iterable[Mapping[str, Any]],
     has_service: bool,
-    has_policy: bool,
+    policy: ChildView | None,
+    ingress: ChildView | None,
     claim: Mapping[str, Any] | None,
 ) -> Observation:
     """Snapshot the session ``state`` describes, with its children from the indexes.
@@ -129,7 +153,8 @@ async def observe(
     pod_views = tuple(read_pod(p) for p in pods)
     for name in [p.name for p in pod_views] + [
         *([naming.service_name(state.key[1])] if has_service else []),
-        *([naming.network_policy_name(state.key[1])] if has_policy else []),
+        *([policy.name] if policy else []),
+        *([ingress.name] if ingress else []),
         *([str(claim["name"])] if claim else []),
     ]:
         state.seen(name)
@@ -143,7 +168,8 @@ async def observe(
         now=st.now_utc(),
         pods=pod_views,
         has_service=has_service,
-        has_policy=has_policy,
+        policy=policy,
+        ingress=ingress,
         claim=claim_view,
         warned=state.warned,
         rejected=state.recent_rejections(REJECTION_MEMORY),
@@ -220,7 +246,7 @@ async def _probe(
     if pod is None or not pod.pod_ip or not pod.running or pod.deleting:
         return None, None
     # The operator probes the pod itself (the NetworkPolicy admits it); clients use the URL.
-    url = f"http://{pod.pod_ip}:{rt.settings.lab_port}/"
+    url = f"http://{pod.pod_ip}:{rt.settings.lab_port}{builders.base_path(body, rt.settings)}"
     try:
         return await labapi.activity(rt.http, url, token.token), None
     except labapi.LabUnreachable as exc:

@@ -12,7 +12,7 @@ from typing import Any
 
 from kernelsession.operator.act import act
 from kernelsession.operator.decide import decide
-from kernelsession.operator.observe import observe
+from kernelsession.operator.observe import ChildView, observe
 from kernelsession.operator.runtime import Runtime
 from kernelsession.operator.state import SessionState
 
@@ -22,9 +22,10 @@ async def reconcile(
     state: SessionState,
     pods: Iterable[Mapping[str, Any]],
     has_service: bool,
-    has_policy: bool,
+    policy: ChildView | None,
+    ingress: ChildView | None = None,
     claim: Mapping[str, Any] | None = None,
 ) -> float:
     """Run one pass for the session of ``state``; seconds until the next one is due."""
-    obs = await observe(rt, state, list(pods), has_service, has_policy, claim)
+    obs = await observe(rt, state, list(pods), has_service, policy, ingress, claim)
     return await act(rt, state, decide(obs, rt.settings))

@@ -21,6 +21,7 @@ class Indexes:
     services: Any
     policies: Any
     claims: Any
+    ingresses: Any
 
 
 @dataclass

@@ -18,6 +18,7 @@ import structlog
 from kernelsession.operator import metrics, reconcile
 from kernelsession.operator.act import event
 from kernelsession.operator.errors import PermanentError, RetryLater
+from kernelsession.operator.observe import ChildView
 from kernelsession.operator.runtime import Runtime
 from kernelsession.operator.state import SessionState
 
@@ -49,13 +50,16 @@ async def one_pass(rt: Runtime, state: SessionState) -> float:
     assert idx is not None
     key = state.key
     claims: Any = idx.claims.get(key, [])
+    policies: Any = idx.policies.get(key, [])
+    ingresses: Any = idx.ingresses.get(key, [])
     async with rt.passes:
         return await reconcile.reconcile(
             rt,
             state,
             list(idx.pods.get(key, [])),
             key in idx.services,
-            key in idx.policies,
+            ChildView.of(next(iter(policies), None)),
+            ChildView.of(next(iter(ingresses), None)),
             next(iter(claims), None),
         )
 
