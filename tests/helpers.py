@@ -126,6 +126,23 @@ def pod_condition(pod: dict[str, Any], ctype: str) -> dict[str, Any] | None:
 
 # -- the operator on the local cluster (fixtures in tests/conftest.py) ----------------
 LABS = "labs"
+# Every lab in the tests sits behind an Ingress, as on a platform: served under its path
+# (base_url), admitted from the ingress controller's namespace, the route in status.
+INGRESS_HOST = "labs.kernelsession.test"
+INGRESS_ENV = {
+    "KERNELSESSION_INGRESS": "true",
+    "KERNELSESSION_INGRESS_CLASS": "traefik",
+    "KERNELSESSION_INGRESS_HOST": INGRESS_HOST,
+    "KERNELSESSION_INGRESS_CONTROLLER_NAMESPACE": "kernelsession-ingress",
+    "KERNELSESSION_INGRESS_CONTROLLER_LABELS": "app.kubernetes.io/name=traefik",
+}
+
+
+def lab_path(name: str, namespace: str = LABS) -> str:
+    """The base_url of a session's lab under the tests' Ingress settings."""
+    return f"/labs/{namespace}/{name}/"
+
+
 OPERATOR_ENV = {
     "KERNELSESSION_CULL_INTERVAL": "1",
     "KERNELSESSION_CULL_WARNING": "2",
@@ -135,7 +152,7 @@ OPERATOR_ENV = {
     "KERNELSESSION_HOME_INTERVAL": "1",
     # Exercised by every run (tests/operator/test_rbac.py checks the Lease grants are used).
     "KERNELSESSION_LEADER_ELECTION": "true",
-}
+} | INGRESS_ENV
 
 
 def get_ks(cluster: LocalCluster, name: str) -> dict[str, Any]:
@@ -148,7 +165,7 @@ def children(cluster: LocalCluster, name: str) -> dict[str, list[dict[str, Any]]
         "-n",
         LABS,
         "get",
-        "secrets,pods,services,networkpolicies,persistentvolumeclaims",
+        "secrets,pods,services,networkpolicies,persistentvolumeclaims,ingresses",
         "-l",
         f"kernelsession.dev/session={name}",
         "-o",

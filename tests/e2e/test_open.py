@@ -63,6 +63,13 @@ class Opened:
         parts = urlsplit(self.url)
         return f"{parts.scheme}://{parts.netloc}"
 
+    @property
+    def root(self) -> str:
+        """The lab's base URL through the local end (the printed URL opens ``<root>lab``)."""
+        path = urlsplit(self.url).path
+        assert path.endswith("/lab"), self.url
+        return self.origin + path.removesuffix("lab")
+
     def stderr(self) -> str:
         return self.stderr_path.read_text()
 
@@ -126,7 +133,7 @@ def test_open_in_browser_through_the_api_server(
         run_in_notebook(driver, "print(6*7)", "42")
         assert driver.save_screenshot(str(tmp_path / "jupyterlab-port-forward.png"))
         assert token not in driver.page_source
-        raw = driver.execute_script("return fetch('/lab').then(r => r.text())")
+        raw = driver.execute_script(f"return fetch('{opened.root}lab').then(r => r.text())")
         assert "jupyter-config-data" in raw
         assert token not in raw
         print(f"open -> JupyterLab rendered through the port-forward: {rendered:.2f} s")
@@ -155,12 +162,12 @@ def test_two_sessions_side_by_side(
             assert browser.get(a.url).status_code == 200
             assert browser.get(b.url).status_code == 200
             put = browser.put(
-                a.origin + "/api/contents/only-in-a.txt",
+                a.root + "api/contents/only-in-a.txt",
                 json={"type": "file", "format": "text", "content": "a"},
             )
             assert put.status_code == 201
-            assert browser.get(a.origin + "/api/contents/only-in-a.txt").status_code == 200
-            assert browser.get(b.origin + "/api/contents/only-in-a.txt").status_code == 404
+            assert browser.get(a.root + "api/contents/only-in-a.txt").status_code == 200
+            assert browser.get(b.root + "api/contents/only-in-a.txt").status_code == 404
     finally:
         node.kubectl(
             "-n", LABS, "delete", "ks", other, "--ignore-not-found", "--wait=false", check=False
@@ -233,7 +240,7 @@ def test_the_sample_role_is_enough_to_open(
         httpx.Client(trust_env=False, follow_redirects=True, timeout=30) as browser,
     ):
         assert browser.get(opened.url).status_code == 200
-        assert browser.get(opened.origin + "/api/status").status_code == 200
+        assert browser.get(opened.root + "api/status").status_code == 200
 
 
 def test_without_portforward_permission_the_forward_is_refused_clearly(

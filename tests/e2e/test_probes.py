@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from helpers import LABS, apply_session, children, wait_for, wait_phase
+from helpers import LABS, apply_session, children, lab_path, wait_for, wait_phase
 from prometheus_client.parser import text_string_to_metric_families
 
 from kernelsession.localcluster.cluster import LocalCluster
@@ -102,7 +102,7 @@ def _lab_sessions(cluster: LocalCluster, session: str) -> list[dict[str, Any]]:
     ip = cluster.get_json("-n", LABS, f"svc/{session}")["spec"]["clusterIP"]
     with httpx.Client(trust_env=False, timeout=5) as client:
         response = client.get(
-            f"http://{ip}:8888/api/sessions",
+            f"http://{ip}:8888{lab_path(session)}api/sessions",
             headers={"Authorization": f"token {_token(cluster, session)}"},
         )
     response.raise_for_status()

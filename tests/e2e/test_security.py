@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from helpers import LABS, apply_session, children, wait_phase
+from helpers import LABS, apply_session, children, lab_path, wait_phase
 
 from kernelsession.client import JupyterLabSessionManager, JupyterWebError, KernelSessionClient
 from kernelsession.localcluster.cluster import LocalCluster
@@ -225,14 +225,15 @@ async def test_network_policy_is_enforced_on_the_node(
             installed.kubectl(
                 "-n", LABS, "wait", "--for=condition=Ready", f"pod/{pod}", "--timeout=90s"
             )
-        url = f"http://{session_name}.{LABS}.svc.cluster.local:8888/api"
+        api = f"{lab_path(session_name)}api"
+        url = f"http://{session_name}.{LABS}.svc.cluster.local:8888{api}"
         assert _get_from(installed, client, url) == "200"
         denied = _get_from(installed, stranger, url)
         assert "timed out" in denied, denied
         # by pod IP too (no Service in between)
         pod_ip = children(installed, session_name)["Pod"][0]["status"]["podIP"]
-        assert "timed out" in _get_from(installed, stranger, f"http://{pod_ip}:8888/api")
-        assert _get_from(installed, client, f"http://{pod_ip}:8888/api") == "200"
+        assert "timed out" in _get_from(installed, stranger, f"http://{pod_ip}:8888{api}")
+        assert _get_from(installed, client, f"http://{pod_ip}:8888{api}") == "200"
         # the operator (in its own namespace) still reaches the lab: a second session
         # started now becomes Ready only once the operator's probe gets an answer
         second = f"{session_name}-b"
@@ -266,10 +267,11 @@ async def test_lab_pod_is_hardened_inside_its_container(
     assert fields["Seccomp"].strip() == "2"
     check = "import os; print(os.path.exists('/var/run/secrets/kubernetes.io'))"
     assert run("python", "-c", check).strip() == "False"
-    # JupyterLab answers at /lab (with the token) in the lab pod
+    # JupyterLab answers at <base_url>lab (with the token) in the lab pod
     code = (
         "import os, urllib.request\n"
-        "req = urllib.request.Request(f\"http://{os.environ['POD_IP']}:8888/lab\",\n"
+        "req = urllib.request.Request(f\"http://{os.environ['POD_IP']}:8888\"\n"
+        f'    "{lab_path(session_name)}lab",\n'
         "    headers={'Authorization': 'token ' + os.environ['JUPYTER_TOKEN']})\n"
         "body = urllib.request.urlopen(req, timeout=10).read().decode()\n"
         "print('JupyterLab' in body)\n"

@@ -7,7 +7,17 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import LABS, apply_session, children, events_for, get_ks, wait_for, wait_phase
+from helpers import (
+    INGRESS_HOST,
+    LABS,
+    apply_session,
+    children,
+    events_for,
+    get_ks,
+    lab_path,
+    wait_for,
+    wait_phase,
+)
 
 from kernelsession.client import KernelSessionClient
 from kernelsession.localcluster.cluster import LocalCluster
@@ -28,7 +38,8 @@ async def test_sample_becomes_ready_and_runs_code(
         assert "condition met" in waited.stdout
         status = (await ks.get("alice")).raw["status"]
         assert status["phase"] == "Ready"
-        assert status["url"] == "http://alice.labs.svc.cluster.local:8888/"
+        assert status["url"] == f"http://alice.labs.svc.cluster.local:8888{lab_path('alice')}"
+        assert status["externalURL"] == f"http://{INGRESS_HOST}{lab_path('alice')}"
         assert status["tokenSecretName"] == "alice-token"
         assert status["observedGeneration"] == 1
         for key in ("podName", "startTime", "readyTime"):
@@ -38,7 +49,7 @@ async def test_sample_becomes_ready_and_runs_code(
             assert await lab.run_python("print('hello from', 6 * 7)") == "hello from 42\n"
 
         kids = children(installed, "alice")
-        assert sorted(kids) == ["NetworkPolicy", "Pod", "Secret", "Service"]
+        assert sorted(kids) == ["Ingress", "NetworkPolicy", "Pod", "Secret", "Service"]
         assert len(kids["Pod"]) == 1
         uid = get_ks(installed, "alice")["metadata"]["uid"]
         for kind, objs in kids.items():

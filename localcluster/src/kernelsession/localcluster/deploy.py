@@ -222,6 +222,12 @@ class InClusterOperator(OperatorDeployment):
         deploy_operator(self.cluster, env=self.env, replicas=self.replicas, timeout=timeout)
         return time.monotonic() - started
 
+    def reconfigure(self, env: Mapping[str, str], timeout: float = 180.0) -> float:
+        """Apply the manifests with ``env`` instead (a rollout) and wait until every pod
+        runs with it; returns seconds."""
+        self.env = dict(env)
+        return self.start(timeout)
+
     def stop(self, timeout: float = 60.0) -> None:
         """Scale to 0 and wait until no operator pod is left."""
         self.cluster.kubectl(
