@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -96,7 +96,10 @@ def chromedriver(log: Path) -> Iterator[str]:
         stop_process_tree(process)
 
 
-def chromium_options(profile: Path) -> Options:
+def chromium_options(profile: Path, hosts: Mapping[str, str] | None = None) -> Options:
+    """Chromium's options; ``hosts`` maps names to the local node's addresses (an
+    Ingress host to its controller's Service IP), everything else stays unresolvable."""
+    mapped = "".join(f"MAP {name} {ip}, " for name, ip in (hosts or {}).items())
     options = Options()
     options.binary_location = CHROMIUM
     for arg in (
@@ -115,17 +118,20 @@ def chromium_options(profile: Path) -> Options:
         "--disable-default-apps",
         "--disable-domain-reliability",
         "--disable-features=OptimizationHints,MediaRouter,Translate",
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
+        f"--host-resolver-rules={mapped}MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
     ):
         options.add_argument(arg)
     return options
 
 
 @contextmanager
-def headless_chromium(tmp_path: Path) -> Iterator[webdriver.Remote]:
+def headless_chromium(
+    tmp_path: Path, hosts: Mapping[str, str] | None = None
+) -> Iterator[webdriver.Remote]:
     """A headless Chromium session; quits it and stops chromedriver (and Chromium) by PID."""
     with chromedriver(tmp_path / "chromedriver.log") as url:
-        driver = webdriver.Remote(command_executor=url, options=chromium_options(tmp_path / "p"))
+        options = chromium_options(tmp_path / "p", hosts)
+        driver = webdriver.Remote(command_executor=url, options=options)
         try:
             yield driver
         finally:
