@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from kernelsession.client.resources import CRD_NAME
+
 from .cluster import LocalCluster
 from .operator_process import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, manifests_dir
 
@@ -184,7 +186,7 @@ def deploy_operator(
     cluster.kubectl(
         "wait",
         "--for=condition=Established",
-        "crd/kernelsessions.kernelsession.dev",
+        f"crd/{CRD_NAME}",
         "--timeout=30s",
     )
     deployment = OperatorDeployment(cluster)

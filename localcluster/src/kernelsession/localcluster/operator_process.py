@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
+from kernelsession.client.resources import CRD_NAME
 from kernelsession.localcluster.binaries import repo_root
 from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.controlplane import free_port
@@ -24,7 +25,6 @@ from kernelsession.localcluster.processes import log_tail, start_logged, stop_pr
 
 OPERATOR_NAMESPACE = "kernelsession-system"
 OPERATOR_ACCOUNT = "kernelsession-operator"
-CRD_NAME = "kernelsessions.kernelsession.dev"
 
 
 def manifests_dir() -> Path:

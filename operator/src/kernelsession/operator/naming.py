@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-GROUP = "kernelsession.dev"
-VERSION = "v1alpha1"
-PLURAL = "kernelsessions"
-KIND = "KernelSession"
+# The resource's own names (one place: kernelsession.client.resources), re-exported.
+from kernelsession.client.resources import GROUP as GROUP
+from kernelsession.client.resources import KIND as KIND
+from kernelsession.client.resources import PLURAL as PLURAL
+from kernelsession.client.resources import TOKEN_KEY as TOKEN_KEY
+from kernelsession.client.resources import VERSION as VERSION
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "kernelsession-operator"
@@ -15,7 +17,6 @@ CLIENT_LABEL = f"{GROUP}/client"
 HASH_LABEL = f"{GROUP}/pod-hash"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 RESUME_ANNOTATION = f"{GROUP}/resume"
-TOKEN_KEY = "token"
 LAB_PORT_NAME = "http"
 
 
