@@ -12,7 +12,6 @@ import asyncio
 import getpass
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from ._cliargs import UsageError, read_token
 from ._errors import JupyterError, redact
 from ._kubernetes import KernelSessionClient, KernelSessionError
 from ._logging import LOGGER_NAME
@@ -48,10 +48,6 @@ PROBE_CODE = "print('kernelsession-probe-ok')"
 PROBE_EXPECTED = "kernelsession-probe-ok\n"
 
 
-class UsageError(Exception):
-    """The command line cannot be acted on (exit code 2)."""
-
-
 class ResolveError(Exception):
     """The named session could not be resolved to a lab (exit code 1)."""
 
@@ -63,26 +59,6 @@ class LabTarget:
     base_url: str
     token: str
     username: str
-
-
-def _read_token(args: argparse.Namespace) -> str:
-    if args.token_file:
-        try:
-            token = Path(args.token_file).read_text().strip()
-        except OSError as e:
-            raise UsageError(f"cannot read --token-file: {e.strerror}") from None
-    elif args.token_env:
-        token = os.environ.get(args.token_env, "").strip()
-        if not token:
-            raise UsageError(f"environment variable {args.token_env} is not set or empty")
-    else:
-        token = os.environ.get("JUPYTER_TOKEN", "").strip()
-        if not token:
-            raise UsageError(
-                "--url needs a token: give --token-file FILE or --token-env VAR "
-                "(or set JUPYTER_TOKEN)"
-            )
-    return token
 
 
 async def resolve_target(args: argparse.Namespace) -> LabTarget:
@@ -100,7 +76,7 @@ async def resolve_target(args: argparse.Namespace) -> LabTarget:
     if args.url:
         if not args.url.startswith(("http://", "https://")):
             raise UsageError("--url must start with http:// or https://")
-        return LabTarget(args.url, _read_token(args), args.user or getpass.getuser())
+        return LabTarget(args.url, read_token(args), args.user or getpass.getuser())
     if not args.name:
         raise UsageError("give a session NAME or --url URL")
     # session-name form: resolved through the Kubernetes side of the client
@@ -283,7 +259,7 @@ async def _probe_continuous(args: argparse.Namespace) -> int:
         target = await resolve_target(args)  # usage errors now, not at the first check
 
         async def open_url() -> JupyterLabSessionManager:
-            token = _read_token(args)  # read again each time: the token may be rotated
+            token = read_token(args)  # read again each time: the token may be rotated
             return _manager(LabTarget(target.base_url, token, target.username), args)
 
         prober = LabProber(

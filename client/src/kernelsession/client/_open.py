@@ -23,7 +23,6 @@ import threading
 import time
 import webbrowser
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,6 +30,7 @@ import h11
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from ._cliargs import UsageError, read_token
 from ._errors import redact
 from ._kubernetes import (
     KernelSessionClient,
@@ -56,10 +56,6 @@ CHECK_TIMEOUT = 30.0  # seconds for the lab to answer its API through the forwar
 
 class OpenError(Exception):
     """``open`` cannot go on (exit code 1); the message says why, never the token."""
-
-
-class _UsageError(Exception):
-    """The command line cannot be acted on (exit code 2)."""
 
 
 @dataclass
@@ -127,32 +123,15 @@ def _say(text: str) -> None:
     print(f"kernelsession open: {redact(text, _SECRETS)}", file=sys.stderr, flush=True)
 
 
-def _read_token(args: argparse.Namespace) -> str:
-    if args.token_file:
-        try:
-            token = Path(args.token_file).read_text().strip()
-        except OSError as e:
-            raise _UsageError(f"cannot read --token-file: {e.strerror}") from None
-    elif args.token_env:
-        token = os.environ.get(args.token_env, "").strip()
-        if not token:
-            raise _UsageError(f"environment variable {args.token_env} is not set or empty")
-    else:
-        token = os.environ.get("JUPYTER_TOKEN", "").strip()
-        if not token:
-            raise _UsageError("--url needs --token-file FILE or --token-env VAR")
-    return token
-
-
 def _url_lab(args: argparse.Namespace) -> _Lab:
     try:
         upstream = TCPUpstream.from_url(args.url)
     except ValueError as e:
-        raise _UsageError(f"--url: {e} (https:// labs are not supported by open)") from None
+        raise UsageError(f"--url: {e} (https:// labs are not supported by open)") from None
     path = urlsplit(args.url).path or "/"
     if not path.endswith("/"):
         path += "/"
-    return _Lab(upstream, _read_token(args), path, upstream.describe())
+    return _Lab(upstream, read_token(args), path, upstream.describe())
 
 
 async def _resume(api: client.ApiClient, status: KernelSessionStatus) -> None:
@@ -294,16 +273,16 @@ async def _open_and_serve(
     lab: _Lab | None = None
     try:
         if not 0 <= args.port <= 65535:
-            raise _UsageError(f"--port {args.port}: not a port number (0 picks a free one)")
+            raise UsageError(f"--port {args.port}: not a port number (0 picks a free one)")
         if args.url:
             if args.name:
-                raise _UsageError("give a session NAME or --url URL, not both")
+                raise UsageError("give a session NAME or --url URL, not both")
             lab = _url_lab(args)
         else:
             if not args.name:
-                raise _UsageError("give a session NAME (or --url URL)")
+                raise UsageError("give a session NAME (or --url URL)")
             if args.token_file or args.token_env:
-                raise _UsageError("--token-file/--token-env go with --url")
+                raise UsageError("--token-file/--token-env go with --url")
             try:
                 api = await load_api_client()
             except Exception as e:  # no kubeconfig, unreadable file...
@@ -370,7 +349,7 @@ async def run_open(args: argparse.Namespace) -> int:
             return EXIT_OK
         try:
             return work.result()
-        except _UsageError as e:
+        except UsageError as e:
             print(f"kernelsession open: error: {redact(str(e), _SECRETS)}", file=sys.stderr)
             return EXIT_USAGE
         except OpenError as e:
