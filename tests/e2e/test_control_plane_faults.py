@@ -20,7 +20,7 @@ from kernelsession.localcluster.deploy import InClusterOperator
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
-CHILD_KINDS = ["NetworkPolicy", "Pod", "Secret", "Service"]
+CHILD_KINDS = ["Ingress", "NetworkPolicy", "Pod", "Secret", "Service"]
 
 
 def session(name: str, user: str) -> dict[str, Any]:

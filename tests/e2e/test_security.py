@@ -18,13 +18,14 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from helpers import LABS, apply_session, children, lab_path, wait_phase
+from helpers import INGRESS_ENV, LABS, apply_session, children, lab_path, wait_phase
 
 from kernelsession.client import JupyterLabSessionManager, JupyterWebError, KernelSessionClient
 from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.deploy import InClusterOperator
 from kernelsession.localcluster.operator_process import OPERATOR_NAMESPACE
 
+INGRESS_NAMESPACE = INGRESS_ENV["KERNELSESSION_INGRESS_CONTROLLER_NAMESPACE"]
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 MANIFESTS = Path(__file__).parents[2] / "manifests"
 
@@ -46,7 +47,7 @@ async def test_network_policy_admits_only_clients_and_operator(
     assert selector.items() <= pod["metadata"]["labels"].items()
     (rule,) = spec["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": 8888}]
-    clients, operator_peer = rule["from"]
+    clients, operator_peer, controller = rule["from"]
     assert clients == {
         "namespaceSelector": {},
         "podSelector": {"matchLabels": {"kernelsession.dev/client": "true"}},
@@ -54,6 +55,11 @@ async def test_network_policy_admits_only_clients_and_operator(
     assert operator_peer == {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": OPERATOR_NAMESPACE}},
         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kernelsession-operator"}},
+    }
+    # the tests' operator creates an Ingress per session: its controller's pods are admitted
+    assert controller == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": INGRESS_NAMESPACE}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "traefik"}},
     }
     # The operator's own pods (manifests/operator.yaml) carry the label the policy admits.
     deployment = next(
