@@ -892,6 +892,7 @@ oom_score = 0
                 "kernelsession.localcluster.netpol",
                 f"--kubeconfig={self.cp.kubeconfig}",
                 f"--ready-file={ready}",
+                f"--node-dns={hostnet.NODE_IP}",  # CoreDNS runs on the node, bound there
             ],
         )
         self._await("netpol", ready.exists, timeout=60)
