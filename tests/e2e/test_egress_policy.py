@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 import pytest
-from helpers import wait_for
+from helpers import WaitTimeoutError, wait_for
 
 from kernelsession.localcluster import hoststate
 from kernelsession.localcluster.cluster import LocalCluster
@@ -187,7 +187,10 @@ class Reach:
             last.append(self())
             return last[-1] == expected
 
-        wait_for(matches, timeout=timeout, what=f"{what}: {expected} (last seen {last[-1:]})")
+        try:
+            wait_for(matches, timeout=timeout, what=f"{what}: {expected}")
+        except WaitTimeoutError as exc:
+            raise WaitTimeoutError(f"{exc}; last seen: {last[-1:]}") from None
         return time.monotonic() - started
 
 
@@ -242,15 +245,15 @@ def test_egress_policy_is_enforced_on_the_node(cluster: LocalCluster, namespace:
     # default deny: nothing answers, not even DNS or the API server (the node)
     started = time.monotonic()
     _apply(cluster, namespace, _policy("deny-all", []))
-    wait_for(
-        lambda: (
-            f"-A {MAIN_CHAIN} -s {ips['client']}/32 -j {EGRESS_CHAIN_PREFIX}" in _iptables_rules()
-        ),
+    wait_for(  # apply() hooks INPUT last, once the chains are in place
+        lambda: f"-A INPUT -j {INPUT_CHAIN}" in _iptables_rules(),
         timeout=30,
-        what="the client's egress chain in the filter table",
+        what="the enforcer's INPUT hook",
     )
     timings["deny-all in the filter table"] = time.monotonic() - started
-    assert f"-A INPUT -j {INPUT_CHAIN}" in _iptables_rules()
+    rules = _iptables_rules()
+    assert f"-A {MAIN_CHAIN} -s {ips['client']}/32 -j {EGRESS_CHAIN_PREFIX}" in rules
+    assert f"-A {INPUT_CHAIN} -s {ips['client']}/32 -j {EGRESS_CHAIN_PREFIX}" in rules
     client.until(dict.fromkeys(checks, "timeout"), "default deny egress")
     timings["deny-all observed (incl. the 2 s timeouts)"] = time.monotonic() - started
     assert web() == everything  # a pod no egress policy selects is unrestricted
