@@ -454,8 +454,10 @@ def _unhook(hook: str, chain: str) -> None:
 
 
 def apply(chains: list[str], body: list[str]) -> None:
-    """Install the rendered chains atomically, remove stale ones, ensure the jumps from
-    FORWARD (always) and INPUT (while some pod is egress-isolated) come first.
+    """Install the rendered chains atomically, remove stale ones and the INPUT jump when no
+    pod is egress-isolated, then insert the jumps at the top of FORWARD (always) and INPUT
+    (while some pod is egress-isolated) where missing, at position 1: ahead of the jumps
+    kube-proxy and the kubelet installed when they started (before the enforcer).
 
     Raises RuntimeError with iptables-restore's message.
     """
