@@ -90,13 +90,24 @@ def test_make_run_serves_until_ctrl_c(tmp_path: Path, exclusive_node: None) -> N
 
 
 CRASHING_NODE = """
-import os, signal, sys
+import json, os, signal, subprocess, sys, time
 from kernelsession.localcluster.cluster import LocalCluster
 cluster = LocalCluster()
 cluster.start()
 lab = cluster.image_refs["lab"]
 cluster.kubectl("run", "orphan", f"--image={lab}", "--command", "--", "sleep", "3600")
 cluster.kubectl("wait", "--for=condition=Ready", "pod/orphan", "--timeout=120s")
+# an egress policy: the enforcer hooks INPUT too (its chains must go with the crash cleanup)
+policy = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+          "metadata": {"name": "deny-egress", "namespace": "default"},
+          "spec": {"podSelector": {"matchLabels": {"run": "orphan"}}, "policyTypes": ["Egress"]}}
+cluster.kubectl("apply", "-f", "-", input=json.dumps(policy))
+deadline = time.monotonic() + 60
+while "-A INPUT -j KS-NETPOL-INPUT" not in subprocess.run(
+    ["iptables-save", "-t", "filter"], capture_output=True, text=True
+).stdout:
+    assert time.monotonic() < deadline, "the enforcer never hooked INPUT"
+    time.sleep(0.1)
 print("READY", flush=True)
 os.kill(os.getpid(), signal.SIGKILL)  # no teardown at all
 """
@@ -115,6 +126,7 @@ def test_next_start_cleans_up_after_a_crashed_node(exclusive_node: None) -> None
     assert proc.returncode == -signal.SIGKILL
     left = hoststate.diff(before, hoststate.snapshot())
     assert any("kubepods" in change for change in left), left  # the container survived it
+    assert any("-A INPUT -j KS-NETPOL-INPUT" in change for change in left), left
     crashed = sorted(Path("/tmp").glob("ks-cluster-*"))
     cluster = LocalCluster()
     cluster.start()  # cleans up first, then starts normally

@@ -1,16 +1,44 @@
-"""The node's NetworkPolicy enforcer: ingress policies as iptables rules.
+"""The node's NetworkPolicy enforcer: ingress and egress policies as iptables rules.
 
 ``python -m kernelsession.localcluster.netpol --kubeconfig FILE`` watches Pods, Namespaces
-and NetworkPolicies and keeps the filter table in step: chain ``KS-NETPOL`` (jumped to
-first from FORWARD, which sees pod-to-pod traffic on the bridge through br_netfilter)
-accepts established traffic, then sends new connections to each isolated pod to that
-pod's chain ``KS-NPI-<hash>``, which accepts what its policies allow and drops the rest.
-Traffic from the node itself (kubelet probes, a process on the host) is not forwarded and
-so never filtered, as with kube-router and Calico.
+and NetworkPolicies and keeps the filter table in step (networking.k8s.io/v1 semantics).
 
-Scope: ``policyTypes: [Ingress]`` with podSelector, namespaceSelector, ipBlock (with
-except) peers and numeric or named ports (with endPort). Egress rules are not enforced
-(the enforcer logs each policy that has them). :func:`render` is pure and unit tested.
+Where the chains hook:
+
+- ``KS-NETPOL``, jumped to first from FORWARD, sees pod-to-pod traffic on the bridge
+  (through br_netfilter) and traffic to Service cluster IPs, which kube-proxy has already
+  DNAT'd to a backend pod in PREROUTING, so every decision is made on the backend pod's
+  IP and port. It accepts established traffic (replies to allowed connections), then
+  sends a new connection FROM each egress-isolated pod to that pod's chain
+  ``KS-NPE-<hash>`` (RETURN when its policies allow the destination, DROP otherwise), then
+  a new connection TO each ingress-isolated pod to that pod's chain ``KS-NPI-<hash>``
+  (ACCEPT what its policies allow, DROP the rest). A connection between two pods thus
+  needs both the source's egress and the destination's ingress to allow it.
+- ``KS-NETPOL-INPUT``, jumped to first from INPUT (present only while some pod is
+  egress-isolated), sees what pods send to the node itself: the node IP ``10.244.0.1``
+  (kube-apiserver, the kubelet, hostNetwork endpoints; also Services whose endpoints are
+  the node, like ``kubernetes``) or any other address of the host. As with upstream
+  enforcers, the node is an ipBlock destination: only an ipBlock (or an empty ``to``)
+  covering its address admits it, so a pod under deny-all egress cannot reach the API
+  server either. This chain never ACCEPTs: it returns established traffic and allowed
+  connections to INPUT's own rules and drops only what a pod's egress policy denies.
+- Traffic from the node itself (kubelet probes, a process on the host) is never filtered:
+  it is neither forwarded nor from a pod address, so neither chain matches it, and the
+  pod's replies are established. As with kube-router and Calico.
+
+The cluster's DNS server is CoreDNS running on the node (bound to the node IP behind the
+``kube-dns`` Service), not a pod. So that the usual "allow DNS" rule (pods labelled
+``k8s-app: kube-dns`` in namespace ``kube-system``, port 53) means what it means on any
+cluster, the enforcer is given a stand-in pod for it (:func:`node_dns_stand_in`): selected
+by pod and namespace selectors like a CoreDNS pod, at the node IP but ONLY on its
+declared ports (53/UDP, 53/TCP), so it opens nothing else of the node. Stand-ins are never
+isolated nor ingress sources.
+
+Scope: podSelector, namespaceSelector (and both), ipBlock (with except) peers; numeric or
+named ports (for egress a named port resolves against the destination pod's container
+ports; ipBlock and empty ``to`` destinations then admit the pods in the block that have
+that port), endPort, protocols TCP, UDP and SCTP; IPv4 (IPv6 blocks are skipped: the
+cluster is IPv4 only). :func:`render` is pure and unit tested.
 """
 
 from __future__ import annotations
@@ -19,16 +47,25 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 MAIN_CHAIN = "KS-NETPOL"
+INPUT_CHAIN = "KS-NETPOL-INPUT"
 POD_CHAIN_PREFIX = "KS-NPI-"
+EGRESS_CHAIN_PREFIX = "KS-NPE-"
 RULE_CHAIN_PREFIX = "KS-NPR-"
+HOOKS = (("FORWARD", MAIN_CHAIN), ("INPUT", INPUT_CHAIN))
+"""(built-in chain, the enforcer's chain jumped to first from it)"""
+STAND_IN_ANNOTATION = "localcluster.kernelsession.dev/node-process"
+"""Marks a stand-in pod: a node process that policies may select like a pod, reachable
+only on its declared container ports (see :func:`node_dns_stand_in`)."""
 
 Obj = Mapping[str, Any]
 
@@ -58,6 +95,46 @@ def selector_matches(selector: Obj | None, labels: Mapping[str, str]) -> bool:
     return True
 
 
+def policy_types(policy: Obj) -> list[str]:
+    """``spec.policyTypes``, defaulted as the API server does when absent: Ingress, plus
+    Egress when the policy has egress rules."""
+    spec = policy.get("spec") or {}
+    types = spec.get("policyTypes")
+    if types:
+        return [str(t) for t in types]
+    return ["Ingress", *(["Egress"] if spec.get("egress") else [])]
+
+
+def node_dns_stand_in(node_ip: str) -> dict[str, Any]:
+    """The stand-in pod for the node's CoreDNS process: what a CoreDNS pod looks like to
+    policies (namespace ``kube-system``, label ``k8s-app: kube-dns``, ports ``dns`` 53/UDP
+    and ``dns-tcp`` 53/TCP), at ``node_ip``."""
+    return {
+        "metadata": {
+            "name": "coredns-node-process",
+            "namespace": "kube-system",
+            "labels": {"k8s-app": "kube-dns"},
+            "annotations": {STAND_IN_ANNOTATION: "coredns"},
+        },
+        "spec": {
+            "containers": [
+                {
+                    "name": "coredns",
+                    "ports": [
+                        {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                        {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
+                    ],
+                }
+            ]
+        },
+        "status": {"phase": "Running", "podIP": node_ip},
+    }
+
+
+def _is_stand_in(pod: Obj) -> bool:
+    return STAND_IN_ANNOTATION in ((pod.get("metadata") or {}).get("annotations") or {})
+
+
 def _pod_ip(pod: Obj) -> str | None:
     status = pod.get("status") or {}
     if (pod.get("spec") or {}).get("hostNetwork"):
@@ -76,6 +153,25 @@ def _named_port(pod: Obj, name: str, protocol: str) -> int | None:
     return None
 
 
+def _port_fragment(port: Obj, pod: Obj | None) -> str | None:
+    """The iptables match of one NetworkPolicyPort; a named port resolves against ``pod``
+    (None: no pod, so a named port matches nothing and None is returned)."""
+    protocol = str(port.get("protocol") or "TCP")
+    proto = protocol.lower()
+    value = port.get("port")
+    if value is None:
+        return f"-p {proto}"
+    if isinstance(value, int):
+        number: int | None = value
+    else:
+        number = _named_port(pod, str(value), protocol) if pod is not None else None
+    if number is None:
+        return None
+    end = port.get("endPort")
+    span = f"{number}:{end}" if end and isinstance(value, int) else f"{number}"
+    return f"-p {proto} -m {proto} --dport {span}"
+
+
 def _port_matches(pod: Obj, ports: list[Obj] | None) -> list[str] | None:
     """iptables match fragments for a rule's ports on ``pod``; None = all ports;
     [] = no port of the rule exists on this pod."""
@@ -83,19 +179,30 @@ def _port_matches(pod: Obj, ports: list[Obj] | None) -> list[str] | None:
         return None
     fragments: list[str] = []
     for port in ports:
-        protocol = str(port.get("protocol") or "TCP")
-        proto = protocol.lower()
-        value = port.get("port")
-        if value is None:
-            fragments.append(f"-p {proto}")
-            continue
-        number = value if isinstance(value, int) else _named_port(pod, str(value), protocol)
-        if number is None:
-            continue
-        end = port.get("endPort")
-        span = f"{number}:{end}" if end else f"{number}"
-        fragments.append(f"-p {proto} -m {proto} --dport {span}")
+        fragment = _port_fragment(port, pod)
+        if fragment is not None:
+            fragments.append(fragment)
     return fragments
+
+
+def _ipv4(cidr: str) -> ipaddress.IPv4Network | None:
+    try:
+        network = ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return None
+    return network if isinstance(network, ipaddress.IPv4Network) else None
+
+
+def _pod_selected(peer: Obj, policy_ns: str, pod: Obj, namespaces: Mapping[str, Obj]) -> bool:
+    """Whether a podSelector / namespaceSelector peer selects ``pod``."""
+    pod_sel, ns_sel = peer.get("podSelector"), peer.get("namespaceSelector")
+    ns = (pod.get("metadata") or {}).get("namespace", "")
+    if ns_sel is not None:
+        if not selector_matches(ns_sel, _labels(namespaces.get(ns, {}))):
+            return False
+    elif ns != policy_ns:
+        return False
+    return pod_sel is None or selector_matches(pod_sel, _labels(pod))
 
 
 def _peer_sources(
@@ -104,27 +211,124 @@ def _peer_sources(
     """(source CIDRs, except CIDRs) of one ``from`` peer."""
     block = peer.get("ipBlock")
     if block:
-        return [str(block["cidr"])], [str(c) for c in block.get("except") or []]
-    pod_sel, ns_sel = peer.get("podSelector"), peer.get("namespaceSelector")
+        if _ipv4(str(block["cidr"])) is None:
+            return [], []
+        excepts = [str(c) for c in block.get("except") or [] if _ipv4(str(c)) is not None]
+        return [str(block["cidr"])], excepts
     sources: list[str] = []
     for pod in pods:
         ip = _pod_ip(pod)
-        ns = (pod.get("metadata") or {}).get("namespace", "")
-        if ip is None:
+        if ip is None or _is_stand_in(pod):
             continue
-        if ns_sel is not None:
-            if not selector_matches(ns_sel, _labels(namespaces.get(ns, {}))):
-                continue
-        elif ns != policy_ns:
-            continue
-        if pod_sel is not None and not selector_matches(pod_sel, _labels(pod)):
-            continue
-        sources.append(f"{ip}/32")
+        if _pod_selected(peer, policy_ns, pod, namespaces):
+            sources.append(f"{ip}/32")
     return sources, []
+
+
+def block_ranges(cidr: str, excepts: Iterable[str] = ()) -> list[str]:
+    """The IPv4 ``cidr`` minus ``excepts`` as disjoint CIDRs, sorted ([] for IPv6)."""
+    network = _ipv4(cidr)
+    if network is None:
+        return []
+    remaining = [network]
+    for text in excepts:
+        hole = _ipv4(text)
+        if hole is None:
+            continue
+        kept: list[ipaddress.IPv4Network] = []
+        for part in remaining:
+            if hole.subnet_of(part):
+                kept.extend(part.address_exclude(hole))
+            elif not part.subnet_of(hole):
+                kept.append(part)
+        remaining = kept
+    return [str(n) for n in sorted(remaining)]
+
+
+def _in_ranges(ip: str, ranges: list[str]) -> bool:
+    address = ipaddress.IPv4Address(ip)
+    return any(address in ipaddress.IPv4Network(r) for r in ranges)
+
+
+def _stand_in_fragments(pod: Obj, ports: list[Obj] | None) -> list[str]:
+    """A stand-in is reachable only on its declared ports: those the rule's ports admit."""
+    fragments: list[str] = []
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for declared in container.get("ports") or []:
+            protocol = str(declared.get("protocol") or "TCP")
+            number = int(declared["containerPort"])
+            admitted = ports is None or any(
+                str(p.get("protocol") or "TCP") == protocol
+                and (
+                    p.get("port") is None
+                    or p.get("port") == declared.get("name")
+                    or (
+                        isinstance(p.get("port"), int)
+                        and p["port"] <= number <= int(p.get("endPort") or p["port"])
+                    )
+                )
+                for p in ports
+            )
+            if admitted:
+                proto = protocol.lower()
+                fragments.append(f"-p {proto} -m {proto} --dport {number}")
+    return fragments
+
+
+def _egress_matches(
+    rule: Obj, policy_ns: str, pods: list[Obj], namespaces: Mapping[str, Obj]
+) -> list[str]:
+    """iptables matches (destination and ports) of what one egress rule admits."""
+    ports: list[Obj] | None = list(rule.get("ports") or []) or None
+    peers = rule.get("to") or [{"ipBlock": {"cidr": "0.0.0.0/0"}}]  # empty: everywhere
+    numeric = [p for p in ports or [] if not isinstance(p.get("port"), str)]
+    named = [p for p in ports or [] if isinstance(p.get("port"), str)]
+    matches: list[str] = []
+    for peer in peers:
+        block = peer.get("ipBlock")
+        if block:
+            ranges = block_ranges(str(block["cidr"]), [str(c) for c in block.get("except") or []])
+            for cidr in ranges:
+                if ports is None:
+                    matches.append(f"-d {cidr}")
+                for port in numeric:
+                    matches.append(f"-d {cidr} {_port_fragment(port, None)}")
+            # a named port admits the pods in the block that have it
+            for pod in pods:
+                ip = _pod_ip(pod)
+                if not named or ip is None or not _in_ranges(ip, ranges):
+                    continue
+                for port in named:
+                    fragment = _port_fragment(port, pod)
+                    if fragment is not None:
+                        matches.append(f"-d {ip}/32 {fragment}")
+            continue
+        for pod in pods:
+            ip = _pod_ip(pod)
+            if ip is None or not _pod_selected(peer, policy_ns, pod, namespaces):
+                continue
+            if _is_stand_in(pod):
+                matches += [f"-d {ip}/32 {f}" for f in _stand_in_fragments(pod, ports)]
+            elif ports is None:
+                matches.append(f"-d {ip}/32")
+            else:
+                for fragment in _port_matches(pod, ports) or []:
+                    matches.append(f"-d {ip}/32 {fragment}")
+    return list(dict.fromkeys(matches))
 
 
 def _short(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12].upper()
+
+
+def _selecting(policies: list[Obj], pod: Obj) -> list[Obj]:
+    ns = (pod.get("metadata") or {}).get("namespace", "")
+    return [
+        pol
+        for pol in policies
+        if (pol.get("metadata") or {}).get("namespace") == ns
+        and selector_matches((pol.get("spec") or {}).get("podSelector") or {}, _labels(pod))
+    ]
 
 
 def render(
@@ -132,32 +336,56 @@ def render(
 ) -> tuple[list[str], list[str]]:
     """The enforcer's chains for a cluster state.
 
-    Returns (chain names, ``iptables-restore --noflush`` lines for the filter table, without
-    the ``*filter``/``COMMIT`` framing). Pure.
+    ``pods`` may include stand-ins (:func:`node_dns_stand_in`). Returns (chain names,
+    ``iptables-restore --noflush`` lines for the filter table, without the
+    ``*filter``/``COMMIT`` framing). Pure.
     """
-    pods = [p for p in pods if _pod_ip(p)]
+    pods = sorted(
+        (p for p in pods if _ipv4(f"{_pod_ip(p)}/32") is not None),  # the cluster is IPv4
+        key=lambda p: (
+            ipaddress.IPv4Address(str(_pod_ip(p))),
+            str((p.get("metadata") or {}).get("namespace")),
+            str((p.get("metadata") or {}).get("name")),
+        ),
+    )
+    policies = list(policies)
+    ingress_policies = [pol for pol in policies if "Ingress" in policy_types(pol)]
+    egress_policies = [pol for pol in policies if "Egress" in policy_types(pol)]
+    by_ip = [p for p in pods if not _is_stand_in(p)]
+
+    main = [f"-A {MAIN_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"]
+    egress_chains: list[str] = []
+    egress_body: list[str] = []
+    for pod in by_ip:
+        selecting = _selecting(egress_policies, pod)
+        if not selecting:
+            continue
+        meta = pod.get("metadata") or {}
+        ip = str(_pod_ip(pod))
+        chain = EGRESS_CHAIN_PREFIX + _short(
+            f"egress/{meta.get('namespace')}/{meta.get('name')}/{ip}"
+        )
+        egress_chains.append(chain)
+        main.append(f"-A {MAIN_CHAIN} -s {ip}/32 -j {chain}")
+        for pol in selecting:
+            pol_ns = str((pol.get("metadata") or {}).get("namespace"))
+            for rule in (pol.get("spec") or {}).get("egress") or []:
+                for match in _egress_matches(rule, pol_ns, pods, namespaces):
+                    egress_body.append(f"-A {chain} {match} -j RETURN")
+        egress_body.append(f"-A {chain} -j DROP")
+
     chains = [MAIN_CHAIN]
-    body = [f"-A {MAIN_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"]
-    ingress_policies = [
-        pol
-        for pol in policies
-        if "Ingress" in ((pol.get("spec") or {}).get("policyTypes") or ["Ingress"])
-    ]
-    for pod in sorted(pods, key=lambda p: str(_pod_ip(p))):
+    ingress_body: list[str] = []
+    for pod in by_ip:
         meta = pod.get("metadata") or {}
         ns = meta.get("namespace", "")
-        selecting = [
-            pol
-            for pol in ingress_policies
-            if (pol.get("metadata") or {}).get("namespace") == ns
-            and selector_matches((pol.get("spec") or {}).get("podSelector") or {}, _labels(pod))
-        ]
+        selecting = _selecting(ingress_policies, pod)
         if not selecting:
             continue
         ip = str(_pod_ip(pod))
         pod_chain = POD_CHAIN_PREFIX + _short(f"{ns}/{meta.get('name')}/{ip}")
         chains.append(pod_chain)
-        body.append(f"-A {MAIN_CHAIN} -d {ip}/32 -j {pod_chain}")
+        ingress_body.append(f"-A {MAIN_CHAIN} -d {ip}/32 -j {pod_chain}")
         for pol in selecting:
             pol_ns = str((pol.get("metadata") or {}).get("namespace"))
             for index, rule in enumerate((pol.get("spec") or {}).get("ingress") or []):
@@ -168,7 +396,7 @@ def render(
                 peers = rule.get("from")
                 if not peers:
                     for frag in port_frags:
-                        body.append(f"-A {pod_chain} {frag} -j ACCEPT".replace("  ", " "))
+                        ingress_body.append(f"-A {pod_chain} {frag} -j ACCEPT".replace("  ", " "))
                     continue
                 for peer in peers:
                     sources, excepts = _peer_sources(peer, pol_ns, pods, namespaces)
@@ -179,14 +407,27 @@ def render(
                             f"/{index}/{peer}"
                         )
                         chains.append(target)
-                        body += [f"-A {target} -s {c} -j RETURN" for c in excepts]
-                        body.append(f"-A {target} -j ACCEPT")
+                        ingress_body += [f"-A {target} -s {c} -j RETURN" for c in excepts]
+                        ingress_body.append(f"-A {target} -j ACCEPT")
                     for source in sources:
                         for frag in port_frags:
                             line = f"-A {pod_chain} -s {source} {frag} -j {target}"
-                            body.append(" ".join(line.split()))
-        body.append(f"-A {pod_chain} -j DROP")
-    return chains, body
+                            ingress_body.append(" ".join(line.split()))
+        ingress_body.append(f"-A {pod_chain} -j DROP")
+
+    if not egress_chains:
+        return chains, main + ingress_body
+    # What pods send to the node itself: only egress, never an ACCEPT (INPUT's own rules
+    # still decide what they admit).
+    node_input = [f"-A {INPUT_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"]
+    node_input += [line.replace(f"-A {MAIN_CHAIN} ", f"-A {INPUT_CHAIN} ", 1) for line in main[1:]]
+    # main: established, egress jumps, then ingress jumps (from ingress_body)
+    jumps = [line for line in ingress_body if line.startswith(f"-A {MAIN_CHAIN} ")]
+    rest = [line for line in ingress_body if not line.startswith(f"-A {MAIN_CHAIN} ")]
+    return (
+        [MAIN_CHAIN, INPUT_CHAIN, *egress_chains, *chains[1:]],
+        [*main, *jumps, *node_input, *egress_body, *rest],
+    )
 
 
 def _iptables(*args: str) -> subprocess.CompletedProcess[str]:
@@ -199,17 +440,24 @@ def _existing_chains() -> list[str]:
     saved = subprocess.run(
         ["iptables-save", "-t", "filter"], capture_output=True, text=True, check=False
     ).stdout
+    prefixes = (MAIN_CHAIN, POD_CHAIN_PREFIX, EGRESS_CHAIN_PREFIX, RULE_CHAIN_PREFIX)
     return [
         line[1:].split()[0]
         for line in saved.splitlines()
-        if line.startswith(":KS-NETPOL")
-        or line.startswith(f":{POD_CHAIN_PREFIX}")
-        or line.startswith(f":{RULE_CHAIN_PREFIX}")
+        if line.startswith(":") and line[1:].startswith(prefixes)
     ]
 
 
+def _unhook(hook: str, chain: str) -> None:
+    while _iptables("-D", hook, "-j", chain).returncode == 0:
+        pass
+
+
 def apply(chains: list[str], body: list[str]) -> None:
-    """Install the rendered chains atomically, remove stale ones, ensure the FORWARD jump.
+    """Install the rendered chains atomically, remove stale ones and the INPUT jump when no
+    pod is egress-isolated, then insert the jumps at the top of FORWARD (always) and INPUT
+    (while some pod is egress-isolated) where missing, at position 1: ahead of the jumps
+    kube-proxy and the kubelet installed when they started (before the enforcer).
 
     Raises RuntimeError with iptables-restore's message.
     """
@@ -223,18 +471,22 @@ def apply(chains: list[str], body: list[str]) -> None:
     )
     if result.returncode != 0:
         raise RuntimeError(f"iptables-restore: {result.stderr.strip()}")
+    for hook, chain in HOOKS:
+        if chain not in chains:
+            _unhook(hook, chain)
     for stale in set(_existing_chains()) - set(chains):
         _iptables("-F", stale)
     for stale in set(_existing_chains()) - set(chains):
         _iptables("-X", stale)
-    if _iptables("-C", "FORWARD", "-j", MAIN_CHAIN).returncode != 0:
-        _iptables("-I", "FORWARD", "1", "-j", MAIN_CHAIN)
+    for hook, chain in HOOKS:
+        if chain in chains and _iptables("-C", hook, "-j", chain).returncode != 0:
+            _iptables("-I", hook, "1", "-j", chain)
 
 
 def remove_rules() -> None:
-    """Remove the FORWARD jump and every chain of the enforcer (idempotent)."""
-    while _iptables("-D", "FORWARD", "-j", MAIN_CHAIN).returncode == 0:
-        pass
+    """Remove the FORWARD and INPUT jumps and every chain of the enforcer (idempotent)."""
+    for hook, chain in HOOKS:
+        _unhook(hook, chain)
     chains = _existing_chains()
     for chain in chains:
         _iptables("-F", chain)
@@ -245,9 +497,12 @@ def remove_rules() -> None:
 class Enforcer:
     """Watches the three kinds and re-renders on every change (debounced)."""
 
-    def __init__(self, kubeconfig: str, ready_file: Path | None) -> None:
+    def __init__(
+        self, kubeconfig: str, ready_file: Path | None, stand_ins: Iterable[Obj] = ()
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.ready_file = ready_file
+        self.stand_ins = list(stand_ins)
         self.state: dict[str, dict[str, Obj]] = {"pods": {}, "namespaces": {}, "policies": {}}
         self.synced: set[str] = set()
         self.changed = asyncio.Event()
@@ -304,7 +559,6 @@ class Enforcer:
                 self._watch("policies", net, "list_network_policy_for_all_namespaces")
             ),
         ]
-        warned: set[str] = set()
         try:
             while True:
                 await self.changed.wait()
@@ -312,21 +566,29 @@ class Enforcer:
                 self.changed.clear()
                 if len(self.synced) < 3:
                     continue
-                for key, pol in self.state["policies"].items():
-                    if (pol.get("spec") or {}).get("egress") and key not in warned:
-                        warned.add(key)
-                        print(f"netpol: egress rules of {key} are not enforced", file=sys.stderr)
                 namespaces = {
                     (ns.get("metadata") or {})["name"]: ns
                     for ns in self.state["namespaces"].values()
                 }
                 rendered = render(
-                    self.state["pods"].values(), namespaces, self.state["policies"].values()
+                    [*self.state["pods"].values(), *self.stand_ins],
+                    namespaces,
+                    self.state["policies"].values(),
                 )
                 if rendered != self.last:
                     try:
+                        started = time.monotonic()
                         apply(*rendered)
                         self.last = rendered
+                        chains, rules = rendered
+                        print(
+                            f"netpol: applied {len(chains)} chains, {len(rules)} rules "
+                            f"({len(self.state['policies'])} policies, "
+                            f"{len(self.state['pods'])} pods) in "
+                            f"{(time.monotonic() - started) * 1000:.0f} ms",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                     except RuntimeError as exc:
                         print(f"netpol: {exc}", file=sys.stderr)
                         self.changed.set()
@@ -344,7 +606,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kernelsession.localcluster.netpol")
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--ready-file", type=Path)
+    parser.add_argument(
+        "--node-dns",
+        metavar="IP",
+        help="the node's CoreDNS listens on IP: policies see it as a kube-dns pod there",
+    )
     args = parser.parse_args(argv)
+    stand_ins = [node_dns_stand_in(args.node_dns)] if args.node_dns else []
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
@@ -352,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         assert task is not None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
-        await Enforcer(args.kubeconfig, args.ready_file).run()
+        await Enforcer(args.kubeconfig, args.ready_file, stand_ins).run()
 
     with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
         asyncio.run(serve())

@@ -10,7 +10,8 @@ the crashed run left: :func:`cleanup_crashed`.
 
 Teardown (:meth:`Node.stop`, also after a failed start) stops the kubelet, kills and
 removes every container through containerd, stops the daemons by PID, runs
-``kube-proxy --cleanup``, removes the kubelet's and the enforcer's iptables chains,
+``kube-proxy --cleanup``, removes the kubelet's and the enforcer's iptables chains (and
+the enforcer's jumps from FORWARD and INPUT),
 unmounts what is under the work directories, removes the ``kubepods`` cgroups, the
 bridge and routes, host paths that did not exist before, and restores the sysctls.
 """
@@ -892,6 +893,7 @@ oom_score = 0
                 "kernelsession.localcluster.netpol",
                 f"--kubeconfig={self.cp.kubeconfig}",
                 f"--ready-file={ready}",
+                f"--node-dns={hostnet.NODE_IP}",  # CoreDNS runs on the node, bound there
             ],
         )
         self._await("netpol", ready.exists, timeout=60)
