@@ -116,15 +116,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
         say("kubectl apply -k manifests/ (namespaces, CRD, RBAC, the operator Deployment)")
         t = time.monotonic()
-        operator = deploy_operator(cluster)
-        pod = operator.ready_pods()[0]["metadata"]["name"]
-        say(
-            f"operator {OPERATOR_NAMESPACE}/{pod} available in {time.monotonic() - t:.1f}s "
-            f"(image {cluster.image_refs['operator']})"
-        )
+        operator = deploy_operator(cluster, wait=False)
+        # The sample session goes in while the operator's pods start: the operator takes
+        # it up as soon as it runs (as it does with any session created before it).
         sample = manifests_dir() / "samples" / "minimal.yaml"
         cluster.apply(sample)
-        say(f"applied {sample.relative_to(sample.parents[2])}; waiting for labs/alice")
+        say(f"applied {sample.relative_to(sample.parents[2])}; waiting for the operator")
+        operator.wait_available()
+        pods = ", ".join(p["metadata"]["name"] for p in operator.ready_pods())
+        say(
+            f"operator available in {time.monotonic() - t:.1f}s ({OPERATOR_NAMESPACE}: "
+            f"{pods}; image {cluster.image_refs['operator']}); waiting for labs/alice"
+        )
         output = asyncio.run(_sample(cluster, "alice", "labs", args.timeout))
         say(f"ran Python in labs/alice through the client; its stdout:\n{output}")
         print(cluster.kubectl("get", "ks", "-n", "labs").stdout, end="", flush=True)
