@@ -35,6 +35,7 @@ def test_parts_run_side_by_side_with_prefixed_lines() -> None:
     lines = out.getvalue().splitlines()
     for name in ("a", "b"):
         mine = [line for line in lines if line.startswith(f"[{name} ")]
+        assert mine
         assert [line.split("] ", 1)[1] for line in mine] == [f"{name}1", f"{name}2", "done"]
     assert all(p.returncode == 0 and p.seconds is not None for p in parts)
     assert [p.lines for p in parts] == [["a1", "a2"], ["b1", "b2"]]

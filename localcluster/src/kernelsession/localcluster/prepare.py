@@ -93,6 +93,7 @@ def run_parts(
     ``seconds`` and ``returncode``."""
     lock = threading.Lock()
     t0 = clock()
+    width = max((len(p.name) for p in parts), default=0)
 
     def emit(text: str) -> None:
         with lock:
@@ -104,11 +105,11 @@ def run_parts(
         for line in proc.stdout:
             line = line.rstrip("\n")
             part.lines.append(line)
-            emit(f"[{part.name} {clock() - part.started:4.0f}s] {line}")
+            emit(f"[{part.name:<{width}} {clock() - part.started:4.0f}s] {line}")
         part.returncode = proc.wait()
         part.seconds = clock() - part.started
         state = "done" if part.returncode == 0 else f"FAILED (exit {part.returncode})"
-        emit(f"[{part.name} {part.seconds:4.0f}s] {state}")
+        emit(f"[{part.name:<{width}} {part.seconds:4.0f}s] {state}")
 
     threads = []
     for part in parts:
