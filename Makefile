@@ -18,11 +18,15 @@ $(STAMP): pyproject.toml client/pyproject.toml operator/pyproject.toml localclus
 	$(PY) -m pip install --quiet -e ./client -e ./operator -e ./localcluster --group dev
 	touch $(STAMP)
 
+# When the images are wanted too (`make run`, `make test`, `make bench`, `make setup images`),
+# `binaries` builds them side by side with the Go binaries: the images need none of them.
+WITH_IMAGES := $(if $(filter images run test bench,$(MAKECMDGOALS)),images)
+
 # Kubernetes (etcd, kube-apiserver, -controller-manager, -scheduler, kubelet, kube-proxy, kubectl)
 # and the node daemons (containerd, CoreDNS, local-path-provisioner): found or built once from
-# the Go module proxy, cached outside the repo.
-binaries: $(STAMP)
-	$(PY) -m kernelsession.localcluster.binaries ensure
+# the Go module proxy, cached outside the repo (each build prints its parts' seconds).
+binaries: $(STAMP) $(if $(WITH_IMAGES),os-packages)
+	$(PY) -m kernelsession.localcluster.prepare binaries $(WITH_IMAGES)
 
 # Debian packages the local node's tooling needs (apt-get when missing; root on Debian).
 os-packages:
@@ -31,7 +35,7 @@ os-packages:
 # pause, base (Debian bookworm), lab and operator images as OCI archives, built locally
 # (gcc, mmdebstrap, buildah; no registry) and cached by content outside the repo.
 images: setup-deps
-	$(PY) -m kernelsession.localcluster.images ensure
+	$(PY) -m kernelsession.localcluster.prepare images
 
 # What `make images` needs, without the control-plane binaries.
 setup-deps: os-packages $(STAMP)

@@ -63,6 +63,12 @@ def test_operator_deployment_is_hardened() -> None:
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # Ready ~1 s after kopf serves (not a readiness period later), yet a slow start gets
+    # two minutes before the kubelet restarts it.
+    startup = c["startupProbe"]
+    assert startup["httpGet"] == c["readinessProbe"]["httpGet"]
+    assert startup["periodSeconds"] == 1
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 120
     assert c["resources"]["requests"]
     labels = spec["template"]["metadata"]["labels"]
     assert labels["app.kubernetes.io/name"] == "kernelsession-operator"  # NetworkPolicy peer

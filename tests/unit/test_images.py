@@ -231,6 +231,7 @@ def test_pip_settings_copy_the_cert_and_drop_local_paths(
     monkeypatch.setenv("PIP_CERT", str(cert))
     monkeypatch.setenv("PIP_FIND_LINKS", "/opt/wheels")
     monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "180")
+    monkeypatch.setenv("PIP_CACHE_DIR", str(tmp_path / "pip-cache"))
     work = tmp_path / "work"
     work.mkdir()
     out = images.pip_settings(work)
@@ -239,6 +240,7 @@ def test_pip_settings_copy_the_cert_and_drop_local_paths(
     assert "cert = /run/kernelsession-pip/cert" in text
     assert "default-timeout = 180" in text
     assert "find-links" not in text
+    assert "cache-dir" not in text
     assert (out / "cert").read_text() == "CERT"
 
 

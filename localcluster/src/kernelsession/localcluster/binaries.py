@@ -53,6 +53,8 @@ NODE_REQUIRED = (
     "coredns",
     "local-path-provisioner",
 )
+#: What ``ensure --only`` takes: the two caches, each built by its own script.
+PARTS = ("controlplane", "node")
 # From Debian packages (installed by `make setup`): runc and the CNI plugins.
 RUNC = Path("/usr/sbin/runc")
 CNI_BIN_DIR = Path("/usr/lib/cni")
@@ -352,25 +354,43 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point: ``ensure`` (find or build, print the directory) or ``path``."""
     parser = argparse.ArgumentParser(prog="python -m kernelsession.localcluster.binaries")
     parser.add_argument("command", choices=["ensure", "path"])
+    parser.add_argument(
+        "--only",
+        choices=PARTS,
+        help="ensure only the control plane (Kubernetes, etcd) or only the node's daemons",
+    )
     args = parser.parse_args(argv)
+    parts = [args.only] if args.only else list(PARTS)
+    build_missing = args.command == "ensure"
     try:
-        binaries = ensure(build_missing=args.command == "ensure")
-        node = ensure_node(build_missing=args.command == "ensure")
+        if "controlplane" in parts:
+            binaries = ensure(build_missing=build_missing)
+            if args.command == "path":
+                print(binaries.directory)
+                return 0
+            print(describe_controlplane(binaries))
+        if "node" in parts:
+            print(describe_node(ensure_node(build_missing=build_missing)))
     except BinariesUnavailableError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if args.command == "ensure":
-        print(
-            f"control plane: Kubernetes {K8S_VERSION}, etcd {ETCD_VERSION} in "
-            f"{binaries.directory} (kubectl: {binaries.kubectl})"
-        )
-        print(
-            f"node: containerd {CONTAINERD_VERSION}, CoreDNS {COREDNS_VERSION} in "
-            f"{node.directory}; runc {node.runc}; CNI plugins in {node.cni_bin_dir}"
-        )
-    else:
-        print(binaries.directory)
     return 0
+
+
+def describe_controlplane(binaries: Binaries) -> str:
+    """One line naming the control-plane versions and where they are."""
+    return (
+        f"control plane: Kubernetes {K8S_VERSION}, etcd {ETCD_VERSION} in "
+        f"{binaries.directory} (kubectl: {binaries.kubectl})"
+    )
+
+
+def describe_node(node: NodeBinaries) -> str:
+    """One line naming the node daemons' versions and where they are."""
+    return (
+        f"node: containerd {CONTAINERD_VERSION}, CoreDNS {COREDNS_VERSION} in "
+        f"{node.directory}; runc {node.runc}; CNI plugins in {node.cni_bin_dir}"
+    )
 
 
 if __name__ == "__main__":

@@ -170,8 +170,12 @@ def deploy_operator(
     env: Mapping[str, str] | None = None,
     replicas: int | None = None,
     timeout: float = 180.0,
+    wait: bool = True,
 ) -> OperatorDeployment:
-    """``kubectl apply -k`` the manifests with the local images; wait until available.
+    """``kubectl apply -k`` the manifests with the local images; wait until the CRD is
+    established and (``wait``) the Deployment is available (else call
+    :meth:`OperatorDeployment.wait_available` later, e.g. after creating sessions, which
+    the operator picks up when it starts).
 
     Raises subprocess.CalledProcessError when kubectl fails, RuntimeError when the
     Deployment does not become available.
@@ -190,7 +194,8 @@ def deploy_operator(
         "--timeout=30s",
     )
     deployment = OperatorDeployment(cluster)
-    deployment.wait_available(timeout)
+    if wait:
+        deployment.wait_available(timeout)
     return deployment
 
 

@@ -544,9 +544,9 @@ def pip_settings(work: Path) -> Path | None:
     """A pip.conf for builds, from the host's pip configuration and ``PIP_*`` environment.
 
     Files it names (``cert``, ``client-cert``) are copied next to it; local ``find-links``
-    directories are dropped (they do not exist inside the build). Returns the directory
-    to mount at ``/run/kernelsession-pip`` (``pip.conf`` inside), or None when the host has
-    no pip settings.
+    directories and the host's ``cache-dir`` are dropped (they do not exist inside the
+    build). Returns the directory to mount at ``/run/kernelsession-pip`` (``pip.conf``
+    inside), or None when the host has no pip settings.
     """
     settings: dict[str, str] = {}
     for conf in (Path("/etc/pip.conf"), Path("/etc/xdg/pip/pip.conf")):
@@ -569,6 +569,8 @@ def pip_settings(work: Path) -> Path | None:
             if src.is_file():
                 shutil.copyfile(src, out / key)
                 kept[key] = f"/run/kernelsession-pip/{key}"
+        elif key == "cache-dir":
+            continue  # a host directory (builds use --no-cache-dir)
         elif key == "find-links":
             urls = [v for v in value.split() if "://" in v]
             if urls:

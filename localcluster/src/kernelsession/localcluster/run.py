@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import os
 import signal
@@ -20,16 +21,23 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import structlog
 
-from kernelsession.client import KernelSessionClient, KernelSessionStatus
 from kernelsession.localcluster.binaries import BinariesUnavailableError
 from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.controlplane import ControlPlaneError
 from kernelsession.localcluster.deploy import OperatorDeployment, deploy_operator
 from kernelsession.localcluster.images import ImagesUnavailableError
 from kernelsession.localcluster.operator_process import OPERATOR_NAMESPACE, manifests_dir
+
+if TYPE_CHECKING:
+    from kernelsession.client import KernelSessionStatus
+
+#: Imported while the cluster starts (kubernetes_asyncio and aiohttp take ~1 s of CPU; the
+#: cluster's start is mostly waiting on its processes), needed only for the sample.
+CLIENT_MODULE = "kernelsession.client"
 
 SAMPLE_CODE = (
     "import platform, sys\n"
@@ -43,6 +51,8 @@ def say(text: str) -> None:
 
 
 async def _sample(cluster: LocalCluster, name: str, namespace: str, timeout: float) -> str:
+    from kernelsession.client import KernelSessionClient
+
     seen: list[str] = []
 
     def progress(status: KernelSessionStatus) -> None:
@@ -103,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     # The client's own log lines would drown the progress; warnings still show.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     started = time.monotonic()
+    threading.Thread(
+        target=importlib.import_module, args=(CLIENT_MODULE,), name="import-client", daemon=True
+    ).start()
     cluster = LocalCluster()
     operator: OperatorDeployment | None = None
     code = 0
@@ -116,15 +129,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
         say("kubectl apply -k manifests/ (namespaces, CRD, RBAC, the operator Deployment)")
         t = time.monotonic()
-        operator = deploy_operator(cluster)
-        pod = operator.ready_pods()[0]["metadata"]["name"]
-        say(
-            f"operator {OPERATOR_NAMESPACE}/{pod} available in {time.monotonic() - t:.1f}s "
-            f"(image {cluster.image_refs['operator']})"
-        )
+        operator = deploy_operator(cluster, wait=False)
+        # The sample session goes in while the operator's pods start: the operator takes
+        # it up as soon as it runs (as it does with any session created before it).
         sample = manifests_dir() / "samples" / "minimal.yaml"
         cluster.apply(sample)
-        say(f"applied {sample.relative_to(sample.parents[2])}; waiting for labs/alice")
+        say(f"applied {sample.relative_to(sample.parents[2])}; waiting for the operator")
+        operator.wait_available()
+        pods = ", ".join(p["metadata"]["name"] for p in operator.ready_pods())
+        say(
+            f"operator available in {time.monotonic() - t:.1f}s ({OPERATOR_NAMESPACE}: "
+            f"{pods}; image {cluster.image_refs['operator']}); waiting for labs/alice"
+        )
         output = asyncio.run(_sample(cluster, "alice", "labs", args.timeout))
         say(f"ran Python in labs/alice through the client; its stdout:\n{output}")
         print(cluster.kubectl("get", "ks", "-n", "labs").stdout, end="", flush=True)
