@@ -4,7 +4,9 @@ Starts the local cluster (control plane + a real node), installs the operator as
 (``kubectl apply -k manifests/``, from the image ``make images`` built), creates the sample
 session,
 waits until it is Ready (printing its progress), runs a short piece of Python in it
-through the client, then keeps everything up and prints the commands to try. On Ctrl-C
+through the client, then keeps everything up and prints the commands to try. With
+``--ingress`` it also installs the local cluster's ingress controller (Traefik; built once
+when missing) and prints its address. On Ctrl-C
 (SIGINT) or SIGTERM it stops every process it started, by PID, and removes its files.
 """
 
@@ -25,10 +27,11 @@ import structlog
 
 from kernelsession.client import KernelSessionClient, KernelSessionStatus
 from kernelsession.localcluster.binaries import BinariesUnavailableError
-from kernelsession.localcluster.cluster import LocalCluster
+from kernelsession.localcluster.cluster import LocalCluster, default_images
 from kernelsession.localcluster.controlplane import ControlPlaneError
 from kernelsession.localcluster.deploy import OperatorDeployment, deploy_operator
 from kernelsession.localcluster.images import ImagesUnavailableError
+from kernelsession.localcluster.ingress import IngressController, IngressError, install_ingress
 from kernelsession.localcluster.operator_process import OPERATOR_NAMESPACE, manifests_dir
 
 SAMPLE_CODE = (
@@ -58,10 +61,21 @@ async def _sample(cluster: LocalCluster, name: str, namespace: str, timeout: flo
             return await lab.run_python(SAMPLE_CODE, timeout=60)
 
 
-def _commands(cluster: LocalCluster) -> str:
+def _ingress_commands(ingress: IngressController | None) -> str:
+    if ingress is None:
+        return ""
+    return f"""
+  # the ingress controller (Traefik, IngressClass {ingress.class_name}) at {ingress.address}:
+  kubectl get ingressclass,ingress -A
+  kubectl logs -n {ingress.namespace} deploy/traefik               # its access log
+  curl -i -H 'Host: any.test' {ingress.url("/")}                # 404 until an Ingress matches"""
+
+
+def _commands(cluster: LocalCluster, ingress: IngressController | None = None) -> str:
     kubectl = cluster.binaries.kubectl
     path_line = f"export PATH={kubectl.parent}:$PATH\n" if kubectl else ""
     venv_bin = Path(sys.executable).parent
+    ingress_lines = _ingress_commands(ingress)
     return f"""
 Try, in another terminal:
   {path_line}  export KUBECONFIG={cluster.kubeconfig}
@@ -76,7 +90,7 @@ Try, in another terminal:
   kubectl logs -n labs -l kernelsession.dev/session=alice # the lab's log
   kubectl logs -n {OPERATOR_NAMESPACE} deploy/kernelsession-operator   # the operator's
   kubectl describe ks alice -n labs                       # events: Created, Ready...
-  kubectl delete ks alice -n labs                         # children go with it
+  kubectl delete ks alice -n labs                         # children go with it{ingress_lines}
 Ctrl-C stops everything."""
 
 
@@ -93,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         default=180.0,
         help="seconds the sample session may take to become Ready",
     )
+    parser.add_argument(
+        "--ingress",
+        action="store_true",
+        help="also install the ingress controller (Traefik; built once when missing)",
+    )
     args = parser.parse_args(argv)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -105,8 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     cluster = LocalCluster()
     operator: OperatorDeployment | None = None
+    ingress: IngressController | None = None
     code = 0
     try:
+        if args.ingress:
+            # the Traefik image joins the node's images (built, once, before the cluster starts)
+            cluster = LocalCluster(images=default_images(ingress=True))
         say(
             "starting the local cluster (etcd, kube-apiserver, kube-controller-manager, "
             "kube-scheduler; containerd, kubelet, kube-proxy, CoreDNS, NetworkPolicy)"
@@ -122,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
             f"operator {OPERATOR_NAMESPACE}/{pod} available in {time.monotonic() - t:.1f}s "
             f"(image {cluster.image_refs['operator']})"
         )
+        if args.ingress:
+            ingress = install_ingress(cluster)
+            say(
+                f"ingress controller {ingress.namespace}/traefik (IngressClass "
+                f"{ingress.class_name}) ready in {ingress.ready_seconds:.1f}s at "
+                f"{ingress.address}"
+            )
         sample = manifests_dir() / "samples" / "minimal.yaml"
         cluster.apply(sample)
         say(f"applied {sample.relative_to(sample.parents[2])}; waiting for labs/alice")
@@ -129,13 +159,18 @@ def main(argv: list[str] | None = None) -> int:
         say(f"ran Python in labs/alice through the client; its stdout:\n{output}")
         print(cluster.kubectl("get", "ks", "-n", "labs").stdout, end="", flush=True)
         say(f"up in {time.monotonic() - started:.1f}s")
-        print(_commands(cluster), flush=True)
+        print(_commands(cluster, ingress), flush=True)
         print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
         if not args.no_wait:
             threading.Event().wait()
     except KeyboardInterrupt:
         say("Ctrl-C: stopping")
-    except (BinariesUnavailableError, ImagesUnavailableError, ControlPlaneError) as exc:
+    except (
+        BinariesUnavailableError,
+        ImagesUnavailableError,
+        ControlPlaneError,
+        IngressError,
+    ) as exc:
         say(f"error: {exc}")
         code = 1
     except Exception as exc:
