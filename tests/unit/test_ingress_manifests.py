@@ -97,6 +97,8 @@ def test_service_and_selector_match_the_pod_labels() -> None:
     assert k["Service"]["spec"]["selector"] == dict(ingress.POD_LABELS)
     assert all(labels[key] == v for key, v in ingress.POD_LABELS.items())
     assert k["Service"]["spec"]["type"] == "ClusterIP"
+    # a fixed address in the static band of the service range, the one Traefik publishes
+    assert k["Service"]["spec"]["clusterIP"] == ingress.SERVICE_IP == "10.96.0.80"
     assert k["Service"]["spec"]["ports"] == [
         {"name": "web", "port": 80, "targetPort": "web", "protocol": "TCP"}
     ]
@@ -127,10 +129,7 @@ def test_flags_route_ingresses_keep_websockets_and_contact_nothing_outside() -> 
     assert "--global.sendAnonymousUsage=false" in args
     assert "--ping=true" in args
     assert "--accessLog=true" in args
-    assert (
-        "--providers.kubernetesingress.ingressEndpoint.publishedService="
-        "kernelsession-ingress/traefik" in args
-    )
+    assert "--providers.kubernetesingress.ingressEndpoint.ip=10.96.0.80" in args
     # no dashboard/API, no plugins, no ACME, no tracing or metrics exporters
     for word in ("--api", "--experimental", "certificatesresolvers", "--tracing", "--metrics"):
         assert not any(a.lower().startswith(word.lower()) or word in a for a in args), word

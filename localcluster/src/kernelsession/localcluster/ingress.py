@@ -8,7 +8,7 @@ controller answers its readiness probe::
 
     with LocalCluster() as cluster:
         ingress = install_ingress(cluster)
-        ingress.url("/labs/labs/alice/")     # http://<service cluster IP>/labs/labs/alice/
+        ingress.url("/labs/labs/alice/")     # http://10.96.0.80/labs/labs/alice/
         ingress.fetch("/", host="lab.test")  # (404, b"404 page not found\\n")
 
 What it installs, in namespace ``kernelsession-ingress`` (Pod Security ``restricted``):
@@ -18,7 +18,8 @@ cluster-scope informer watches nodes whenever IngressClasses are looked up) and 
 (``ingresses/status``: each Ingress it serves gets the Service's cluster IP as its load
 balancer address); the Deployment ``traefik`` (non-root uid 65532, all capabilities
 dropped, RuntimeDefault seccomp, read-only root file system, readiness and liveness on
-``/ping``); the ClusterIP Service ``traefik`` on port 80; and the IngressClass ``traefik``
+``/ping``); the ClusterIP Service ``traefik`` on port 80 at the fixed address
+:data:`SERVICE_IP` (``http://10.96.0.80``); and the IngressClass ``traefik``
 (controller ``traefik.io/ingress-controller``, the cluster's default class).
 
 Traefik contacts nothing outside the machine: no version check, no anonymous usage
@@ -51,6 +52,10 @@ CONTROLLER = "traefik.io/ingress-controller"
 SERVICE_PORT = 80
 WEB_PORT = 8000
 PING_PORT = 8080
+#: The Service's fixed cluster IP, in the static band of the local cluster's service range
+#: (like kube-dns's 10.96.0.10): the controller's address is known before it is installed,
+#: and Traefik publishes it in the status of every Ingress it serves.
+SERVICE_IP = "10.96.0.80"
 POD_LABELS: Mapping[str, str] = {"app.kubernetes.io/name": NAME}
 POD_SELECTOR = ",".join(f"{k}={v}" for k, v in POD_LABELS.items())
 COMMON_LABELS = {"app.kubernetes.io/part-of": "kernelsession"}
@@ -60,7 +65,7 @@ class IngressError(RuntimeError):
     """The ingress controller could not be installed or did not become ready."""
 
 
-def traefik_args(namespace: str = NAMESPACE, class_name: str = CLASS_NAME) -> list[str]:
+def traefik_args(class_name: str = CLASS_NAME, service_ip: str = SERVICE_IP) -> list[str]:
     """Traefik's static configuration, as command-line flags. Pure."""
     return [
         # contact nothing outside the machine
@@ -79,8 +84,9 @@ def traefik_args(namespace: str = NAMESPACE, class_name: str = CLASS_NAME) -> li
         f"--providers.kubernetesingress.ingressClass={class_name}",
         # Prefix paths match element-wise, as the Ingress API says (/app is not /application)
         "--providers.kubernetesingress.strictPrefixMatching=true",
-        # each served Ingress gets the Service's cluster IP in status.loadBalancer
-        f"--providers.kubernetesingress.ingressEndpoint.publishedService={namespace}/{NAME}",
+        # each served Ingress gets the Service's cluster IP in status.loadBalancer (Traefik's
+        # publishedService would publish only a ClusterIP Service's externalIPs)
+        f"--providers.kubernetesingress.ingressEndpoint.ip={service_ip}",
     ]
 
 
@@ -89,6 +95,7 @@ def ingress_manifests(
     *,
     namespace: str = NAMESPACE,
     class_name: str = CLASS_NAME,
+    service_ip: str = SERVICE_IP,
     default_class: bool = True,
 ) -> list[dict[str, Any]]:
     """The objects that install Traefik (namespace, RBAC, Service, Deployment,
@@ -130,7 +137,7 @@ def ingress_manifests(
         "name": NAME,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
-        "args": traefik_args(namespace, class_name),
+        "args": traefik_args(class_name, service_ip),
         "ports": [
             {"name": "web", "containerPort": WEB_PORT, "protocol": "TCP"},
             {"name": "traefik", "containerPort": PING_PORT, "protocol": "TCP"},
@@ -185,6 +192,7 @@ def ingress_manifests(
             "metadata": meta,
             "spec": {
                 "type": "ClusterIP",
+                "clusterIP": service_ip,
                 "selector": dict(POD_LABELS),
                 "ports": [
                     {"name": "web", "port": SERVICE_PORT, "targetPort": "web", "protocol": "TCP"}
@@ -373,6 +381,7 @@ __all__ = [
     "CLASS_NAME",
     "NAMESPACE",
     "POD_LABELS",
+    "SERVICE_IP",
     "IngressController",
     "IngressError",
     "ingress_manifests",
