@@ -305,8 +305,22 @@ async def test_jupyter_kernel_websocket_through_traefik(
             samples.append((time.perf_counter() - t) * 1000)
         streamed = [c.text async for c in lab.stream("for i in range(3): print(i, flush=True)")]
         assert "".join(streamed) == "0\n1\n2\n"
-    median = statistics.median(samples)
-    print(f"\n[ingress] run_python('print(1)') through Traefik: median {median:.2f} ms")
+    # the same lab straight through its Service, for comparison (reported, not asserted)
+    lab_ip = cluster.get_json("-n", namespace, "service", "lab")["spec"]["clusterIP"]
+    direct = JupyterLabSessionManager(
+        base_url=f"http://{lab_ip}:8888{prefix}", token=token, username="ingress-test"
+    )
+    async with direct as lab:
+        direct_samples = []
+        for _ in range(20):
+            t = time.perf_counter()
+            assert await lab.run_python("print(1)") == "1\n"
+            direct_samples.append((time.perf_counter() - t) * 1000)
+    print(
+        f"\n[ingress] run_python('print(1)') median: through Traefik "
+        f"{statistics.median(samples):.2f} ms, straight to the Service "
+        f"{statistics.median(direct_samples):.2f} ms"
+    )
 
     # the kernel websocket went through Traefik (logged when it closed); the token did not
     def websocket_logged() -> bool:
