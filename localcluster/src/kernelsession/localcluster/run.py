@@ -64,11 +64,13 @@ async def _sample(cluster: LocalCluster, name: str, namespace: str, timeout: flo
 def _ingress_commands(ingress: IngressController | None) -> str:
     if ingress is None:
         return ""
-    return f"""
-  # the ingress controller (Traefik, IngressClass {ingress.class_name}) at {ingress.address}:
-  kubectl get ingressclass,ingress -A
-  kubectl logs -n {ingress.namespace} deploy/traefik               # its access log
-  curl -i -H 'Host: any.test' {ingress.url("/")}                # 404 until an Ingress matches"""
+    lines = [
+        ("kubectl get ingressclass,ingress -A", "the class; Ingresses it serves"),
+        (f"kubectl logs -n {ingress.namespace} deploy/traefik", "its access log"),
+        (f"curl -i -H 'Host: any.test' {ingress.url('/')}", "404 until an Ingress matches"),
+    ]
+    head = f"\n  # the ingress controller (Traefik, IngressClass {ingress.class_name}) at "
+    return head + f"{ingress.address}:" + "".join(f"\n  {c:<55} # {w}" for c, w in lines)
 
 
 def _commands(cluster: LocalCluster, ingress: IngressController | None = None) -> str:
