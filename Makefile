@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 RUN_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup setup-deps run test test-quick lint bench manifests wheels clean binaries images os-packages
+.PHONY: setup setup-deps run test test-quick lint bench manifests wheels clean binaries images os-packages ingress-binaries
 
 setup: os-packages $(STAMP) binaries
 
@@ -27,6 +27,12 @@ WITH_IMAGES := $(if $(filter images run test bench,$(MAKECMDGOALS)),images)
 # the Go module proxy, cached outside the repo (each build prints its parts' seconds).
 binaries: $(STAMP) $(if $(WITH_IMAGES),os-packages)
 	$(PY) -m kernelsession.localcluster.prepare binaries $(WITH_IMAGES)
+
+# The local cluster's optional ingress controller (Traefik v3): built once from the Go module
+# proxy into the cache. Only `make test` needs it (and `make run RUN_ARGS=--ingress`, which
+# builds it when missing); `make setup` and plain `make run` never build it.
+ingress-binaries: $(STAMP)
+	$(PY) -m kernelsession.localcluster.binaries ensure --ingress
 
 # Debian packages the local node's tooling needs (apt-get when missing; root on Debian).
 os-packages:
@@ -48,7 +54,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check client operator localcluster tests bench
 	$(VENV)/bin/mypy client/src/kernelsession/client operator/src/kernelsession/operator localcluster/src/kernelsession/localcluster
 
-test: setup images lint
+test: setup images ingress-binaries lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # The fast tier: unit and client tests, no control plane.

@@ -12,6 +12,10 @@
 - ``sa_kubeconfig``: factory ``(rbac, namespace, name) -> Path`` applying RBAC manifests
   and returning a kubeconfig for that ServiceAccount (see ``helpers.sa_kubeconfig``).
 - ``installed``: the cluster with namespaces, CRD and RBAC from ``manifests/``.
+- ``ingress_controller``: Traefik, the local cluster's ingress controller (IngressClass
+  ``traefik``, the default class; namespace ``kernelsession-ingress``), installed once per
+  run; ``.url(path)`` is reachable from this machine (see
+  :mod:`kernelsession.localcluster.ingress`).
 - ``operator``: ONE operator for the whole run: the Deployment from ``manifests/``
   (``kubectl apply -k`` with the locally built image), as the operator's service account,
   with short intervals so culling and status changes happen within seconds. A test that
@@ -44,6 +48,7 @@ from kernelsession.localcluster import hoststate
 from kernelsession.localcluster.binaries import BinariesUnavailableError
 from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.deploy import InClusterOperator
+from kernelsession.localcluster.ingress import IngressController, install_ingress
 from kernelsession.localcluster.operator_process import install_manifests
 
 
@@ -131,6 +136,20 @@ def sa_kubeconfig(cluster: LocalCluster, tmp_path: Path) -> Callable[[Any, str, 
 def installed(cluster: LocalCluster) -> LocalCluster:
     install_manifests(cluster)
     return cluster
+
+
+@pytest.fixture(scope="session")
+def ingress_controller(installed: LocalCluster) -> IngressController:
+    """Traefik installed into the shared cluster (once per run), ready."""
+    try:
+        controller = install_ingress(installed)
+    except BinariesUnavailableError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    print(
+        f"\n[ingress] Traefik ready in {controller.ready_seconds:.1f}s at {controller.address}",
+        file=sys.stderr,
+    )
+    return controller
 
 
 @pytest.fixture(scope="session")

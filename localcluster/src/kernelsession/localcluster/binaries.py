@@ -13,8 +13,13 @@ Lookup order for a directory holding ``etcd``, ``kube-apiserver`` and
 4. otherwise they are built from the Go module proxy with ``hack/build-controlplane.sh``
    into a temporary directory next to the cache entry, which is then renamed atomically.
 
-CLI: ``python -m kernelsession.localcluster.binaries ensure`` (used by ``make binaries``)
-and ``python -m kernelsession.localcluster.binaries path``.
+The node's daemons (:func:`ensure_node`) and the optional ingress controller
+(:func:`ensure_ingress`: Traefik, only when asked for) have their own cache entries.
+
+CLI: ``python -m kernelsession.localcluster.binaries ensure`` (used by ``make binaries``),
+``python -m kernelsession.localcluster.binaries ensure --ingress`` (only the ingress
+controller; ``make ingress-binaries``) and ``python -m kernelsession.localcluster.binaries
+path``.
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ ETCD_VERSION = "v3.6.8"
 CONTAINERD_VERSION = "v2.2.9"
 COREDNS_VERSION = "v1.13.1"
 LOCAL_PATH_VERSION = "v0.0.30"
+#: The local cluster's optional ingress controller (``ensure_ingress``; not in ``make setup``).
+#: The newest v3 whose every dependency the Go module proxy serves: v3.7.x pins lego v5
+#: (ACME), and the proxy refuses lego v5.4.1, the DNS-provider SDK versions lego v5.3.1
+#: needs and the go-http-auth fork v3.7 builds with (403 "not available").
+TRAEFIK_VERSION = "v3.6.12"
 
 REQUIRED = (
     "etcd",
@@ -55,6 +65,9 @@ NODE_REQUIRED = (
 )
 #: What ``ensure --only`` takes: the two caches, each built by its own script.
 PARTS = ("controlplane", "node")
+INGRESS_BUILD_SCRIPT = Path("hack") / "build-ingress.sh"
+INGRESS_REQUIRED = ("traefik",)
+INGRESS_ASSETS_ENV = "KERNELSESSION_INGRESS_ASSETS"
 # From Debian packages (installed by `make setup`): runc and the CNI plugins.
 RUNC = Path("/usr/sbin/runc")
 CNI_BIN_DIR = Path("/usr/lib/cni")
@@ -350,8 +363,86 @@ def ensure_node(*, build_missing: bool = True, log: bool = True) -> NodeBinaries
     return NodeBinaries(directory.resolve(), RUNC, CNI_BIN_DIR)
 
 
+@dataclass(frozen=True)
+class IngressBinaries:
+    """The local cluster's ingress controller: a static ``traefik`` executable."""
+
+    directory: Path
+
+    @property
+    def traefik(self) -> Path:
+        return self.directory / "traefik"
+
+    @staticmethod
+    def complete(directory: Path) -> bool:
+        return all(os.access(directory / name, os.X_OK) for name in INGRESS_REQUIRED)
+
+
+def ingress_cache_dir() -> Path:
+    """Cache entry of the ingress controller for the pinned version
+    (``$XDG_CACHE_HOME/kernelsession/ingress/traefik-<v>``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "kernelsession" / "ingress" / f"traefik-{TRAEFIK_VERSION}"
+
+
+def find_ingress() -> IngressBinaries | None:
+    """The ingress binaries in ``$KERNELSESSION_INGRESS_ASSETS`` or the cache, or None
+    (builds nothing)."""
+    dirs = [Path(d) for d in [os.environ.get(INGRESS_ASSETS_ENV)] if d]
+    dirs.append(ingress_cache_dir() / "bin")
+    for directory in dirs:
+        if IngressBinaries.complete(directory):
+            return IngressBinaries(directory.resolve())
+    return None
+
+
+def ensure_ingress(*, build_missing: bool = True, log: bool = True) -> IngressBinaries:
+    """Find (``$KERNELSESSION_INGRESS_ASSETS``, then the cache) or build Traefik
+    (:data:`TRAEFIK_VERSION`, from the Go module proxy with ``hack/build-ingress.sh``).
+
+    Raises:
+        BinariesUnavailableError: it is missing and cannot be built; the message names what
+            is missing, where it was looked for and how to provide it.
+    """
+    found = find_ingress()
+    if found is not None:
+        return found
+    root = repo_root()
+    assets = os.environ.get(INGRESS_ASSETS_ENV)
+    searched = f"${INGRESS_ASSETS_ENV}={assets}, " if assets else ""
+    searched += str(ingress_cache_dir() / "bin")
+    why = ""
+    if not build_missing:
+        why = "building it was not asked for"
+    elif root is None:
+        why = "there is no source checkout with hack/build-ingress.sh to build it"
+    elif shutil.which("go") is None:
+        why = "there is no `go` on PATH to build it"
+    if why:
+        raise BinariesUnavailableError(
+            f"the ingress controller, Traefik {TRAEFIK_VERSION} (executable `traefik`), is "
+            f"not in {searched} and {why}; run `make ingress-binaries` (needs Go >= 1.26 and "
+            f"the Go module proxy; builds it once into {ingress_cache_dir() / 'bin'}) or set "
+            f"{INGRESS_ASSETS_ENV} to a directory holding a static `traefik` {TRAEFIK_VERSION}"
+        )
+    assert root is not None
+    try:
+        directory = _build_into(
+            ingress_cache_dir(),
+            root / INGRESS_BUILD_SCRIPT,
+            {"KS_TRAEFIK_VERSION": TRAEFIK_VERSION},
+            IngressBinaries.complete,
+            f"Traefik {TRAEFIK_VERSION}",
+            log=log,
+        )
+    except RuntimeError as exc:
+        raise BinariesUnavailableError(f"the ingress controller (Traefik): {exc}") from exc
+    return IngressBinaries(directory.resolve())
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: ``ensure`` (find or build, print the directory) or ``path``."""
+    """CLI entry point: ``ensure`` (find or build, print the directory) or ``path``;
+    ``--ingress``: the ingress controller (Traefik) only."""
     parser = argparse.ArgumentParser(prog="python -m kernelsession.localcluster.binaries")
     parser.add_argument("command", choices=["ensure", "path"])
     parser.add_argument(
@@ -359,9 +450,25 @@ def main(argv: list[str] | None = None) -> int:
         choices=PARTS,
         help="ensure only the control plane (Kubernetes, etcd) or only the node's daemons",
     )
+    parser.add_argument(
+        "--ingress",
+        action="store_true",
+        help="the optional ingress controller (Traefik) instead of the cluster's binaries",
+    )
     args = parser.parse_args(argv)
-    parts = [args.only] if args.only else list(PARTS)
     build_missing = args.command == "ensure"
+    if args.ingress:
+        try:
+            ingress = ensure_ingress(build_missing=build_missing)
+        except BinariesUnavailableError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        if args.command == "ensure":
+            print(f"ingress: Traefik {TRAEFIK_VERSION} in {ingress.directory}")
+        else:
+            print(ingress.directory)
+        return 0
+    parts = [args.only] if args.only else list(PARTS)
     try:
         if "controlplane" in parts:
             binaries = ensure(build_missing=build_missing)

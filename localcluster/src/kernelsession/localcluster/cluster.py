@@ -18,10 +18,11 @@ import json
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -29,6 +30,9 @@ from . import hostnet
 from .binaries import Binaries, NodeBinaries, ensure, ensure_node
 from .controlplane import ControlPlane, Timings, write_kubeconfig
 from .node import NODE_NAME, Node, NodeTimings
+
+if TYPE_CHECKING:
+    from .images import Image
 
 
 @dataclass
@@ -51,14 +55,19 @@ class ClusterTimings:
         )
 
 
-def default_images() -> tuple[list[tuple[str, Path]], str, dict[str, str]]:
+def default_images(*, ingress: bool = False) -> tuple[list[tuple[str, Path]], str, dict[str, str]]:
     """(ref, archive) pairs to import, the pause image ref, and refs by role
-    (``pause``, ``lab``, ``operator``...), from ``make images``."""
-    from .images import ensure_images
+    (``pause``, ``lab``, ``operator``...), from ``make images``.
+
+    ``ingress=True`` adds the optional ingress controller's image (``traefik``, see
+    :mod:`.ingress`), building the Traefik binary first if needed; otherwise it is
+    imported only when :func:`.ingress.install_ingress` asks for it."""
+    from .images import ensure_images, ensure_ingress_image
 
     images = ensure_images(log=True)
-    refs = {image.name: image.ref for image in images.all()}
-    pairs = [(image.ref, image.archive) for image in images.all()]  # base: helper pods
+    chosen = [*images.all(), *([ensure_ingress_image(log=True)] if ingress else [])]
+    refs = {image.name: image.ref for image in chosen}
+    pairs = [(image.ref, image.archive) for image in chosen]  # base: helper pods
     return pairs, images.pause.ref, refs
 
 
@@ -240,6 +249,22 @@ class LocalCluster:
         if self.node is not None:
             self.node.record_processes(self._cp().processes)
         return time.monotonic() - t
+
+    def import_images(self, images: Iterable[Image]) -> list[str]:
+        """Import images (e.g. :func:`.images.ensure_ingress_image`) into the running node's
+        containerd when missing and add them to :attr:`image_refs` by name. Returns their
+        refs.
+
+        Raises:
+            RuntimeError: the cluster is not started.
+            NodeError: an import failed.
+        """
+        if self.node is None:
+            raise RuntimeError("cluster not started")
+        chosen = list(images)
+        self.node.import_images([(image.ref, image.archive) for image in chosen])
+        self.image_refs.update({image.name: image.ref for image in chosen})
+        return [image.ref for image in chosen]
 
     # -- conveniences -----------------------------------------------------------------
     def kubectl(

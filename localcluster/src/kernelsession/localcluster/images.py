@@ -14,12 +14,19 @@ image it is built FROM). An image is rebuilt only when an input changes.
 - ``lab``: ``localcluster/images/lab/Dockerfile`` (JupyterLab in ``/opt/lab``, uid 1000).
 - ``operator``: ``operator/Dockerfile`` (context: ``client/`` and ``operator/`` only).
 
+One optional image, built only when asked for (:func:`ensure_ingress_image`; the local
+cluster's ingress controller, see :mod:`.ingress`):
+
+- ``traefik``: the static ``traefik`` binary (:func:`.binaries.ensure_ingress`) with a
+  minimal ``/etc/passwd`` and ``/etc/group`` for its non-root uid, alone in a single-layer
+  image like ``pause``.
+
 ``lab`` and ``operator`` are built with ``buildah build --isolation chroot`` and the
 ``vfs`` storage driver in a private, temporary storage under the cache (so no mount stays
 on the host), ``FROM`` the base image loaded from its archive (``--pull=never``: no
 registry is contacted; pip inside the build reaches PyPI with the host's pip settings).
 
-API: :func:`ensure_images` and :func:`import_into_containerd`.
+API: :func:`ensure_images`, :func:`ensure_ingress_image` and :func:`import_into_containerd`.
 CLI: ``python -m kernelsession.localcluster.images ensure`` (``make images``).
 """
 
@@ -53,6 +60,10 @@ SUITE = "bookworm"
 NAMES = ("pause", "base", "lab", "operator")
 #: The images a node needs (the base image is only a build input).
 NODE_IMAGES = ("pause", "lab", "operator")
+#: Images built only when asked for (not by ``make images``): the ingress controller's.
+OPTIONAL_IMAGES = ("traefik",)
+#: The ingress controller's user (non-root; the image's ``/etc/passwd`` names it).
+TRAEFIK_UID = 65532
 #: mmdebstrap options of the base image (part of its content hash).
 MMDEBSTRAP_OPTIONS = (
     "--variant=minbase",
@@ -482,6 +493,57 @@ def build_base(root: Path, tag: str, *, log: bool) -> Image:
         return _commit("base", tag, work, archive, time.monotonic() - started)
 
 
+def traefik_files(binary: bytes) -> dict[str, tuple[bytes, int]]:
+    """The traefik image's files: the binary and a passwd/group naming its user. Pure."""
+    uid = TRAEFIK_UID
+    return {
+        "traefik": (binary, 0o755),
+        "etc/passwd": (
+            f"root:x:0:0:root:/:/sbin/nologin\ntraefik:x:{uid}:{uid}:traefik:/:/sbin/nologin\n".encode(),
+            0o644,
+        ),
+        "etc/group": (f"root:x:0:\ntraefik:x:{uid}:\n".encode(), 0o644),
+    }
+
+
+def traefik_hash(binary: Path, version: str) -> str:
+    """The traefik image's tag: a content hash of the binary, its version and the recipe."""
+    return content_hash(
+        [
+            ("recipe", RECIPE_VERSION.encode()),
+            ("kind", b"traefik"),
+            ("version", version.encode()),
+            ("uid", str(TRAEFIK_UID).encode()),
+            ("file:traefik", binary.read_bytes()),
+        ]
+    )
+
+
+def build_traefik(binary: Path, version: str, tag: str, *, log: bool) -> Image:
+    """Write the single-layer traefik image: ``/traefik`` run as uid :data:`TRAEFIK_UID`."""
+    started = time.monotonic()
+    with _workdir("traefik") as work:
+        layer_tar = work / "layer.tar"
+        oci.rootfs_layer_tar(traefik_files(binary.read_bytes()), layer_tar)
+        layer = oci.compress_layer(layer_tar, work / "layer.tar.gz")
+        layer_tar.unlink()
+        config = oci.image_config(
+            [layer.diff_id],
+            env=["PATH=/"],
+            entrypoint=["/traefik"],
+            user=f"{TRAEFIK_UID}:{TRAEFIK_UID}",
+            labels={
+                "org.opencontainers.image.title": "traefik",
+                "org.opencontainers.image.version": version,
+            },
+            created_by=f"traefik {version} (hack/build-ingress.sh, Go module proxy)",
+        )
+        archive = work / "image.oci.tar"
+        oci.write_image_archive(archive, image_ref("traefik", tag), [layer], config)
+        _say(log, f"built the traefik image in {time.monotonic() - started:.1f}s")
+        return _commit("traefik", tag, work, archive, time.monotonic() - started)
+
+
 def _userns_works() -> bool:
     try:
         return (
@@ -738,6 +800,31 @@ def ensure_images(*, log: bool = True, rebuild: Iterable[str] = ()) -> Images:
         return _images(done, started)
 
 
+def ensure_ingress_image(*, build_missing: bool = True, log: bool = True) -> Image:
+    """The ingress controller's image (``localhost/kernelsession/traefik:<hash>``), from the
+    cache or built from the Traefik binary (which :func:`.binaries.ensure_ingress` finds or,
+    with ``build_missing``, builds from the Go module proxy). Needs no root.
+
+    Raises:
+        BinariesUnavailableError: the Traefik binary is missing and cannot be built.
+        ImagesUnavailableError: the image build failed.
+    """
+    from .binaries import TRAEFIK_VERSION, ensure_ingress
+
+    binary = ensure_ingress(build_missing=build_missing, log=log).traefik
+    tag = traefik_hash(binary, TRAEFIK_VERSION)
+    hit = cached("traefik", tag)
+    if hit is not None:
+        return hit
+    with _locked():
+        hit = cached("traefik", tag)
+        if hit is not None:
+            return hit
+        built = build_traefik(binary, TRAEFIK_VERSION, tag, log=log)
+        prune(keep={"traefik": tag})
+        return built
+
+
 def _remove_stale_work() -> None:
     """Remove ``.build-*`` directories of builds that were killed (we hold the lock)."""
     for stale in cache_dir().glob(".build-*"):
@@ -851,14 +938,31 @@ def import_into_containerd(
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``ensure`` (build what changed; print refs, archives, sizes and times),
-    ``refs`` (print ``name=ref`` lines, building nothing) or ``rebuild NAME...``."""
+    ``refs`` (print ``name=ref`` lines, building nothing), ``rebuild NAME...`` or
+    ``ingress`` (the optional traefik image)."""
     parser = argparse.ArgumentParser(prog="python -m kernelsession.localcluster.images")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("ensure", help="build the images whose inputs changed")
     sub.add_parser("refs", help="print name=ref of each image (no build)")
     rb = sub.add_parser("rebuild", help="build the named images even when cached")
     rb.add_argument("names", nargs="+", choices=NAMES)
+    sub.add_parser(
+        "ingress", help="build the optional ingress controller's image (Traefik; no root)"
+    )
     args = parser.parse_args(argv)
+    if args.command == "ingress":
+        from .binaries import BinariesUnavailableError
+
+        try:
+            img = ensure_ingress_image()
+        except (BinariesUnavailableError, ImagesUnavailableError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(
+            f"{img.name:9} {img.ref}  {img.archive}  "
+            f"({_mib(img.archive_bytes)} archive, {_mib(img.unpacked_bytes)} unpacked)"
+        )
+        return 0
     if args.command == "refs":
         for name, tag in input_hashes().items():
             print(f"{name}={image_ref(name, tag)}")

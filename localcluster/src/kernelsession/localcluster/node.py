@@ -630,7 +630,22 @@ oom_score = 0
         if stale:
             self.ctr("images", "rm", *stale)
             present -= set(stale)
-        for ref, archive in self.images:
+        self._import_missing(self.images, present)
+
+    def import_images(self, images: list[tuple[str, Path]]) -> None:
+        """Import more (ref, OCI archive) pairs into the running containerd when missing
+        (e.g. an optional image such as the ingress controller's); a later start keeps them.
+
+        Raises:
+            NodeError: an import failed.
+        """
+        for pair in images:
+            if pair not in self.images:
+                self.images.append(pair)
+        self._import_missing(images, set(self.ctr("images", "ls", "-q").stdout.split()))
+
+    def _import_missing(self, images: list[tuple[str, Path]], present: set[str]) -> None:
+        for ref, archive in images:
             if ref in present:
                 continue
             result = self.ctr("images", "import", "--local", str(archive), timeout=600)

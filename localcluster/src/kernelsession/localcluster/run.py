@@ -4,7 +4,9 @@ Starts the local cluster (control plane + a real node), installs the operator as
 (``kubectl apply -k manifests/``, from the image ``make images`` built), creates the sample
 session,
 waits until it is Ready (printing its progress), runs a short piece of Python in it
-through the client, then keeps everything up and prints the commands to try. On Ctrl-C
+through the client, then keeps everything up and prints the commands to try. With
+``--ingress`` it also installs the local cluster's ingress controller (Traefik; built once
+when missing) and prints its address. On Ctrl-C
 (SIGINT) or SIGTERM it stops every process it started, by PID, and removes its files.
 """
 
@@ -26,10 +28,11 @@ from typing import TYPE_CHECKING
 import structlog
 
 from kernelsession.localcluster.binaries import BinariesUnavailableError
-from kernelsession.localcluster.cluster import LocalCluster
+from kernelsession.localcluster.cluster import LocalCluster, default_images
 from kernelsession.localcluster.controlplane import ControlPlaneError
 from kernelsession.localcluster.deploy import OperatorDeployment, deploy_operator
 from kernelsession.localcluster.images import ImagesUnavailableError
+from kernelsession.localcluster.ingress import IngressController, IngressError, install_ingress
 from kernelsession.localcluster.operator_process import OPERATOR_NAMESPACE, manifests_dir
 
 if TYPE_CHECKING:
@@ -68,10 +71,45 @@ async def _sample(cluster: LocalCluster, name: str, namespace: str, timeout: flo
             return await lab.run_python(SAMPLE_CODE, timeout=60)
 
 
-def _commands(cluster: LocalCluster) -> str:
+def _operator_env(ingress: IngressController | None) -> dict[str, str]:
+    """The operator's settings: with the ingress controller, an Ingress per session,
+    reachable from this machine at the controller's Service address (any host)."""
+    if ingress is None:
+        return {}
+    address = ingress.service_ip if ingress.port == 80 else f"{ingress.service_ip}:{ingress.port}"
+    labels = ",".join(f"{k}={v}" for k, v in sorted(ingress.pod_labels.items()))
+    return {
+        "KERNELSESSION_INGRESS": "true",
+        "KERNELSESSION_INGRESS_CLASS": ingress.class_name,
+        "KERNELSESSION_INGRESS_CONTROLLER_NAMESPACE": ingress.namespace,
+        "KERNELSESSION_INGRESS_CONTROLLER_LABELS": labels,
+        "KERNELSESSION_INGRESS_URL": f"http://{address}",
+    }
+
+
+def _ingress_commands(ingress: IngressController | None) -> str:
+    if ingress is None:
+        return ""
+    lab = ingress.url("/labs/labs/alice/lab")
+    token = "kubectl get secret alice-token -n labs -o jsonpath='{.data.token}' | base64 -d"
+    lines = [
+        ("kubectl get ingress -n labs", "each session's route"),
+        ("kubectl get ks -n labs -o wide", "EXTERNAL URL column"),
+        (token, "the token the lab's login page asks for"),
+        (f"kubectl logs -n {ingress.namespace} deploy/traefik", "its access log"),
+    ]
+    head = (
+        f"\n  # through the ingress controller (Traefik, IngressClass {ingress.class_name}, "
+        f"{ingress.address}): open {lab} in a browser on this machine"
+    )
+    return head + "".join(f"\n  {c:<55} # {w}" for c, w in lines)
+
+
+def _commands(cluster: LocalCluster, ingress: IngressController | None = None) -> str:
     kubectl = cluster.binaries.kubectl
     path_line = f"export PATH={kubectl.parent}:$PATH\n" if kubectl else ""
     venv_bin = Path(sys.executable).parent
+    ingress_lines = _ingress_commands(ingress)
     return f"""
 Try, in another terminal:
   {path_line}  export KUBECONFIG={cluster.kubeconfig}
@@ -86,7 +124,7 @@ Try, in another terminal:
   kubectl logs -n labs -l kernelsession.dev/session=alice # the lab's log
   kubectl logs -n {OPERATOR_NAMESPACE} deploy/kernelsession-operator   # the operator's
   kubectl describe ks alice -n labs                       # events: Created, Ready...
-  kubectl delete ks alice -n labs                         # children go with it
+  kubectl delete ks alice -n labs                         # children go with it{ingress_lines}
 Ctrl-C stops everything."""
 
 
@@ -103,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         default=180.0,
         help="seconds the sample session may take to become Ready",
     )
+    parser.add_argument(
+        "--ingress",
+        action="store_true",
+        help="also install the ingress controller (Traefik; built once when missing)",
+    )
     args = parser.parse_args(argv)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -118,8 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     ).start()
     cluster = LocalCluster()
     operator: OperatorDeployment | None = None
+    ingress: IngressController | None = None
     code = 0
     try:
+        if args.ingress:
+            # the Traefik image joins the node's images (built, once, before the cluster starts)
+            cluster = LocalCluster(images=default_images(ingress=True))
         say(
             "starting the local cluster (etcd, kube-apiserver, kube-controller-manager, "
             "kube-scheduler; containerd, kubelet, kube-proxy, CoreDNS, NetworkPolicy)"
@@ -129,7 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
         say("kubectl apply -k manifests/ (namespaces, CRD, RBAC, the operator Deployment)")
         t = time.monotonic()
-        operator = deploy_operator(cluster, wait=False)
+        if args.ingress:
+            ingress = install_ingress(cluster)
+            say(
+                f"ingress controller {ingress.namespace}/traefik (IngressClass "
+                f"{ingress.class_name}) ready in {ingress.ready_seconds:.1f}s at "
+                f"{ingress.address}"
+            )
+        operator = deploy_operator(cluster, env=_operator_env(ingress), wait=False)
         # The sample session goes in while the operator's pods start: the operator takes
         # it up as soon as it runs (as it does with any session created before it).
         sample = manifests_dir() / "samples" / "minimal.yaml"
@@ -145,13 +199,18 @@ def main(argv: list[str] | None = None) -> int:
         say(f"ran Python in labs/alice through the client; its stdout:\n{output}")
         print(cluster.kubectl("get", "ks", "-n", "labs").stdout, end="", flush=True)
         say(f"up in {time.monotonic() - started:.1f}s")
-        print(_commands(cluster), flush=True)
+        print(_commands(cluster, ingress), flush=True)
         print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
         if not args.no_wait:
             threading.Event().wait()
     except KeyboardInterrupt:
         say("Ctrl-C: stopping")
-    except (BinariesUnavailableError, ImagesUnavailableError, ControlPlaneError) as exc:
+    except (
+        BinariesUnavailableError,
+        ImagesUnavailableError,
+        ControlPlaneError,
+        IngressError,
+    ) as exc:
         say(f"error: {exc}")
         code = 1
     except Exception as exc:
