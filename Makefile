@@ -21,18 +21,21 @@ $(STAMP): pyproject.toml client/pyproject.toml operator/pyproject.toml localclus
 # When the images are wanted too (`make run`, `make test`, `make bench`, `make setup images`),
 # `binaries` builds them side by side with the Go binaries: the images need none of them.
 WITH_IMAGES := $(if $(filter images run test bench,$(MAKECMDGOALS)),images)
+# `make test` also needs the ingress controller: built in the same run, side by side.
+WITH_INGRESS := $(if $(filter test,$(MAKECMDGOALS)),ingress)
 
 # Kubernetes (etcd, kube-apiserver, -controller-manager, -scheduler, kubelet, kube-proxy, kubectl)
 # and the node daemons (containerd, CoreDNS, local-path-provisioner): found or built once from
 # the Go module proxy, cached outside the repo (each build prints its parts' seconds).
 binaries: $(STAMP) $(if $(WITH_IMAGES),os-packages)
-	$(PY) -m kernelsession.localcluster.prepare binaries $(WITH_IMAGES)
+	$(PY) -m kernelsession.localcluster.prepare binaries $(WITH_IMAGES) $(WITH_INGRESS)
 
 # The local cluster's optional ingress controller (Traefik v3): built once from the Go module
-# proxy into the cache. Only `make test` needs it (and `make run RUN_ARGS=--ingress`, which
-# builds it when missing); `make setup` and plain `make run` never build it.
+# proxy into the cache. Only `make test` needs it (`make binaries` builds it alongside the rest
+# then; `make run RUN_ARGS=--ingress` builds it when missing); `make setup` and plain
+# `make run` never build it.
 ingress-binaries: $(STAMP)
-	$(PY) -m kernelsession.localcluster.binaries ensure --ingress
+	$(PY) -m kernelsession.localcluster.prepare ingress
 
 # Debian packages the local node's tooling needs (apt-get when missing; root on Debian).
 os-packages:

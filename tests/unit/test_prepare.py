@@ -119,6 +119,24 @@ def test_cached_lines_follow_the_caches(tmp_path: Path, monkeypatch: pytest.Monk
     assert str(bin_dir) in lines[0]
 
 
+def test_the_ingress_controller_is_a_part_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv(binaries.INGRESS_ASSETS_ENV, raising=False)
+    assert prepare.GROUPS["ingress"] == ("ingress",)
+    assert "ingress" not in prepare.GROUPS["binaries"]  # `make setup` never builds it
+    assert prepare.commands()["ingress"][-2:] == ["ensure", "--ingress"]
+    assert prepare.cached_lines("ingress") is None
+    bin_dir = binaries.ingress_cache_dir() / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "traefik").write_text("#!/bin/sh\n")
+    os.chmod(bin_dir / "traefik", 0o755)
+    lines = prepare.cached_lines("ingress")
+    assert lines is not None
+    assert binaries.TRAEFIK_VERSION in lines[0]
+
+
 def _script_env(tmp_path: Path, fake_go: str) -> dict[str, str]:
     gobin = tmp_path / "gobin"
     gobin.mkdir()

@@ -30,6 +30,7 @@ from . import binaries, images
 GROUPS: dict[str, tuple[str, ...]] = {
     "binaries": ("controlplane", "node"),
     "images": ("images",),
+    "ingress": ("ingress",),
 }
 PROGRESS_EVERY = 60.0
 
@@ -52,6 +53,7 @@ def commands(python: str = sys.executable) -> dict[str, list[str]]:
         "controlplane": [python, "-m", binaries.__name__, "ensure", "--only", "controlplane"],
         "node": [python, "-m", binaries.__name__, "ensure", "--only", "node"],
         "images": [python, "-m", images.__name__, "ensure"],
+        "ingress": [python, "-m", binaries.__name__, "ensure", "--ingress"],
     }
 
 
@@ -69,6 +71,11 @@ def cached_lines(part: str) -> list[str] | None:
         except binaries.BinariesUnavailableError:
             return None
         return [binaries.describe_node(node)]
+    if part == "ingress":
+        ingress = binaries.find_ingress()
+        if ingress is None:
+            return None
+        return [f"ingress: Traefik {binaries.TRAEFIK_VERSION} in {ingress.directory}"]
     if part == "images":
         tags = images.input_hashes()
         lines = []
