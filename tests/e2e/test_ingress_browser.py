@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from headless import browser_missing, headless_chromium, run_in_notebook, wait_for_launcher
-from helpers import INGRESS_HOST, LABS, apply_session, lab_path, wait_phase
+from helpers import INGRESS_HOST, LABS, apply_session, lab_path, wait_for, wait_phase
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
@@ -51,7 +51,17 @@ def test_api_through_the_ingress_controller(
     path = lab_path(session_name)
     assert urlsplit(status["externalURL"]).path == path
     token = _token(installed, session_name)
-    ok = _through(ingress_controller, f"{path}api/status", token)
+    # Ready means the lab answers; the controller serves the route once the EndpointSlice
+    # of the now-ready pod reaches it (Traefik skips a Service without endpoints: 404).
+    ready = time.monotonic()
+    ok = wait_for(
+        lambda: (
+            (r := _through(ingress_controller, f"{path}api/status", token)).status_code != 404 and r
+        ),
+        timeout=30,
+        what="the route served by the controller",
+    )
+    print(f"route served {time.monotonic() - ready:.2f} s after the session was Ready")
     assert ok.status_code == 200, ok.text
     assert "kernels" in ok.json()
     assert _through(ingress_controller, f"{path}api/status").status_code == 403  # no token
@@ -74,6 +84,11 @@ def test_jupyterlab_in_a_browser_through_the_ingress(
     hosts = {INGRESS_HOST: ingress_controller.service_ip}
     port = ingress_controller.port
     url = external if port == 80 else external.replace(INGRESS_HOST, f"{INGRESS_HOST}:{port}")
+    wait_for(
+        lambda: _through(ingress_controller, lab_path(session_name) + "api").status_code != 404,
+        timeout=30,
+        what="the route served by the controller",
+    )
     with headless_chromium(tmp_path, hosts) as driver:
         started = time.monotonic()
         driver.get(url + "lab")

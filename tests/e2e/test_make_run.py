@@ -4,6 +4,7 @@ and a node whose process tree was SIGKILLed is cleaned up by the next start."""
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -36,10 +38,37 @@ def _read_until(proc: subprocess.Popen[str], pattern: str, timeout: float, seen:
     raise AssertionError(f"no line matching {pattern!r}; output:\n{''.join(seen)}")
 
 
-def test_make_run_serves_until_ctrl_c(tmp_path: Path, exclusive_node: None) -> None:
+def _lab_through_ingress(kubectl: str, kubeconfig: str) -> None:
+    """With ``--ingress``: alice's externalURL answers through Traefik with her token."""
+    base = [kubectl, "--kubeconfig", kubeconfig, "-n", "labs"]
+    url = subprocess.run(
+        [*base, "get", "ks", "alice", "-o", "jsonpath={.status.externalURL}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert url.startswith("http://10.96."), url  # the controller's Service, from this host
+    assert url.endswith("/labs/labs/alice/"), url
+    raw = subprocess.run(
+        [*base, "get", "secret", "alice-token", "-o", "jsonpath={.data.token}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    token = base64.b64decode(raw).decode()
+    with httpx.Client(trust_env=False, timeout=10) as http:
+        answer = http.get(url + "api/status", headers={"Authorization": f"token {token}"})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers.get("content-type", "").startswith("application/json")
+
+
+@pytest.mark.parametrize("ingress", [False, True], ids=["plain", "ingress"])
+def test_make_run_serves_until_ctrl_c(tmp_path: Path, exclusive_node: None, ingress: bool) -> None:
     before = hoststate.snapshot()
     proc = subprocess.Popen(
-        ["make", "--no-print-directory", "run"],
+        ["make", "--no-print-directory", "run", *(["RUN_ARGS=--ingress"] if ingress else [])],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -66,6 +95,9 @@ def test_make_run_serves_until_ctrl_c(tmp_path: Path, exclusive_node: None) -> N
         ).stdout
         assert re.search(r"^alice\s+alice\s+Ready\s+True", out, re.M), out
         assert "kernelsession open alice" in "".join(seen)
+        if ingress:
+            assert "through the ingress controller" in "".join(seen)
+            _lab_through_ingress(f"{kubectl.group(1)}/kubectl", kubeconfig)
         during = hoststate.diff(before, hoststate.snapshot())
         assert any("ks0" in change for change in during), during  # the node was really up
         descendants = psutil.Process(proc.pid).children(recursive=True)
