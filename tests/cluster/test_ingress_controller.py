@@ -118,6 +118,13 @@ def _get(url: str, host: str | None = None) -> tuple[int, bytes]:
         return int(response.status), bytes(response.read())
 
 
+def _answers(url: str) -> bool:
+    try:
+        return _get(url)[0] == 200
+    except OSError:  # refused until kube-proxy has the endpoint
+        return False
+
+
 def _median_ms(fetch: Any, n: int = 40) -> float:
     samples = []
     for _ in range(n):
@@ -242,6 +249,9 @@ def test_routes_by_host_and_path_prefix(
     )
     svc_ip = cluster.get_json("-n", namespace, "service", "web")["spec"]["clusterIP"]
     through = _median_ms(lambda: ing.fetch("/app/", host=HOST))
+    # kube-proxy programs the Service's endpoint on its own schedule (Traefik watched the
+    # EndpointSlice itself): wait until the cluster IP answers before timing it
+    wait_for(lambda: _answers(f"http://{svc_ip}/app/"), timeout=30, what="the Service's IP")
     direct = _median_ms(lambda: _get(f"http://{svc_ip}/app/"))
     print(f"\n[ingress] GET median through Traefik {through:.2f} ms, direct {direct:.2f} ms")
 
