@@ -64,6 +64,16 @@ def test_api_through_the_ingress_controller(
     print(f"route served {time.monotonic() - ready:.2f} s after the session was Ready")
     assert ok.status_code == 200, ok.text
     assert "kernels" in ok.json()
+    # the lab image's JupyterLab settings: no news fetched, no update check
+    notification = _through(
+        ingress_controller,
+        f"{path}lab/api/settings/@jupyterlab/apputils-extension:notification",
+        token,
+    )
+    assert notification.status_code == 200, notification.text
+    defaults = notification.json()["schema"]["properties"]  # overrides.json sets defaults
+    assert defaults["fetchNews"]["default"] == "false"
+    assert defaults["checkForUpdates"]["default"] is False
     assert _through(ingress_controller, f"{path}api/status").status_code == 403  # no token
     elsewhere = _through(ingress_controller, lab_path(session_name + "-nope") + "api/status")
     assert elsewhere.status_code == 404

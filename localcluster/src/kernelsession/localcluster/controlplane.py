@@ -21,8 +21,6 @@ import ssl
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +31,7 @@ import yaml
 from .binaries import Binaries, ensure
 from .pki import ClusterPKI
 from .pki import generate as generate_pki
-from .processes import log_tail, start_logged, stop_process, wait_until
+from .processes import await_process, http_ok, start_logged, stop_process
 
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
@@ -318,20 +316,14 @@ class ControlPlane:
         return proc
 
     def _await(self, name: str, check: Callable[[], bool]) -> None:
-        proc = self.processes[name]
-        log = self._work() / f"{name}.log"
-
-        def alive() -> str | None:
-            if proc.poll() is not None:
-                return f"{name} exited with status {proc.returncode}"
-            return None
-
-        try:
-            wait_until(check, timeout=self.start_timeout, alive=alive)
-        except (TimeoutError, RuntimeError) as exc:
-            raise ControlPlaneError(
-                f"{name} did not become ready: {exc}\n--- tail of {log} ---\n{log_tail(log)}"
-            ) from exc
+        await_process(
+            name,
+            self.processes[name],
+            self._work() / f"{name}.log",
+            check,
+            timeout=self.start_timeout,
+            error=ControlPlaneError,
+        )
 
     def _start_etcd(self, binaries: Binaries) -> None:
         work = self._work()
@@ -352,7 +344,7 @@ class ControlPlane:
                 "--log-level=warn",
             ],
         )
-        self._await("etcd", lambda: _http_ok(f"{client}/health"))
+        self._await("etcd", lambda: http_ok(f"{client}/health"))
 
     def _audit_args(self) -> list[str]:
         if not self.audit:
@@ -405,7 +397,7 @@ class ControlPlane:
             ],
         )
         ctx = self._client_ssl()
-        self._await("kube-apiserver", lambda: _http_ok(f"{self.server}/readyz", context=ctx))
+        self._await("kube-apiserver", lambda: http_ok(f"{self.server}/readyz", context=ctx))
 
     def _start_controller_manager(self, binaries: Binaries) -> None:
         p = self._require_pki()
@@ -439,7 +431,7 @@ class ControlPlane:
         insecure.verify_mode = ssl.CERT_NONE
         self._await(
             "kube-controller-manager",
-            lambda: _http_ok(f"https://127.0.0.1:{self.kcm_port}/healthz", context=insecure),
+            lambda: http_ok(f"https://127.0.0.1:{self.kcm_port}/healthz", context=insecure),
         )
 
     def _start_scheduler(self, binaries: Binaries) -> None:
@@ -463,7 +455,7 @@ class ControlPlane:
         insecure.verify_mode = ssl.CERT_NONE
         self._await(
             "kube-scheduler",
-            lambda: _http_ok(f"https://127.0.0.1:{port}/healthz", context=insecure),
+            lambda: http_ok(f"https://127.0.0.1:{port}/healthz", context=insecure),
         )
 
     def _client_ssl(self) -> ssl.SSLContext:
@@ -471,11 +463,3 @@ class ControlPlane:
         ctx = ssl.create_default_context(cafile=str(p.ca_cert))
         ctx.load_cert_chain(str(p.admin_cert), str(p.admin_key))
         return ctx
-
-
-def _http_ok(url: str, *, context: ssl.SSLContext | None = None) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2, context=context) as resp:  # noqa: S310
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError, ValueError):
-        return False

@@ -36,7 +36,7 @@ import yaml
 from . import hostnet, hoststate
 from .binaries import Binaries, NodeBinaries
 from .controlplane import ControlPlane, ControlPlaneError, free_port, write_kubeconfig
-from .processes import log_tail, start_logged, stop_process, wait_until
+from .processes import await_process, http_ok, start_logged, stop_process, wait_until
 
 RUN_DIR = Path("/run/kernelsession")
 LOCK_FILE = RUN_DIR / "node.lock"
@@ -511,20 +511,15 @@ class Node:
         self.record.save()
 
     def _await(self, name: str, check: Any, timeout: float | None = None) -> None:
-        proc = self.processes[name]
-        log = self.workdir / f"{name}.log"
-
-        def alive() -> str | None:
-            if proc.poll() is not None:
-                return f"{name} exited with status {proc.returncode}"
-            return None
-
-        try:
-            wait_until(check, timeout=timeout or self.start_timeout, interval=0.1, alive=alive)
-        except (TimeoutError, RuntimeError) as exc:
-            raise NodeError(
-                f"{name} did not become ready: {exc}\n--- tail of {log} ---\n{log_tail(log)}"
-            ) from exc
+        await_process(
+            name,
+            self.processes[name],
+            self.workdir / f"{name}.log",
+            check,
+            timeout=timeout or self.start_timeout,
+            interval=0.1,
+            error=NodeError,
+        )
 
     def _write(self, relative: str, text: str) -> Path:
         path = self.workdir / relative
@@ -800,7 +795,7 @@ oom_score = 0
         self._spawn("kube-proxy", [str(self.binaries.kube_proxy), f"--config={path}", "--v=1"])
         self._await(
             "kube-proxy",
-            lambda: _http_ok(f"http://127.0.0.1:{self.proxy_healthz_port}/healthz"),
+            lambda: http_ok(f"http://127.0.0.1:{self.proxy_healthz_port}/healthz"),
             timeout=60,
         )
 
@@ -868,7 +863,7 @@ oom_score = 0
             raise NodeError(f"creating the kube-dns Service failed: {result.stderr}")
         self._await(
             "coredns",
-            lambda: _http_ok(f"http://127.0.0.1:{self.dns_health_port}/ready"),
+            lambda: http_ok(f"http://127.0.0.1:{self.dns_health_port}/ready"),
             timeout=60,
         )
 
@@ -969,14 +964,3 @@ def _local_path_objects(storage_dir: Path, helper_image: str) -> list[dict[str, 
             "reclaimPolicy": "Delete",
         },
     ]
-
-
-def _http_ok(url: str) -> bool:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError, ValueError):
-        return False

@@ -5,8 +5,11 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import ssl
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -121,3 +124,42 @@ def wait_until(
         if time.monotonic() > deadline:
             raise TimeoutError(f"not ready after {timeout:.0f}s")
         time.sleep(interval)
+
+
+def await_process(
+    name: str,
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    check: Callable[[], bool],
+    *,
+    timeout: float,
+    interval: float = 0.05,
+    error: type[Exception] = RuntimeError,
+) -> None:
+    """Wait until ``check`` passes for the process ``name`` (logging to ``log``).
+
+    Raises:
+        error: it exited or was not ready in ``timeout`` seconds; the message has the
+            reason and the tail of its log.
+    """
+
+    def alive() -> str | None:
+        if proc.poll() is not None:
+            return f"{name} exited with status {proc.returncode}"
+        return None
+
+    try:
+        wait_until(check, timeout=timeout, interval=interval, alive=alive)
+    except (TimeoutError, RuntimeError) as exc:
+        raise error(
+            f"{name} did not become ready: {exc}\n--- tail of {log} ---\n{log_tail(log)}"
+        ) from exc
+
+
+def http_ok(url: str, *, context: ssl.SSLContext | None = None) -> bool:
+    """Whether ``url`` answers 200 within 2 s (a readiness check)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as resp:  # noqa: S310
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
