@@ -94,6 +94,7 @@ def test_lab_image(built: images.Images) -> None:
     assert "opt/lab/bin/jupyter" in files
     assert "opt/lab/bin/jupyter-lab" in files
     assert "opt/lab/share/jupyter/lab/settings/overrides.json" in files  # no news fetching
+    assert "opt/lab/etc/jupyter/jupyter_server_config.py" in files  # websockets: TCP_NODELAY
     assert any(f.startswith("opt/lab/lib/python3.11/site-packages/jupyterlab/") for f in files)
     assert any(f.startswith("opt/lab/lib/python3.11/site-packages/ipykernel/") for f in files)
     assert "home/jovyan" in files
