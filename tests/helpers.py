@@ -224,3 +224,40 @@ def events_for(cluster: LocalCluster, name: str) -> list[dict[str, Any]]:
         "json",
     ).stdout
     return list(json.loads(out)["items"])
+
+
+# What the `restricted` Pod Security level asks of a container.
+HARDENED = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def hardened_pod(
+    cluster: LocalCluster, name: str, command: list[str], **extra: Any
+) -> dict[str, Any]:
+    """A pod from the lab image that the `restricted` level admits; ``labels``,
+    ``container`` (merged into the container) and pod spec fields go in ``extra``."""
+    labels = extra.pop("labels", {})
+    container: dict[str, Any] = {
+        "name": "main",
+        "image": cluster.image_refs["lab"],
+        "imagePullPolicy": "IfNotPresent",
+        "command": command,
+        "securityContext": HARDENED,
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
+    }
+    container.update(extra.pop("container", {}))
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "containers": [container],
+            "automountServiceAccountToken": False,
+            "terminationGracePeriodSeconds": 1,
+            **extra,
+        },
+    }

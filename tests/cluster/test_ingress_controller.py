@@ -14,7 +14,7 @@ import urllib.request
 from typing import Any
 
 import pytest
-from helpers import async_wait_for, wait_for
+from helpers import HARDENED, async_wait_for, wait_for
 
 from kernelsession.client import JupyterLabSessionManager
 from kernelsession.localcluster.cluster import LocalCluster
@@ -22,12 +22,6 @@ from kernelsession.localcluster.ingress import IngressController, install_ingres
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
-HARDENED = {
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "runAsNonRoot": True,
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
 HOST = "web.ingress.test"
 
 

@@ -12,45 +12,15 @@ import uuid
 from typing import Any
 
 import pytest
-from helpers import wait_for
+from helpers import hardened_pod, wait_for
 
 from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.node import NodeBusyError
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
-HARDENED = {
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "runAsNonRoot": True,
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
 SERVE = ["python", "-m", "http.server", "8080"]
 SLEEP = ["python", "-c", "import time; time.sleep(3600)"]
-
-
-def pod(cluster: LocalCluster, name: str, command: list[str], **extra: Any) -> dict[str, Any]:
-    labels = extra.pop("labels", {})
-    container: dict[str, Any] = {
-        "name": "main",
-        "image": cluster.image_refs["lab"],
-        "imagePullPolicy": "IfNotPresent",
-        "command": command,
-        "securityContext": HARDENED,
-        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
-    }
-    container.update(extra.pop("container", {}))
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {
-            "containers": [container],
-            "automountServiceAccountToken": False,
-            "terminationGracePeriodSeconds": 1,
-            **extra,
-        },
-    }
 
 
 def run_pod(cluster: LocalCluster, namespace: str, manifest: dict[str, Any]) -> None:
@@ -88,7 +58,7 @@ def restricted(cluster: LocalCluster) -> Any:
 
 
 def test_pod_runs_hardened_inside_the_container(cluster: LocalCluster, restricted: str) -> None:
-    run_pod(cluster, restricted, pod(cluster, "hard", SLEEP))
+    run_pod(cluster, restricted, hardened_pod(cluster, "hard", SLEEP))
     ready(cluster, restricted, "hard")
     assert exec_(cluster, restricted, "hard", "id", "-u").strip() == "1000"
     status = exec_(cluster, restricted, "hard", "cat", "/proc/self/status")
@@ -103,7 +73,7 @@ def test_pod_runs_hardened_inside_the_container(cluster: LocalCluster, restricte
 
 
 def test_restricted_level_rejects_a_privileged_pod(cluster: LocalCluster, restricted: str) -> None:
-    bad = pod(cluster, "root", SLEEP, container={"securityContext": {"runAsUser": 0}})
+    bad = hardened_pod(cluster, "root", SLEEP, container={"securityContext": {"runAsUser": 0}})
     result = cluster.kubectl(
         "-n", restricted, "apply", "-f", "-", input=json.dumps(bad), check=False
     )
@@ -113,7 +83,7 @@ def test_restricted_level_rejects_a_privileged_pod(cluster: LocalCluster, restri
 
 
 def test_memory_limit_applies_and_oom_kills(cluster: LocalCluster, namespace: str) -> None:
-    hog = pod(
+    hog = hardened_pod(
         cluster,
         "hog",
         ["python", "-c", "x = bytearray(400 * 1024 * 1024); import time; time.sleep(60)"],
@@ -132,7 +102,7 @@ def test_memory_limit_applies_and_oom_kills(cluster: LocalCluster, namespace: st
 
 
 def test_missing_image_fails_pull_fast(cluster: LocalCluster, namespace: str) -> None:
-    missing = pod(cluster, "noimage", SLEEP)
+    missing = hardened_pod(cluster, "noimage", SLEEP)
     missing["spec"]["containers"][0]["image"] = "localhost/kernelsession/does-not-exist:1"
     run_pod(cluster, namespace, missing)
 
@@ -149,7 +119,7 @@ def test_missing_image_fails_pull_fast(cluster: LocalCluster, namespace: str) ->
 def test_unschedulable_request_is_reported_by_the_scheduler(
     cluster: LocalCluster, namespace: str
 ) -> None:
-    big = pod(cluster, "big", SLEEP, container={"resources": {"requests": {"cpu": "500"}}})
+    big = hardened_pod(cluster, "big", SLEEP, container={"resources": {"requests": {"cpu": "500"}}})
     run_pod(cluster, namespace, big)
 
     def unschedulable() -> dict[str, Any] | None:
@@ -167,7 +137,7 @@ def test_logs_exec_and_port_forward(cluster: LocalCluster, namespace: str) -> No
     run_pod(
         cluster,
         namespace,
-        pod(
+        hardened_pod(
             cluster,
             "web",
             ["sh", "-c", "echo started-$(id -u); exec python -m http.server 8080"],
@@ -223,7 +193,7 @@ def test_networkpolicy_is_enforced(cluster: LocalCluster, namespace: str) -> Non
     run_pod(
         cluster,
         namespace,
-        pod(
+        hardened_pod(
             cluster,
             "server",
             SERVE,
@@ -231,8 +201,8 @@ def test_networkpolicy_is_enforced(cluster: LocalCluster, namespace: str) -> Non
             container={"ports": [{"containerPort": 8080}]},
         ),
     )
-    run_pod(cluster, namespace, pod(cluster, "allowed", SLEEP, labels={"role": "client"}))
-    run_pod(cluster, namespace, pod(cluster, "stranger", SLEEP))
+    run_pod(cluster, namespace, hardened_pod(cluster, "allowed", SLEEP, labels={"role": "client"}))
+    run_pod(cluster, namespace, hardened_pod(cluster, "stranger", SLEEP))
     server_ip = ready(cluster, namespace, "server")["status"]["podIP"]
     ready(cluster, namespace, "allowed")
     ready(cluster, namespace, "stranger")
@@ -275,7 +245,7 @@ def test_service_cluster_ip_and_dns(cluster: LocalCluster, namespace: str) -> No
     run_pod(
         cluster,
         namespace,
-        pod(
+        hardened_pod(
             cluster,
             "web",
             SERVE,

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 import pytest
-from helpers import WaitTimeoutError, wait_for
+from helpers import WaitTimeoutError, hardened_pod, wait_for
 
 from kernelsession.localcluster import hoststate
 from kernelsession.localcluster.cluster import LocalCluster
@@ -29,13 +29,6 @@ from kernelsession.localcluster.hostnet import DNS_SERVICE_IP, NODE_IP
 from kernelsession.localcluster.netpol import EGRESS_CHAIN_PREFIX, INPUT_CHAIN, MAIN_CHAIN
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
-
-HARDENED = {
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "runAsNonRoot": True,
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
 
 # Runs in the client pod: argv[1] is a JSON {check: target}; prints {check: outcome} with
 # outcome "ok", "timeout" or the error. All checks run in parallel.
@@ -114,29 +107,13 @@ def _pod(
     cluster: LocalCluster, name: str, labels: dict[str, str], *, probed: bool = False
 ) -> dict[str, Any]:
     """A hardened pod serving HTTP on 8080 (container port ``http``)."""
-    container: dict[str, Any] = {
-        "name": "main",
-        "image": cluster.image_refs["lab"],
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["python", "-m", "http.server", "8080"],
-        "ports": [{"name": "http", "containerPort": 8080}],
-        "securityContext": HARDENED,
-        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
-    }
+    container: dict[str, Any] = {"ports": [{"name": "http", "containerPort": 8080}]}
     if probed:  # the kubelet (on the node) checks it every second
         probe = {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1}
         container["readinessProbe"] = {**probe, "failureThreshold": 1, "timeoutSeconds": 1}
         container["livenessProbe"] = {**probe, "failureThreshold": 2, "timeoutSeconds": 1}
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {
-            "containers": [container],
-            "automountServiceAccountToken": False,
-            "terminationGracePeriodSeconds": 1,
-        },
-    }
+    serve = ["python", "-m", "http.server", "8080"]
+    return hardened_pod(cluster, name, serve, labels=labels, container=container)
 
 
 def _policy(name: str, egress: list[dict[str, Any]]) -> dict[str, Any]:

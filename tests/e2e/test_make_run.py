@@ -38,25 +38,42 @@ def _read_until(proc: subprocess.Popen[str], pattern: str, timeout: float, seen:
     raise AssertionError(f"no line matching {pattern!r}; output:\n{''.join(seen)}")
 
 
+def _kubectl(kubectl: str, kubeconfig: str, *args: str) -> str:
+    return subprocess.run(
+        [kubectl, "--kubeconfig", kubeconfig, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+
+
 def _lab_through_ingress(kubectl: str, kubeconfig: str) -> None:
     """With ``--ingress``: alice's externalURL answers through Traefik with her token."""
-    base = [kubectl, "--kubeconfig", kubeconfig, "-n", "labs"]
-    url = subprocess.run(
-        [*base, "get", "ks", "alice", "-o", "jsonpath={.status.externalURL}"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
+    url = _kubectl(
+        kubectl,
+        kubeconfig,
+        "-n",
+        "labs",
+        "get",
+        "ks",
+        "alice",
+        "-o",
+        "jsonpath={.status.externalURL}",
+    )
     assert url.startswith("http://10.96."), url  # the controller's Service, from this host
     assert url.endswith("/labs/labs/alice/"), url
-    raw = subprocess.run(
-        [*base, "get", "secret", "alice-token", "-o", "jsonpath={.data.token}"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
+    raw = _kubectl(
+        kubectl,
+        kubeconfig,
+        "-n",
+        "labs",
+        "get",
+        "secret",
+        "alice-token",
+        "-o",
+        "jsonpath={.data.token}",
+    )
     token = base64.b64decode(raw).decode()
     with httpx.Client(trust_env=False, timeout=10) as http:
         answer = http.get(url + "api/status", headers={"Authorization": f"token {token}"})
@@ -86,13 +103,7 @@ def test_make_run_serves_until_ctrl_c(tmp_path: Path, exclusive_node: None, ingr
         _read_until(proc, r"Ctrl-C stops everything", 30, seen)
         kubectl = re.search(r"export PATH=(\S+/bin):\$PATH", "".join(seen))
         assert kubectl, "".join(seen)
-        out = subprocess.run(
-            [f"{kubectl.group(1)}/kubectl", "--kubeconfig", kubeconfig, "get", "ks", "-n", "labs"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
+        out = _kubectl(f"{kubectl.group(1)}/kubectl", kubeconfig, "get", "ks", "-n", "labs")
         assert re.search(r"^alice\s+alice\s+Ready\s+True", out, re.M), out
         assert "kernelsession open alice" in "".join(seen)
         if ingress:
