@@ -46,8 +46,11 @@ def _free_port() -> int:
         return port
 
 
-def stop_process_tree(process: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
-    """SIGTERM a process we started and every descendant it has, by PID; then SIGKILL."""
+def stop_process_tree(
+    process: subprocess.Popen[bytes] | subprocess.Popen[str], *, grace: float = 10
+) -> None:
+    """SIGTERM a process we started, give it ``grace`` seconds, then SIGKILL it and every
+    descendant it had, by PID."""
     try:
         children = psutil.Process(process.pid).children(recursive=True)
     except psutil.Error:
@@ -55,7 +58,7 @@ def stop_process_tree(process: subprocess.Popen[bytes] | subprocess.Popen[str]) 
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
-            process.wait(10)
+            process.wait(grace)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)

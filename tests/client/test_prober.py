@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import nbformat
 import pytest
+from headless import stop_process_tree
 from helpers import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -69,16 +70,6 @@ class Prober:
         }
 
 
-def _stop(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-
-
 @contextmanager
 def prober(tmp_path: Path, *args: str) -> Iterator[Prober]:
     """Start `kernelsession probe ... --metrics-port 0` on loopback; stop it by PID."""
@@ -105,7 +96,7 @@ def prober(tmp_path: Path, *args: str) -> Iterator[Prober]:
         p.port = wait_for(port, timeout=30, what="the metrics port line")
         yield p
     finally:
-        _stop(process)
+        stop_process_tree(process, grace=30)
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from headless import stop_process_tree
 from helpers import LABS, apply_session, children, lab_path, wait_for, wait_phase
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -206,13 +207,7 @@ def spawn_prober(
     try:
         yield process, out, err
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(120)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        stop_process_tree(process, grace=120)
 
 
 def _created_names(err: Path) -> list[str]:
