@@ -5,8 +5,10 @@ table of situations (tests/unit/test_operator_decide.py).
 The order of a session's life: deleting -> Terminating; ``spec.suspend`` -> Suspended
 (pod deleted, everything else kept); sticky Culled/StartTimeout until resumed or the spec
 changes; refused spec -> Failed/InvalidSpec; token, Service, NetworkPolicy and home volume
-ensured; the home volume bound (or its class binding on first consumer); then the lab pod,
-judged by :func:`status.judge`, culled by :func:`culling.decide`.
+ensured; the home volume bound (or its class binding on first consumer); a spec that breaks
+the namespace's session rules (:mod:`policy`) -> Failed/PolicyRejected unless its lab runs
+already (then condition PolicyViolation); then the lab pod, judged by
+:func:`status.judge`, culled by :func:`culling.decide`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kernelsession.operator import builders, culling, naming, refusals
+from kernelsession.operator import builders, culling, naming, policy, refusals
 from kernelsession.operator import status as st
 from kernelsession.operator.actions import (
     Action,
@@ -24,6 +26,7 @@ from kernelsession.operator.actions import (
     Delete,
     DeletePod,
     Emit,
+    GrantTokenAccess,
     Patch,
     RecordSpawn,
     WriteStatus,
@@ -130,6 +133,7 @@ def decide(obs: Observation, cfg: Settings) -> Decision:
             warned=warned,
         )
 
+    creates.extend(_token_readers(obs))
     home_verdict, home_unbound, home_gate = _home(obs, claim)
     if home_verdict is not None:
         return _finish(
@@ -149,6 +153,18 @@ def decide(obs: Observation, cfg: Settings) -> Decision:
     desired_name = desired["metadata"]["name"]
     mine = next((p for p in obs.pods if p.name == desired_name), None)
     stale = [p for p in obs.pods if p.name != desired_name]
+
+    violations = obs.rules.violations(obs.name, spec) if obs.rules is not None else []
+    if violations and mine is None:
+        return _finish(
+            obs,
+            creates,  # no lab pod with this spec; one started before keeps running
+            policy_rejected(violations, [p.name for p in live]),
+            events=events,
+            requeue=cfg.cull_interval,
+            token_name=token_name,
+            resume=resume,
+        )
     actions: list[Action] = [*creates, *(DeletePod(p.name) for p in stale if not p.deleting)]
 
     if mine is None:
@@ -239,7 +255,38 @@ def decide(obs: Observation, cfg: Settings) -> Decision:
         culled_time=culled_time,
         resume=resume,
         warned=warned,
+        violation=policy_message(violations) if violations else None,
     )
+
+
+def policy_message(violations: list[str]) -> str:
+    return "The spec breaks the namespace's session rules: " + "; ".join(violations) + "."
+
+
+def policy_rejected(violations: list[str], running: list[str]) -> st.Verdict:
+    """Failed/PolicyRejected: no lab starts with this spec until it is fixed (or the
+    namespace's ConfigMap kernelsession-policy allows it)."""
+    kept = (
+        f" The lab started before ({', '.join(running)}) keeps running until it stops."
+        if running
+        else ""
+    )
+    return st.Verdict(
+        st.FAILED, "PolicyRejected", policy_message(violations) + " Fix the spec." + kept
+    )
+
+
+def _token_readers(obs: Observation) -> list[Action]:
+    """Let the Kubernetes users that stand for spec.user read the token Secret."""
+    if obs.rules is None:
+        return []
+    user = str(obs.spec.get("user") or "")
+    rules = obs.rules.rules or policy.Policy()
+    subjects = tuple(policy.identities(user, rules))
+    if obs.token_readers == subjects:
+        return []
+    role, binding = builders.token_reader(obs.body, list(subjects))
+    return [GrantTokenAccess(role, binding, subjects)]
 
 
 def _kept(
@@ -326,6 +373,7 @@ def _finish(
     culled_time: str | None = None,
     resume: str | None = None,
     warned: bool = False,
+    violation: str | None = None,
 ) -> Decision:
     """Render the status for ``verdict``; add its write and the phase-change events."""
     current = obs.status
@@ -343,6 +391,7 @@ def _finish(
         last_activity=last_activity,
         culled_time=culled_time,
         resume_request=resume,
+        policy_violation=violation,
     )
     result = [*actions]
     patch = st.status_patch(current, desired)

@@ -24,6 +24,11 @@ def token_secret_name(session: str) -> str:
     return f"{session}-token"
 
 
+def token_reader_name(session: str) -> str:
+    """The Role and RoleBinding letting the session's user read its token Secret."""
+    return f"{session}-token-reader"
+
+
 def service_name(session: str) -> str:
     return session
 
