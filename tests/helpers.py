@@ -161,7 +161,6 @@ OPERATOR_ENV = {
 TEST_POLICY = {
     "nodeSelector": "gpu=a100\npool=gpu",  # test_failures, test_suspend_home: Unschedulable
     "secrets": "nope",  # test_failures: a Secret that does not exist (ConfigError)
-    "tolerations": "dedicated=labs:NoSchedule",  # manifests/samples/full.yaml
     # service accounts of labs stand for the user of their name (test_open: the sample
     # Role as a service account opens its own lab)
     "userMapping": "stripPrefix=system:serviceaccount:labs:",
