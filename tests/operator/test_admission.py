@@ -319,3 +319,28 @@ def test_shipped_labs_policy_is_the_admission_file(installed: LocalCluster) -> N
     )
     assert shipped["data"].items() <= data.items()
     assert policy.parse(data).max_memory is not None
+
+
+def test_namespace_deletion_is_not_blocked(installed: LocalCluster) -> None:
+    """The namespace controller deletes a namespace's sessions (and its ConfigMap, in
+    whatever order) although it is not their user."""
+    ns = f"t-del-{uuid.uuid4().hex[:6]}"
+    installed.kubectl("create", "namespace", ns)
+    installed.apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "kernelsession-policy", "namespace": ns},
+                "data": {},
+            },
+            _session("doomed", {"user": "someone"})
+            | {"metadata": {"name": "doomed", "namespace": ns}},
+        ]
+    )
+    installed.kubectl("delete", "namespace", ns, "--wait=false")
+    wait_for(
+        lambda: installed.kubectl("get", "namespace", ns, check=False).returncode != 0,
+        timeout=90,
+        what=f"namespace {ns} gone",
+    )
