@@ -83,8 +83,8 @@ def quantity(value: object) -> Decimal:
 
 @dataclass(frozen=True)
 class Toleration:
-    """One allowed toleration: ``key=value:Effect``, ``key:Effect`` (Exists) or
-    ``key=value`` (any effect)."""
+    """One allowed toleration: ``key=value:Effect``, ``key:Effect`` (Exists),
+    ``key=value`` (Equal, any effect) or ``key`` (Exists, any effect)."""
 
     key: str
     value: str | None
