@@ -90,7 +90,6 @@ def test_parse_defaults_and_values() -> None:
         ({"maxIdleTimeoutSeconds": "1h"}, "maxIdleTimeoutSeconds"),
         ({"userMapping": "lower"}, "userMapping"),
         ({"nodeSelector": "pool"}, "nodeSelector"),
-        ({"tolerations": "gpu"}, "tolerations"),
     ],
 )
 def test_parse_refuses_malformed_values_naming_the_key(data: dict[str, str], key: str) -> None:

@@ -92,12 +92,8 @@ class Toleration:
 
     @classmethod
     def parse(cls, line: str) -> Toleration:
-        rest, _, effect = line.partition(":") if ":" in line else (line, "", "")
+        rest, _, effect = line.partition(":")
         key, eq, value = rest.partition("=")
-        if not eq and not effect:
-            raise PolicyConfigError(
-                f"tolerations: {line!r} is not key=value, key:Effect or key=value:Effect"
-            )
         return cls(key=key, value=value if eq else None, effect=effect or None)
 
     def allows(self, tol: Mapping[str, Any]) -> bool:
