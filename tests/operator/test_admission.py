@@ -228,7 +228,18 @@ def without_admission(installed: LocalCluster) -> Iterator[None]:
     """The session policy's binding removed (a cluster without it), restored after."""
     admission = Path(__file__).parents[2] / "manifests" / "admission.yaml"
     installed.kubectl("delete", "validatingadmissionpolicybinding", "kernelsession-session")
+    probe = _session("probe-unbound", {"user": "x", "podLabels": {"kernelsession.dev/client": "y"}})
     try:
+        wait_for(
+            lambda: (
+                installed.kubectl(
+                    "create", "--dry-run=server", "-f", "-", input=json.dumps(probe), check=False
+                ).returncode
+                == 0
+            ),
+            timeout=30,
+            what="the session policy's binding to be gone",
+        )
         yield
     finally:
         installed.apply(admission)
