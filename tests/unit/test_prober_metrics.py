@@ -19,7 +19,7 @@ from kernelsession.client import (
     KernelSessionNotFoundError,
     NotebookResult,
 )
-from kernelsession.client._prober import (
+from kernelsession.client.cli._probers import (
     LAB_PHASES,
     ProbeMetrics,
     ProbeResult,
@@ -200,7 +200,7 @@ async def test_shielded_cleanup_finishes_before_the_cancel_propagates() -> None:
     finish, then propagates (a second cancel does not cut it short either)."""
     import asyncio
 
-    from kernelsession.client._prober import _await_shielded
+    from kernelsession.client.cli._probers import _await_shielded
 
     finished: list[str] = []
     gate = asyncio.Event()

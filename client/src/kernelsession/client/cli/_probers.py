@@ -33,16 +33,16 @@ from typing import Any, TextIO
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import start_http_server
 
-from ._errors import JupyterError, redact
-from ._kubernetes import (
+from .._errors import JupyterError, redact
+from .._kubernetes import (
     KernelSessionClient,
     KernelSessionError,
     KernelSessionFailedError,
 )
-from ._models import NotebookResult
-from ._session import JupyterLabSession, JupyterLabSessionManager
-from .kubeapi import load_api_client
-from .resources import GROUP
+from .._models import NotebookResult
+from .._session import JupyterLabSession, JupyterLabSessionManager
+from ..kubeapi import load_api_client
+from ..resources import GROUP
 
 __all__ = [
     "LAB_PHASES",
@@ -514,7 +514,7 @@ async def _delete(
             result.error = e
 
 
-# -- the command-line side (called from _cli.py) --------------------------------------
+# -- the command-line side (called from _main.py) --------------------------------------
 
 
 class Stopper:
