@@ -19,9 +19,10 @@ from kernelsession.client import (
     KernelSessionNotFoundError,
     NotebookResult,
 )
-from kernelsession.client.cli._probers import (
+from kernelsession.client.cli._metrics import ProbeMetrics
+from kernelsession.client.cli._probers import spawn_name
+from kernelsession.client.cli._results import (
     LAB_PHASES,
-    ProbeMetrics,
     ProbeResult,
     UnexpectedOutputError,
     error_dict,
@@ -29,7 +30,6 @@ from kernelsession.client.cli._probers import (
     failure_reason,
     format_result,
     notebook_report,
-    spawn_name,
 )
 
 SECRET = "0123456789abcdef-secret-token"

@@ -26,17 +26,11 @@ from .._notebook import load_code_cells
 from .._session import JupyterLabSessionManager
 from ..resources import DEFAULT_NAMESPACE
 from ._args import UsageError, read_token
+from ._metrics import ProbeMetrics
 from ._open import add_open_parser, run_open
-from ._probers import (
-    LabProber,
-    ProbeMetrics,
-    SpawnSettings,
-    announcer,
-    notebook_report,
-    run_continuous,
-    run_spawn_once,
-    spawn_once,
-)
+from ._probers import LabProber, SpawnSettings, spawn_once
+from ._results import notebook_report
+from ._runloop import announcer, run_continuous, run_spawn_once
 
 __all__ = ["LabTarget", "ResolveError", "UsageError", "main", "resolve_target"]
 
