@@ -26,7 +26,8 @@ cluster's ingress controller, see :mod:`.ingress`):
 on the host), ``FROM`` the base image loaded from its archive (``--pull=never``: no
 registry is contacted; pip inside the build reaches PyPI with the host's pip settings).
 
-API: :func:`ensure_images`, :func:`ensure_ingress_image` and :func:`import_into_containerd`.
+API: :func:`ensure_images`, :func:`ensure_ingress_image` and :func:`import_into_containerd`
+(:func:`import_archives` for (ref, archive) pairs).
 CLI: ``python -m kernelsession.localcluster.building.images ensure`` (``make images``).
 """
 
@@ -907,33 +908,67 @@ def import_into_containerd(
 ) -> list[str]:
     """Import the node images (pause, lab, operator) into a running containerd and unpack them.
 
-    Runs ``ctr --address ADDRESS --namespace NAMESPACE images import ARCHIVE`` per image
-    not yet present (the ref names the content, so a present ref is up to date); the
-    archives' index carries ``io.containerd.image.name`` so the image gets its full ref.
-    Returns the refs, all of which ``ctr images ls`` then shows.
+    See :func:`import_archives`. Returns the refs, all of which ``ctr images ls`` then shows.
 
     Raises:
         ImagesUnavailableError: an import failed or a ref is missing afterwards.
     """
     todo = list(images.node_images() if isinstance(images, Images) else images)
+    return import_archives(
+        [(i.ref, i.archive) for i in todo],
+        ctr,
+        address,
+        namespace,
+        snapshotter=snapshotter,
+        log=log,
+    )
+
+
+def import_archives(
+    archives: Iterable[tuple[str, Path]],
+    ctr: Path,
+    address: Path,
+    namespace: str = "k8s.io",
+    *,
+    snapshotter: str | None = None,
+    local: bool = False,
+    present: set[str] | None = None,
+    log: bool = False,
+) -> list[str]:
+    """Import (ref, OCI archive) pairs into a running containerd: the one importer.
+
+    Runs ``ctr --address ADDRESS --namespace NAMESPACE images import ARCHIVE`` per ref
+    not yet present (``present``, else ``ctr images ls``; the ref names the content, so a
+    present ref is up to date); the archives' index carries ``io.containerd.image.name``
+    so the image gets its full ref. ``local``: import in the client (``--local``) rather
+    than through containerd's transfer service. Returns the refs.
+
+    Raises:
+        ImagesUnavailableError: an import failed or a ref is missing afterwards.
+    """
+    todo = list(archives)
     base = [str(ctr), "--address", str(address), "--namespace", namespace]
 
-    def present() -> set[str]:
+    def listed() -> set[str]:
         out = _run([*base, "images", "ls", "--quiet"], what="ctr images ls", log=False)
         return set(out.split())
 
-    have = present()
-    for image in todo:
-        if image.ref in have:
+    have = listed() if present is None else present
+    for ref, archive in todo:
+        if ref in have:
             continue
         argv = [*base, "images", "import"]
+        if local:
+            argv.append("--local")
         if snapshotter:
             argv += ["--snapshotter", snapshotter]
-        _run([*argv, str(image.archive)], what=f"ctr images import {image.ref}", log=log)
-    missing = [i.ref for i in todo if i.ref not in present()]
+        _run([*argv, str(archive)], what=f"ctr images import {ref}", log=log)
+    if any(ref not in have for ref, _ in todo):
+        have = listed()
+    missing = [ref for ref, _ in todo if ref not in have]
     if missing:
         raise ImagesUnavailableError(f"after `ctr images import`, containerd lacks {missing}")
-    return [i.ref for i in todo]
+    return [ref for ref, _ in todo]
 
 
 def main(argv: list[str] | None = None) -> int:

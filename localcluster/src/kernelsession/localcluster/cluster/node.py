@@ -35,13 +35,14 @@ import yaml
 
 from kernelsession.client.testing import free_port
 from kernelsession.localcluster.building.binaries import Binaries, NodeBinaries
+from kernelsession.localcluster.building.images import ImagesUnavailableError, import_archives
 from kernelsession.localcluster.cluster.controlplane import (
     ControlPlane,
     ControlPlaneError,
     write_kubeconfig,
 )
 from kernelsession.localcluster.cluster.processes import (
-    await_process,
+    ProcessGroup,
     http_ok,
     start_logged,
     stop_process,
@@ -385,7 +386,14 @@ class Node:
         self.sandbox_image = sandbox_image
         self.start_timeout = start_timeout
         self.max_pods = max_pods
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        #: The node's daemons, started in order, each recorded for the crash cleanup.
+        self.processes = ProcessGroup(
+            lambda: self.workdir,
+            error=NodeError,
+            start_timeout=start_timeout,
+            interval=0.1,
+            on_start=self.record_process,
+        )
         self.timings = NodeTimings()
         self.lock = NodeLock()
         self.record: NodeRecord | None = None
@@ -429,7 +437,7 @@ class Node:
 
     def daemon_pids(self) -> dict[str, int]:
         """PIDs of the node's own daemons (kubelet, containerd, kube-proxy, ...)."""
-        return {name: proc.pid for name, proc in self.processes.items() if proc.poll() is None}
+        return self.processes.pids()
 
     # -- lifecycle --------------------------------------------------------------------
     def prepare_host(self) -> None:
@@ -489,51 +497,38 @@ class Node:
         restored ([] normally). Safe after a failed start and twice."""
         if self.record is None:
             return []
-        for name in ("local-path", "netpol", "coredns", "kube-proxy", "kubelet"):
-            proc = self.processes.pop(name, None)
-            if proc is not None:
-                stop_process(proc, grace=10)
-        containerd = self.processes.pop("containerd", None)
+        self.stop_daemons()
+        containerd = self.processes.get("containerd")
         if containerd is not None and containerd.poll() is None:
             shims = _containerd_cleanup(str(self.node_binaries.ctr), str(self.containerd_address))
-            stop_process(containerd, grace=10)
+            self.processes.stop("containerd")
             _kill_recorded(shims)
+        self.processes.stop_all()
         problems = _finish_host_cleanup(self.record)
         RECORD_FILE.unlink(missing_ok=True)
         self.record = None
         self.lock.release()
         return problems
 
-    def record_processes(self, processes: dict[str, subprocess.Popen[bytes]]) -> None:
-        """Add processes started outside the node (the control plane) to the crash record,
-        so that the next start stops them if this process dies without a teardown."""
-        assert self.record is not None
-        for name, proc in processes.items():
-            self.record.pids[name] = [str(proc.pid), _proc_start_time(proc.pid) or ""]
-        self.record.save()
+    def stop_daemons(self) -> None:
+        """Stop every daemon but containerd, in reverse start order (the kubelet last of
+        them); :meth:`stop` then stops containerd with its containers and cleans the host."""
+        self.processes.stop_all(keep=("containerd",))
 
-    # -- helpers ----------------------------------------------------------------------
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        log = self.workdir / f"{name}.log"
-        try:
-            proc = start_logged(argv, log, cwd=self.workdir, env=env)
-        except OSError as exc:
-            raise NodeError(f"cannot start {name} ({argv[0]}): {exc}") from exc
-        self.processes[name] = proc
+    def record_process(self, name: str, proc: subprocess.Popen[bytes]) -> None:
+        """Add a process to the crash record (the node's daemons, and the control plane's
+        components through its ``processes.on_start``), so that the next start stops it
+        if this process dies without a teardown."""
         assert self.record is not None
         self.record.pids[name] = [str(proc.pid), _proc_start_time(proc.pid) or ""]
         self.record.save()
 
+    # -- helpers ----------------------------------------------------------------------
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.processes.spawn(name, argv, env=env)
+
     def _await(self, name: str, check: Any, timeout: float | None = None) -> None:
-        await_process(
-            name,
-            self.processes[name],
-            self.workdir / f"{name}.log",
-            check,
-            timeout=timeout or self.start_timeout,
-            interval=0.1,
-            error=NodeError,
-        )
+        self.processes.await_ready(name, check, timeout)
 
     def _write(self, relative: str, text: str) -> Path:
         path = self.workdir / relative
@@ -654,15 +649,17 @@ oom_score = 0
         self._import_missing(images, set(self.ctr("images", "ls", "-q").stdout.split()))
 
     def _import_missing(self, images: list[tuple[str, Path]], present: set[str]) -> None:
-        for ref, archive in images:
-            if ref in present:
-                continue
-            result = self.ctr("images", "import", "--local", str(archive), timeout=600)
-            if result.returncode != 0 or ref not in self.ctr("images", "ls", "-q").stdout:
-                raise NodeError(
-                    f"importing {ref} from {archive} into containerd failed: "
-                    f"{result.stderr.strip() or result.stdout.strip()}"
-                )
+        try:
+            import_archives(
+                images,
+                self.node_binaries.ctr,
+                self.containerd_address,
+                CONTAINERD_NAMESPACE,
+                local=True,
+                present=present,
+            )
+        except ImagesUnavailableError as exc:
+            raise NodeError(f"importing images into containerd failed: {exc}") from None
 
     # -- kubelet --------------------------------------------------------------------------
     def _kubelet_config(self) -> str:
