@@ -31,7 +31,7 @@ from kernelsession.client.testing import free_port
 from kernelsession.localcluster.building.binaries import Binaries, ensure
 from kernelsession.localcluster.cluster.pki import ClusterPKI
 from kernelsession.localcluster.cluster.pki import generate as generate_pki
-from kernelsession.localcluster.cluster.processes import ProcessGroup, http_ok
+from kernelsession.localcluster.processes import ProcessGroup, http_ok
 
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
