@@ -33,6 +33,7 @@ import yaml
 from kernelsession.client.testing import free_port
 from kernelsession.localcluster.building.binaries import Binaries, NodeBinaries
 from kernelsession.localcluster.building.images import ImagesUnavailableError, import_archives
+from kernelsession.localcluster.cluster import addons
 from kernelsession.localcluster.cluster.controlplane import (
     ControlPlane,
     ControlPlaneError,
@@ -568,63 +569,12 @@ oom_score = 0
     def _start_coredns(self) -> None:
         self.dns_health_port = free_port()
         ip = hostnet.NODE_IP
-        corefile = f"""{CLUSTER_DOMAIN}:53 in-addr.arpa:53 ip6.arpa:53 {{
-    bind {ip}
-    errors
-    ready 127.0.0.1:{self.dns_health_port}
-    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
-        kubeconfig {self.cp.kubeconfig}
-        pods insecure
-        fallthrough in-addr.arpa ip6.arpa
-    }}
-    cache 5
-}}
-.:53 {{
-    bind {ip}
-    errors
-    # nothing leaves this machine: names outside the cluster do not exist
-    template ANY ANY {{
-        rcode NXDOMAIN
-    }}
-}}
-"""
+        corefile = addons.corefile(CLUSTER_DOMAIN, ip, self.dns_health_port, self.cp.kubeconfig)
         path = self._write("coredns/Corefile", corefile)
         self._spawn("coredns", [str(self.node_binaries.coredns), "-conf", str(path)])
-        service = {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {
-                "name": "kube-dns",
-                "namespace": "kube-system",
-                "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"},
-            },
-            "spec": {
-                "clusterIP": hostnet.DNS_SERVICE_IP,
-                "ports": [
-                    {"name": "dns", "port": 53, "protocol": "UDP"},
-                    {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
-                ],
-            },
-        }
-        slice_ = {
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {
-                "name": "kube-dns-node",
-                "namespace": "kube-system",
-                "labels": {
-                    "kubernetes.io/service-name": "kube-dns",
-                    "endpointslice.kubernetes.io/managed-by": "kernelsession-localcluster",
-                },
-            },
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}],
-            "ports": [
-                {"name": "dns", "port": 53, "protocol": "UDP"},
-                {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
-            ],
-        }
-        result = self.cp_kubectl("apply", "-f", "-", input=yaml.safe_dump_all([service, slice_]))
+        result = self.cp_kubectl(
+            "apply", "-f", "-", input=yaml.safe_dump_all(addons.kube_dns_objects(ip))
+        )
         if result.returncode != 0:
             raise NodeError(f"creating the kube-dns Service failed: {result.stderr}")
         self._await(
@@ -637,7 +587,7 @@ oom_score = 0
         storage = self.workdir / "local-path"
         storage.mkdir(parents=True, exist_ok=True)
         assert self.helper_image is not None
-        objects = _local_path_objects(storage, self.helper_image)
+        objects = addons.local_path_objects(storage, self.helper_image)
         result = self.cp_kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
         if result.returncode != 0:
             raise NodeError(f"installing the local-path StorageClass failed: {result.stderr}")
@@ -647,7 +597,7 @@ oom_score = 0
                 str(self.node_binaries.local_path_provisioner),
                 "start",
                 f"--kubeconfig={self.cp.kubeconfig}",
-                f"--namespace={LOCAL_PATH_NAMESPACE}",
+                f"--namespace={addons.LOCAL_PATH_NAMESPACE}",
                 f"--helper-image={self.helper_image}",
             ],
         )
@@ -673,60 +623,3 @@ oom_score = 0
             ],
         )
         self._await("netpol", ready.exists, timeout=60)
-
-
-LOCAL_PATH_NAMESPACE = "local-path-storage"
-LOCAL_PATH_HELPER_POD = """apiVersion: v1
-kind: Pod
-metadata:
-  name: helper-pod
-spec:
-  priorityClassName: system-node-critical
-  tolerations:
-  - {{key: node.kubernetes.io/disk-pressure, operator: Exists, effect: NoSchedule}}
-  containers:
-  - name: helper-pod
-    image: {image}
-    imagePullPolicy: IfNotPresent
-"""
-
-
-def _local_path_objects(storage_dir: Path, helper_image: str) -> list[dict[str, Any]]:
-    """Namespace, helper service account, config and the default StorageClass of
-    local-path-provisioner (as its upstream deploy/local-path-storage.yaml, minus the
-    Deployment: the provisioner runs on the node as a process)."""
-    config = {
-        "nodePathMap": [{"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": [str(storage_dir)]}]
-    }
-    ns = LOCAL_PATH_NAMESPACE
-    return [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": "local-path-provisioner-service-account", "namespace": ns},
-            "automountServiceAccountToken": False,
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "local-path-config", "namespace": ns},
-            "data": {
-                "config.json": json.dumps(config),
-                "setup": '#!/bin/sh\nset -eu\nmkdir -m 0777 -p "$VOL_DIR"\n',
-                "teardown": '#!/bin/sh\nset -eu\nrm -rf "$VOL_DIR"\n',
-                "helperPod.yaml": LOCAL_PATH_HELPER_POD.format(image=helper_image),
-            },
-        },
-        {
-            "apiVersion": "storage.k8s.io/v1",
-            "kind": "StorageClass",
-            "metadata": {
-                "name": "local-path",
-                "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
-            },
-            "provisioner": "rancher.io/local-path",
-            "volumeBindingMode": "WaitForFirstConsumer",
-            "reclaimPolicy": "Delete",
-        },
-    ]
