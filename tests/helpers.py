@@ -199,7 +199,7 @@ def user_kubeconfig(cluster: LocalCluster, user: str, groups: list[str], path: P
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    from kernelsession.localcluster.controlplane import write_kubeconfig
+    from kernelsession.localcluster.cluster.controlplane import write_kubeconfig
 
     assert cluster.controlplane is not None
     pki = cluster.controlplane.pki
