@@ -24,13 +24,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from kernelsession.localcluster.building import binaries, images
+from kernelsession.localcluster.building import binaries, images, kwok
 
 #: The groups ``make`` asks for, and the parts (processes) each consists of.
 GROUPS: dict[str, tuple[str, ...]] = {
     "binaries": ("controlplane", "node"),
     "images": ("images",),
     "ingress": ("ingress",),
+    "kwok": ("kwok",),
 }
 PROGRESS_EVERY = 60.0
 
@@ -54,6 +55,7 @@ def commands(python: str = sys.executable) -> dict[str, list[str]]:
         "node": [python, "-m", binaries.__name__, "ensure", "--only", "node"],
         "images": [python, "-m", images.__name__, "ensure"],
         "ingress": [python, "-m", binaries.__name__, "ensure", "--ingress"],
+        "kwok": [python, "-m", kwok.__name__, "ensure"],
     }
 
 
@@ -76,6 +78,9 @@ def cached_lines(part: str) -> list[str] | None:
         if ingress is None:
             return None
         return [f"ingress: Traefik {binaries.TRAEFIK_VERSION} in {ingress.directory}"]
+    if part == "kwok":
+        found = kwok.find_kwok()
+        return None if found is None else [kwok.describe_kwok(found)]
     if part == "images":
         tags = images.input_hashes()
         lines = []

@@ -1,0 +1,102 @@
+"""The hollow network: a network namespace holding every KWOK pod address.
+
+:meth:`HollowNetwork.setup` creates namespace ``ks-hollow`` joined to the host by a veth
+pair (``ks-hollow0`` on the host), makes the whole KWOK pod range local inside it
+(``ip route add local RANGE dev lo``) and routes that range from the host to it only, so
+traffic to a KWOK pod (from the operator's pod, forwarded by the host) reaches the hollow
+lab and no packet leaves the machine. :meth:`listening_socket` opens the hollow lab's TCP
+socket inside the namespace from this process (``setns`` on the calling thread, then
+back), so the process itself stays in the host namespace (loopback API server, control
+site). :meth:`teardown` deletes the route and the namespace (the veth pair goes with
+it): the host's links, routes and namespaces are as before (host/state.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import subprocess
+from dataclasses import dataclass
+
+CLONE_NEWNET = 0x40000000
+
+
+class HollowNetworkError(RuntimeError):
+    """An ``ip`` command of the hollow network failed."""
+
+
+def _ip(*args: str, check: bool = True) -> None:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        raise HollowNetworkError(f"ip {' '.join(args)}: {result.stderr.strip()}")
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise HollowNetworkError(f"setns: {os.strerror(err)}")
+
+
+@dataclass(frozen=True)
+class HollowNetwork:
+    """The namespace, its veth pair and the KWOK pod range routed to it."""
+
+    pod_range: str = "10.250.0.0/16"
+    name: str = "ks-hollow"
+    host_link: str = "ks-hollow0"
+    host_addr: str = "169.254.250.1"
+    ns_addr: str = "169.254.250.2"
+
+    def commands(self) -> list[list[str]]:
+        """The ``ip`` argument lists :meth:`setup` runs, in order (pure)."""
+        ns = ["-n", self.name]
+        return [
+            ["netns", "add", self.name],
+            ["link", "add", self.host_link, "type", "veth", "peer", "name", "eth0", "netns",
+             self.name],
+            ["addr", "add", f"{self.host_addr}/30", "dev", self.host_link],
+            ["link", "set", self.host_link, "up"],
+            [*ns, "link", "set", "lo", "up"],
+            [*ns, "addr", "add", f"{self.ns_addr}/30", "dev", "eth0"],
+            [*ns, "link", "set", "eth0", "up"],
+            [*ns, "route", "add", "default", "via", self.host_addr],
+            [*ns, "route", "add", "local", self.pod_range, "dev", "lo"],
+            ["route", "add", self.pod_range, "via", self.ns_addr, "dev", self.host_link],
+        ]
+
+    def setup(self) -> None:
+        """Create it (removing a leftover of an interrupted run first)."""
+        self.teardown()
+        try:
+            for args in self.commands():
+                _ip(*args)
+        except HollowNetworkError:
+            self.teardown()
+            raise
+
+    def teardown(self) -> None:
+        """Remove the route and the namespace (idempotent)."""
+        _ip("route", "del", self.pod_range, check=False)
+        _ip("netns", "del", self.name, check=False)
+        _ip("link", "del", self.host_link, check=False)
+
+    def listening_socket(self, port: int) -> socket.socket:
+        """A TCP socket listening on every address of the namespace at ``port``."""
+        host = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        target = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
+        try:
+            _setns(target)
+            try:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(("0.0.0.0", port))
+                sock.listen(4096)
+                sock.setblocking(False)
+            finally:
+                _setns(host)
+        finally:
+            os.close(target)
+            os.close(host)
+        return sock
