@@ -1,0 +1,100 @@
+"""The scale bench's percentiles, write counting and JSON line (no cluster)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench.scale_report import (
+    ScaleFigures,
+    json_line,
+    operator_writes,
+    parse_json_line,
+    percentile,
+)
+from kernelsession.localcluster.cluster import audit
+
+REQUIRED = (
+    "hollow",
+    "sessions",
+    "ready",
+    "ready_p95_s",
+    "plain_pod_p95_s",
+    "operator_rss_mib",
+    "operator_cpu_ms_per_session",
+    "writes_per_session",
+    "steady_writes_per_min",
+)
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    values = [float(v) for v in range(1, 101)]  # 1..100
+    assert percentile(values, 50) == pytest.approx(50.5)
+    assert percentile(values, 95) == pytest.approx(95.05)
+    assert percentile(values, 99) == pytest.approx(99.01)
+    assert percentile([3.0, 1.0, 2.0], 0) == 1.0
+    assert percentile([3.0, 1.0, 2.0], 100) == 3.0
+    assert percentile([4.2], 95) == 4.2
+    assert math.isnan(percentile([], 95))
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def _entry(verb: str, resource: str, code: int | None) -> audit.Entry:
+    return audit.Entry(verb, resource, "labs", "x", "", "u", code, "ResponseComplete", "t")
+
+
+def test_operator_writes_exclude_lease_reads_and_failures() -> None:
+    entries = [
+        _entry("create", "pods", 201),
+        _entry("patch", "kernelsessions/status", 200),
+        _entry("create", "events", 201),
+        _entry("update", "leases", 200),
+        _entry("create", "secrets", 409),
+        _entry("get", "pods", 200),
+    ]
+    assert [e.key for e in operator_writes(entries)] == [
+        "create pods",
+        "patch kernelsessions/status",
+        "create events",
+    ]
+
+
+def test_json_line_is_last_line_with_required_keys() -> None:
+    figures = ScaleFigures(
+        sessions=4,
+        rate=10,
+        ready=4,
+        session_ready_s=[4.0, 4.5, 5.0, 6.0],
+        plain_ready=4,
+        plain_ready_s=[3.9, 4.1, 4.4, 5.2],
+        operator_cpu_s=0.2,
+        operator_rss_peak_bytes=100 * 2**20,
+        creation_writes=32,
+        steady_window_s=120,
+        steady_writes=0,
+    )
+    stdout = "== scale\n" + figures.table() + "\n" + json_line(figures) + "\n"
+    data = parse_json_line(stdout)
+    assert all(key in data for key in REQUIRED)
+    assert data["hollow"] is True and data["sessions"] == 4 and data["ready"] == 4
+    assert data["ready_p95_s"] == pytest.approx(5.85)
+    assert data["plain_pod_p95_s"] == pytest.approx(5.08)
+    assert data["operator_rss_mib"] == 100
+    assert data["operator_cpu_ms_per_session"] == 50
+    assert data["writes_per_session"] == 8
+    assert data["steady_writes_per_min"] == 0
+
+
+def test_json_line_carries_nan_as_null() -> None:
+    data = json.loads(json_line(ScaleFigures(sessions=3, rate=10, ready=0)))
+    assert data["ready_p95_s"] is None and data["steady_writes_per_min"] is None
+
+
+def test_parse_json_line_refuses_non_object() -> None:
+    with pytest.raises(ValueError):
+        parse_json_line("table\n[1, 2]\n")
+    with pytest.raises(ValueError):
+        parse_json_line("\n")
