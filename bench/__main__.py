@@ -13,6 +13,7 @@ import sys
 SECTIONS = {
     "client": "bench.client_bench",
     "operator": "bench.operator_bench",
+    "scale": "bench.scale_bench",
 }
 
 
@@ -31,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--window", type=float, default=60.0, help="operator: steady-state window (seconds)"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=None, help="scale: sessions created per second (10)"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="scale: last stdout line is one JSON object"
     )
     args = parser.parse_args(argv)
     unknown = [name for name in args.sections if name not in SECTIONS]

@@ -108,8 +108,7 @@ class ScaleFigures:
         j = self.as_json()
         s, p = spread(self.session_ready_s), spread(self.plain_ready_s)
         rows = [
-            f"scale (hollow: KWOK nodes, hollow lab), {self.sessions} sessions at "
-            f"{self.rate:g}/s",
+            f"scale (hollow: KWOK nodes, hollow lab), {self.sessions} sessions at {self.rate:g}/s",
             f"  sessions Ready {self.ready}/{self.sessions}; apply->Ready "
             f"p50 {s['p50']:.2f}s p95 {s['p95']:.2f}s p99 {s['p99']:.2f}s",
             f"  plain pods Ready {self.plain_ready}/{self.sessions}; create->Ready "
@@ -119,8 +118,10 @@ class ScaleFigures:
             f"  API per session created: {j['writes_per_session']} writes, "
             f"{j['reads_per_session']} reads",
         ]
-        rows += [f"    {k:<40} {v / max(self.sessions, 1):8.2f}" for k, v in
-                 self.creation_by_kind.items()]
+        rows += [
+            f"    {k:<40} {v / max(self.sessions, 1):8.2f}"
+            for k, v in self.creation_by_kind.items()
+        ]
         rows += [
             f"  steady ({self.steady_window_s:.0f}s): {j['steady_writes_per_min']} writes/min, "
             f"{j['steady_reads_per_min']} reads/min",
@@ -158,7 +159,6 @@ def parse_json_line(stdout: str) -> dict[str, Any]:
 
 __all__ = [
     "ScaleFigures",
-
     "by_kind",
     "json_line",
     "operator_writes",

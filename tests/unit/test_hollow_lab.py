@@ -45,7 +45,8 @@ async def test_own_token_answers(lab: tuple[HollowLab, dict[str, str]]) -> None:
     assert r.status_code == 200
     assert r.json()["kernels"] == 1
     r = await _get(urls[B] + "/api/kernels?no_track_activity=1", "token-b")
-    assert r.status_code == 200 and r.json()[0]["execution_state"] == "idle"
+    assert r.status_code == 200
+    assert r.json()[0]["execution_state"] == "idle"
 
 
 async def test_other_pods_token_or_none_refused(lab: tuple[HollowLab, dict[str, str]]) -> None:
@@ -116,7 +117,9 @@ def test_entry_from_pod_reads_token_ref_and_base() -> None:
         },
     }
     entry = entry_from_pod(pod, {"token": "sekret"})
-    assert entry is not None and entry.token == "sekret" and entry.base == "/labs/s1/"
+    assert entry is not None
+    assert entry.token == "sekret"
+    assert entry.base == "/labs/s1/"
     assert entry_from_pod({"spec": {"containers": [{"name": "plain"}]}}, {}) is None
 
 

@@ -38,7 +38,7 @@ def test_percentile_interpolates_between_ranks() -> None:
     assert percentile([3.0, 1.0, 2.0], 100) == 3.0
     assert percentile([4.2], 95) == 4.2
     assert math.isnan(percentile([], 95))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="outside"):
         percentile([1.0], 101)
 
 
@@ -79,7 +79,9 @@ def test_json_line_is_last_line_with_required_keys() -> None:
     stdout = "== scale\n" + figures.table() + "\n" + json_line(figures) + "\n"
     data = parse_json_line(stdout)
     assert all(key in data for key in REQUIRED)
-    assert data["hollow"] is True and data["sessions"] == 4 and data["ready"] == 4
+    assert data["hollow"] is True
+    assert data["sessions"] == 4
+    assert data["ready"] == 4
     assert data["ready_p95_s"] == pytest.approx(5.85)
     assert data["plain_pod_p95_s"] == pytest.approx(5.08)
     assert data["operator_rss_mib"] == 100
@@ -90,11 +92,12 @@ def test_json_line_is_last_line_with_required_keys() -> None:
 
 def test_json_line_carries_nan_as_null() -> None:
     data = json.loads(json_line(ScaleFigures(sessions=3, rate=10, ready=0)))
-    assert data["ready_p95_s"] is None and data["steady_writes_per_min"] is None
+    assert data["ready_p95_s"] is None
+    assert data["steady_writes_per_min"] is None
 
 
 def test_parse_json_line_refuses_non_object() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a JSON object"):
         parse_json_line("table\n[1, 2]\n")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no output"):
         parse_json_line("\n")

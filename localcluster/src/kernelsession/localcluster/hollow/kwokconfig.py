@@ -71,13 +71,16 @@ def stages(delay_ms: int = 3000, jitter_ms: int = 5000) -> list[dict[str, Any]]:
         {
             "selector": {
                 "matchExpressions": [
-                    {"key": ".status.conditions.[] | select( .type == \"Ready\" ) | .status",
-                     "operator": "NotIn", "values": ["True"]}
+                    {
+                        "key": '.status.conditions.[] | select( .type == "Ready" ) | .status',
+                        "operator": "NotIn",
+                        "values": ["True"],
+                    }
                 ]
             },
             "next": {
                 "statusTemplate": (
-                    "conditions:\n- type: Ready\n  status: \"True\"\n  reason: KubeletReady\n"
+                    'conditions:\n- type: Ready\n  status: "True"\n  reason: KubeletReady\n'
                     "  message: hollow\n  lastHeartbeatTime: {{ Now | Quote }}\n"
                     "  lastTransitionTime: {{ Now | Quote }}\n"
                     "addresses:\n- type: InternalIP\n  address: {{ NodeIP }}\n"
@@ -92,16 +95,19 @@ def stages(delay_ms: int = 3000, jitter_ms: int = 5000) -> list[dict[str, Any]]:
         {
             "selector": {
                 "matchExpressions": [
-                    {"key": ".status.conditions.[] | select( .type == \"Ready\" ) | .status",
-                     "operator": "In", "values": ["True"]}
+                    {
+                        "key": '.status.conditions.[] | select( .type == "Ready" ) | .status',
+                        "operator": "In",
+                        "values": ["True"],
+                    }
                 ]
             },
             "delay": {"durationMilliseconds": 20000, "jitterDurationMilliseconds": 25000},
             "next": {
                 "statusTemplate": (
-                    "conditions:\n- type: Ready\n  status: \"True\"\n  reason: KubeletReady\n"
+                    'conditions:\n- type: Ready\n  status: "True"\n  reason: KubeletReady\n'
                     "  message: hollow\n  lastHeartbeatTime: {{ Now | Quote }}\n"
-                    "  lastTransitionTime: {{ NodeLastTransitionTime \"Ready\" | Quote }}\n"
+                    '  lastTransitionTime: {{ NodeLastTransitionTime "Ready" | Quote }}\n'
                 )
             },
             "immediateNextStage": True,
@@ -122,9 +128,9 @@ def stages(delay_ms: int = 3000, jitter_ms: int = 5000) -> list[dict[str, Any]]:
                 "statusTemplate": (
                     "{{ $now := Now }}\n"
                     "conditions:\n"
-                    "{{ range $t := list \"PodScheduled\" \"Initialized\" \"ContainersReady\" "
-                    "\"Ready\" }}\n"
-                    "- type: {{ $t }}\n  status: \"True\"\n  lastTransitionTime: {{ $now | Quote }}\n"
+                    '{{ range $t := list "PodScheduled" "Initialized" "ContainersReady" '
+                    '"Ready" }}\n'
+                    '- type: {{ $t }}\n  status: "True"\n  lastTransitionTime: {{ $now | Quote }}\n'
                     "{{ end }}\n"
                     "containerStatuses:\n"
                     "{{ range .spec.containers }}\n"
@@ -146,9 +152,7 @@ def stages(delay_ms: int = 3000, jitter_ms: int = 5000) -> list[dict[str, Any]]:
         "Pod",
         {
             "selector": {
-                "matchExpressions": [
-                    {"key": ".metadata.deletionTimestamp", "operator": "Exists"}
-                ]
+                "matchExpressions": [{"key": ".metadata.deletionTimestamp", "operator": "Exists"}]
             },
             "next": {"finalizers": {"empty": True}, "delete": True},
         },

@@ -54,8 +54,18 @@ class HollowNetwork:
         ns = ["-n", self.name]
         return [
             ["netns", "add", self.name],
-            ["link", "add", self.host_link, "type", "veth", "peer", "name", "eth0", "netns",
-             self.name],
+            [
+                "link",
+                "add",
+                self.host_link,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                self.name,
+            ],
             ["addr", "add", f"{self.host_addr}/30", "dev", self.host_link],
             ["link", "set", self.host_link, "up"],
             [*ns, "link", "set", "lo", "up"],

@@ -90,7 +90,9 @@ class HollowRun:
             start_new_session=True,
         )
         cidrs = kwokconfig.node_cidrs(self.network.pod_range, len(self.node_names))
-        self.cluster.apply([kwokconfig.node(n, c) for n, c in zip(self.node_names, cidrs)])
+        self.cluster.apply(
+            [kwokconfig.node(n, c) for n, c in zip(self.node_names, cidrs, strict=True)]
+        )
         self.cluster.kubectl("cordon", self.cluster.node_name)
 
     @property
@@ -142,7 +144,8 @@ class HollowRun:
                     e["valueFrom"]["secretKeyRef"]["name"]
                     for c in raw["spec"]["containers"]
                     for e in c.get("env") or []
-                    if e.get("name") == "JUPYTER_TOKEN" and "secretKeyRef" in (e.get("valueFrom") or {})
+                    if e.get("name") == "JUPYTER_TOKEN"
+                    and "secretKeyRef" in (e.get("valueFrom") or {})
                 ]
                 if not refs:
                     continue
@@ -153,9 +156,7 @@ class HollowRun:
 
     def enforcer_rules(self) -> int:
         """How many iptables filter rules the NetworkPolicy enforcer holds now."""
-        out = subprocess.run(
-            ["iptables", "-S"], capture_output=True, text=True, check=False
-        ).stdout
+        out = subprocess.run(["iptables", "-S"], capture_output=True, text=True, check=False).stdout
         return sum(1 for line in out.splitlines() if "KS-NP" in line and line.startswith("-A"))
 
     async def stop(self) -> None:

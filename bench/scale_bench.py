@@ -1,0 +1,266 @@
+"""Scale section (hollow): N sessions and N plain pods on KWOK fake nodes, served by the
+hollow lab; figures labelled hollow.
+
+``make bench BENCH_ARGS="scale --sessions N [--rate R] [--json]"``. On a fresh local
+cluster with the audit log on and the operator as its Deployment (on the real node), the
+bench builds KWOK when missing (:mod:`kernelsession.localcluster.building.kwok`), starts
+a :class:`~kernelsession.localcluster.hollow.run.HollowRun` (hollow network, hollow lab,
+KWOK with fake nodes whose pods turn Ready 3-5 s after binding; real node cordoned), then:
+
+1. creates N plain pods at R/s (the baseline: same fake nodes, same start delay, no
+   operator), waits for them Ready, deletes them;
+2. creates N sessions at R/s; apply -> session Ready per session (watch times), the
+   operator's CPU and peak RSS (its container's process, sampled), its API requests
+   from the audit log (writes: successful mutating requests other than on its Lease);
+3. a steady window with nothing changing (writes and reads per minute);
+4. deletes all N sessions and times it until their pods are gone.
+
+Prints a table; with ``--json`` logs go to stderr and the last stdout line is the JSON
+object (:mod:`bench.scale_report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
+
+from bench.operator_costs import (
+    NodeProcesses,
+    Sampler,
+    cpu_seconds,
+    operator_process,
+    operator_requests,
+)
+from bench.operator_watch import LABS, PLAIN_LABEL, SESSION_LABEL, Times, until, watch_times
+from bench.scale_report import ScaleFigures, by_kind, json_line, operator_writes
+from kernelsession.client import resources
+from kernelsession.localcluster.building.kwok import ensure_kwok
+from kernelsession.localcluster.cluster import LocalCluster, audit
+from kernelsession.localcluster.deploy import InClusterOperator
+from kernelsession.localcluster.hollow.run import HollowRun
+
+READY_GRACE = 300.0
+
+
+def _session(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": resources.API_VERSION,
+        "kind": resources.KIND,
+        "metadata": {"name": name, "namespace": LABS},
+        "spec": {
+            "user": "bench",
+            "culling": {"idleTimeoutSeconds": 3600, "maxAgeSeconds": 0},
+            "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}},
+            "startTimeoutSeconds": 900,
+        },
+    }
+
+
+def _plain_pod(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": LABS, "labels": {PLAIN_LABEL: name}},
+        "spec": {
+            # what the labs namespace's "restricted" Pod Security level demands
+            "automountServiceAccountToken": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 1000,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [
+                {
+                    "name": "lab",
+                    "image": "hollow.invalid/plain:0",
+                    "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}},
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }
+            ],
+        },
+    }
+
+
+async def _at_rate(
+    names: list[str], rate: float, create: Callable[[str], Any], applied: dict[str, float]
+) -> None:
+    """Call ``create(name)`` for each name, ``rate`` per second (each request in its own
+    task so a slow answer does not slow the rate); record when each was sent."""
+    start = time.monotonic()
+    tasks = []
+    for i, name in enumerate(names):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)  # pacing the requests, not waiting on a condition
+        applied[name] = time.monotonic()
+        tasks.append(asyncio.create_task(create(name)))
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        raise RuntimeError(f"{len(failed)} creates failed, first: {failed[0]!r}")
+
+
+@contextlib.contextmanager
+def _logs_to_stderr(enabled: bool) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def _log(text: str) -> None:
+    print(text, flush=True)
+
+
+async def _run(
+    args: argparse.Namespace, cluster: LocalCluster, op: InClusterOperator, hollow: HollowRun
+) -> ScaleFigures:
+    n, rate = args.sessions, args.rate
+    figures = ScaleFigures(sessions=n, rate=rate, ready=0)
+    api = await k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    core, custom = k8s.CoreV1Api(api), k8s.CustomObjectsApi(api)
+    times = Times()
+    watchers = [asyncio.create_task(watch_times(api, times, k)) for k in ("pods", "sessions")]
+    deadline_for = n / rate + READY_GRACE
+    try:
+        # 1. baseline: plain pods on the same fake nodes
+        plain = [f"plain{i:05d}" for i in range(n)]
+        plain_applied: dict[str, float] = {}
+        _log(f"scale: {n} plain pods at {rate:g}/s")
+        await _at_rate(
+            plain,
+            rate,
+            lambda name: core.create_namespaced_pod(LABS, cast(Any, _plain_pod(name))),
+            plain_applied,
+        )
+        await until(
+            times, lambda: all(p in times.pod_ready for p in plain), time.monotonic() + deadline_for
+        )
+        figures.plain_ready = sum(p in times.pod_ready for p in plain)
+        figures.plain_ready_s = [
+            times.pod_ready[p] - plain_applied[p] for p in plain if p in times.pod_ready
+        ]
+        await core.delete_collection_namespaced_pod(
+            LABS, label_selector=PLAIN_LABEL, grace_period_seconds=0
+        )
+        _log(f"scale: plain pods Ready {figures.plain_ready}/{n}")
+
+        # 2. sessions
+        names = [f"s{i:05d}" for i in range(n)]
+        applied: dict[str, float] = {}
+        operator = operator_process(cluster, op)
+        log = cluster.audit_log
+        assert log is not None
+        offset = audit.size(log)
+        cpu0 = cpu_seconds(operator)
+        _log(f"scale: {n} sessions at {rate:g}/s")
+        with Sampler(operator, NodeProcesses(cluster)) as sampler:
+            await _at_rate(
+                names,
+                rate,
+                lambda name: custom.create_namespaced_custom_object(
+                    resources.GROUP, resources.VERSION, LABS, resources.PLURAL, _session(name)
+                ),
+                applied,
+            )
+            await until(
+                times,
+                lambda: all(s in times.session_ready for s in names),
+                time.monotonic() + deadline_for,
+            )
+            figures.operator_cpu_s = cpu_seconds(operator) - cpu0
+        figures.operator_rss_peak_bytes = sampler.operator_peak
+        figures.ready = sum(s in times.session_ready for s in names)
+        figures.session_ready_s = [
+            times.session_ready[s] - applied[s] for s in names if s in times.session_ready
+        ]
+        entries = operator_requests(cluster, offset)
+        figures.creation_writes = len(operator_writes(entries))
+        figures.creation_reads = len(audit.reads(entries))
+        figures.creation_by_kind = by_kind(entries)
+        figures.enforcer_rules = hollow.enforcer_rules()
+        _log(f"scale: sessions Ready {figures.ready}/{n}")
+
+        # 3. steady window
+        offset = audit.size(log)
+        await asyncio.sleep(args.window)  # a fixed measurement window, not a wait
+        steady = operator_requests(cluster, offset)
+        figures.steady_window_s = args.window
+        figures.steady_writes = len(operator_writes(steady))
+        figures.steady_reads = len(audit.reads(steady))
+        figures.hollow_requests = hollow.lab.requests
+
+        # 4. delete all
+        t0 = time.monotonic()
+        await custom.delete_collection_namespaced_custom_object(
+            resources.GROUP, resources.VERSION, LABS, resources.PLURAL
+        )
+
+        async def gone() -> bool:
+            pods = await core.list_namespaced_pod(LABS, label_selector=SESSION_LABEL, limit=1)
+            sessions = await custom.list_namespaced_custom_object(
+                resources.GROUP, resources.VERSION, LABS, resources.PLURAL, limit=1
+            )
+            return not pods.items and not sessions["items"]
+
+        deadline = time.monotonic() + deadline_for
+        while not await gone() and time.monotonic() < deadline:
+            await asyncio.sleep(1.0)  # polling a condition with a deadline
+        figures.delete_s = time.monotonic() - t0 if await gone() else float("nan")
+    finally:
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+        await api.close()
+    return figures
+
+
+async def _hollow_run(
+    args: argparse.Namespace, cluster: LocalCluster, op: InClusterOperator
+) -> ScaleFigures:
+    hollow = HollowRun(cluster, LABS, nodes=max(1, args.sessions // 500 + 1))
+    try:
+        hollow.start_kwok()
+        await hollow.start_lab()
+        cluster.kubectl(
+            "wait", "--for=condition=Ready", "node", *hollow.node_names, "--timeout=120s"
+        )
+        return await _run(args, cluster, op, hollow)
+    finally:
+        await hollow.stop()
+
+
+def main(args: argparse.Namespace) -> int:
+    as_json = bool(getattr(args, "json", False))
+    args.rate = float(getattr(args, "rate", None) or 10.0)
+    args.window = float(getattr(args, "window", 60.0))
+    with _logs_to_stderr(as_json):
+        ensure_kwok()
+        with tempfile.TemporaryDirectory(prefix="ks-bench-scale-") as tmp:
+            cluster = LocalCluster(audit=True)
+            timings = cluster.start()
+            try:
+                _log(f"  {timings.summary()}")
+                op = InClusterOperator(cluster, Path(tmp) / "operator")
+                op.start()
+                figures = asyncio.run(_hollow_run(args, cluster, op))
+            finally:
+                cluster.stop()
+        _log(figures.table())
+    if as_json:
+        print(json_line(figures), flush=True)
+    return 0 if figures.ready == figures.sessions else 1
