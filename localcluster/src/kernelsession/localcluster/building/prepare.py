@@ -79,8 +79,8 @@ def cached_lines(part: str) -> list[str] | None:
             return None
         return [f"ingress: Traefik {binaries.TRAEFIK_VERSION} in {ingress.directory}"]
     if part == "kwok":
-        found = kwok.find_kwok()
-        return None if found is None else [kwok.describe_kwok(found)]
+        fake_nodes = kwok.find_kwok()
+        return None if fake_nodes is None else [kwok.describe_kwok(fake_nodes)]
     if part == "images":
         tags = images.input_hashes()
         lines = []
