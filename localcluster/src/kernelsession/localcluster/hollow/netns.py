@@ -7,8 +7,15 @@ traffic to a KWOK pod (from the operator's pod, forwarded by the host) reaches t
 lab and no packet leaves the machine. :meth:`listening_socket` opens the hollow lab's TCP
 socket inside the namespace from this process (``setns`` on the calling thread, then
 back), so the process itself stays in the host namespace (loopback API server, control
-site). :meth:`teardown` deletes the route and the namespace (the veth pair goes with
-it): the host's links, routes and namespaces are as before (host/state.py).
+site). :meth:`teardown` deletes the route, the namespace (the veth pair goes with it)
+and the filter chain: the host's links, routes, namespaces and iptables rules are as
+before (host/state.py).
+
+The node's guard (``KS-NODE-GUARD``, host/network.py) drops pod traffic that leaves by
+any interface but the bridge. Forwarded traffic between the pods and the hollow range
+jumps first (FORWARD position 1) to chain ``KS-HOLLOW``, which sends it through the
+NetworkPolicy enforcer's ``KS-NETPOL`` (so policies hold for hollow labs as for real
+ones) and accepts what that chain does not drop.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ import subprocess
 from dataclasses import dataclass
 
 CLONE_NEWNET = 0x40000000
+CHAIN = "KS-HOLLOW"
+POLICY_CHAIN = "KS-NETPOL"
 
 
 class HollowNetworkError(RuntimeError):
@@ -30,6 +39,15 @@ def _ip(*args: str, check: bool = True) -> None:
     result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
     if check and result.returncode != 0:
         raise HollowNetworkError(f"ip {' '.join(args)}: {result.stderr.strip()}")
+
+
+def _iptables(*args: str, check: bool = True) -> bool:
+    result = subprocess.run(
+        ["iptables", "-w", "5", *args], capture_output=True, text=True, check=False
+    )
+    if check and result.returncode != 0:
+        raise HollowNetworkError(f"iptables {' '.join(args)}: {result.stderr.strip()}")
+    return result.returncode == 0
 
 
 def _setns(fd: int) -> None:
@@ -76,18 +94,36 @@ class HollowNetwork:
             ["route", "add", self.pod_range, "via", self.ns_addr, "dev", self.host_link],
         ]
 
+    def hooks(self) -> list[list[str]]:
+        """The FORWARD matches that jump to :data:`CHAIN` (pure)."""
+        return [
+            ["-d", self.pod_range, "-o", self.host_link],
+            ["-s", self.pod_range, "-i", self.host_link],
+        ]
+
     def setup(self) -> None:
         """Create it (removing a leftover of an interrupted run first)."""
         self.teardown()
         try:
             for args in self.commands():
                 _ip(*args)
+            _iptables("-N", CHAIN)
+            if _iptables("-L", POLICY_CHAIN, "-n", check=False):
+                _iptables("-A", CHAIN, "-j", POLICY_CHAIN)
+            _iptables("-A", CHAIN, "-j", "ACCEPT")
+            for match in self.hooks():
+                _iptables("-I", "FORWARD", "1", *match, "-j", CHAIN)
         except HollowNetworkError:
             self.teardown()
             raise
 
     def teardown(self) -> None:
-        """Remove the route and the namespace (idempotent)."""
+        """Remove the chain, the route and the namespace (idempotent)."""
+        for match in self.hooks():
+            while _iptables("-D", "FORWARD", *match, "-j", CHAIN, check=False):
+                pass
+        _iptables("-F", CHAIN, check=False)
+        _iptables("-X", CHAIN, check=False)
         _ip("route", "del", self.pod_range, check=False)
         _ip("netns", "del", self.name, check=False)
         _ip("link", "del", self.host_link, check=False)
