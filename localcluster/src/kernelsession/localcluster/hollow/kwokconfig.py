@@ -13,7 +13,10 @@ assigns pod IPs.
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 NODE_LABEL = "kernelsession.dev/hollow"
 KWOK_API = "kwok.x-k8s.io/v1alpha1"
@@ -52,112 +55,25 @@ def node(name: str, pod_cidr: str, pods: int = 1000) -> dict[str, Any]:
     }
 
 
-def _stage(name: str, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": KWOK_API,
-        "kind": "Stage",
-        "metadata": {"name": name},
-        "spec": {"resourceRef": {"apiGroup": "v1", "kind": kind}, **spec},
-    }
+STAGES_FILE = Path(__file__).parent / "stages" / "kwok-stages.yaml"
 
 
 def stages(delay_ms: int = 3000, jitter_ms: int = 5000) -> list[dict[str, Any]]:
-    """Node and pod stages; pods turn Ready between ``delay_ms`` and ``jitter_ms``
-    (KWOK picks uniformly between the delay and the jitter bound)."""
-    not_deleting = {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"}
-    node_init = _stage(
-        "node-initialize",
-        "Node",
-        {
-            "selector": {
-                "matchExpressions": [
-                    {
-                        "key": '.status.conditions.[] | select( .type == "Ready" ) | .status',
-                        "operator": "NotIn",
-                        "values": ["True"],
-                    }
-                ]
-            },
-            "next": {
-                "statusTemplate": (
-                    'conditions:\n- type: Ready\n  status: "True"\n  reason: KubeletReady\n'
-                    "  message: hollow\n  lastHeartbeatTime: {{ Now | Quote }}\n"
-                    "  lastTransitionTime: {{ Now | Quote }}\n"
-                    "addresses:\n- type: InternalIP\n  address: {{ NodeIP }}\n"
-                    "phase: Running\n"
-                )
-            },
-        },
-    )
-    heartbeat = _stage(
-        "node-heartbeat",
-        "Node",
-        {
-            "selector": {
-                "matchExpressions": [
-                    {
-                        "key": '.status.conditions.[] | select( .type == "Ready" ) | .status',
-                        "operator": "In",
-                        "values": ["True"],
-                    }
-                ]
-            },
-            "delay": {"durationMilliseconds": 20000, "jitterDurationMilliseconds": 25000},
-            "next": {
-                "statusTemplate": (
-                    'conditions:\n- type: Ready\n  status: "True"\n  reason: KubeletReady\n'
-                    "  message: hollow\n  lastHeartbeatTime: {{ Now | Quote }}\n"
-                    '  lastTransitionTime: {{ NodeLastTransitionTime "Ready" | Quote }}\n'
-                )
-            },
-            "immediateNextStage": True,
-        },
-    )
-    pod_ready = _stage(
-        "pod-ready",
-        "Pod",
-        {
-            "selector": {
-                "matchExpressions": [
-                    not_deleting,
-                    {"key": ".status.podIP", "operator": "DoesNotExist"},
-                ]
-            },
-            "delay": {"durationMilliseconds": delay_ms, "jitterDurationMilliseconds": jitter_ms},
-            "next": {
-                "statusTemplate": (
-                    "{{ $now := Now }}\n"
-                    "conditions:\n"
-                    '{{ range $t := list "PodScheduled" "Initialized" "ContainersReady" '
-                    '"Ready" }}\n'
-                    '- type: {{ $t }}\n  status: "True"\n  lastTransitionTime: {{ $now | Quote }}\n'
-                    "{{ end }}\n"
-                    "containerStatuses:\n"
-                    "{{ range .spec.containers }}\n"
-                    "- name: {{ .name | Quote }}\n  image: {{ .image | Quote }}\n  ready: true\n"
-                    "  started: true\n  restartCount: 0\n"
-                    "  state:\n    running:\n      startedAt: {{ $now | Quote }}\n"
-                    "{{ end }}\n"
-                    "hostIP: {{ NodeIPWith .spec.nodeName | Quote }}\n"
-                    "podIP: {{ PodIPWith .spec.nodeName false .metadata.uid .metadata.name "
-                    ".metadata.namespace | Quote }}\n"
-                    "phase: Running\n"
-                    "startTime: {{ $now | Quote }}\n"
-                )
-            },
-        },
-    )
-    pod_delete = _stage(
-        "pod-delete",
-        "Pod",
-        {
-            "selector": {
-                "matchExpressions": [{"key": ".metadata.deletionTimestamp", "operator": "Exists"}]
-            },
-            "next": {"finalizers": {"empty": True}, "delete": True},
-        },
-    )
-    return [node_init, heartbeat, pod_ready, pod_delete]
+    """KWOK's own node (fast, heartbeat) and pod (general) stages; a pod is created at
+    once, turns Ready between ``delay_ms`` and ``jitter_ms`` later (KWOK picks uniformly
+    between the delay and the jitter bound), and is deleted at once."""
+    docs = [d for d in yaml.safe_load_all(STAGES_FILE.read_text()) if d]
+    delays = {"pod-create": (0, 0), "pod-ready": (delay_ms, jitter_ms), "pod-delete": (0, 0)}
+    for doc in docs:
+        name = doc["metadata"]["name"]
+        if name in delays:
+            low, high = delays[name]
+            delay = doc["spec"].setdefault("delay", {})
+            delay["durationMilliseconds"] = low
+            delay["jitterDurationMilliseconds"] = max(low, high)
+            delay.pop("durationFrom", None)
+            delay.pop("jitterDurationFrom", None)
+    return docs
 
 
 def configuration(pod_range: str) -> dict[str, Any]:

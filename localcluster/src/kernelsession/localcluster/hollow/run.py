@@ -14,6 +14,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -184,6 +185,9 @@ class HollowRun:
             except subprocess.TimeoutExpired:
                 os.killpg(self.kwok.pid, signal.SIGKILL)
                 self.kwok.wait()
+        keep = os.environ.get("KERNELSESSION_KWOK_LOG")
+        if keep and self.kwok_log.exists():
+            shutil.copyfile(self.kwok_log, keep)
         self._tmp.cleanup()
 
 
