@@ -86,6 +86,11 @@ class NodeRecord:
     sysctls: dict[str, str] = field(default_factory=dict)
     absent_paths: list[str] = field(default_factory=list)
     nft_tables: list[str] = field(default_factory=list)
+    routes_before: list[str] = field(default_factory=list)
+    """Routes for exactly the pod and service ranges before the node replaced them."""
+    chains_before: list[str] = field(default_factory=list)
+    """``TOOL TABLE CHAIN`` of the kubelet's and the CNI plugins' chains (names other
+    programs share) that existed before the node started: cleanup leaves them."""
 
     def save(self) -> None:
         RUN_DIR.mkdir(parents=True, exist_ok=True)
@@ -183,25 +188,36 @@ def _kill_cgroup_processes() -> None:
                     os.kill(int(pid), signal.SIGKILL)
 
 
-def _remove_iptables_leftovers() -> None:
+def shared_chains() -> list[str]:
+    """``TOOL TABLE CHAIN`` of the chains whose names the node shares with other programs
+    (the kubelet's, the CNI plugins' ``CNI-*``) that exist now."""
+    found: list[str] = []
     for tool in ("iptables", "ip6tables"):
-        for hook in ("INPUT", "OUTPUT"):
-            while _run([tool, "-w", "5", "-D", hook, "-j", "KUBE-FIREWALL"]).returncode == 0:
-                pass
         for table in ("mangle", "nat", "filter"):
-            for chain in KUBELET_CHAINS:
-                _run([tool, "-w", "5", "-t", table, "-F", chain])
-                _run([tool, "-w", "5", "-t", table, "-X", chain])
-        # CNI plugins' chains (portmap's CNI-HOSTPORT-*, bridge's CNI-*): jumps first
-        for table in ("nat", "filter"):
+            for line in _run([f"{tool}-save", "-t", table]).stdout.splitlines():
+                if line.startswith(":"):
+                    chain = line[1:].split()[0]
+                    if chain in KUBELET_CHAINS or chain.startswith("CNI-"):
+                        found.append(f"{tool} {table} {chain}")
+    return found
+
+
+def _remove_iptables_leftovers(chains_before: list[str]) -> None:
+    """Remove the kubelet's and the CNI plugins' chains that were not there before the
+    node started (``chains_before``), and the rules jumping to them; nothing else."""
+    ours = set(shared_chains()) - set(chains_before)
+    for tool in ("iptables", "ip6tables"):
+        for table in ("mangle", "nat", "filter"):
+            mine = [c.split()[2] for c in ours if c.startswith(f"{tool} {table} ")]
+            if not mine:
+                continue
             saved = _run([f"{tool}-save", "-t", table]).stdout.splitlines()
-            for line in saved:
-                if line.startswith("-A ") and " -j CNI-" in line:
-                    _run([tool, "-w", "5", "-t", table, *(["-D", *line.split()[1:]])])
-            chains = [ln[1:].split()[0] for ln in saved if ln.startswith(":CNI-")]
-            for chain in chains:
+            for line in saved:  # jumps first
+                if line.startswith("-A ") and any(line.endswith(f" -j {c}") for c in mine):
+                    _run([tool, "-w", "5", "-t", table, "-D", *line.split()[1:]])
+            for chain in mine:
                 _run([tool, "-w", "5", "-t", table, "-F", chain])
-            for chain in chains:
+            for chain in mine:
                 _run([tool, "-w", "5", "-t", table, "-X", chain])
 
 
@@ -267,16 +283,20 @@ def _finish_host_cleanup(record: NodeRecord) -> list[str]:
     sysctls. Returns what could not be restored."""
     problems: list[str] = []
     _kill_cgroup_processes()
-    _unmount_under([record.workdir, record.containerd_root, "/var/lib/kubelet", "/run/netns"])
+    # only under the node's own directories (its pods' network namespaces are under
+    # containerd's state there): never another program's /run/netns or kubelet mounts
+    _unmount_under([record.workdir, record.containerd_root])
     if record.kube_proxy and Path(record.kube_proxy).exists():
         _run([record.kube_proxy, "--cleanup", "--v=0"])
-    _remove_iptables_leftovers()
+    _remove_iptables_leftovers(record.chains_before)
     from .netpol import remove_rules  # the enforcer's chains, also after a crash
 
     remove_rules()
-    problems += hostnet.teardown()
+    problems += hostnet.teardown(record.routes_before)
     _remove_cgroups()
     for path in record.absent_paths:
+        if _mounts_under([path]):
+            continue  # something else mounted there meanwhile (a netns...): not ours
         if Path(path).is_dir():
             shutil.rmtree(path, ignore_errors=True)
         elif Path(path).exists():
@@ -427,6 +447,12 @@ class Node:
         self.lock.acquire()
         try:
             cleanup_crashed(sys.stderr)
+            if hostnet.bridge_exists():
+                raise NodeError(
+                    f"a network interface named {hostnet.BRIDGE} exists and no crashed node "
+                    "left a record of it: it is not this node's. Remove it if it is a "
+                    f"leftover (`ip link del {hostnet.BRIDGE}`), then start again."
+                )
             before = hoststate.snapshot()
             self.workdir.mkdir(parents=True, exist_ok=True)
             self.record = NodeRecord(
@@ -439,9 +465,14 @@ class Node:
                 sysctls=before.sysctls,
                 absent_paths=[p for p in hoststate.HOST_PATHS if not Path(p).exists()],
                 nft_tables=before.nft_tables,
+                routes_before=hostnet.routes_before(),
+                chains_before=shared_chains(),
             )
             self.record.save()
-            hostnet.setup()
+            try:
+                hostnet.setup()
+            except hostnet.HostNetworkError as exc:
+                raise NodeError(str(exc)) from exc
         except BaseException:
             self.lock.release()
             raise
@@ -463,6 +494,10 @@ class Node:
         self.timings.kubelet = time.monotonic() - t
         t = time.monotonic()
         self._start_kube_proxy()
+        # pods reach CoreDNS and the API server of the node, nothing else of it; the guards
+        # go back ahead of the jumps kube-proxy and the kubelet put first
+        hostnet.guard_node_input(self.cp.apiserver_port)
+        hostnet.keep_guards_first()
         self._start_coredns()
         self._start_netpol()
         if self.helper_image is not None:
@@ -590,6 +625,14 @@ oom_score = 0
                         "dataDir": str(self.workdir / "cni" / "ipam"),
                         "ranges": [[{"subnet": hostnet.NODE_SUBNET, "gateway": hostnet.NODE_IP}]],
                         "routes": [{"dst": "0.0.0.0/0"}],
+                    },
+                },
+                # no IPv6 in pods: no link-local path between pods around the IPv4 rules
+                {
+                    "type": "tuning",
+                    "sysctl": {
+                        "net.ipv6.conf.all.disable_ipv6": "1",
+                        "net.ipv6.conf.default.disable_ipv6": "1",
                     },
                 },
                 {"type": "portmap", "capabilities": {"portMappings": True}},
@@ -893,8 +936,17 @@ oom_score = 0
             timeout=60,
         )
 
+    def restart_netpol(self) -> None:
+        """Start the NetworkPolicy enforcer again (after it exited or was killed) and wait
+        until it has applied the cluster's policies. Raises NodeError."""
+        proc = self.processes.pop("netpol", None)
+        if proc is not None:
+            stop_process(proc, grace=10)
+        self._start_netpol()
+
     def _start_netpol(self) -> None:
         ready = self.workdir / "netpol.ready"
+        ready.unlink(missing_ok=True)
         self._spawn(
             "netpol",
             [
@@ -904,6 +956,7 @@ oom_score = 0
                 f"--kubeconfig={self.cp.kubeconfig}",
                 f"--ready-file={ready}",
                 f"--node-dns={hostnet.NODE_IP}",  # CoreDNS runs on the node, bound there
+                f"--pod-subnet={hostnet.NODE_SUBNET}",  # pods it does not know: dropped
             ],
         )
         self._await("netpol", ready.exists, timeout=60)
