@@ -98,10 +98,10 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(keep_open)
                 self._chunk(b"")
             else:
-                body = b"".join(docs)
-                self.send_header("Content-Length", str(len(body)))
+                answer_body = b"".join(docs)
+                self.send_header("Content-Length", str(len(answer_body)))
                 self.end_headers()
-                self.wfile.write(body)
+                self.wfile.write(answer_body)
             return
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
