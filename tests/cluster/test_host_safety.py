@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from kernelsession.localcluster import hoststate
 from kernelsession.localcluster.cluster import LocalCluster
-from kernelsession.localcluster.hostnet import BRIDGE, SERVICE_RANGE
-from kernelsession.localcluster.node import NodeError
+from kernelsession.localcluster.cluster.node import NodeError
+from kernelsession.localcluster.host import state as hoststate
+from kernelsession.localcluster.host.network import BRIDGE, SERVICE_RANGE
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from kernelsession.localcluster import binaries, images, ingress, oci
+from kernelsession.localcluster.building import binaries, images, oci
+from kernelsession.localcluster.deploy import ingress
 
 IMAGE = "localhost/kernelsession/traefik:0123456789abcdef"
 PROXY_IMAGE = "localhost/kernelsession/base:0123456789abcdef"
@@ -263,7 +264,7 @@ def test_traefik_reads_no_secret_through_its_api_proxy() -> None:
 def test_api_proxy_answers_secret_requests_itself(
     method: str, target: str, status: int, documents: int, kept_open: float
 ) -> None:
-    from kernelsession.localcluster._ingress_apiproxy import secret_answer
+    from kernelsession.localcluster.deploy._ingress_apiproxy import secret_answer
 
     answer = secret_answer(method, target)
     assert answer is not None
@@ -287,6 +288,6 @@ def test_api_proxy_answers_secret_requests_itself(
     ],
 )
 def test_api_proxy_forwards_everything_else(target: str) -> None:
-    from kernelsession.localcluster._ingress_apiproxy import secret_answer
+    from kernelsession.localcluster.deploy._ingress_apiproxy import secret_answer
 
     assert secret_answer("GET", target) is None

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 from test_netpol import DENY, EGRESS_NAMESPACES, EGRESS_PODS, IP, _walk, egress, pod
 
-from kernelsession.localcluster.hostnet import GUARD_CHAIN, INPUT_GUARD_CHAIN
-from kernelsession.localcluster.netpol import (
+from kernelsession.localcluster.host.netpol import (
     INPUT_CHAIN,
     KNOWN_DEST_CHAIN,
     KNOWN_SOURCE_CHAIN,
@@ -17,6 +16,7 @@ from kernelsession.localcluster.netpol import (
     drifted,
     render,
 )
+from kernelsession.localcluster.host.network import GUARD_CHAIN, INPUT_GUARD_CHAIN
 
 SUBNET = "10.244.0.0/24"
 NEWCOMER = "10.244.0.99"  # a pod the enforcer has not seen (created while it was down)
