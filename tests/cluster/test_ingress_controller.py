@@ -177,7 +177,7 @@ def test_controller_runs_hardened_with_least_privilege(
         assert not can(verb, "secrets", "-A"), verb
     # and it never asks: its API proxy answers Traefik's Secret informer itself
     if cluster.audit_log is not None:
-        from kernelsession.localcluster import audit
+        from kernelsession.localcluster.cluster import audit
 
         mine = audit.read(cluster.audit_log, user=account)
         assert any(e.resource == "ingresses" for e in mine)  # it does read the API
