@@ -124,4 +124,6 @@ def _kustomized_kinds(directory: Path) -> set[str]:
 
 def test_monitoring_is_its_own_kustomization() -> None:
     assert _kustomized_kinds(MONITORING) == {"monitoring.coreos.com/v1/PrometheusRule"}
-    assert not any(k.startswith("monitoring.coreos.com/") for k in _kustomized_kinds(ROOT / "manifests"))
+    assert not any(
+        k.startswith("monitoring.coreos.com/") for k in _kustomized_kinds(ROOT / "manifests")
+    )

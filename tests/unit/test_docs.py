@@ -21,7 +21,8 @@ DOCS = ROOT / "docs"
 def _load(name: str) -> ModuleType:
     """A script of hack/ as a module (hack/ is not a package)."""
     spec = importlib.util.spec_from_file_location(name, ROOT / "hack" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -74,7 +75,10 @@ def test_reference_finds_the_crd_in_either_layout(tmp_path: Path) -> None:
     (split / "crds").mkdir(parents=True)
     (split / "crds" / "kernelsession.yaml").write_text(text)
     (split / "crd.yaml").write_text(text)  # a stray copy beside crds/: crds/ wins
-    for manifests, expected in ((flat, flat / "crd.yaml"), (split, split / "crds" / "kernelsession.yaml")):
+    for manifests, expected in (
+        (flat, flat / "crd.yaml"),
+        (split, split / "crds" / "kernelsession.yaml"),
+    ):
         found = crdref.find_crds(manifests)
         assert [path for path, _ in found] == [expected]
         assert crdref.pages(manifests) == crdref.pages()  # the same page, whatever the layout
