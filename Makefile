@@ -15,7 +15,7 @@ setup: os-packages $(STAMP) binaries
 $(STAMP): pyproject.toml client/pyproject.toml operator/pyproject.toml localcluster/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ./client -e ./operator -e ./localcluster --group dev
+	$(PY) -m pip install --quiet -e './client[cli]' -e ./operator -e ./localcluster --group dev
 	touch $(STAMP)
 
 # When the images are wanted too (`make run`, `make test`, `make bench`, `make setup images`),
