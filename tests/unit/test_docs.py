@@ -129,6 +129,22 @@ def test_readme_is_short_and_its_links_resolve() -> None:
             assert (ROOT / link).exists(), link
 
 
+TOP_DIRS = "operator|client|localcluster|manifests|tests|bench|hack|docs"
+REPO_PATH = re.compile(rf"`((?:{TOP_DIRS})/[^`\s]*)`")
+
+
+def test_source_paths_named_in_the_docs_exist() -> None:
+    """A module moved or renamed leaves no stale path behind in the docs."""
+    stale = []
+    for page in [ROOT / "README.md", *DOCS.rglob("*.md")]:
+        for path in REPO_PATH.findall(page.read_text()):
+            if "..." in path or any(c in path for c in "{}<>*"):
+                continue  # an abbreviation or a pattern, not a path
+            if not (ROOT / path.split("::")[0]).exists():
+                stale.append(f"{page.relative_to(ROOT)}: {path}")
+    assert stale == []
+
+
 def test_unlisted_pages_join_the_nav(tmp_path: Path) -> None:
     (tmp_path / "guide").mkdir()
     for page in ("index.md", "a.md", "new.md", "guide/b.md", "guide/c.md"):
