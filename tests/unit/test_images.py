@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from kernelsession.localcluster import images, oci, ospackages
+from kernelsession.localcluster.building import images, oci
+from kernelsession.localcluster.host import ospackages
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -34,11 +34,21 @@ from typing import IO, Any
 import yaml
 
 from kernelsession.client.testing import free_port
-
-from . import hostnet, hoststate
-from .binaries import Binaries, NodeBinaries
-from .controlplane import ControlPlane, ControlPlaneError, write_kubeconfig
-from .processes import await_process, http_ok, start_logged, stop_process, wait_until
+from kernelsession.localcluster.building.binaries import Binaries, NodeBinaries
+from kernelsession.localcluster.cluster.controlplane import (
+    ControlPlane,
+    ControlPlaneError,
+    write_kubeconfig,
+)
+from kernelsession.localcluster.cluster.processes import (
+    await_process,
+    http_ok,
+    start_logged,
+    stop_process,
+    wait_until,
+)
+from kernelsession.localcluster.host import network as hostnet
+from kernelsession.localcluster.host import state as hoststate
 
 RUN_DIR = Path("/run/kernelsession")
 LOCK_FILE = RUN_DIR / "node.lock"
@@ -273,7 +283,9 @@ def _finish_host_cleanup(record: NodeRecord) -> list[str]:
     if record.kube_proxy and Path(record.kube_proxy).exists():
         _run([record.kube_proxy, "--cleanup", "--v=0"])
     _remove_iptables_leftovers()
-    from .netpol import remove_rules  # the enforcer's chains, also after a crash
+    from kernelsession.localcluster.host.netpol import (
+        remove_rules,  # the enforcer's chains, also after a crash
+    )
 
     remove_rules()
     problems += hostnet.teardown()
@@ -902,7 +914,7 @@ oom_score = 0
             [
                 sys.executable,
                 "-m",
-                "kernelsession.localcluster.netpol",
+                "kernelsession.localcluster.host.netpol",
                 f"--kubeconfig={self.cp.kubeconfig}",
                 f"--ready-file={ready}",
                 f"--node-dns={hostnet.NODE_IP}",  # CoreDNS runs on the node, bound there

@@ -21,9 +21,12 @@ from typing import Any
 import yaml
 
 from kernelsession.client.resources import CRD_NAME
-
-from .cluster import LocalCluster
-from .operator_process import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, manifests_dir
+from kernelsession.localcluster.cluster import LocalCluster
+from kernelsession.localcluster.deploy.operator_process import (
+    OPERATOR_ACCOUNT,
+    OPERATOR_NAMESPACE,
+    manifests_dir,
+)
 
 DEPLOYMENT = "kernelsession-operator"
 UPSTREAM_IMAGE = "kernelsession/operator"

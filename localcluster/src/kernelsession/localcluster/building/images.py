@@ -27,7 +27,7 @@ on the host), ``FROM`` the base image loaded from its archive (``--pull=never``:
 registry is contacted; pip inside the build reaches PyPI with the host's pip settings).
 
 API: :func:`ensure_images`, :func:`ensure_ingress_image` and :func:`import_into_containerd`.
-CLI: ``python -m kernelsession.localcluster.images ensure`` (``make images``).
+CLI: ``python -m kernelsession.localcluster.building.images ensure`` (``make images``).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import oci
+from kernelsession.localcluster.building import oci
 
 PREFIX = "localhost/kernelsession"
 #: Bump to rebuild every image when the build procedure itself changes.
@@ -809,7 +809,7 @@ def ensure_ingress_image(*, build_missing: bool = True, log: bool = True) -> Ima
         BinariesUnavailableError: the Traefik binary is missing and cannot be built.
         ImagesUnavailableError: the image build failed.
     """
-    from .binaries import TRAEFIK_VERSION, ensure_ingress
+    from kernelsession.localcluster.building.binaries import TRAEFIK_VERSION, ensure_ingress
 
     binary = ensure_ingress(build_missing=build_missing, log=log).traefik
     tag = traefik_hash(binary, TRAEFIK_VERSION)
@@ -940,7 +940,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: ``ensure`` (build what changed; print refs, archives, sizes and times),
     ``refs`` (print ``name=ref`` lines, building nothing), ``rebuild NAME...`` or
     ``ingress`` (the optional traefik image)."""
-    parser = argparse.ArgumentParser(prog="python -m kernelsession.localcluster.images")
+    parser = argparse.ArgumentParser(prog="python -m kernelsession.localcluster.building.images")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("ensure", help="build the images whose inputs changed")
     sub.add_parser("refs", help="print name=ref of each image (no build)")
@@ -951,7 +951,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.command == "ingress":
-        from .binaries import BinariesUnavailableError
+        from kernelsession.localcluster.building.binaries import BinariesUnavailableError
 
         try:
             img = ensure_ingress_image()

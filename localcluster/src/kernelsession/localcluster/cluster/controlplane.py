@@ -28,11 +28,15 @@ from types import TracebackType
 import yaml
 
 from kernelsession.client.testing import free_port
-
-from .binaries import Binaries, ensure
-from .pki import ClusterPKI
-from .pki import generate as generate_pki
-from .processes import await_process, http_ok, start_logged, stop_process
+from kernelsession.localcluster.building.binaries import Binaries, ensure
+from kernelsession.localcluster.cluster.pki import ClusterPKI
+from kernelsession.localcluster.cluster.pki import generate as generate_pki
+from kernelsession.localcluster.cluster.processes import (
+    await_process,
+    http_ok,
+    start_logged,
+    stop_process,
+)
 
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"

@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cluster import LocalCluster
+from kernelsession.localcluster.cluster import LocalCluster
 
 NAMESPACE = "kernelsession-ingress"
 NAME = "traefik"
@@ -313,7 +313,7 @@ def install_ingress(
         ImagesUnavailableError: its image cannot be built.
         IngressError: kubectl failed, or the controller was not ready within ``timeout``.
     """
-    from .images import ensure_ingress_image
+    from kernelsession.localcluster.building.images import ensure_ingress_image
 
     started = time.monotonic()
     image = ensure_ingress_image(build_missing=build_missing, log=log)

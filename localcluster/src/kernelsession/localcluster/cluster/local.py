@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from . import hostnet
-from .binaries import Binaries, NodeBinaries, ensure, ensure_node
-from .controlplane import ControlPlane, Timings, write_kubeconfig
-from .node import NODE_NAME, Node, NodeTimings
+from kernelsession.localcluster.building.binaries import Binaries, NodeBinaries, ensure, ensure_node
+from kernelsession.localcluster.cluster.controlplane import ControlPlane, Timings, write_kubeconfig
+from kernelsession.localcluster.cluster.node import NODE_NAME, Node, NodeTimings
+from kernelsession.localcluster.host import network as hostnet
 
 if TYPE_CHECKING:
-    from .images import Image
+    from kernelsession.localcluster.building.images import Image
 
 
 @dataclass
@@ -62,7 +62,7 @@ def default_images(*, ingress: bool = False) -> tuple[list[tuple[str, Path]], st
     ``ingress=True`` adds the optional ingress controller's image (``traefik``, see
     :mod:`.ingress`), building the Traefik binary first if needed; otherwise it is
     imported only when :func:`.ingress.install_ingress` asks for it."""
-    from .images import ensure_images, ensure_ingress_image
+    from kernelsession.localcluster.building.images import ensure_images, ensure_ingress_image
 
     images = ensure_images(log=True)
     chosen = [*images.all(), *([ensure_ingress_image(log=True)] if ingress else [])]
@@ -223,7 +223,7 @@ class LocalCluster:
             for name in ("netpol", "coredns", "kube-proxy", "kubelet"):
                 proc = node.processes.pop(name, None)
                 if proc is not None:
-                    from .processes import stop_process
+                    from kernelsession.localcluster.cluster.processes import stop_process
 
                     stop_process(proc, grace=10)
         if self.controlplane is not None:
