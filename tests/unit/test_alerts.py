@@ -34,7 +34,7 @@ def _promtool() -> str:
     if path is None:
         pytest.fail(
             "promtool not found: `make setup` installs it (Debian package `prometheus`; "
-            "`python -m kernelsession.localcluster.ospackages install monitoring`)"
+            "`python -m kernelsession.localcluster.host.ospackages install monitoring`)"
         )
     return path
 
