@@ -22,8 +22,9 @@ from types import FrameType
 from kernelsession.localcluster.building.binaries import BinariesUnavailableError
 from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.cluster.controlplane import ControlPlaneError
-from kernelsession.localcluster.cluster.node import NodeLock, cleanup_crashed
+from kernelsession.localcluster.cluster.node import NodeLock
 from kernelsession.localcluster.host import state as hoststate
+from kernelsession.localcluster.host.crash import cleanup_crashed
 
 
 def _up() -> int:

@@ -21,7 +21,7 @@ from kernelsession.client.resources import CRD_NAME
 from kernelsession.client.testing import free_port
 from kernelsession.localcluster.building.binaries import repo_root
 from kernelsession.localcluster.cluster import LocalCluster
-from kernelsession.localcluster.cluster.processes import (
+from kernelsession.localcluster.processes import (
     log_tail,
     start_logged,
     stop_process,
