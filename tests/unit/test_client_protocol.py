@@ -129,3 +129,49 @@ def test_dispatch_on_subprotocol():
         decode_frame("text", V1_SUBPROTOCOL)
     with pytest.raises(ProtocolError):
         decode_legacy_text("[1, 2]")
+
+
+def _server_frame(header: bytes, parent: bytes, metadata: bytes, content: bytes) -> bytes:
+    return serialize_msg_to_ws_v1([header, parent, metadata, content], "iopub")
+
+
+def test_v1_routing_fields_without_decoding_the_parts():
+    # jupyter-server's own spacing; metadata and content are not JSON here, and only
+    # reading them fails: routing reads just the parent's msg_id and the type
+    frame = _server_frame(
+        b'{"msg_id": "m1", "msg_type": "stream", "username": "u"}',
+        b'{"username": "a\\"msg_id\\": \\"spoof", "msg_id": "p1", "msg_type": "execute_request"}',
+        b"not json",
+        b"[1]",
+    )
+    msg = decode_v1(frame)
+    assert (msg.msg_type, msg.parent_msg_id, msg.channel) == ("stream", "p1", "iopub")
+    with pytest.raises(ProtocolError):
+        _ = msg.metadata
+    with pytest.raises(ProtocolError):
+        _ = msg.content
+    assert msg.parent_header["username"] == 'a"msg_id": "spoof'
+
+
+@pytest.mark.parametrize(
+    ("parent", "expected"),
+    [
+        (b"{}", None),
+        (b"", None),
+        (b'{"msg_id": ""}', None),
+        (b'{"msg_id": "esc\\u0041ped"}', "escAped"),  # escapes: decoded as JSON
+        (b'{ "msg_id" :"spaced" }', "spaced"),
+    ],
+)
+def test_v1_parent_msg_id_forms(parent, expected):
+    msg = decode_v1(_server_frame(b'{"msg_id": "m", "msg_type": "status"}', parent, b"{}", b"{}"))
+    assert msg.parent_msg_id == expected
+    assert msg.msg_type == "status"
+
+
+def test_v1_lazy_message_equals_the_decoded_one():
+    msg = sample([b"buf"])
+    decoded = decode_v1(encode_v1(msg))
+    assert decoded == msg
+    assert decoded.header == msg.header
+    assert decoded.buffers == [b"buf"]
