@@ -82,4 +82,4 @@ def test_localcluster_wheel(wheels: dict[str, Path]) -> None:
     assert not any(r.startswith("kopf") for r in meta["Requires-Dist"])
     assert "kernelsession-localcluster = kernelsession.localcluster.__main__:main" in eps
     assert "kernelsession/__init__.py" not in names
-    assert "kernelsession/localcluster/binaries.py" in names
+    assert "kernelsession/localcluster/building/binaries.py" in names
