@@ -192,6 +192,7 @@ def test_metrics_and_health(installed: LocalCluster, operator: InClusterOperator
         assert r.status == 200
         json.loads(r.read())  # kopf answers with its probes' results as JSON
     ready = pod_condition(pod, "Ready")
-    assert ready is not None and ready["status"] == "True", pod["status"]
+    assert ready is not None, pod["status"]
+    assert ready["status"] == "True", pod["status"]
     with pytest.raises(urllib.error.URLError):  # a port that serves nothing does not pass
         urllib.request.urlopen(f"http://{pod['status']['podIP']}:8081/healthz", timeout=5)
