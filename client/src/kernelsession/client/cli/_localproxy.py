@@ -6,9 +6,12 @@ it for HTTP requests and websocket upgrades alike), so the browser never sees th
 token; it removes the token from the pages it serves (jupyter-server writes it into
 JupyterLab's page config) and guards the local port:
 
-* the printed URL carries a one-time login code; the first request with it gets a
-  random session cookie (``HttpOnly; SameSite=Strict``) and a redirect to the lab,
-  and the code is spent;
+* the printed URL carries a one-time login code, valid for a minute
+  (:data:`LOGIN_CODE_SECONDS`); the first request with it gets a random session cookie
+  (``HttpOnly; SameSite=Strict``) and a redirect to the lab, and the code is spent;
+* jupyter-server's own login cookie (``username-...``, which it sets on requests that
+  carry the token and which would log in whoever holds it) never reaches the browser,
+  and none the browser holds from other Jupyter servers reaches the lab;
 * every other request needs that cookie, a ``Host`` of ``127.0.0.1:PORT`` or
   ``localhost:PORT`` (no DNS rebinding) and, when the browser sends an ``Origin``,
   this proxy's own origin (no cross-site or cross-port requests).
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
@@ -36,6 +40,7 @@ import h11
 from .._logging import default_logger
 
 __all__ = [
+    "LOGIN_CODE_SECONDS",
     "LOGIN_PARAMETER",
     "ByteStream",
     "Forward",
@@ -52,6 +57,12 @@ __all__ = [
 
 LOGIN_PARAMETER = "kernelsession-login"
 """Query parameter of the printed URL that carries the one-time login code."""
+
+LOGIN_CODE_SECONDS = 60.0
+"""How long the printed login code works (once)."""
+
+LAB_LOGIN_COOKIE_PREFIX = b"username-"
+"""jupyter-server's login cookie: ``username-{host}`` (non-alphanumerics as ``-``)."""
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -196,13 +207,20 @@ class Guard:
     Args:
         port: The local port (part of the allowed Host and Origin, and the cookie name).
         landing: Path the login redirects to (the lab's ``/lab``).
+        code_seconds: How long the login code works, from the guard's creation.
     """
 
     port: int
     landing: str = "/lab"
+    code_seconds: float = LOGIN_CODE_SECONDS
     login_code: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     session_cookie: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     login_used: bool = False
+    issued: float = field(default_factory=time.monotonic)
+
+    @property
+    def code_expired(self) -> bool:
+        return time.monotonic() - self.issued > self.code_seconds
 
     @property
     def cookie_name(self) -> str:
@@ -261,11 +279,18 @@ class Guard:
             valid = not self.login_used and secrets.compare_digest(
                 codes[0].encode(), self.login_code.encode()
             )
+            if valid and self.code_expired:
+                self.login_used = True  # spent: it never works later
+                return _text_response(
+                    403,
+                    f"kernelsession open: this login link expired (it works for "
+                    f"{self.code_seconds:g} s); run `kernelsession open` again for a new one",
+                )
             if not valid:
                 return _text_response(
                     403,
-                    "kernelsession open: this login link was already used or is wrong; "
-                    "run `kernelsession open` again for a new one",
+                    "kernelsession open: this login link was already used, expired or is "
+                    "wrong; run `kernelsession open` again for a new one",
                 )
             self.login_used = True
             cookie = f"{self.cookie_name}={self.session_cookie}; Path=/; HttpOnly; SameSite=Strict"
@@ -306,10 +331,15 @@ def _strip_cookie(value: bytes, name: str) -> bytes:
         cookie_name = part.strip().split(b"=", 1)[0].strip()
         if not part.strip() or cookie_name == name.encode():
             continue
-        if cookie_name.startswith(COOKIE_PREFIX.encode()):
-            continue
+        if cookie_name.startswith((COOKIE_PREFIX.encode(), LAB_LOGIN_COOKIE_PREFIX)):
+            continue  # also jupyter-server login cookies the browser holds from elsewhere
         kept.append(part.strip())
     return b"; ".join(kept)
+
+
+def _is_lab_login_cookie(set_cookie: bytes) -> bool:
+    """Whether a ``Set-Cookie`` value sets jupyter-server's login cookie."""
+    return set_cookie.split(b"=", 1)[0].strip().startswith(LAB_LOGIN_COOKIE_PREFIX)
 
 
 def upstream_headers(
@@ -318,8 +348,10 @@ def upstream_headers(
     """The request headers to send to the lab.
 
     Drops hop-by-hop headers (keeping a websocket upgrade), any ``Authorization`` the
-    browser sent, the cookies of ``open`` proxies and ``Accept-Encoding`` (bodies come back
-    uncompressed so they can be scanned for the token); adds ``Authorization: token``.
+    browser sent, the cookies of ``open`` proxies and jupyter-server login cookies
+    (``username-*``: the token authenticates every request) and ``Accept-Encoding``
+    (bodies come back uncompressed so they can be scanned for the token); adds
+    ``Authorization: token``.
     """
     upgrade = _is_upgrade(headers)
     out: Headers = []
@@ -360,13 +392,16 @@ def downstream_headers(
     """The response headers to send to the browser.
 
     Drops hop-by-hop headers (a 101 keeps its ``Connection``/``Upgrade`` pair, added by
-    the caller), removes the token from any header value, and with ``body_length`` (a
+    the caller) and jupyter-server's login cookie (it logs in whoever holds it, for as long
+    as the lab runs), removes the token from any header value, and with ``body_length`` (a
     scanned, rewritten body) replaces the framing headers with that length.
     """
     out: Headers = []
     for key, value in headers:
         name = key.lower()
         if name in _HOP_BY_HOP:
+            continue
+        if name == b"set-cookie" and _is_lab_login_cookie(value):
             continue
         if body_length is not None and name in (b"content-length", b"transfer-encoding"):
             continue
@@ -420,6 +455,7 @@ class LocalProxy:
         token: The lab token, added to every forwarded request, never sent back.
         port: Local port; 0 for any free one.
         landing: Path of JupyterLab on the lab (``{base_url}lab``).
+        login_code_seconds: How long the printed login code works (once).
     """
 
     def __init__(
@@ -430,9 +466,11 @@ class LocalProxy:
         port: int = 0,
         landing: str = "/lab",
         logger: Any = None,
+        login_code_seconds: float = LOGIN_CODE_SECONDS,
     ) -> None:
         self.upstream = upstream
         self._token = token
+        self._code_seconds = login_code_seconds
         self._requested_port = port
         self._landing = landing
         self._log = logger or default_logger()
@@ -459,7 +497,7 @@ class LocalProxy:
             self._on_connection, "127.0.0.1", self._requested_port
         )
         port = int(self._server.sockets[0].getsockname()[1])
-        self.guard = Guard(port=port, landing=self._landing)
+        self.guard = Guard(port=port, landing=self._landing, code_seconds=self._code_seconds)
         return self
 
     async def close(self) -> None:
