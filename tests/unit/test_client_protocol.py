@@ -175,3 +175,37 @@ def test_v1_lazy_message_equals_the_decoded_one():
     assert decoded == msg
     assert decoded.header == msg.header
     assert decoded.buffers == [b"buf"]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b'{"name": "stdout", "text": "hi"}', {"name": "stdout", "text": "hi"}),
+        (b'  {"a": 1} \n', {"a": 1}),  # spaces around: still JSON
+        (b'{"t": "\\u00e9\\n"}', {"t": "é\n"}),
+        (b"[1]", ProtocolError),
+        (b'{"a": 1}x', ProtocolError),  # trailing garbage
+        (b'{"a":', ProtocolError),
+        (b"\xff{}", ProtocolError),  # not UTF-8
+    ],
+)
+def test_v1_content_parts(content, expected):
+    msg = decode_v1(_server_frame(b'{"msg_id": "m", "msg_type": "stream"}', b"{}", b"{}", content))
+    if expected is ProtocolError:
+        with pytest.raises(ProtocolError):
+            _ = msg.content
+    else:
+        assert msg.content == expected
+
+
+def test_v1_four_part_frame_offsets_are_checked():
+    good = _server_frame(b'{"msg_id": "m", "msg_type": "status"}', b"{}", b"{}", b"{}")
+    assert decode_v1(good).msg_type == "status"
+    table = bytearray(good)
+    table[8 * 3 : 8 * 4] = (len(good) + 10).to_bytes(8, "little")  # a part past the end
+    with pytest.raises(ProtocolError):
+        decode_v1(bytes(table))
+    swapped = bytearray(good)
+    swapped[8 * 2 : 8 * 3] = (100).to_bytes(8, "little")  # the channel past the header
+    with pytest.raises(ProtocolError):
+        decode_v1(bytes(swapped))
