@@ -14,7 +14,9 @@ import httpx
 import pytest
 from helpers import async_wait_for
 
-from kernelsession.client.cli._localproxy import LocalProxy, TCPUpstream
+from kernelsession.client.cli._guard import LOGIN_CODE_SECONDS, Guard
+from kernelsession.client.cli._localproxy import LocalProxy
+from kernelsession.client.cli._upstream import TCPUpstream
 from kernelsession.client.testing import LocalJupyterServer
 
 LAB_OFFLINE = [
@@ -106,7 +108,5 @@ async def test_login_code_expires(jupyterlab: LocalJupyterServer) -> None:
 
 
 def test_the_command_uses_a_code_of_at_most_a_minute() -> None:
-    from kernelsession.client.cli._localproxy import LOGIN_CODE_SECONDS, Guard
-
     assert LOGIN_CODE_SECONDS <= 60
     assert Guard(port=1).code_seconds == LOGIN_CODE_SECONDS

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pytest
 from helpers import wait_for
 
-from kernelsession.client.cli._localproxy import (
+from kernelsession.client.cli._guard import (
     LOGIN_PARAMETER,
     Guard,
     Respond,
