@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -270,8 +270,11 @@ def _cpu(amount: str) -> dict[str, Any]:
     return {"requests": {"cpu": amount}, "limits": {"cpu": amount, "memory": "512Mi"}}
 
 
-def test_standby_takes_over_within_15s(
-    installed: LocalCluster, operator: InClusterOperator, session_name: str
+def test_standby_takes_over_the_lease(
+    installed: LocalCluster,
+    operator: InClusterOperator,
+    session_name: str,
+    report_figure: Callable[[str, float, str], None],
 ) -> None:
     requires(installed, "real_node", "needs the operator as the two-replica Deployment")
     selector = "app.kubernetes.io/name=kernelsession-operator"
@@ -293,8 +296,6 @@ def test_standby_takes_over_within_15s(
         timeout=30,
         what="the standby holding the lease",
     )
-    took = time.monotonic() - killed
-    print(f"takeover by {new} after {took:.1f}s")
-    assert took <= 15
+    report_figure(f"takeover by {new} after", time.monotonic() - killed, "s")
     apply_session(installed, session_name, {"user": "leo"})
     wait_phase(installed, session_name, "Ready", timeout=120)
