@@ -17,6 +17,7 @@ import kopf
 import structlog
 
 from kernelsession.operator import builders, metrics, naming
+from kernelsession.operator import status as st
 from kernelsession.operator.actions import (
     Create,
     CreateToken,
@@ -96,7 +97,15 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
                 log.info("culling lab", namespace=ns, session=name, reason=action.cull_reason)
                 metrics.CULLS.labels(action.cull_reason).inc()
             else:
-                log.info("deleting lab pod", namespace=ns, session=name, pod=action.name)
+                log.info(
+                    "deleting lab pod",
+                    namespace=ns,
+                    session=name,
+                    pod=action.name,
+                    rollout=action.rollout,
+                )
+            if action.rollout:
+                state.rolling_out = True
             await rt.kube.delete_pod(ns, action.name)
         elif isinstance(action, WriteStatus):
             updated = await rt.kube.patch_status(ns, name, action.patch)
@@ -118,4 +127,6 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
             metrics.SPAWN_SECONDS.observe(action.seconds)
     state.warned = decision.warned
     state.phase = decision.phase
+    if decision.phase not in (st.PENDING, st.STARTING) and not decision.of(DeletePod):
+        state.rolling_out = False  # its new lab is Ready (or will not be): free the slot
     return requeue

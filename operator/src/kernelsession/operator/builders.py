@@ -215,12 +215,37 @@ def pod_hash(spec: Mapping[str, Any], token_secret_uid: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
+# Session fields that never need a new pod: the running lab keeps going when they change.
+_NOT_IN_POD = frozenset({"culling", "suspend", "startTimeoutSeconds"})
+
+
+def spec_hash(body: Body, token_secret_uid: str) -> str:
+    """Short digest of the session's own wishes for its pod (its spec, not the operator's
+    defaults or code): a lab is replaced when this changes, never when only the operator's
+    template does (that applies at the next start, or under ``KERNELSESSION_ROLLOUT``)."""
+    spec = {k: v for k, v in _spec(body).items() if k not in _NOT_IN_POD}
+    home = dict(spec.get("home") or {})
+    if home:
+        home.pop("reclaimPolicy", None)
+        spec["home"] = home
+    return pod_hash(spec, token_secret_uid)
+
+
 def lab_pod(body: Body, settings: Settings, token_secret_uid: str) -> Manifest:
-    """The lab Pod; its name carries a hash of its spec, so a re-run never duplicates it."""
+    """The lab Pod; its name carries a hash of its spec, so a re-run never duplicates it.
+    Labelled with :func:`spec_hash` (which pods still do what the session asks)."""
     spec = pod_spec(body, settings)
     digest = pod_hash(spec, token_secret_uid)
     extra = dict(_spec(body).get("podLabels") or {})
-    labels = extra | labels_for(body) | {naming.COMPONENT_LABEL: "lab", naming.HASH_LABEL: digest}
+    labels = (
+        extra
+        | labels_for(body)
+        | {
+            naming.COMPONENT_LABEL: "lab",
+            naming.HASH_LABEL: digest,
+            naming.SPEC_HASH_LABEL: spec_hash(body, token_secret_uid),
+        }
+    )
     return _owned(
         body,
         {
@@ -349,10 +374,13 @@ def home_claim(body: Body) -> Manifest | None:
     )
 
 
-def lab_url(body: Body, settings: Settings, pod_ip: str | None) -> str | None:
-    """Base URL of the lab for clients in this deployment (ends with ``/``)."""
+def lab_url(
+    body: Body, settings: Settings, pod_ip: str | None, *, base: str | None = None
+) -> str | None:
+    """Base URL of the lab for clients in this deployment (ends with ``/``); ``base``:
+    the base path the running pod serves (an outdated pod keeps its own)."""
     meta = _meta(body)
-    base = base_path(body, settings)
+    base = base or base_path(body, settings)
     if settings.url_mode == "service":
         svc = naming.service_name(meta["name"])
         host = f"{svc}.{meta['namespace']}.svc.{settings.cluster_domain}"

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kernelsession.operator import builders, culling, naming, refusals
+from kernelsession.operator import builders, culling, naming, refusals, rollout
 from kernelsession.operator import status as st
 from kernelsession.operator.actions import (
     Action,
@@ -36,6 +36,10 @@ from kernelsession.operator.podview import PodView
 RESUME_HINT = (
     " To start it again: kubectl annotate ks/{name} -n {ns} "
     f'{naming.RESUME_ANNOTATION}="$(date +%s)" --overwrite'
+)
+NO_HOME_NOTE = (
+    " Its files are gone with it: the session has no spec.home volume, so nothing written "
+    "in the lab is kept."
 )
 UNSUSPEND_HINT = (
     " To start it again: kubectl patch ks/{name} -n {ns} --type merge "
@@ -147,9 +151,28 @@ def decide(obs: Observation, cfg: Settings) -> Decision:
     except KeyError as exc:  # the schema requires spec.user; defensive
         raise PermanentError(f"spec is missing {exc}") from None
     desired_name = desired["metadata"]["name"]
-    mine = next((p for p in obs.pods if p.name == desired_name), None)
-    stale = [p for p in obs.pods if p.name != desired_name]
-    actions: list[Action] = [*creates, *(DeletePod(p.name) for p in stale if not p.deleting)]
+    labs = rollout.choose(
+        obs.pods,
+        desired_name,
+        builders.spec_hash(obs.body, obs.token_uid),
+        restart=asked,
+    )
+    mine, stale, outdated = labs.current, list(labs.stale), labs.outdated
+    rolled: str | None = None
+    if (
+        mine is not None
+        and outdated
+        and mine.ready
+        and rollout.may_replace_idle(cfg, obs.activity, obs.rollout_slots)
+    ):
+        rolled = mine.name
+        events.append(Emit("RollingOut", rollout.ROLLING_MESSAGE.format(pod=mine.name)))
+        stale.append(mine)
+        mine, outdated = None, False
+    actions: list[Action] = [
+        *creates,
+        *(DeletePod(p.name, rollout=p.name == rolled) for p in stale if not p.deleting),
+    ]
 
     if mine is None:
         if desired_name in obs.rejected:
@@ -190,6 +213,10 @@ def decide(obs: Observation, cfg: Settings) -> Decision:
     )
     pod: PodView | None = mine
     last_activity = culled_time = None
+    if rolled is not None:
+        verdict = st.Verdict(
+            st.STARTING, "Rolling", "Replacing the idle lab pod to apply the new template."
+        )
     if verdict.ready and obs.activity is not None and mine is not None:
         latest = obs.activity.latest()
         last_activity = st.fmt_time(latest) if latest else None
@@ -211,6 +238,8 @@ def decide(obs: Observation, cfg: Settings) -> Decision:
             warned = True
         else:
             message = cull.message + RESUME_HINT.format(name=obs.name, ns=obs.namespace)
+            if spec.get("home") is None:
+                message += NO_HOME_NOTE
             actions.append(DeletePod(mine.name, cull_reason=cull.reason))
             events.append(Emit("Culled", message))
             verdict = st.Verdict(st.CULLED, cull.reason, message)
@@ -233,12 +262,15 @@ def decide(obs: Observation, cfg: Settings) -> Decision:
         requeue=requeue,
         token_name=token_name,
         pod=pod,
-        url=builders.lab_url(obs.body, cfg, pod.pod_ip if pod else None),
+        url=builders.lab_url(
+            obs.body, cfg, pod.pod_ip if pod else None, base=pod.base_path if pod else None
+        ),
         external_url=builders.external_url(obs.body, cfg),
         last_activity=last_activity,
         culled_time=culled_time,
         resume=resume,
         warned=warned,
+        up_to_date=None if pod is None else not outdated,
     )
 
 
@@ -326,6 +358,7 @@ def _finish(
     culled_time: str | None = None,
     resume: str | None = None,
     warned: bool = False,
+    up_to_date: bool | None = None,
 ) -> Decision:
     """Render the status for ``verdict``; add its write and the phase-change events."""
     current = obs.status
@@ -343,6 +376,7 @@ def _finish(
         last_activity=last_activity,
         culled_time=culled_time,
         resume_request=resume,
+        up_to_date=up_to_date,
     )
     result = [*actions]
     patch = st.status_patch(current, desired)

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from kernelsession.operator import builders, labapi, naming
+from kernelsession.operator import builders, labapi, naming, rollout
 from kernelsession.operator import status as st
 from kernelsession.operator.errors import PermanentError
 from kernelsession.operator.podview import PodView, read_pod
@@ -93,6 +93,8 @@ class Observation:
     warned: bool = False
     rejected: Mapping[str, str] = field(default_factory=dict)
     """Children the API server refused recently, by name: the message."""
+    rollout_slots: int = 0
+    """How many more outdated labs the rollout policy may replace now."""
 
     @property
     def name(self) -> str:
@@ -173,6 +175,8 @@ async def observe(
         claim=claim_view,
         warned=state.warned,
         rejected=state.recent_rejections(REJECTION_MEMORY),
+        rollout_slots=rt.settings.rollout_max
+        - sum(1 for s in rt.sessions if s.rolling_out and s.key != state.key),
     )
     if not wants_lab(body):  # deleting, suspended, or culled/timed out: nothing to read
         return obs
@@ -238,15 +242,14 @@ async def _probe(
     pods: tuple[PodView, ...],
 ) -> tuple[labapi.LabActivity | None, str | None]:
     """Ask the current lab pod (the one the spec asks for) how active it is."""
-    desired = naming.pod_name(
-        state.key[1],
-        builders.pod_hash(builders.pod_spec(body, rt.settings), token.uid),
-    )
-    pod = next((p for p in pods if p.name == desired), None)
+    desired = builders.lab_pod(body, rt.settings, token.uid)["metadata"]["name"]
+    pod = rollout.choose(
+        pods, desired, builders.spec_hash(body, token.uid), restart=resume_asked(body)
+    ).current
     if pod is None or not pod.pod_ip or not pod.running or pod.deleting:
         return None, None
     # The operator probes the pod itself (the NetworkPolicy admits it); clients use the URL.
-    url = f"http://{pod.pod_ip}:{rt.settings.lab_port}{builders.base_path(body, rt.settings)}"
+    url = f"http://{pod.pod_ip}:{rt.settings.lab_port}{pod.base_path}"
     try:
         return await labapi.activity(rt.http, url, token.token), None
     except labapi.LabUnreachable as exc:

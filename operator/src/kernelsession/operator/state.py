@@ -53,6 +53,8 @@ class SessionState:
     warned: bool = False
     phase: str | None = None
     home: HomeCheck | None = None
+    rolling_out: bool = False
+    """The rollout policy replaced this lab and its new pod is not Ready yet."""
 
     def remember(self, body: dict[str, Any]) -> None:
         """Keep the newest known state (watch events and our own writes race)."""

@@ -37,6 +37,12 @@ PHASES = (PENDING, STARTING, READY, FAILED, CULLED, SUSPENDED, TERMINATING)
 # also in the moments the kubelet has it running between back-offs.
 CRASH_RESTARTS = 3
 STICKY_REASONS = frozenset({"StartTimeout", "IdleTimeout", "MaxAge"})
+TEMPLATE_CHANGED = "TemplateChanged"
+OUTDATED_MESSAGE = (
+    "The lab runs an older template (the operator was upgraded or its settings changed); "
+    "the new one applies at its next start (a spec change, suspend and resume, or the "
+    "resume annotation)."
+)
 
 
 @dataclass(frozen=True)
@@ -230,6 +236,31 @@ def _ready_condition(
     }
 
 
+def _up_to_date_condition(
+    current: Mapping[str, Any], up_to_date: bool, now: datetime, generation: int
+) -> dict[str, Any]:
+    """``UpToDate``: False (``TemplateChanged``) while the lab runs an older template."""
+    status = "True" if up_to_date else "False"
+    previous = next(
+        (c for c in current.get("conditions") or [] if c.get("type") == "UpToDate"), None
+    )
+    since = (
+        previous.get("lastTransitionTime")
+        if previous and previous.get("status") == status and previous.get("lastTransitionTime")
+        else fmt_time(now)
+    )
+    return {
+        "type": "UpToDate",
+        "status": status,
+        "reason": "TemplateCurrent" if up_to_date else TEMPLATE_CHANGED,
+        "message": "The lab runs the operator's current template."
+        if up_to_date
+        else OUTDATED_MESSAGE,
+        "lastTransitionTime": since,
+        "observedGeneration": generation,
+    }
+
+
 def render(
     current: Mapping[str, Any],
     verdict: Verdict,
@@ -243,8 +274,10 @@ def render(
     last_activity: str | None = None,
     culled_time: str | None = None,
     resume_request: str | None = None,
+    up_to_date: bool | None = None,
 ) -> dict[str, Any]:
-    """The full ``status`` object for ``verdict``, stable when nothing changed."""
+    """The full ``status`` object for ``verdict``, stable when nothing changed.
+    ``up_to_date``: whether the lab pod runs the current template (None: no pod)."""
     ready_time = current.get("readyTime")
     if verdict.ready and (not ready_time or current.get("podName") != (pod.name if pod else None)):
         ready_time = fmt_time(now)
@@ -255,7 +288,14 @@ def render(
         "reason": verdict.reason,
         "message": verdict.message,
         "observedGeneration": generation,
-        "conditions": [_ready_condition(current, verdict, now, generation)],
+        "conditions": [
+            _ready_condition(current, verdict, now, generation),
+            *(
+                [_up_to_date_condition(current, up_to_date, now, generation)]
+                if up_to_date is not None
+                else []
+            ),
+        ],
         "url": url,
         "externalURL": external_url,
         "tokenSecretName": token_secret_name,
