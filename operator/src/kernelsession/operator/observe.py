@@ -251,7 +251,10 @@ async def _probe(
     # The operator probes the pod itself (the NetworkPolicy admits it); clients use the URL.
     url = f"http://{pod.pod_ip}:{rt.settings.lab_port}{pod.base_path}"
     try:
-        return await labapi.activity(rt.http, url, token.token), None
+        return (
+            await labapi.activity(rt.http, url, token.token, deadline=rt.settings.probe_timeout),
+            None,
+        )
     except labapi.LabUnreachable as exc:
         if exc.token_refused:
             state.token = None  # re-read the Secret on the next pass
