@@ -676,3 +676,15 @@ def test_cull_of_a_lab_without_home_says_its_files_are_gone() -> None:
         CFG,
     )
     assert "files are gone" not in status_of(d)["message"]
+
+
+# -- a token left by an earlier session of the same name --------------------------------
+def test_token_of_an_earlier_session_is_deleted_by_uid_then_a_new_one_made() -> None:
+    body = session()
+    d = decide(obs(body, token_uid=None, stale_token_uid="old-secret-uid"), CFG)
+    gone = d.of(Delete)
+    assert [(a.kind, a.name, a.uid) for a in gone] == [("Secret", "alice-token", "old-secret-uid")]
+    assert not d.of(CreateToken)
+    assert not [a for a in d.of(Create) if a.kind == "Pod"]
+    again = decide(obs(body, token_uid=None), CFG)
+    assert again.of(CreateToken)

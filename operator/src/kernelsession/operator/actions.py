@@ -38,10 +38,13 @@ class Patch:
 
 @dataclass(frozen=True)
 class Delete:
-    """Delete a child the session no longer has (an Ingress once Ingresses are off)."""
+    """Delete a child the session no longer has (an Ingress once Ingresses are off, a
+    token Secret left by an earlier session of the same name)."""
 
     kind: str
     name: str
+    uid: str | None = None
+    """Only the object with this uid (a precondition)."""
 
 
 @dataclass(frozen=True)

@@ -127,8 +127,15 @@ def decide(obs: Observation, cfg: Settings) -> Decision:
         creates.append(Create(claim))
     if obs.token_uid is None:
         # The pod's name depends on the Secret's uid: create it, then look again at once.
+        # A token left by an earlier session of this name goes first (a new session, a
+        # new token: whoever held the old one cannot open the new lab).
+        token_action: Action = (
+            Delete("Secret", naming.token_secret_name(obs.name), uid=obs.stale_token_uid)
+            if obs.stale_token_uid
+            else CreateToken()
+        )
         return Decision(
-            (CreateToken(), *creates),
+            (token_action, *creates),
             phase=str(current.get("phase") or st.PENDING),
             requeue_after=0.0,
             warned=warned,

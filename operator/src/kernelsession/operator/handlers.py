@@ -18,7 +18,7 @@ import httpx
 import kopf
 import structlog
 
-from kernelsession.operator import metrics, naming, supervisor
+from kernelsession.operator import metrics, naming, resync, supervisor
 from kernelsession.operator.config import Settings
 from kernelsession.operator.election import LeaderElector
 from kernelsession.operator.kube import Kube
@@ -61,6 +61,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.runtime = rt
     metrics.SESSIONS.source = rt.sessions.phases
     metrics.serve(cfg.metrics_port)
+    rt.background.add(
+        asyncio.get_running_loop().create_task(resync.resync_loop(rt), name="session resync")
+    )
     if cfg.leader_election:
         elector = LeaderElector(kube, cfg, lambda: _activate(rt), lambda: _deactivate(rt))
         memo.elector = elector
@@ -203,7 +206,7 @@ async def session_event(
     rt = _runtime(memo)
     key = (namespace, name)
     if type == "DELETED":
-        rt.sessions.pop(key)
+        rt.sessions.pop(key, (body.get("metadata") or {}).get("uid"))
         return
     if rt.indexes is None:
         rt.indexes = Indexes(

@@ -84,8 +84,9 @@ class Kube:
 
     async def read_token(
         self, namespace: str, name: str
-    ) -> tuple[str, str, Mapping[str, str]] | None:
-        """(uid, token, labels) of the token Secret, or None when it does not exist."""
+    ) -> tuple[str, str, Mapping[str, str], tuple[str, ...]] | None:
+        """(uid, token, labels, owner uids) of the token Secret, or None when it does not
+        exist."""
         try:
             secret = await self.core.read_namespaced_secret(name, namespace)
         except ApiException as exc:
@@ -94,7 +95,8 @@ class Kube:
             raise
         raw = (secret.data or {}).get(naming.TOKEN_KEY, "")
         token = base64.b64decode(raw).decode() if raw else ""
-        return secret.metadata.uid, token, dict(secret.metadata.labels or {})
+        owners = tuple(str(o.uid) for o in secret.metadata.owner_references or [])
+        return secret.metadata.uid, token, dict(secret.metadata.labels or {}), owners
 
     async def storage_class(self, name: str) -> str | None:
         """The volumeBindingMode of storage class ``name`` (None when it does not exist)."""
@@ -143,13 +145,19 @@ class Kube:
             raise
         return True
 
-    async def delete(self, kind: str, namespace: str, name: str) -> None:
-        """Delete an Ingress (gone already is fine)."""
-        call = {"Ingress": self.net.delete_namespaced_ingress}[kind]
+    async def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
+        """Delete an Ingress, or a Secret or claim with ``uid`` only (gone already, or
+        replaced meanwhile, is fine)."""
+        call: Any = {
+            "Ingress": self.net.delete_namespaced_ingress,
+            "Secret": self.core.delete_namespaced_secret,
+            "PersistentVolumeClaim": self.core.delete_namespaced_persistent_volume_claim,
+        }[kind]
+        body = {"preconditions": {"uid": uid}} if uid else None
         try:
-            await call(name, namespace)
+            await call(name, namespace, body=body)
         except ApiException as exc:
-            if exc.status != 404:
+            if exc.status not in (404, 409):
                 raise
 
     async def delete_pod(self, namespace: str, name: str) -> None:
@@ -158,6 +166,22 @@ class Kube:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+    async def session_keys(self, namespaces: tuple[str, ...]) -> list[tuple[str, str]]:
+        """(namespace, name) of every session in ``namespaces`` (empty: all)."""
+        items: list[Any] = []
+        if namespaces:
+            for ns in namespaces:
+                found = await cast(Any, self.custom).list_namespaced_custom_object(
+                    naming.GROUP, naming.VERSION, ns, naming.PLURAL
+                )
+                items.extend(found.get("items") or [])
+        else:
+            found = await cast(Any, self.custom).list_cluster_custom_object(
+                naming.GROUP, naming.VERSION, naming.PLURAL
+            )
+            items.extend(found.get("items") or [])
+        return [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items]
 
     async def patch_status(
         self, namespace: str, name: str, patch: Mapping[str, Any]

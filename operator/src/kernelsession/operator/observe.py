@@ -35,6 +35,14 @@ FRESH_TOKEN_AGE = 30.0
 REJECTION_MEMORY = 60.0
 
 
+class StaleToken(Exception):
+    """The token Secret belongs to an earlier session of the same name (``uid``: its own)."""
+
+    def __init__(self, uid: str) -> None:
+        super().__init__(uid)
+        self.uid = uid
+
+
 @dataclass(frozen=True)
 class ClaimView:
     """The session's home PersistentVolumeClaim as the watch shows it."""
@@ -86,6 +94,8 @@ class Observation:
     ingress: ChildView | None = None
     token_uid: str | None = None
     """The token Secret's uid; None when it does not exist yet."""
+    stale_token_uid: str | None = None
+    """A token Secret of an earlier session of the same name (another owner uid), to go."""
     claim: ClaimView | None = None
     home: HomeView | None = None
     activity: labapi.LabActivity | None = None
@@ -181,7 +191,10 @@ async def observe(
     if not wants_lab(body):  # deleting, suspended, or culled/timed out: nothing to read
         return obs
     live = [p for p in pod_views if not p.deleting]
-    token = await _token(rt, state, fresh=not live)
+    try:
+        token = await _token(rt, state, fresh=not live)
+    except StaleToken as exc:
+        return dataclasses.replace(obs, stale_token_uid=exc.uid)
     if token is None:
         return obs
     home = await _home(rt, state, claim_view) if body.get("spec", {}).get("home") else None
@@ -208,9 +221,15 @@ async def _token(rt: Runtime, state: SessionState, *, fresh: bool) -> TokenRecor
     if found is None:
         state.token = None
         return None
-    uid, token, labels = found
+    uid, token, labels, owners = found
     if labels.get(naming.SESSION_LABEL) != name or not token:
         raise PermanentError(f"Secret {secret_name} exists but is not this session's token Secret")
+    session_uid = str(state.body["metadata"].get("uid") or "")
+    if session_uid not in owners:
+        if owners:  # an earlier session of this name: its token must not open this lab
+            state.token = None
+            raise StaleToken(uid)
+        raise PermanentError(f"Secret {secret_name} exists but is not owned by this session")
     state.token = TokenRecord(uid=uid, token=token, checked=time.monotonic())
     return state.token
 

@@ -94,6 +94,11 @@ class Sessions:
 
     def remember(self, key: Key, body: dict[str, Any]) -> SessionState:
         state = self._by_key.get(key)
+        if state is not None and _uid(body) != _uid(state.body):
+            # deleted and created again under the same name (the DELETED event was
+            # missed in a watch gap): nothing remembered about the old one applies
+            state.stop()
+            state = None
         if state is None:
             state = self._by_key[key] = SessionState(key, body)
         else:
@@ -103,11 +108,17 @@ class Sessions:
     def get(self, key: Key) -> SessionState | None:
         return self._by_key.get(key)
 
-    def pop(self, key: Key) -> None:
-        """Forget the session: stop its loop and drop everything remembered about it."""
-        state = self._by_key.pop(key, None)
-        if state is not None:
-            state.stop()
+    def pop(self, key: Key, uid: str | None = None) -> None:
+        """Forget the session: stop its loop and drop everything remembered about it
+        (only when it is the session with ``uid``, when given)."""
+        state = self._by_key.get(key)
+        if state is None or (uid is not None and _uid(state.body) not in (None, uid)):
+            return
+        del self._by_key[key]
+        state.stop()
+
+    def keys(self) -> list[Key]:
+        return list(self._by_key)
 
     def wake(self, key: Key) -> None:
         state = self._by_key.get(key)
@@ -122,6 +133,11 @@ class Sessions:
 
     def __len__(self) -> int:
         return len(self._by_key)
+
+
+def _uid(body: dict[str, Any]) -> str | None:
+    uid = body.get("metadata", {}).get("uid")
+    return str(uid) if uid else None
 
 
 def _version(body: dict[str, Any]) -> int:
