@@ -382,7 +382,7 @@ def test_home_claim_is_created_and_the_pod_waits_for_it() -> None:
 
 def test_unbound_immediate_claim_shows_its_event() -> None:
     body = session(HOME)
-    claim = ClaimView("alice-home", "Pending", "fast")
+    claim = ClaimView("alice-home", "Pending", "fast", user="alice")
     home = HomeView("fast", True, "Immediate", "ProvisioningFailed: disk quota exceeded")
     d = decide(obs(body, claim=claim, home=home), CFG)
     s = status_of(d)
@@ -395,7 +395,7 @@ def test_unbound_immediate_claim_shows_its_event() -> None:
 
 def test_wait_for_first_consumer_creates_the_pod() -> None:
     body = session(HOME)
-    claim = ClaimView("alice-home", "Pending", "fast")
+    claim = ClaimView("alice-home", "Pending", "fast", user="alice")
     home = HomeView("fast", True, "WaitForFirstConsumer", None)
     d = decide(obs(body, claim=claim, home=home), CFG)
     assert kinds(d) == ["Pod"]
@@ -403,7 +403,7 @@ def test_wait_for_first_consumer_creates_the_pod() -> None:
 
 def test_pod_unschedulable_for_an_unbound_claim_is_home_pending() -> None:
     body = session(HOME)
-    claim = ClaimView("alice-home", "Pending", "fast")
+    claim = ClaimView("alice-home", "Pending", "fast", user="alice")
     home = HomeView("fast", True, "WaitForFirstConsumer", None)
     p = pod(body, unschedulable="pod has unbound immediate PersistentVolumeClaims")
     d = decide(obs(body, claim=claim, home=home, pods=(p,)), CFG)
@@ -412,7 +412,7 @@ def test_pod_unschedulable_for_an_unbound_claim_is_home_pending() -> None:
 
 def test_missing_storage_class_says_so() -> None:
     body = session(HOME)
-    claim = ClaimView("alice-home", "Pending", "fast")
+    claim = ClaimView("alice-home", "Pending", "fast", user="alice")
     d = decide(obs(body, claim=claim, home=HomeView("fast", False, None, None)), CFG)
     s = status_of(d)
     assert (s["phase"], s["reason"]) == (st.FAILED, "HomeUnavailable")
@@ -430,7 +430,7 @@ def test_refused_claim_is_home_unavailable() -> None:
 
 def test_bound_home_runs_the_lab_and_is_never_deleted() -> None:
     body = session(HOME, {"phase": "Ready"})
-    claim = ClaimView("alice-home", "Bound", "fast")
+    claim = ClaimView("alice-home", "Bound", "fast", user="alice")
     p = pod(body, created=NOW - timedelta(seconds=9000))
     d = decide(obs(body, claim=claim, pods=(p,), activity=idle(5000)), CFG)
     assert status_of(d)["phase"] == st.CULLED
@@ -672,19 +672,56 @@ def test_cull_of_a_lab_without_home_says_its_files_are_gone() -> None:
     )
     p = pod(with_home, created=NOW - timedelta(seconds=600))
     d = decide(
-        obs(with_home, pods=(p,), activity=idle(120), claim=ClaimView("alice-home", "Bound", None)),
+        obs(with_home, pods=(p,), activity=idle(120), claim=ClaimView("alice-home", "Bound", None, user="alice")),
         CFG,
     )
     assert "files are gone" not in status_of(d)["message"]
 
 
 # -- a token left by an earlier session of the same name --------------------------------
-def test_token_of_an_earlier_session_is_deleted_by_uid_then_a_new_one_made() -> None:
+def test_token_of_an_earlier_session_is_never_used_and_waited_for() -> None:
     body = session()
     d = decide(obs(body, token_uid=None, stale_token_uid="old-secret-uid"), CFG)
-    gone = d.of(Delete)
-    assert [(a.kind, a.name, a.uid) for a in gone] == [("Secret", "alice-token", "old-secret-uid")]
     assert not d.of(CreateToken)
     assert not [a for a in d.of(Create) if a.kind == "Pod"]
-    again = decide(obs(body, token_uid=None), CFG)
+    assert (status_of(d)["phase"], status_of(d)["reason"]) == (st.PENDING, "TokenPending")
+    assert "tokenSecretName" not in status_of(d)
+    again = decide(obs(body, token_uid=None), CFG)  # the garbage collector removed it
     assert again.of(CreateToken)
+
+
+# -- home volumes outlive sessions ------------------------------------------------------
+def test_retained_home_of_the_same_user_is_mounted_again() -> None:
+    body = session({"home": {}})
+    claim = ClaimView("alice-home", "Bound", None, user="alice")
+    d = decide(obs(body, claim=claim), CFG)
+    assert kinds(d) == ["Pod"]
+    assert not d.of(Patch)
+
+
+def test_home_of_another_user_is_a_conflict_and_never_mounted() -> None:
+    body = session({"home": {}})
+    claim = ClaimView("alice-home", "Bound", None, user="bob")
+    d = decide(obs(body, claim=claim), CFG)
+    s = status_of(d)
+    assert (s["phase"], s["reason"]) == (st.FAILED, "HomeConflict")
+    assert "'bob'" in s["message"]
+    assert not kinds(d) and not d.of(Patch)
+
+
+def test_claim_owned_by_the_session_loses_its_owner_under_retain() -> None:
+    body = session({"home": {}})
+    claim = ClaimView("alice-home", "Bound", None, user="alice", owners=("ks-uid",),
+                      resource_version="4")
+    d = decide(obs(body, claim=claim), CFG)
+    (patch,) = d.of(Patch)
+    assert patch.kind == "PersistentVolumeClaim"
+    assert patch.patch["metadata"]["ownerReferences"] is None
+
+
+def test_claim_of_an_earlier_session_being_deleted_is_waited_for() -> None:
+    body = session({"home": {}})
+    claim = ClaimView("alice-home", "Bound", None, user="alice", owners=("old-ks-uid",))
+    d = decide(obs(body, claim=claim), CFG)
+    assert not kinds(d) and not d.of(Patch)
+    assert status_of(d)["reason"] == "HomePending"

@@ -23,7 +23,7 @@ import yaml
 from kernelsession.client.resources import CRD_NAME
 
 from .cluster import LocalCluster
-from .operator_process import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, manifests_dir
+from .operator_process import LABS_NAMESPACE, OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, manifests_dir
 
 DEPLOYMENT = "kernelsession-operator"
 UPSTREAM_IMAGE = "kernelsession/operator"
@@ -182,6 +182,7 @@ def deploy_operator(
     """
     refs = cluster.image_refs
     settings = {"KERNELSESSION_DEFAULT_IMAGE": refs["lab"], **(env or {})}
+    cluster.apply(manifests_dir() / LABS_NAMESPACE)  # apart: `delete -k manifests/` keeps it
     with tempfile.TemporaryDirectory(prefix="ks-overlay-") as tmp:
         overlay = write_overlay(
             Path(tmp) / "overlay", manifests_dir(), refs["operator"], settings, replicas

@@ -90,7 +90,7 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
             else:  # changed meanwhile (or gone): the watch brings it, look again then
                 requeue = min(requeue, rt.settings.starting_interval)
         elif isinstance(action, Delete):
-            await rt.kube.delete(action.kind, ns, action.name, action.uid)
+            await rt.kube.delete(action.kind, ns, action.name)
             log.info("child deleted", kind=action.kind, name=action.name, session=name)
         elif isinstance(action, DeletePod):
             if action.cull_reason:

@@ -38,13 +38,10 @@ class Patch:
 
 @dataclass(frozen=True)
 class Delete:
-    """Delete a child the session no longer has (an Ingress once Ingresses are off, a
-    token Secret left by an earlier session of the same name)."""
+    """Delete a child the session no longer has (an Ingress once Ingresses are off)."""
 
     kind: str
     name: str
-    uid: str | None = None
-    """Only the object with this uid (a precondition)."""
 
 
 @dataclass(frozen=True)

@@ -343,11 +343,25 @@ def home_mount_path(spec: Mapping[str, Any]) -> str:
     return str(home.get("mountPath") or naming.DEFAULT_HOME_MOUNT)
 
 
+def reclaim_policy(spec: Mapping[str, Any]) -> str:
+    """``spec.home.reclaimPolicy``: ``Retain`` (default) or ``Delete``."""
+    home: Mapping[str, Any] = spec.get("home") or {}
+    return "Delete" if home.get("reclaimPolicy") == "Delete" else "Retain"
+
+
+def session_owner(body: Body) -> dict[str, Any]:
+    """The ownerReference that makes a child go with the session (the garbage collector)."""
+    owned = _owned(body, {"metadata": {}})
+    return dict(owned["metadata"]["ownerReferences"][0])
+
+
 def home_claim(body: Body) -> Manifest | None:
     """The session's home PersistentVolumeClaim (None when ``spec.home`` is unset).
 
-    Owned by the session, so it goes with the session and with nothing else: culling,
-    suspending and restarting the lab never touch it.
+    Culling, suspending and restarting the lab never touch it. With ``reclaimPolicy:
+    Retain`` (the default) it has no owner and outlives the session (labelled with its
+    user and session: a new session of that name and user mounts it again); with
+    ``Delete`` the session owns it and it goes with the session.
     """
     spec = _spec(body)
     home: Mapping[str, Any] | None = spec.get("home")
@@ -360,18 +374,34 @@ def home_claim(body: Body) -> Manifest | None:
     if home.get("storageClassName"):
         claim_spec["storageClassName"] = home["storageClassName"]
     name = _meta(body)["name"]
-    return _owned(
-        body,
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {
-                "name": naming.home_claim_name(name),
-                "labels": labels_for(body) | {naming.COMPONENT_LABEL: "home"},
-            },
-            "spec": claim_spec,
+    claim: Manifest = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": naming.home_claim_name(name),
+            "namespace": _meta(body)["namespace"],
+            "labels": labels_for(body) | {naming.COMPONENT_LABEL: "home"},
         },
-    )
+        "spec": claim_spec,
+    }
+    return _owned(body, claim) if reclaim_policy(spec) == "Delete" else claim
+
+
+def claim_owner_patch(
+    body: Body, owners: tuple[str, ...], resource_version: str
+) -> dict[str, Any] | None:
+    """A merge patch giving the home claim the owners its reclaim policy asks for (the
+    session for ``Delete``, none for ``Retain``); None when it has them already."""
+    uid = str(_meta(body)["uid"])
+    if reclaim_policy(_spec(body)) == "Delete":
+        wanted: list[dict[str, Any]] | None = [session_owner(body)]
+        if owners == (uid,):
+            return None
+    else:
+        wanted = None
+        if not owners:
+            return None
+    return {"metadata": {"ownerReferences": wanted, "resourceVersion": resource_version}}
 
 
 def lab_url(

@@ -125,17 +125,27 @@ def decide(obs: Observation, cfg: Settings) -> Decision:
     claim = builders.home_claim(obs.body)
     if claim is not None and obs.claim is None:
         creates.append(Create(claim))
+    elif claim is not None and obs.claim is not None and _home_is_ours(obs):
+        owners = builders.claim_owner_patch(
+            obs.body, obs.claim.owners, obs.claim.resource_version
+        )
+        if owners is not None:
+            creates.append(Patch("PersistentVolumeClaim", obs.claim.name, owners))
+    if obs.stale_token_uid:
+        # A token left by an earlier session of this name: never reused (a new session, a
+        # new token: whoever held the old one cannot open the new lab). The garbage
+        # collector removes it (its owner is gone); the operator may not delete Secrets.
+        verdict = st.Verdict(
+            st.PENDING,
+            "TokenPending",
+            f"Waiting for the token Secret {naming.token_secret_name(obs.name)} of an earlier "
+            "session of this name to be removed by the garbage collector.",
+        )
+        return _finish(obs, creates, verdict, requeue=cfg.home_interval, token_name=None)
     if obs.token_uid is None:
         # The pod's name depends on the Secret's uid: create it, then look again at once.
-        # A token left by an earlier session of this name goes first (a new session, a
-        # new token: whoever held the old one cannot open the new lab).
-        token_action: Action = (
-            Delete("Secret", naming.token_secret_name(obs.name), uid=obs.stale_token_uid)
-            if obs.stale_token_uid
-            else CreateToken()
-        )
         return Decision(
-            (token_action, *creates),
+            (CreateToken(), *creates),
             phase=str(current.get("phase") or st.PENDING),
             requeue_after=0.0,
             warned=warned,
@@ -301,6 +311,26 @@ def _home(
     if claim is None:
         return None, None, False
     name = claim["metadata"]["name"]
+    found = obs.claim
+    if found is not None and found.user != obs.spec.get("user"):
+        return (
+            st.Verdict(
+                st.FAILED,
+                "HomeConflict",
+                f"The home volume {name} holds the files of user {found.user!r}, not "
+                f"{obs.spec.get('user')!r} (spec.user): it is not mounted. Name the session "
+                "differently, or have an administrator move or delete that claim.",
+            ),
+            None,
+            False,
+        )
+    if found is not None and not _home_is_ours(obs):
+        return (
+            None,
+            f"The home volume {name} still belongs to an earlier session of this name "
+            "that is being deleted (spec.home.reclaimPolicy: Delete); waiting for it to go.",
+            True,
+        )
     if name in obs.rejected:
         return (
             st.Verdict(
@@ -348,6 +378,17 @@ def _home(
     )
     first_consumer = home is not None and home.binding_mode == "WaitForFirstConsumer"
     return None, message, not first_consumer
+
+
+def _home_is_ours(obs: Observation) -> bool:
+    """The claim is this user's and no other (earlier) session owns it."""
+    found = obs.claim
+    uid = str(obs.body["metadata"].get("uid") or "")
+    return (
+        found is not None
+        and found.user == obs.spec.get("user")
+        and all(owner == uid for owner in found.owners)
+    )
 
 
 def _finish(

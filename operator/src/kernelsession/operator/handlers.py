@@ -166,10 +166,18 @@ def lab_claims(
     name: str,
     spec: kopf.Spec,
     status: kopf.Status,
+    meta: kopf.Meta,
     **_: Any,
 ) -> Any:
     key = _session_key(namespace, labels)
-    claim = {"name": name, "phase": status.get("phase"), "class": spec.get("storageClassName")}
+    claim = {
+        "name": name,
+        "phase": status.get("phase"),
+        "class": spec.get("storageClassName"),
+        "user": labels.get(naming.USER_LABEL),
+        "owners": [str(o.get("uid")) for o in meta.get("ownerReferences") or []],
+        "resourceVersion": meta.get("resourceVersion"),
+    }
     return {key: claim} if key else {}
 
 

@@ -125,7 +125,7 @@ class Kube:
         return f"{newest.reason}: {(newest.message or '').strip()}"
 
     async def patch(self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]) -> bool:
-        """Merge-patch a NetworkPolicy or Ingress; False when it changed meanwhile (409,
+        """Merge-patch a NetworkPolicy, Ingress or claim (its owners); False when it changed meanwhile (409,
         its ``resourceVersion`` precondition) or is gone (404).
 
         Raises:
@@ -134,6 +134,7 @@ class Kube:
         call = {
             "NetworkPolicy": self.net.patch_namespaced_network_policy,
             "Ingress": self.net.patch_namespaced_ingress,
+            "PersistentVolumeClaim": self.core.patch_namespaced_persistent_volume_claim,
         }[kind]
         try:
             await cast(Any, call)(name, namespace, dict(patch), _content_type=MERGE_PATCH)
@@ -145,19 +146,13 @@ class Kube:
             raise
         return True
 
-    async def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
-        """Delete an Ingress, or a Secret or claim with ``uid`` only (gone already, or
-        replaced meanwhile, is fine)."""
-        call: Any = {
-            "Ingress": self.net.delete_namespaced_ingress,
-            "Secret": self.core.delete_namespaced_secret,
-            "PersistentVolumeClaim": self.core.delete_namespaced_persistent_volume_claim,
-        }[kind]
-        body = {"preconditions": {"uid": uid}} if uid else None
+    async def delete(self, kind: str, namespace: str, name: str) -> None:
+        """Delete an Ingress (gone already is fine)."""
+        call = {"Ingress": self.net.delete_namespaced_ingress}[kind]
         try:
-            await call(name, namespace, body=body)
+            await call(name, namespace)
         except ApiException as exc:
-            if exc.status not in (404, 409):
+            if exc.status != 404:
                 raise
 
     async def delete_pod(self, namespace: str, name: str) -> None:

@@ -50,6 +50,11 @@ class ClaimView:
     name: str
     phase: str
     storage_class: str | None
+    user: str | None = None
+    """Its ``kernelsession.dev/user`` label: whose files it holds."""
+    owners: tuple[str, ...] = ()
+    """uids of its ownerReferences (the session's when it goes with the session)."""
+    resource_version: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,8 @@ class Observation:
     token_uid: str | None = None
     """The token Secret's uid; None when it does not exist yet."""
     stale_token_uid: str | None = None
-    """A token Secret of an earlier session of the same name (another owner uid), to go."""
+    """A token Secret of an earlier session of the same name (another owner uid): the
+    garbage collector removes it; never used for this session."""
     claim: ClaimView | None = None
     home: HomeView | None = None
     activity: labapi.LabActivity | None = None
@@ -171,7 +177,14 @@ async def observe(
     ]:
         state.seen(name)
     claim_view = (
-        ClaimView(str(claim["name"]), str(claim.get("phase") or "Pending"), claim.get("class"))
+        ClaimView(
+            str(claim["name"]),
+            str(claim.get("phase") or "Pending"),
+            claim.get("class"),
+            user=claim.get("user"),
+            owners=tuple(claim.get("owners") or ()),
+            resource_version=str(claim.get("resourceVersion") or ""),
+        )
         if claim
         else None
     )
