@@ -50,7 +50,7 @@ from kernelsession.localcluster.deploy import InClusterOperator
 from kernelsession.localcluster.operator_process import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE
 
 LABS = resources.DEFAULT_NAMESPACE
-SESSION_LABEL = "kernelsession.dev/session"
+SESSION_LABEL = resources.SESSION_LABEL
 PLAIN_LABEL = "kernelsession-bench/plain"
 OPERATOR_USER = audit.service_account(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT)
 REPEATS = 5

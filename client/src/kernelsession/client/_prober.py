@@ -38,10 +38,11 @@ from ._kubernetes import (
     KernelSessionClient,
     KernelSessionError,
     KernelSessionFailedError,
-    load_api_client,
 )
 from ._models import NotebookResult
 from ._session import JupyterLabSession, JupyterLabSessionManager
+from .kubeapi import load_api_client
+from .resources import GROUP
 
 __all__ = [
     "LAB_PHASES",
@@ -60,7 +61,7 @@ __all__ = [
 PROBE_CODE = "print('kernelsession-probe-ok')"
 PROBE_EXPECTED = "kernelsession-probe-ok\n"
 #: Label on sessions made by ``probe --spawn`` (find leftovers with ``-l``).
-PROBE_LABEL = ("kernelsession.dev/probe", "spawn")
+PROBE_LABEL = (f"{GROUP}/probe", "spawn")
 #: Phases of a lab session, in order, as ``kernelsession_probe_seconds{phase=...}``.
 LAB_PHASES = ("login", "session_create", "websocket_open", "execute")
 _LAB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -393,29 +394,15 @@ def spawn_name() -> str:
     return f"probe-{secrets.token_hex(4)}"
 
 
-async def _children_gone(api: Any, namespace: str, name: str, deadline: float) -> None:
-    """Wait until no Pod, Service, Secret or NetworkPolicy of session ``name`` remains."""
-    from kubernetes_asyncio import client
-
-    core = client.CoreV1Api(api)
-    net = client.NetworkingV1Api(api)
-    selector = f"kernelsession.dev/session={name}"
-    listers = (
-        core.list_namespaced_pod,
-        core.list_namespaced_service,
-        core.list_namespaced_secret,
-        net.list_namespaced_network_policy,
-    )
+async def _children_gone(sessions: KernelSessionClient, name: str, deadline: float) -> None:
+    """Wait until no child of session ``name`` remains (Pod, Service, Secret...)."""
     delay = 0.05
     while True:
-        left: list[str] = []
-        for lister in listers:
-            items = (await lister(namespace, label_selector=selector)).items
-            left.extend(f"{item.kind or lister.__name__}/{item.metadata.name}" for item in items)
+        left = await sessions.children(name)
         if not left:
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"children of {namespace}/{name} still present: {left}")
+            raise TimeoutError(f"children of {sessions.namespace}/{name} still present: {left}")
         await asyncio.sleep(delay)  # polling the condition, bounded by the deadline
         delay = min(delay * 2, 0.5)
 
@@ -486,7 +473,7 @@ async def spawn_once(
     finally:
         try:
             if create_sent:
-                cleanup = asyncio.ensure_future(_delete(sessions, api, settings, name, result))
+                cleanup = asyncio.ensure_future(_delete(sessions, settings, name, result))
                 await _await_shielded(cleanup)
         finally:
             if api is not None:
@@ -514,13 +501,13 @@ async def _await_shielded(task: asyncio.Future[Any]) -> None:
 
 
 async def _delete(
-    sessions: KernelSessionClient, api: Any, settings: SpawnSettings, name: str, result: ProbeResult
+    sessions: KernelSessionClient, settings: SpawnSettings, name: str, result: ProbeResult
 ) -> None:
     t0 = time.perf_counter()
     deadline = time.monotonic() + settings.delete_timeout
     try:
         await sessions.delete(name, wait=True, timeout=settings.delete_timeout)
-        await _children_gone(api, settings.namespace, name, deadline)
+        await _children_gone(sessions, name, deadline)
         result.seconds["delete"] = time.perf_counter() - t0
     except Exception as e:  # the delete failing is the result's failure if none came first
         if result.error is None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -27,6 +26,8 @@ from pathlib import Path
 from types import TracebackType
 
 import yaml
+
+from kernelsession.client.testing import free_port
 
 from .binaries import Binaries, ensure
 from .pki import ClusterPKI
@@ -56,14 +57,6 @@ AUDIT_POLICY = {
 
 class ControlPlaneError(RuntimeError):
     """A control-plane component failed to start or become ready."""
-
-
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -182,7 +182,8 @@ def deploy_operator(
     """
     refs = cluster.image_refs
     settings = {"KERNELSESSION_DEFAULT_IMAGE": refs["lab"], **(env or {})}
-    cluster.apply(manifests_dir() / LABS_NAMESPACE)  # apart: `delete -k manifests/` keeps it
+    # The shared namespace, apart from the operator: `kubectl delete -k manifests/` keeps it.
+    cluster.kubectl("apply", "--server-side", "-f", str(manifests_dir() / LABS_NAMESPACE))
     with tempfile.TemporaryDirectory(prefix="ks-overlay-") as tmp:
         overlay = write_overlay(
             Path(tmp) / "overlay", manifests_dir(), refs["operator"], settings, replicas

@@ -33,9 +33,11 @@ from typing import IO, Any
 
 import yaml
 
+from kernelsession.client.testing import free_port
+
 from . import hostnet, hoststate
 from .binaries import Binaries, NodeBinaries
-from .controlplane import ControlPlane, ControlPlaneError, free_port, write_kubeconfig
+from .controlplane import ControlPlane, ControlPlaneError, write_kubeconfig
 from .processes import await_process, http_ok, start_logged, stop_process, wait_until
 
 RUN_DIR = Path("/run/kernelsession")
