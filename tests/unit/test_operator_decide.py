@@ -569,7 +569,8 @@ def test_pod_of_an_operator_that_did_not_label_spec_hash_is_kept() -> None:
     body = session(status={"phase": "Ready"})
     legacy = pod(body, cfg=OLD, spec_hash=None)
     d = decide(obs(body, pods=(legacy,), activity=idle(1)), CFG)
-    assert not deleted(d) and not kinds(d)
+    assert not deleted(d)
+    assert not kinds(d)
     assert status_of(d)["podName"] == legacy.name
 
 
@@ -591,7 +592,8 @@ def test_culling_or_start_timeout_change_never_restarts_the_lab() -> None:
         generation=2,
     )
     d = decide(obs(after, pods=(running,), activity=idle(1)), CFG)
-    assert not deleted(d) and not kinds(d)
+    assert not deleted(d)
+    assert not kinds(d)
     assert condition(d, "UpToDate")["status"] == "False"  # the probe settings apply later
 
 
@@ -620,7 +622,9 @@ IDLE_ROLLOUT = replace(CFG, rollout="idle", rollout_max=2)
 def test_idle_rollout_replaces_an_idle_outdated_lab_with_an_event() -> None:
     body = session(status={"phase": "Ready"})
     running = pod(body, cfg=OLD)
-    d = decide(obs(body, IDLE_ROLLOUT, pods=(running,), activity=idle(5), rollout_slots=1), IDLE_ROLLOUT)
+    d = decide(
+        obs(body, IDLE_ROLLOUT, pods=(running,), activity=idle(5), rollout_slots=1), IDLE_ROLLOUT
+    )
     assert [(a.name, a.rollout) for a in d.of(DeletePod)] == [(running.name, True)]
     assert kinds(d) == ["Pod"]
     assert "RollingOut" in emitted(d)
@@ -641,7 +645,8 @@ def test_idle_rollout_never_replaces_a_busy_connected_or_unseen_lab(
         obs(body, IDLE_ROLLOUT, pods=(running,), activity=activity, rollout_slots=slots),
         IDLE_ROLLOUT,
     )
-    assert not deleted(d) and not kinds(d)
+    assert not deleted(d)
+    assert not kinds(d)
     assert "RollingOut" not in emitted(d)
 
 
@@ -649,7 +654,8 @@ def test_without_a_rollout_policy_an_idle_outdated_lab_is_kept() -> None:
     body = session(status={"phase": "Ready"})
     running = pod(body, cfg=OLD)
     d = decide(obs(body, pods=(running,), activity=idle(5), rollout_slots=5), CFG)
-    assert not deleted(d) and not kinds(d)
+    assert not deleted(d)
+    assert not kinds(d)
 
 
 def test_outdated_lab_keeps_its_own_base_path_when_ingresses_are_turned_on() -> None:
@@ -667,12 +673,15 @@ def test_cull_of_a_lab_without_home_says_its_files_are_gone() -> None:
     assert "files are gone" in status_of(d)["message"]
     culled = next(a for a in d.of(Emit) if a.reason == "Culled")
     assert "files are gone" in culled.message
-    with_home = session(
-        {"culling": {"idleTimeoutSeconds": 60}, "home": {}}, {"phase": "Ready"}
-    )
+    with_home = session({"culling": {"idleTimeoutSeconds": 60}, "home": {}}, {"phase": "Ready"})
     p = pod(with_home, created=NOW - timedelta(seconds=600))
     d = decide(
-        obs(with_home, pods=(p,), activity=idle(120), claim=ClaimView("alice-home", "Bound", None, user="alice")),
+        obs(
+            with_home,
+            pods=(p,),
+            activity=idle(120),
+            claim=ClaimView("alice-home", "Bound", None, user="alice"),
+        ),
         CFG,
     )
     assert "files are gone" not in status_of(d)["message"]
@@ -706,13 +715,15 @@ def test_home_of_another_user_is_a_conflict_and_never_mounted() -> None:
     s = status_of(d)
     assert (s["phase"], s["reason"]) == (st.FAILED, "HomeConflict")
     assert "'bob'" in s["message"]
-    assert not kinds(d) and not d.of(Patch)
+    assert not kinds(d)
+    assert not d.of(Patch)
 
 
 def test_claim_owned_by_the_session_loses_its_owner_under_retain() -> None:
     body = session({"home": {}})
-    claim = ClaimView("alice-home", "Bound", None, user="alice", owners=("ks-uid",),
-                      resource_version="4")
+    claim = ClaimView(
+        "alice-home", "Bound", None, user="alice", owners=("ks-uid",), resource_version="4"
+    )
     d = decide(obs(body, claim=claim), CFG)
     (patch,) = d.of(Patch)
     assert patch.kind == "PersistentVolumeClaim"
@@ -723,5 +734,6 @@ def test_claim_of_an_earlier_session_being_deleted_is_waited_for() -> None:
     body = session({"home": {}})
     claim = ClaimView("alice-home", "Bound", None, user="alice", owners=("old-ks-uid",))
     d = decide(obs(body, claim=claim), CFG)
-    assert not kinds(d) and not d.of(Patch)
+    assert not kinds(d)
+    assert not d.of(Patch)
     assert status_of(d)["reason"] == "HomePending"

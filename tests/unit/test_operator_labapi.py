@@ -111,18 +111,17 @@ async def test_a_healthy_lab_answers(http: httpx.AsyncClient) -> None:
 async def test_a_trickling_lab_is_given_up_at_the_deadline_while_others_answer(
     http: httpx.AsyncClient,
 ) -> None:
-    async with _serve(trickle) as slow:
-        async with _serve(healthy) as good:
-            started = time.monotonic()
-            probe = asyncio.create_task(labapi.activity(http, slow.url(), "t", deadline=1.0))
-            # another session's lab, probed meanwhile on the same client, answers
-            answered = await labapi.activity(http, good.url(), "t")
-            assert answered.kernels
-            with pytest.raises(labapi.LabUnreachable, match="no complete answer"):
-                await probe
-            print(f"trickling lab given up after {time.monotonic() - started:.2f}s (deadline 1s)")
-            # it had not sent its whole answer: the deadline, not the lab, ended the probe
-            assert slow.sent < len(STATUS)
+    async with _serve(trickle) as slow, _serve(healthy) as good:
+        started = time.monotonic()
+        probe = asyncio.create_task(labapi.activity(http, slow.url(), "t", deadline=1.0))
+        # another session's lab, probed meanwhile on the same client, answers
+        answered = await labapi.activity(http, good.url(), "t")
+        assert answered.kernels
+        with pytest.raises(labapi.LabUnreachable, match="no complete answer"):
+            await probe
+        print(f"trickling lab given up after {time.monotonic() - started:.2f}s (deadline 1s)")
+        # it had not sent its whole answer: the deadline, not the lab, ended the probe
+        assert slow.sent < len(STATUS)
 
 
 async def test_an_endless_body_is_cut_at_the_cap_and_memory_stays_flat(

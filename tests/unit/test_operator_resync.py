@@ -40,4 +40,5 @@ async def test_a_session_recreated_under_the_same_name_starts_afresh() -> None:
     old.warned = True
     new = sessions.remember(("labs", "a"), body("a", "u2", "9"))
     assert new is not old
-    assert not new.warned and old.task is None
+    assert not new.warned
+    assert old.task is None

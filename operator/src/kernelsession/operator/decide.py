@@ -126,9 +126,7 @@ def decide(obs: Observation, cfg: Settings) -> Decision:
     if claim is not None and obs.claim is None:
         creates.append(Create(claim))
     elif claim is not None and obs.claim is not None and _home_is_ours(obs):
-        owners = builders.claim_owner_patch(
-            obs.body, obs.claim.owners, obs.claim.resource_version
-        )
+        owners = builders.claim_owner_patch(obs.body, obs.claim.owners, obs.claim.resource_version)
         if owners is not None:
             creates.append(Patch("PersistentVolumeClaim", obs.claim.name, owners))
     if obs.stale_token_uid:

@@ -123,8 +123,8 @@ class Kube:
         return f"{newest.reason}: {(newest.message or '').strip()}"
 
     async def patch(self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]) -> bool:
-        """Merge-patch a NetworkPolicy, Ingress or claim (its owners); False when it changed meanwhile (409,
-        its ``resourceVersion`` precondition) or is gone (404).
+        """Merge-patch a NetworkPolicy, Ingress or claim (its owners); False when it
+        changed meanwhile (409, its ``resourceVersion`` precondition) or is gone (404).
 
         Raises:
             ChildRejected: the API server rejected the patched object.
