@@ -470,3 +470,54 @@ async def test_containerd_and_kubelet_restarts_leave_labs_and_kernels_running(
         print(json.dumps(get_ks(installed, name)["status"]["conditions"]))
     finally:
         _delete_session(installed, name)
+
+
+# -- Ready means the URL runs code ------------------------------------------------------
+CLI = str(Path(sys.executable).parent / "kernelsession")
+
+
+def _cli(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "KUBECONFIG": str(cluster.kubeconfig)}
+    return subprocess.run([CLI, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def _endpoint_ready(cluster: LocalCluster, name: str, pod: str) -> bool:
+    slices = cluster.get_json(
+        "-n", LABS, "endpointslices", "-l", f"kubernetes.io/service-name={name}"
+    )["items"]
+    return any(
+        (e.get("targetRef") or {}).get("name") == pod and (e.get("conditions") or {}).get("ready")
+        for s in slices
+        for e in s.get("endpoints") or []
+    )
+
+
+async def test_ready_means_exec_and_probe_work_at_once(
+    installed: LocalCluster, operator: InClusterOperator
+) -> None:
+    """As a new user does it: apply, wait for Ready, exec, then probe, at once, 5 times
+    with fresh sessions (the end-to-end run saw `probe` fail once right after `exec`)."""
+    failures, endpoint_lag = [], 0
+    for round_ in range(5):
+        name = f"rd{round_}{uuid.uuid4().hex[:5]}"
+        apply_session(installed, name, {"user": "rea"})
+        try:
+            wait_for(
+                lambda name=name: (
+                    (get_ks(installed, name).get("status") or {}).get("phase") == "Ready"
+                ),
+                timeout=180,
+                interval=0.1,
+                what=f"{name} Ready",
+            )
+            pod = get_ks(installed, name)["status"]["podName"]
+            endpoint_lag += not _endpoint_ready(installed, name, pod)
+            done = _cli(installed, "exec", name, "-n", LABS, "-c", "print(6 * 7)")
+            probe = _cli(installed, "probe", name, "-n", LABS)
+            for step, result in (("exec", done), ("probe", probe)):
+                if result.returncode != 0:
+                    failures.append((name, step, result.stdout[-800:], result.stderr[-800:]))
+        finally:
+            installed.kubectl("-n", LABS, "delete", "ks", name, "--wait=false", check=False)
+    print(f"\n[ops] Ready before the Service endpoint was ready: {endpoint_lag}/5")
+    assert failures == []
