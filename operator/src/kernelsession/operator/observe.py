@@ -282,12 +282,21 @@ async def _probe(
         return None, None
     # The operator probes the pod itself (the NetworkPolicy admits it); clients use the URL.
     url = f"http://{pod.pod_ip}:{rt.settings.lab_port}{pod.base_path}"
+    deadline = rt.settings.probe_timeout
     try:
-        return (
-            await labapi.activity(rt.http, url, token.token, deadline=rt.settings.probe_timeout),
-            None,
-        )
+        found = await labapi.activity(rt.http, url, token.token, deadline=deadline)
+        status = body.get("status") or {}
+        service = builders.lab_url(body, rt.settings, pod.pod_ip, base=pod.base_path)
+        if (
+            service
+            and service != url
+            and (status.get("phase") != st.READY or status.get("podName") != pod.name)
+        ):
+            # Before saying Ready: the URL clients get (the Service) reaches this lab, so
+            # Ready never precedes the Service's endpoints and kube-proxy's rules.
+            await labapi.activity(rt.http, service, token.token, deadline=deadline)
     except labapi.LabUnreachable as exc:
         if exc.token_refused:
             state.token = None  # re-read the Secret on the next pass
         return None, str(exc)
+    return found, None
