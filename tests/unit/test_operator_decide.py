@@ -214,7 +214,7 @@ def test_spec_change_rolls_the_pod() -> None:
     old = pod(body, name="alice-lab-old")
     d = decide(obs(body, pods=(old,)), CFG)
     assert deleted(d) == ["alice-lab-old"]
-    assert kinds(d) == ["Pod"]
+    assert not kinds(d)  # the new pod once the old one is gone
 
 
 def test_deleting_session_is_terminating_and_touches_nothing() -> None:
@@ -466,7 +466,7 @@ def test_terminating_old_pod_while_rolling() -> None:
     old = pod(body, name="alice-lab-old", deleting=True)
     d = decide(obs(body, pods=(old,)), CFG)
     assert not deleted(d)  # already going
-    assert kinds(d) == ["Pod"]
+    assert not kinds(d)  # the new pod once the old one is gone
 
 
 # -- an Ingress per session ------------------------------------------------------------
@@ -580,7 +580,7 @@ def test_spec_change_replaces_an_outdated_lab() -> None:
     after = session({"image": "new:2"}, {"phase": "Ready", "observedGeneration": 1}, generation=2)
     d = decide(obs(after, pods=(running,), activity=busy()), CFG)
     assert deleted(d) == [running.name]
-    assert kinds(d) == ["Pod"]
+    assert not kinds(d)  # the new pod once the old one is gone
 
 
 def test_culling_or_start_timeout_change_never_restarts_the_lab() -> None:
@@ -605,7 +605,7 @@ def test_resume_annotation_starts_an_outdated_lab_with_the_new_template() -> Non
     running = pod(body, cfg=OLD)
     d = decide(obs(body, pods=(running,), activity=idle(1)), CFG)
     assert deleted(d) == [running.name]
-    assert kinds(d) == ["Pod"]
+    assert not kinds(d)  # the new pod once the old one is gone
 
 
 def test_outdated_pod_that_does_not_run_is_replaced() -> None:
@@ -613,7 +613,7 @@ def test_outdated_pod_that_does_not_run_is_replaced() -> None:
     stuck = pod(body, cfg=OLD, ready=False, phase="Failed")
     d = decide(obs(body, pods=(stuck,)), CFG)
     assert deleted(d) == [stuck.name]
-    assert kinds(d) == ["Pod"]
+    assert not kinds(d)  # the new pod once the old one is gone
 
 
 IDLE_ROLLOUT = replace(CFG, rollout="idle", rollout_max=2)
@@ -626,7 +626,7 @@ def test_idle_rollout_replaces_an_idle_outdated_lab_with_an_event() -> None:
         obs(body, IDLE_ROLLOUT, pods=(running,), activity=idle(5), rollout_slots=1), IDLE_ROLLOUT
     )
     assert [(a.name, a.rollout) for a in d.of(DeletePod)] == [(running.name, True)]
-    assert kinds(d) == ["Pod"]
+    assert not kinds(d)  # the new pod once the old one is gone
     assert "RollingOut" in emitted(d)
     assert (status_of(d)["phase"], status_of(d)["reason"]) == (st.STARTING, "Rolling")
 
@@ -737,3 +737,10 @@ def test_claim_of_an_earlier_session_being_deleted_is_waited_for() -> None:
     assert not kinds(d)
     assert not d.of(Patch)
     assert status_of(d)["reason"] == "HomePending"
+
+
+def test_the_new_pod_is_created_once_the_old_one_is_gone() -> None:
+    body = session({"image": "new:2"}, {"phase": "Starting"}, generation=2)
+    going = pod(body, name="alice-lab-old", deleting=True)
+    assert not kinds(decide(obs(body, pods=(going,)), CFG))
+    assert kinds(decide(obs(body, pods=()), CFG)) == ["Pod"]

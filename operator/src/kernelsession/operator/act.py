@@ -29,7 +29,7 @@ from kernelsession.operator.actions import (
     RecordSpawn,
     WriteStatus,
 )
-from kernelsession.operator.errors import PermanentError
+from kernelsession.operator.errors import PermanentError, SessionGone
 from kernelsession.operator.kube import ChildRejected
 from kernelsession.operator.runtime import Runtime
 from kernelsession.operator.state import SessionState, TokenRecord
@@ -56,6 +56,10 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
     requeue = decision.requeue_after
     for action in decision.actions:
         if isinstance(action, CreateToken):
+            # A new token starts a lab: first make sure the session still exists (a
+            # deletion missed in a watch gap must not get children again).
+            if await rt.kube.session_uid(ns, name) != body["metadata"].get("uid"):
+                raise SessionGone(f"{ns}/{name}")
             token = builders.new_token()
             uid = await rt.kube.create(builders.token_secret(body, token))
             if uid is not None:
@@ -109,8 +113,9 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
             await rt.kube.delete_pod(ns, action.name)
         elif isinstance(action, WriteStatus):
             updated = await rt.kube.patch_status(ns, name, action.patch)
-            if updated is not None:
-                state.remember(updated)
+            if updated is None:
+                raise SessionGone(f"{ns}/{name}")
+            state.remember(updated)
             metrics.STATUS_WRITES.inc()
             if action.previous != action.phase or "reason" in action.patch:
                 log.info(

@@ -212,7 +212,12 @@ def decide(obs: Observation, cfg: Settings) -> Decision:
                 token_name=token_name,
                 resume=resume,
             )
-        actions.append(Create(desired))
+        if not stale:
+            # Only once the previous pod is gone: two labs never share the home volume,
+            # and the node starts the new one with the current token Secret (its cache
+            # of a Secret deleted and created again under the same name can lag, and a
+            # lab started with the old token refuses the new one for good).
+            actions.append(Create(desired))
 
     start_timeout = int(spec.get("startTimeoutSeconds") or cfg.default_start_timeout)
     verdict = st.judge(
