@@ -125,9 +125,9 @@ async def test_settings_change_and_image_upgrade_keep_the_kernel_then_idle_rollo
                 | {"KERNELSESSION_DEFAULT_IMAGE": new_image, "KERNELSESSION_ROLLOUT": "idle"}
             )
             wait_for(
-                lambda: any(e["reason"] == "RollingOut" for e in events_for(installed, idle_name)),
+                lambda: _lab_pods(installed, idle_name) not in ([], [idle_pod]),
                 timeout=60,
-                what=f"the idle lab {idle_name} rolled out",
+                what=f"the idle lab {idle_name} replaced",
             )
             wait_phase(installed, idle_name, "Ready", timeout=120)
             wait_for(
@@ -146,6 +146,8 @@ async def test_settings_change_and_image_upgrade_keep_the_kernel_then_idle_rollo
             assert not any(e["reason"] == "RollingOut" for e in events_for(installed, busy_name))
             assert (_condition(installed, busy_name, "UpToDate") or {})["status"] == "False"
             assert await lab.run_python("print(x)") == "42\n"
+        reasons = [e["reason"] for e in events_for(installed, idle_name)]
+        assert "RollingOut" in reasons, reasons
     finally:
         for name in (busy_name, idle_name):
             installed.kubectl("-n", LABS, "delete", "ks", name, "--wait=false", check=False)
