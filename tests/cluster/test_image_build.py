@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from kernelsession.client.testing import free_port
-from kernelsession.localcluster import binaries, images, oci
+from kernelsession.localcluster.building import binaries, images, oci
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 

@@ -90,7 +90,7 @@ def test_no_package_imports_another_packages_private_modules() -> None:
         ("kernelsession.operator.kube", "kernelsession.client._kubernetes", True),
         ("bench.client_bench", "kernelsession.client._websocket", True),
         ("kernelsession.operator.kube", "kernelsession.client.kubeapi", False),
-        ("kernelsession.client._open", "kernelsession.client._kubernetes", False),
+        ("kernelsession.client.cli._open", "kernelsession.client._kubernetes", False),
         ("kernelsession.client.cli.main", "kernelsession.client._session", False),
         ("kernelsession.localcluster.x", "kernelsession.client.resources", False),
         ("kernelsession.operator.x", "kernelsession.client.__init__", False),

@@ -109,6 +109,9 @@ class Observation:
     warned: bool = False
     rejected: Mapping[str, str] = field(default_factory=dict)
     """Children the API server refused recently, by name: the message."""
+    desired_pod: Mapping[str, Any] | None = None
+    """The lab pod the spec asks for (its name hashes the template and the token
+    Secret's uid); None until the token Secret exists."""
     rollout_slots: int = 0
     """How many more outdated labs the rollout policy may replace now."""
 
@@ -210,10 +213,19 @@ async def observe(
         return dataclasses.replace(obs, stale_token_uid=exc.uid)
     if token is None:
         return obs
+    try:
+        desired = builders.lab_pod(body, rt.settings, token.uid)
+    except KeyError as exc:  # the schema requires spec.user; defensive
+        raise PermanentError(f"spec is missing {exc}") from None
     home = await _home(rt, state, claim_view) if body.get("spec", {}).get("home") else None
-    activity, probe_error = await _probe(rt, state, body, token, pod_views)
+    activity, probe_error = await _probe(rt, state, body, token, pod_views, desired)
     return dataclasses.replace(
-        obs, token_uid=token.uid, home=home, activity=activity, probe_error=probe_error
+        obs,
+        token_uid=token.uid,
+        desired_pod=desired,
+        home=home,
+        activity=activity,
+        probe_error=probe_error,
     )
 
 
@@ -272,11 +284,15 @@ async def _probe(
     body: Mapping[str, Any],
     token: TokenRecord,
     pods: tuple[PodView, ...],
+    desired: Mapping[str, Any],
 ) -> tuple[labapi.LabActivity | None, str | None]:
-    """Ask the current lab pod (the one the spec asks for) how active it is."""
-    desired = builders.lab_pod(body, rt.settings, token.uid)["metadata"]["name"]
+    """Ask the session's lab pod how active it is: ``desired`` (the one the spec asks
+    for), or an outdated one kept running (:func:`rollout.choose`)."""
     pod = rollout.choose(
-        pods, desired, builders.spec_hash(body, token.uid), restart=resume_asked(body)
+        pods,
+        str(desired["metadata"]["name"]),
+        builders.spec_hash(body, token.uid),
+        restart=resume_asked(body),
     ).current
     if pod is None or not pod.pod_ip or not pod.running or pod.deleting:
         return None, None

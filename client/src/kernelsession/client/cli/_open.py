@@ -3,7 +3,7 @@
 Waits until the session is Ready (resuming it when Culled or Suspended, unless
 ``--no-resume``), forwards a local port to the lab through the API server (the pod's
 ``portforward`` subresource, as the caller), and serves it on 127.0.0.1 through
-:class:`~kernelsession.client._localproxy.LocalProxy`, which adds the token to every
+:class:`~kernelsession.client.cli._localproxy.LocalProxy`, which adds the token to every
 request. Prints one line, the URL that opens the lab logged in, and serves until
 Ctrl-C (exit 0). ``--url URL --token-file FILE`` opens any Jupyter server this
 machine reaches instead of a session.
@@ -28,17 +28,17 @@ import h11
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from ._cliargs import UsageError, read_token
-from ._errors import redact
-from ._kubernetes import (
+from .._errors import redact
+from .._kubernetes import (
     KernelSessionClient,
     KernelSessionError,
     KernelSessionStatus,
 )
+from ..kubeapi import api_message, load_api_client
+from ..resources import DEFAULT_NAMESPACE, LAB_PORT, Phase
+from ._args import UsageError, read_token
 from ._localproxy import ByteStream, LocalProxy, TCPUpstream, Upstream, UpstreamError
 from ._portforward import PortForwardUpstream
-from .kubeapi import api_message, load_api_client
-from .resources import DEFAULT_NAMESPACE, LAB_PORT, Phase
 
 __all__ = ["OpenError", "add_open_parser", "run_open"]
 

@@ -19,9 +19,14 @@ from pathlib import Path
 
 from kernelsession.client.resources import CRD_NAME
 from kernelsession.client.testing import free_port
-from kernelsession.localcluster.binaries import repo_root
+from kernelsession.localcluster.building.binaries import repo_root
 from kernelsession.localcluster.cluster import LocalCluster
-from kernelsession.localcluster.processes import log_tail, start_logged, stop_process, wait_until
+from kernelsession.localcluster.processes import (
+    log_tail,
+    start_logged,
+    stop_process,
+    wait_until,
+)
 
 OPERATOR_NAMESPACE = "kernelsession-system"
 OPERATOR_ACCOUNT = "kernelsession-operator"
