@@ -142,6 +142,7 @@ class Reason(StrEnum):
     POD_REJECTED = "PodRejected"
     HOME_UNAVAILABLE = "HomeUnavailable"
     HOME_CONFLICT = "HomeConflict"
+    POLICY_REJECTED = "PolicyRejected"
     # Culled, Suspended, Terminating
     IDLE_TIMEOUT = "IdleTimeout"
     MAX_AGE = "MaxAge"

@@ -263,6 +263,26 @@ def _up_to_date_condition(
     }
 
 
+def _violation_condition(
+    current: Mapping[str, Any], message: str | None, now: datetime, generation: int
+) -> list[dict[str, Any]]:
+    if message is None:
+        return []
+    previous = next(
+        (c for c in current.get("conditions") or [] if c.get("type") == "PolicyViolation"), None
+    )
+    return [
+        {
+            "type": "PolicyViolation",
+            "status": "True",
+            "reason": "PolicyViolation",
+            "message": message + " The lab keeps running; it will not start again so.",
+            "lastTransitionTime": (previous or {}).get("lastTransitionTime") or fmt_time(now),
+            "observedGeneration": generation,
+        }
+    ]
+
+
 def render(
     current: Mapping[str, Any],
     verdict: Verdict,
@@ -277,9 +297,14 @@ def render(
     culled_time: str | None = None,
     resume_request: str | None = None,
     up_to_date: bool | None = None,
+    policy_violation: str | None = None,
 ) -> dict[str, Any]:
     """The full ``status`` object for ``verdict``, stable when nothing changed.
-    ``up_to_date``: whether the lab pod runs the current template (None: no pod)."""
+
+    ``up_to_date``: whether the lab pod runs the current template (None: no pod).
+    ``policy_violation``: why the running lab's spec breaks the namespace's rules now
+    (condition PolicyViolation; the lab keeps running and is refused at its next start).
+    """
     ready_time = current.get("readyTime")
     if verdict.ready and (not ready_time or current.get("podName") != (pod.name if pod else None)):
         ready_time = fmt_time(now)
@@ -297,6 +322,7 @@ def render(
                 if up_to_date is not None
                 else []
             ),
+            *_violation_condition(current, policy_violation, now, generation),
         ],
         "url": url,
         "externalURL": external_url,
