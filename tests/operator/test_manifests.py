@@ -20,7 +20,6 @@ def test_kustomization_applies_server_side(installed: LocalCluster) -> None:
     out = installed.kubectl("apply", "-k", str(MANIFESTS), "--dry-run=server").stdout
     for obj in (
         "namespace/kernelsession-system",
-        "namespace/labs",
         "customresourcedefinition.apiextensions.k8s.io/kernelsessions.kernelsession.dev",
         "serviceaccount/kernelsession-operator",
         "clusterrole.rbac.authorization.k8s.io/kernelsession-operator",

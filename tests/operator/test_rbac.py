@@ -45,7 +45,13 @@ OPERATOR_USER = audit.service_account(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT)
 ADMISSION_ONLY = {("kernelsession.dev", "kernelsessions/finalizers", "update")}
 # Used only when the operator is set to create no Ingress after it did: proven to succeed
 # under this RBAC by tests/operator/test_ingress.py (test_turning_ingresses_off_and_on).
-RECONFIGURATION_ONLY = {("networking.k8s.io", "ingresses", "delete")}
+RECONFIGURATION_ONLY = {
+    ("networking.k8s.io", "ingresses", "delete"),
+    # Only when a home claim's owners differ from its reclaimPolicy (a claim of an older
+    # operator, or the policy changed): tests/operator/test_operations.py
+    # (test_delete_and_recreate_finds_the_file_in_the_retained_home).
+    ("", "persistentvolumeclaims", "patch"),
+}
 Triple = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
 
 

@@ -17,6 +17,7 @@ import kopf
 import structlog
 
 from kernelsession.operator import builders, metrics, naming
+from kernelsession.operator import status as st
 from kernelsession.operator.actions import (
     Create,
     CreateToken,
@@ -29,7 +30,7 @@ from kernelsession.operator.actions import (
     RecordSpawn,
     WriteStatus,
 )
-from kernelsession.operator.errors import PermanentError
+from kernelsession.operator.errors import PermanentError, SessionGone
 from kernelsession.operator.kube import ChildRejected
 from kernelsession.operator.runtime import Runtime
 from kernelsession.operator.state import SessionState, TokenRecord
@@ -56,6 +57,10 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
     requeue = decision.requeue_after
     for action in decision.actions:
         if isinstance(action, CreateToken):
+            # A new token starts a lab: first make sure the session still exists (a
+            # deletion missed in a watch gap must not get children again).
+            if await rt.kube.session_uid(ns, name) != body["metadata"].get("uid"):
+                raise SessionGone(f"{ns}/{name}")
             token = builders.new_token()
             uid = await rt.kube.create(builders.token_secret(body, token))
             if uid is not None:
@@ -107,12 +112,21 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
                 log.info("culling lab", namespace=ns, session=name, reason=action.cull_reason)
                 metrics.CULLS.labels(action.cull_reason).inc()
             else:
-                log.info("deleting lab pod", namespace=ns, session=name, pod=action.name)
+                log.info(
+                    "deleting lab pod",
+                    namespace=ns,
+                    session=name,
+                    pod=action.name,
+                    rollout=action.rollout,
+                )
+            if action.rollout:
+                state.rolling_out = True
             await rt.kube.delete_pod(ns, action.name)
         elif isinstance(action, WriteStatus):
             updated = await rt.kube.patch_status(ns, name, action.patch)
-            if updated is not None:
-                state.remember(updated)
+            if updated is None:
+                raise SessionGone(f"{ns}/{name}")
+            state.remember(updated)
             metrics.STATUS_WRITES.inc()
             if action.previous != action.phase or "reason" in action.patch:
                 log.info(
@@ -129,4 +143,6 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
             metrics.SPAWN_SECONDS.observe(action.seconds)
     state.warned = decision.warned
     state.phase = decision.phase
+    if decision.phase not in (st.PENDING, st.STARTING) and not decision.of(DeletePod):
+        state.rolling_out = False  # its new lab is Ready (or will not be): free the slot
     return requeue

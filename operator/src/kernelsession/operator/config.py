@@ -14,6 +14,7 @@ from typing import Any, Literal
 from kernelsession.client.resources import DEFAULT_NAMESPACE, LAB_PORT
 
 URLMode = Literal["service", "pod-ip"]
+Rollout = Literal["never", "idle"]
 
 ENV_PREFIX = "KERNELSESSION_"
 
@@ -112,6 +113,14 @@ class Settings:
     log_format: Literal["json", "console"] = "json"
     ingress: IngressSettings | None = None
     """An Ingress per session (``KERNELSESSION_INGRESS=true``); None: no Ingress."""
+    rollout: Rollout = "never"
+    """When a running lab gets the operator's new template: ``never`` (at its next start)
+    or ``idle`` (also when no kernel is busy and no client is connected)."""
+    rollout_max: int = 1
+    """Labs replaced by the ``idle`` rollout at a time."""
+    resync_interval: float = 60.0
+    """Seconds between checks that every session this replica knows still exists (a
+    deletion missed in a watch gap is forgotten then)."""
 
     @property
     def clusterwide(self) -> bool:
@@ -270,6 +279,9 @@ def from_env(
         url_mode = "service" if env.get("KUBERNETES_SERVICE_HOST") else "pod-ip"
     if url_mode not in ("service", "pod-ip"):
         raise ConfigError(f"{ENV_PREFIX}URL_MODE must be auto, service or pod-ip, got {url_mode!r}")
+    rollout = env.get(ENV_PREFIX + "ROLLOUT", "") or d.rollout
+    if rollout not in ("never", "idle"):
+        raise ConfigError(f"{ENV_PREFIX}ROLLOUT must be never or idle, got {rollout!r}")
     log_format = env.get(ENV_PREFIX + "LOG_FORMAT", d.log_format)
     if log_format not in ("json", "console"):
         raise ConfigError(f"{ENV_PREFIX}LOG_FORMAT must be json or console, got {log_format!r}")
@@ -307,4 +319,7 @@ def from_env(
         log_level=env.get(ENV_PREFIX + "LOG_LEVEL", d.log_level).upper(),
         log_format=log_format,  # type: ignore[arg-type]
         ingress=ingress_from_env(env),
+        rollout=rollout,  # type: ignore[arg-type]
+        rollout_max=_int(env, "ROLLOUT_MAX", d.rollout_max, 1),
+        resync_interval=_float(env, "RESYNC_INTERVAL", d.resync_interval),
     )

@@ -18,7 +18,7 @@ import httpx
 import kopf
 import structlog
 
-from kernelsession.operator import metrics, naming, supervisor
+from kernelsession.operator import metrics, naming, resync, supervisor
 from kernelsession.operator.config import Settings
 from kernelsession.operator.election import LeaderElector
 from kernelsession.operator.kube import Kube
@@ -61,6 +61,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.runtime = rt
     metrics.SESSIONS.source = rt.sessions.phases
     metrics.serve(cfg.metrics_port)
+    rt.background.add(
+        asyncio.get_running_loop().create_task(resync.resync_loop(rt), name="session resync")
+    )
     if cfg.leader_election:
         elector = LeaderElector(kube, cfg, lambda: _activate(rt), lambda: _deactivate(rt))
         memo.elector = elector
@@ -163,10 +166,18 @@ def lab_claims(
     name: str,
     spec: kopf.Spec,
     status: kopf.Status,
+    meta: kopf.Meta,
     **_: Any,
 ) -> Any:
     key = _session_key(namespace, labels)
-    claim = {"name": name, "phase": status.get("phase"), "class": spec.get("storageClassName")}
+    claim = {
+        "name": name,
+        "phase": status.get("phase"),
+        "class": spec.get("storageClassName"),
+        "user": labels.get(naming.USER_LABEL),
+        "owners": [str(o.get("uid")) for o in meta.get("ownerReferences") or []],
+        "resourceVersion": meta.get("resourceVersion"),
+    }
     return {key: claim} if key else {}
 
 
@@ -203,7 +214,7 @@ async def session_event(
     rt = _runtime(memo)
     key = (namespace, name)
     if type == "DELETED":
-        rt.sessions.pop(key)
+        rt.sessions.pop(key, (body.get("metadata") or {}).get("uid"))
         return
     if rt.indexes is None:
         rt.indexes = Indexes(

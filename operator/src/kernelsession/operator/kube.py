@@ -88,8 +88,9 @@ class Kube:
 
     async def read_token(
         self, namespace: str, name: str
-    ) -> tuple[str, str, Mapping[str, str]] | None:
-        """(uid, token, labels) of the token Secret, or None when it does not exist."""
+    ) -> tuple[str, str, Mapping[str, str], tuple[str, ...]] | None:
+        """(uid, token, labels, owner uids) of the token Secret, or None when it does not
+        exist."""
         try:
             secret = await self.core.read_namespaced_secret(name, namespace)
         except ApiException as exc:
@@ -98,7 +99,8 @@ class Kube:
             raise
         raw = (secret.data or {}).get(naming.TOKEN_KEY, "")
         token = base64.b64decode(raw).decode() if raw else ""
-        return secret.metadata.uid, token, dict(secret.metadata.labels or {})
+        owners = tuple(str(o.uid) for o in secret.metadata.owner_references or [])
+        return secret.metadata.uid, token, dict(secret.metadata.labels or {}), owners
 
     async def read_policy(self, namespace: str, name: str) -> dict[str, str] | None:
         """The ``data`` of the namespace's policy ConfigMap; None when there is none."""
@@ -173,8 +175,8 @@ class Kube:
         return f"{newest.reason}: {(newest.message or '').strip()}"
 
     async def patch(self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]) -> bool:
-        """Merge-patch a NetworkPolicy, Ingress or RoleBinding; False when it changed
-        meanwhile (409, its ``resourceVersion`` precondition) or is gone (404).
+        """Merge-patch a NetworkPolicy, Ingress, RoleBinding or claim (its owners); False
+        when it changed meanwhile (409, its ``resourceVersion`` precondition) or is gone (404).
 
         Raises:
             ChildRejected: the API server rejected the patched object.
@@ -182,6 +184,7 @@ class Kube:
         call = {
             "NetworkPolicy": self.net.patch_namespaced_network_policy,
             "Ingress": self.net.patch_namespaced_ingress,
+            "PersistentVolumeClaim": self.core.patch_namespaced_persistent_volume_claim,
             "RoleBinding": self.rbac.patch_namespaced_role_binding,
         }[kind]
         try:
@@ -209,6 +212,35 @@ class Kube:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+    async def session_uid(self, namespace: str, name: str) -> str | None:
+        """The uid of session ``name`` (None when it does not exist); a list by name, as
+        the operator may list and watch sessions but not get them."""
+        found = await cast(Any, self.custom).list_namespaced_custom_object(
+            naming.GROUP,
+            naming.VERSION,
+            namespace,
+            naming.PLURAL,
+            field_selector=f"metadata.name={name}",
+        )
+        items = found.get("items") or []
+        return str(items[0]["metadata"]["uid"]) if items else None
+
+    async def session_keys(self, namespaces: tuple[str, ...]) -> list[tuple[str, str]]:
+        """(namespace, name) of every session in ``namespaces`` (empty: all)."""
+        items: list[Any] = []
+        if namespaces:
+            for ns in namespaces:
+                found = await cast(Any, self.custom).list_namespaced_custom_object(
+                    naming.GROUP, naming.VERSION, ns, naming.PLURAL
+                )
+                items.extend(found.get("items") or [])
+        else:
+            found = await cast(Any, self.custom).list_cluster_custom_object(
+                naming.GROUP, naming.VERSION, naming.PLURAL
+            )
+            items.extend(found.get("items") or [])
+        return [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items]
 
     async def patch_status(
         self, namespace: str, name: str, patch: Mapping[str, Any]

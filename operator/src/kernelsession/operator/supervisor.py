@@ -17,7 +17,7 @@ import structlog
 
 from kernelsession.operator import metrics, reconcile
 from kernelsession.operator.act import event
-from kernelsession.operator.errors import PermanentError, RetryLater
+from kernelsession.operator.errors import PermanentError, RetryLater, SessionGone
 from kernelsession.operator.observe import ChildView
 from kernelsession.operator.runtime import Runtime
 from kernelsession.operator.state import SessionState
@@ -75,6 +75,13 @@ async def session_loop(rt: Runtime, state: SessionState) -> None:
             failures = 0
         except asyncio.CancelledError:
             raise
+        except SessionGone:
+            log.info(
+                "session gone; forgotten", namespace=namespace, session=name, missed_event=True
+            )
+            metrics.FORGOTTEN.inc()
+            rt.sessions.pop(state.key, state.body.get("metadata", {}).get("uid"))
+            return
         except PermanentError as exc:
             metrics.RECONCILE_ERRORS.labels("PermanentError").inc()
             log.error(

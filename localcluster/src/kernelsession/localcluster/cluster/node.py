@@ -284,6 +284,34 @@ class Node:
         self.lock.release()
         return problems
 
+    def restart_daemon(self, name: str, *, grace: float = 10.0) -> float:
+        """Restart the node's ``containerd`` or ``kubelet`` as an upgrade of its package
+        would: SIGTERM by PID (SIGKILL after ``grace``), then start it again with the same
+        configuration. Running containers (their shims) are left alone: nothing of a
+        crashed run is cleaned up here. Returns seconds until it answers again.
+
+        Raises:
+            ValueError: ``name`` is not one of the two.
+            NodeError: it does not come back (with its log tail).
+        """
+        if name not in ("containerd", "kubelet"):
+            raise ValueError(f"restart_daemon: containerd or kubelet, not {name!r}")
+        started = time.monotonic()
+        self.processes.stop(name, grace=grace)
+        if name == "kubelet":
+            self._start_kubelet()
+            return time.monotonic() - started
+        env = dict(os.environ)
+        env["PATH"] = f"{self.node_binaries.directory}:{env.get('PATH', '/usr/bin:/bin')}"
+        config = self.workdir / "containerd" / "config.toml"
+        self._spawn(
+            "containerd", [str(self.node_binaries.containerd), "--config", str(config)], env
+        )
+        self._await(
+            "containerd", lambda: self.ctr("version", timeout=5).returncode == 0, timeout=30
+        )
+        return time.monotonic() - started
+
     def stop_daemons(self) -> None:
         """Stop every daemon but containerd, in reverse start order (the kubelet last of
         them); :meth:`stop` then stops containerd with its containers and cleans the host."""

@@ -23,6 +23,7 @@ import yaml
 from kernelsession.client.resources import CRD_NAME
 from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.deploy.operator_process import (
+    LABS_NAMESPACE,
     OPERATOR_ACCOUNT,
     OPERATOR_NAMESPACE,
     manifests_dir,
@@ -166,6 +167,8 @@ def deploy_operator(
     """
     refs = cluster.image_refs
     settings = {"KERNELSESSION_DEFAULT_IMAGE": refs["lab"], **(env or {})}
+    # The shared namespace, apart from the operator: `kubectl delete -k manifests/` keeps it.
+    cluster.kubectl("apply", "--server-side", "-f", str(manifests_dir() / LABS_NAMESPACE))
     with tempfile.TemporaryDirectory(prefix="ks-overlay-") as tmp:
         overlay = write_overlay(
             Path(tmp) / "overlay", manifests_dir(), refs["operator"], settings, replicas

@@ -30,6 +30,9 @@ from kernelsession.localcluster.processes import (
 
 OPERATOR_NAMESPACE = "kernelsession-system"
 OPERATOR_ACCOUNT = "kernelsession-operator"
+LABS_NAMESPACE = "samples/labs-namespace.yaml"
+"""The shared ``labs`` namespace, applied apart from ``manifests/`` (which leaves it on
+``kubectl delete -k``), relative to ``manifests/``."""
 
 
 def manifests_dir() -> Path:
@@ -52,7 +55,7 @@ def install_manifests(cluster: LocalCluster, directory: Path | None = None) -> N
         subprocess.CalledProcessError: kubectl failed (its stderr says why).
     """
     directory = directory or manifests_dir()
-    for name in ("namespace.yaml", "crd.yaml", "rbac.yaml", "admission.yaml"):
+    for name in (LABS_NAMESPACE, "namespace.yaml", "crd.yaml", "rbac.yaml", "admission.yaml"):
         cluster.apply(directory / name)
     cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=30s")
 
