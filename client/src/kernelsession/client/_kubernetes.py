@@ -19,6 +19,7 @@ from typing import Any, cast
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from ._apiclient import DEFAULT_REQUEST_TIMEOUT, DeadlineApiClient
 from ._logging import default_logger
 from ._reach import reachable_url
 from ._session import JupyterLabSessionManager
@@ -92,15 +93,22 @@ class KernelSessionTimeoutError(KernelSessionError):
         self.last = last
 
 
-async def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
-    """An ApiClient from ``kubeconfig``, ``$KUBECONFIG``, or the in-cluster service account."""
+async def load_api_client(
+    kubeconfig: str | None = None, *, request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+) -> client.ApiClient:
+    """An ApiClient from ``kubeconfig``, ``$KUBECONFIG``, or the in-cluster service account.
+
+    Every request has a deadline of ``request_timeout`` seconds unless the call passes its
+    own ``_request_timeout`` (see :mod:`._apiclient`); a request past it raises
+    :class:`~._apiclient.KubernetesDeadlineError` (a ``TimeoutError``).
+    """
     cfg = client.Configuration()
     path = kubeconfig or os.environ.get("KUBECONFIG")
     if path or not os.environ.get("KUBERNETES_SERVICE_HOST"):
         await config.load_kube_config(config_file=path, client_configuration=cfg)
     else:
         config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-    return client.ApiClient(cfg)
+    return DeadlineApiClient(cfg, request_timeout=request_timeout)
 
 
 class KernelSessionClient:
@@ -237,6 +245,9 @@ class KernelSessionClient:
                     resource_version=version,
                     timeout_seconds=max(1, int(min(left, 60))),
                     allow_watch_bookmarks=False,
+                    # a watch outlives the default request deadline: its own, a little
+                    # longer than the server's timeout_seconds
+                    _request_timeout=min(left, 60) + 10,
                 )
                 async with asyncio.timeout(left + 5):
                     async for event in stream:
