@@ -11,6 +11,7 @@ Long requests (watches) pass their own ``_request_timeout``.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,6 +20,17 @@ from kubernetes_asyncio import client
 
 DEFAULT_REQUEST_TIMEOUT = 30.0
 """Seconds a request to the API server may take in all (connect, send, answer)."""
+TIMEOUT_ENV = "KERNELSESSION_API_TIMEOUT"
+
+
+def api_timeout_from_env() -> float:
+    """``$KERNELSESSION_API_TIMEOUT`` (seconds, > 0) or the default; a malformed value is
+    ignored (the default applies)."""
+    try:
+        value = float(os.environ.get(TIMEOUT_ENV, ""))
+    except ValueError:
+        return DEFAULT_REQUEST_TIMEOUT
+    return value if value > 0 else DEFAULT_REQUEST_TIMEOUT
 
 
 class KubernetesDeadlineError(TimeoutError):

@@ -19,7 +19,7 @@ from typing import Any, cast
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from ._apiclient import DEFAULT_REQUEST_TIMEOUT, DeadlineApiClient
+from ._apiclient import DeadlineApiClient, api_timeout_from_env
 from ._logging import default_logger
 from ._reach import reachable_url
 from ._session import JupyterLabSessionManager
@@ -94,14 +94,17 @@ class KernelSessionTimeoutError(KernelSessionError):
 
 
 async def load_api_client(
-    kubeconfig: str | None = None, *, request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    kubeconfig: str | None = None, *, request_timeout: float | None = None
 ) -> client.ApiClient:
     """An ApiClient from ``kubeconfig``, ``$KUBECONFIG``, or the in-cluster service account.
 
-    Every request has a deadline of ``request_timeout`` seconds unless the call passes its
-    own ``_request_timeout`` (see :mod:`._apiclient`); a request past it raises
+    Every request has a deadline of ``request_timeout`` seconds (default:
+    ``$KERNELSESSION_API_TIMEOUT``, else 30) unless the call passes its own
+    ``_request_timeout`` (see :mod:`._apiclient`); a request past it raises
     :class:`~._apiclient.KubernetesDeadlineError` (a ``TimeoutError``).
     """
+    if request_timeout is None:
+        request_timeout = api_timeout_from_env()
     cfg = client.Configuration()
     path = kubeconfig or os.environ.get("KUBECONFIG")
     if path or not os.environ.get("KUBERNETES_SERVICE_HOST"):
