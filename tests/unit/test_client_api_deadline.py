@@ -69,3 +69,23 @@ def test_exec_by_name_against_a_hung_api_server_fails_at_the_deadline(
     ), err
     assert "not-a-real-token" not in err
     assert "Traceback" not in err
+
+
+async def test_a_port_forward_the_api_server_never_opens_fails_at_the_deadline(
+    hung_api: Path,
+) -> None:
+    """``kernelsession open``'s streams: the websocket handshake has a deadline too."""
+    from kubernetes_asyncio import client, config
+
+    from kernelsession.client._portforward import PortForwardError, PortForwardUpstream
+
+    cfg = client.Configuration()
+    await config.load_kube_config(config_file=str(hung_api), client_configuration=cfg)
+    upstream = PortForwardUpstream(cfg, namespace="labs", pod="lab", port=8888, connect_timeout=0.5)
+    try:
+        with pytest.raises(
+            PortForwardError, match=r"did not open the port-forward .* within 0\.5 s"
+        ):
+            await upstream.connect()
+    finally:
+        await upstream.aclose()
