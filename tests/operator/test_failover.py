@@ -172,7 +172,11 @@ async def test_sigstop_of_the_active_replica(
 
         t0 = time.monotonic()
         pids = signal_container(installed, leader, signal.SIGSTOP)
-        assert {process_state(p) for p in pids} == {"T"}
+        wait_for(
+            lambda: {process_state(p) for p in pids} == {"T"},
+            timeout=10,
+            what=f"every process of {old} stopped",
+        )
         apply_session(installed, b, {"user": "kai"})
         wait_for(lambda: replicas.leader() == new, timeout=60, what=f"{new} holding the Lease")
         takeover = time.monotonic() - t0
@@ -241,18 +245,24 @@ async def test_partition_of_the_active_replica(
         # Watch both at once: the old replica's own word (its /healthz, which the
         # partition leaves reachable) and the Lease.
         stepped_down: float | None = None
+        samples: list[tuple[float, Any]] = []
 
         def takeover() -> bool:
             nonlocal stepped_down
-            if stepped_down is None and (health(leader, 0.5) or {}).get("active") is False:
+            said = health(leader, 2.0)
+            samples.append((round(time.monotonic() - t0, 2), said and said.get("active")))
+            if stepped_down is None and said is not None and said.get("active") is False:
                 stepped_down = time.monotonic() - t0
             return replicas.leader() == new
 
         wait_for(takeover, timeout=60, what=f"{new} holding the Lease", interval=0.05)
         took = time.monotonic() - t0
-        assert stepped_down is not None, (
-            "the old leader still said active when the standby took over"
-        )
+        if stepped_down is None:
+            logs = installed.kubectl("-n", OPERATOR_NAMESPACE, "logs", old, check=False).stdout
+            pytest.fail(
+                f"{old} still said active when {new} took the Lease after {took:.1f}s; "
+                f"its /healthz (s since the cut, active): {samples}\nits log:\n{logs[-6000:]}"
+            )
         wait_phase(installed, b, "Ready", timeout=120)
         ready = time.monotonic() - t0
         dropped = partition.dropped()
