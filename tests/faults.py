@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -79,15 +78,20 @@ def process_state(pid: int) -> str:
     return stat.rsplit(")", 1)[1].split()[0]
 
 
-def health(pod: dict[str, Any], timeout: float = 2.0) -> dict[str, Any] | None:
-    """The operator replica's ``/healthz`` (kopf's probes: ``active``, ``sessions``), read
-    at its pod IP; None when it does not answer."""
-    url = f"http://{pod['status']['podIP']}:8080/healthz"
+def leading(pod: dict[str, Any], timeout: float = 2.0) -> bool | None:
+    """Whether the operator replica says it is the active one (its ``kernelsession_leader``
+    gauge, read at its pod IP; set the moment it starts or stops acting, unlike kopf's
+    ``/healthz``, which caches its probes for 10 s); None when it does not answer."""
+    url = f"http://{pod['status']['podIP']}:9090/metrics"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            return dict(json.loads(response.read()))
-    except (OSError, ValueError):
+            text = response.read().decode()
+    except OSError:
         return None
+    for line in text.splitlines():
+        if line.startswith("kernelsession_leader "):
+            return float(line.split()[1]) == 1.0
+    return None
 
 
 def api_server_port(cluster: LocalCluster) -> int:

@@ -22,8 +22,8 @@ import pytest
 from faults import (
     Partition,
     api_server_port,
-    health,
     late_writes,
+    leading,
     process_state,
     replica_writes,
     signal_container,
@@ -189,7 +189,7 @@ async def test_sigstop_of_the_active_replica(
         leader = None
         # the thawed replica answers again, as a standby
         wait_for(
-            lambda: (h := health(leader_after)) is not None and h.get("active") is False,
+            lambda: leading(leader_after) is False,
             timeout=30,
             what=f"{old} answering as a standby",
         )
@@ -235,23 +235,23 @@ async def test_partition_of_the_active_replica(
         before = _child_uids(installed, a)
         leader, standby = _pair(replicas)
         old, new = leader["metadata"]["name"], standby["metadata"]["name"]
-        assert (health(leader) or {}).get("active") is True
+        assert leading(leader) is True
         offset = audit.size(installed.audit_log)
 
         partition = Partition(leader["status"]["podIP"], api_server_port(installed))
         t0 = time.monotonic()
         partition.cut()
         apply_session(installed, b, {"user": "kai"})
-        # Watch both at once: the old replica's own word (its /healthz, which the
+        # Watch both at once: the old replica's own word (its leader gauge, which the
         # partition leaves reachable) and the Lease.
         stepped_down: float | None = None
         samples: list[tuple[float, Any]] = []
 
         def takeover() -> bool:
             nonlocal stepped_down
-            said = health(leader, 2.0)
-            samples.append((round(time.monotonic() - t0, 2), said and said.get("active")))
-            if stepped_down is None and said is not None and said.get("active") is False:
+            said = leading(leader)
+            samples.append((round(time.monotonic() - t0, 2), said))
+            if stepped_down is None and said is False:
                 stepped_down = time.monotonic() - t0
             return replicas.leader() == new
 
@@ -261,7 +261,7 @@ async def test_partition_of_the_active_replica(
             logs = installed.kubectl("-n", OPERATOR_NAMESPACE, "logs", old, check=False).stdout
             pytest.fail(
                 f"{old} still said active when {new} took the Lease after {took:.1f}s; "
-                f"its /healthz (s since the cut, active): {samples}\nits log:\n{logs[-6000:]}"
+                f"its leader gauge (s since the cut, leading): {samples}\nits log:\n{logs[-6000:]}"
             )
         wait_phase(installed, b, "Ready", timeout=120)
         ready = time.monotonic() - t0
@@ -280,7 +280,7 @@ async def test_partition_of_the_active_replica(
             what=f"{old} reading the Lease after the partition healed",
         )
         assert replicas.leader() == new
-        assert (health(leader) or {}).get("active") is False
+        assert leading(leader) is False
         print(
             f"[partition] {old} cut off ({dropped} packets dropped): it stepped down after "
             f"{stepped_down:.1f}s, {new} held the Lease after {took:.1f}s; the session "
