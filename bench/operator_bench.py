@@ -44,13 +44,12 @@ from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio import watch
 
 from kernelsession.client import resources
-from kernelsession.localcluster import audit
-from kernelsession.localcluster.cluster import LocalCluster
+from kernelsession.localcluster.cluster import LocalCluster, audit
 from kernelsession.localcluster.deploy import InClusterOperator
-from kernelsession.localcluster.operator_process import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE
+from kernelsession.localcluster.deploy.operator_process import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE
 
 LABS = resources.DEFAULT_NAMESPACE
-SESSION_LABEL = "kernelsession.dev/session"
+SESSION_LABEL = resources.SESSION_LABEL
 PLAIN_LABEL = "kernelsession-bench/plain"
 OPERATOR_USER = audit.service_account(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT)
 REPEATS = 5

@@ -22,8 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from kernelsession.localcluster import audit
-from kernelsession.localcluster.cluster import LocalCluster
+from kernelsession.localcluster.cluster import LocalCluster, audit
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 

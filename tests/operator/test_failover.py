@@ -30,10 +30,9 @@ from faults import (
 )
 from helpers import apply_session, children, requires, wait_for, wait_phase
 
-from kernelsession.localcluster import audit
-from kernelsession.localcluster.cluster import LocalCluster
+from kernelsession.localcluster.cluster import LocalCluster, audit
 from kernelsession.localcluster.deploy import InClusterOperator
-from kernelsession.localcluster.operator_process import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE
+from kernelsession.localcluster.deploy.operator_process import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 

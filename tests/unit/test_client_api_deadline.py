@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kernelsession.client._cli import main
+from kernelsession.client.cli import main
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ async def test_a_port_forward_the_api_server_never_opens_fails_at_the_deadline(
     """``kernelsession open``'s streams: the websocket handshake has a deadline too."""
     from kubernetes_asyncio import client, config
 
-    from kernelsession.client._portforward import PortForwardError, PortForwardUpstream
+    from kernelsession.client.cli._portforward import PortForwardError, PortForwardUpstream
 
     cfg = client.Configuration()
     await config.load_kube_config(config_file=str(hung_api), client_configuration=cfg)

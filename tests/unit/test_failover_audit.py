@@ -6,7 +6,7 @@ import json
 
 from faults import late_writes, replica_writes
 
-from kernelsession.localcluster import audit
+from kernelsession.localcluster.cluster import audit
 
 SA = "system:serviceaccount:kernelsession-system:kernelsession-operator"
 

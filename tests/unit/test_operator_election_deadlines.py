@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from kubernetes_asyncio import client
 
-from kernelsession.client._apiclient import DeadlineApiClient, KubernetesDeadlineError
+from kernelsession.client.kubeapi import DeadlineApiClient, KubernetesDeadlineError
 from kernelsession.operator.config import Settings
 from kernelsession.operator.election import LeaderElector
 from kernelsession.operator.errors import NotLeading

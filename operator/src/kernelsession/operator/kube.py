@@ -24,14 +24,12 @@ from typing import Any, cast
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from kernelsession.client._kubernetes import api_message, load_api_client
+from kernelsession.client.kubeapi import MERGE_PATCH, api_message, load_api_client
 from kernelsession.operator import naming
 from kernelsession.operator.errors import NotLeading
 
 EVENT_COMPONENT = "kernelsession-operator"
 MAX_EVENT_MESSAGE = 1024
-
-MERGE_PATCH = "application/merge-patch+json"
 
 
 class ChildRejected(Exception):

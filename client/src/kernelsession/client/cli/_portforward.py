@@ -21,7 +21,7 @@ import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.stream import WsApiClient
 
-from ._apiclient import DEFAULT_REQUEST_TIMEOUT
+from ..kubeapi import DEFAULT_REQUEST_TIMEOUT
 from ._localproxy import ByteStream, UpstreamError
 
 __all__ = [

@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import h11
 
-from ._logging import default_logger
+from .._logging import default_logger
 
 __all__ = [
     "LOGIN_PARAMETER",
