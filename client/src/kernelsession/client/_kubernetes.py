@@ -18,8 +18,8 @@ from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from ._logging import default_logger
+from ._manager import JupyterLabSessionManager
 from ._reach import reachable_url
-from ._session import JupyterLabSessionManager
 from .kubeapi import MERGE_PATCH, api_message, load_api_client
 from .resources import (
     API_VERSION,

@@ -22,8 +22,8 @@ from typing import Any
 from .._errors import JupyterError, redact
 from .._kubernetes import KernelSessionClient, KernelSessionError
 from .._logging import LOGGER_NAME
+from .._manager import JupyterLabSessionManager
 from .._notebook import load_code_cells
-from .._session import JupyterLabSessionManager
 from ..resources import DEFAULT_NAMESPACE
 from ._args import UsageError, read_token
 from ._metrics import ProbeMetrics

@@ -3,7 +3,7 @@
 Waits until the session is Ready (resuming it when Culled or Suspended, unless
 ``--no-resume``), forwards a local port to the lab through the API server (the pod's
 ``portforward`` subresource, as the caller), and serves it on 127.0.0.1 through
-:class:`~kernelsession.client.cli._localproxy.LocalProxy`, which adds the token to every
+``_localproxy.LocalProxy``, which adds the token to every
 request. Prints one line, the URL that opens the lab logged in, and serves until
 Ctrl-C (exit 0). ``--url URL --token-file FILE`` opens any Jupyter server this
 machine reaches instead of a session.
@@ -37,8 +37,9 @@ from .._kubernetes import (
 from ..kubeapi import api_message, load_api_client
 from ..resources import DEFAULT_NAMESPACE, LAB_PORT, Phase
 from ._args import UsageError, read_token
-from ._localproxy import ByteStream, LocalProxy, TCPUpstream, Upstream, UpstreamError
+from ._localproxy import LocalProxy
 from ._portforward import PortForwardUpstream
+from ._upstream import ByteStream, TCPUpstream, Upstream, UpstreamError
 
 __all__ = ["OpenError", "add_open_parser", "run_open"]
 

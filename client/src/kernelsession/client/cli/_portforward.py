@@ -22,7 +22,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.stream import WsApiClient
 
 from ..kubeapi import DEFAULT_REQUEST_TIMEOUT
-from ._localproxy import ByteStream, UpstreamError
+from ._upstream import ByteStream, UpstreamError
 
 __all__ = [
     "DATA_CHANNEL",

@@ -27,7 +27,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .._kubernetes import KernelSessionClient
-from .._session import JupyterLabSession, JupyterLabSessionManager
+from .._manager import JupyterLabSessionManager
+from .._session import JupyterLabSession
 from ..kubeapi import load_api_client
 from ..resources import GROUP
 from ._metrics import ProbeMetrics
