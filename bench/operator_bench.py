@@ -71,6 +71,25 @@ async def _kubectl(cluster: LocalCluster, *args: str, input: str | None = None) 
     return out.decode()
 
 
+def _allow_never_culled(cluster: LocalCluster) -> None:
+    """The bench's labs are never culled (culling 0): the labs namespace's session rules
+    (manifests/admission.yaml) refuse that unless its ConfigMap allows it."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "kernelsession-policy", "namespace": "labs"},
+        "data": {"cullingNeverAllowed": "true"},
+    }
+    cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--field-manager=kernelsession-bench",
+        "-f",
+        "-",
+        input=json.dumps(config),
+    )
+
+
 def _session(name: str) -> dict[str, Any]:
     return {
         "apiVersion": resources.API_VERSION,
@@ -418,6 +437,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"  {timings.summary()}")
             op = InClusterOperator(cluster, Path(tmp) / "operator")
             op.start()
+            _allow_never_culled(cluster)
             return asyncio.run(_run(args, cluster, op))
         finally:
             cluster.stop()

@@ -11,7 +11,9 @@
   deleted afterwards without waiting.
 - ``sa_kubeconfig``: factory ``(rbac, namespace, name) -> Path`` applying RBAC manifests
   and returning a kubeconfig for that ServiceAccount (see ``helpers.sa_kubeconfig``).
-- ``installed``: the cluster with namespaces, CRD and RBAC from ``manifests/``.
+- ``installed``: the cluster with namespaces, CRD, RBAC and admission policies from
+  ``manifests/``; the labs namespace's session rules allow what the tests use
+  (``helpers.TEST_POLICY``).
 - ``ingress_controller``: Traefik, the local cluster's ingress controller (IngressClass
   ``traefik``, the default class; namespace ``kernelsession-ingress``), installed once per
   run; ``.url(path)`` is reachable from this machine (see
@@ -40,7 +42,7 @@ from kubernetes_asyncio.client.api_client import ApiClient
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import LABS, OPERATOR_ENV, wait_for
+from helpers import LABS, OPERATOR_ENV, TEST_POLICY, set_labs_policy, wait_for
 from helpers import sa_kubeconfig as _sa_kubeconfig
 
 from kernelsession.client import KernelSessionClient
@@ -135,6 +137,7 @@ def sa_kubeconfig(cluster: LocalCluster, tmp_path: Path) -> Callable[[Any, str, 
 @pytest.fixture(scope="session")
 def installed(cluster: LocalCluster) -> LocalCluster:
     install_manifests(cluster)
+    set_labs_policy(cluster, TEST_POLICY)
     return cluster
 
 

@@ -155,6 +155,96 @@ OPERATOR_ENV = {
 } | INGRESS_ENV
 
 
+# What the tests' sessions use beyond the labs namespace's shipped session rules
+# (manifests/admission.yaml: no node selectors): applied under a field manager of its
+# own, so re-applying the manifests (deploy_operator) keeps it.
+TEST_POLICY = {
+    "nodeSelector": "gpu=a100\npool=gpu",  # test_failures, test_suspend_home: Unschedulable
+    "secrets": "nope",  # test_failures: a Secret that does not exist (ConfigError)
+    # service accounts of labs stand for the user of their name (test_open: the sample
+    # Role as a service account opens its own lab)
+    "userMapping": "stripPrefix=system:serviceaccount:labs:",
+}
+POLICY_MANAGER = "kernelsession-tests"
+
+
+def set_labs_policy(cluster: LocalCluster, data: dict[str, str]) -> None:
+    """Set keys of the labs namespace's ConfigMap kernelsession-policy (as the tests'
+    field manager: keys it set before and not in ``data`` are removed)."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "kernelsession-policy", "namespace": LABS},
+        "data": data,
+    }
+    cluster.kubectl(
+        "apply",
+        "--server-side",
+        f"--field-manager={POLICY_MANAGER}",
+        "-f",
+        "-",
+        input=json.dumps(config),
+    )
+
+
+def user_kubeconfig(cluster: LocalCluster, user: str, groups: list[str], path: Path) -> Path:
+    """A kubeconfig authenticating as Kubernetes user ``user`` in ``groups`` with an x509
+    client certificate signed by the cluster's CA (what the CSR API's
+    kube-apiserver-client signer issues): a real identity, for kubectl and for the
+    kernelsession CLI alike (kubernetes_asyncio ignores a kubeconfig's impersonation)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    from kernelsession.localcluster.cluster.controlplane import write_kubeconfig
+
+    assert cluster.controlplane is not None
+    pki = cluster.controlplane.pki
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, user)]
+    subject += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups]
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(subject))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cert_file = path.with_suffix(".crt")
+    key_file = path.with_suffix(".key")
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_file.chmod(0o600)
+    return write_kubeconfig(
+        path,
+        server=cluster.server,
+        ca_file=cluster.ca_file,
+        user=user,
+        client_cert=cert_file,
+        client_key=key_file,
+        namespace=LABS,
+    )
+
+
 def get_ks(cluster: LocalCluster, name: str) -> dict[str, Any]:
     return dict(cluster.get_json("-n", LABS, f"ks/{name}"))
 

@@ -232,7 +232,9 @@ def test_the_sample_role_is_enough_to_open(
     sa_kubeconfig: Any,
     tmp_path: Path,
 ) -> None:
-    apply_session(node, session_name, {"user": "alice"})
+    # the sample grants no Secret access: the operator lets the session's user (the service
+    # account, through the tests' userMapping) read its token
+    apply_session(node, session_name, {"user": "lab-user"})
     wait_phase(node, session_name, "Ready", timeout=120)
     kubeconfig = sa_kubeconfig(sample_role_for("lab-user"), LABS, "lab-user")
     with (
@@ -251,7 +253,7 @@ def test_without_portforward_permission_the_forward_is_refused_clearly(
 ) -> None:
     """May read the session and its token, may not create pods/portforward: exit 1,
     the message names the missing permission, no URL, no traceback."""
-    apply_session(node, session_name, {"user": "alice"})
+    apply_session(node, session_name, {"user": "no-forward"})
     wait_phase(node, session_name, "Ready", timeout=120)
     role, binding = sample_role_for("no-forward")
     role["metadata"]["name"] = "kernelsession-no-forward"

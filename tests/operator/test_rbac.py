@@ -20,7 +20,15 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import LABS, apply_session, get_ks, wait_for, wait_phase
+from helpers import (
+    LABS,
+    TEST_POLICY,
+    apply_session,
+    get_ks,
+    set_labs_policy,
+    wait_for,
+    wait_phase,
+)
 
 from kernelsession.localcluster.cluster import LocalCluster, audit
 from kernelsession.localcluster.deploy import InClusterOperator
@@ -131,9 +139,13 @@ def lifecycle(installed: LocalCluster, operator: InClusterOperator) -> Iterator[
     """One session through its whole life: created, Ready, culled (maxAge), deleted; and
     two with home volumes that cannot bind (a class without a provisioner: its events are
     read; a class that does not exist: it is looked up). The waiting one's Ingress and
-    NetworkPolicy are edited, and the operator patches them back."""
+    NetworkPolicy are edited, and the operator patches them back. One names a ConfigMap
+    its user may not read (the operator asks the authorizer: PolicyRejected); the
+    namespace's userMapping changes meanwhile (its token-reader RoleBinding gets the new
+    subjects)."""
     tag = uuid.uuid4().hex[:6]
     name, pending, missing = f"rbac{tag}", f"rbac{tag}-home", f"rbac{tag}-noclass"
+    unreadable = f"rbac{tag}-unreadable"
     noprov = f"ks-rbac-noprov-{tag}"
     installed.apply(
         [
@@ -149,13 +161,33 @@ def lifecycle(installed: LocalCluster, operator: InClusterOperator) -> Iterator[
     apply_session(installed, name, {"user": "rbac", "culling": {"maxAgeSeconds": 10}})
     apply_session(installed, pending, {"user": "rbac", "home": {"storageClassName": noprov}})
     apply_session(installed, missing, {"user": "rbac", "home": {"storageClassName": "nope"}})
+    ref = {"configMapKeyRef": {"name": "kube-root-ca.crt", "key": "ca.crt"}}
+    apply_session(installed, unreadable, {"user": "rbac", "env": [{"name": "C", "valueFrom": ref}]})
     try:
+        wait_phase(installed, unreadable, "Failed", timeout=60, reason="PolicyRejected")
         wait_phase(installed, pending, "Pending", timeout=60, reason="HomePending")
         _edit_and_wait_for_repair(installed, pending)
         wait_phase(installed, missing, "Failed", timeout=60, reason="HomeUnavailable")
         wait_phase(installed, name, "Ready", timeout=60)
+        mapped = f"rbac@{tag}.test"
+        set_labs_policy(installed, TEST_POLICY | {"userMapping": f"stripSuffix=@{tag}.test"})
+        try:
+            wait_for(
+                lambda: (
+                    mapped
+                    in json.dumps(
+                        installed.get_json("-n", LABS, f"rolebinding/{unreadable}-token-reader")
+                    )
+                ),
+                timeout=60,
+                what=f"{mapped} in the token-reader RoleBinding",
+            )
+        finally:
+            set_labs_policy(installed, TEST_POLICY)
         wait_phase(installed, name, "Culled", timeout=60)
-        installed.kubectl("-n", LABS, "delete", "ks", name, pending, missing, "--timeout=60s")
+        installed.kubectl(
+            "-n", LABS, "delete", "ks", name, pending, missing, unreadable, "--timeout=60s"
+        )
         yield name
     finally:
         installed.kubectl(
@@ -166,6 +198,7 @@ def lifecycle(installed: LocalCluster, operator: InClusterOperator) -> Iterator[
             name,
             pending,
             missing,
+            unreadable,
             "--ignore-not-found",
             "--wait=false",
             check=False,

@@ -201,7 +201,8 @@ async def test_home_files_survive_suspend_culling_and_operator_restart(
     apply_session(
         installed,
         session_name,
-        {"user": "jo", "home": {"size": "64Mi"}, "culling": {"idleTimeoutSeconds": 0}},
+        # not culled while the test runs (86400: the labs namespace's maxIdleTimeoutSeconds)
+        {"user": "jo", "home": {"size": "64Mi"}, "culling": {"idleTimeoutSeconds": 86400}},
     )
     wait_phase(installed, session_name, "Ready", timeout=180)
     async with await ks.lab_session(session_name) as lab:
@@ -248,15 +249,21 @@ def test_capacity_freed_within_the_grace_lets_the_lab_start(
             free -= _millicores(((c.get("resources") or {}).get("requests") or {}).get("cpu", "0"))
     hog = f"{session_name}-hog"
     apply_session(
-        installed, hog, {"user": "hog", "resources": {"requests": {"cpu": f"{free - 100}m"}}}
+        installed,
+        hog,
+        {"user": "hog", "resources": _cpu(f"{free - 100}m")},
     )
     try:
         wait_phase(installed, hog, "Ready", timeout=120)
-        apply_session(
-            installed, session_name, {"user": "kim", "resources": {"requests": {"cpu": "500m"}}}
-        )
+        apply_session(installed, session_name, {"user": "kim", "resources": _cpu("500m")})
         waiting = wait_phase(installed, session_name, "Pending", 60, reason="WaitingForCapacity")
         assert "cpu=500m" in waiting["message"]
     finally:
         installed.kubectl("-n", LABS, "delete", "ks", hog, "--wait=false", check=False)
     wait_phase(installed, session_name, "Ready", timeout=120)
+
+
+def _cpu(amount: str) -> dict[str, Any]:
+    """Resources asking for ``amount`` of CPU, with the limits the labs namespace's
+    session rules require (manifests/admission.yaml: maxCPU, maxMemory)."""
+    return {"requests": {"cpu": amount}, "limits": {"cpu": amount, "memory": "512Mi"}}

@@ -193,13 +193,8 @@ async def test_api_answers_422(installed: LocalCluster) -> None:
 # the message names the session field to fix.
 POD_REJECTED: list[tuple[str, dict[str, Any], str]] = [
     (
-        "hostpath",
-        {"volumes": [{"name": "host", "hostPath": {"path": "/etc"}}]},
-        "spec.volumes",
-    ),
-    (
         "request-over-limit",
-        {"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}},
+        {"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1", "memory": "64Mi"}}},
         "spec.resources",
     ),
     (

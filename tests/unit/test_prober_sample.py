@@ -89,6 +89,7 @@ def test_spawn_prober_sample_asks_only_for_what_the_spawn_probe_does() -> None:
         ("", "pods"): {"get", "list"},
         ("", "services"): {"get", "list"},
         ("networking.k8s.io", "networkpolicies"): {"list"},
+        ("", "persistentvolumeclaims"): {"list"},
     }
     (container,) = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
     assert container["args"][:2] == ["probe", "--spawn"]

@@ -137,6 +137,7 @@ class Reason(StrEnum):
     UNSCHEDULABLE = "Unschedulable"
     POD_REJECTED = "PodRejected"
     HOME_UNAVAILABLE = "HomeUnavailable"
+    POLICY_REJECTED = "PolicyRejected"
     # Culled, Suspended, Terminating
     IDLE_TIMEOUT = "IdleTimeout"
     MAX_AGE = "MaxAge"

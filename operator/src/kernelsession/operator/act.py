@@ -23,6 +23,7 @@ from kernelsession.operator.actions import (
     Delete,
     DeletePod,
     Emit,
+    GrantTokenAccess,
     Patch,
     RecordSpawn,
     WriteStatus,
@@ -89,6 +90,16 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
                 log.info("child created", kind=action.kind, name=action.name, session=name)
                 if action.kind == "Pod":
                     await event(rt, body, "Created", f"Created lab pod {action.name}")
+        elif isinstance(action, GrantTokenAccess):
+            try:
+                await rt.kube.create(action.role)
+                if await rt.kube.create(action.binding) is None:  # it exists: its subjects
+                    patch = {"subjects": action.binding["subjects"]}
+                    binding = action.binding["metadata"]["name"]
+                    await rt.kube.patch("RoleBinding", ns, binding, patch)
+            except ChildRejected as exc:
+                raise PermanentError(str(exc)) from None
+            state.token_readers = action.subjects
         elif isinstance(action, Patch):
             try:
                 patched = await rt.kube.patch(action.kind, ns, action.name, action.patch)

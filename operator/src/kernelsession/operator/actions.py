@@ -28,6 +28,16 @@ class Create:
 
 
 @dataclass(frozen=True)
+class GrantTokenAccess:
+    """Create (or bring the subjects of) the Role and RoleBinding that let the session's
+    user read its token Secret."""
+
+    role: Mapping[str, Any]
+    binding: Mapping[str, Any]
+    subjects: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Patch:
     """Merge-patch a child back into shape (NetworkPolicy, Ingress)."""
 
@@ -77,7 +87,17 @@ class RecordSpawn:
     seconds: float
 
 
-Action = CreateToken | Create | Patch | Delete | DeletePod | WriteStatus | Emit | RecordSpawn
+Action = (
+    CreateToken
+    | Create
+    | GrantTokenAccess
+    | Patch
+    | Delete
+    | DeletePod
+    | WriteStatus
+    | Emit
+    | RecordSpawn
+)
 
 
 @dataclass(frozen=True)

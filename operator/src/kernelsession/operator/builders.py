@@ -84,6 +84,45 @@ def token_secret(body: Body, token: str) -> Manifest:
     )
 
 
+def token_reader(body: Body, subjects: list[str]) -> tuple[Manifest, Manifest]:
+    """A Role reading only the session's token Secret, bound to the Kubernetes users that
+    stand for ``spec.user`` (``subjects``): in a namespace shared by many people, each
+    reads their own labs' tokens and no other (RBAC cannot say "Secrets of my sessions")."""
+    session = _meta(body)["name"]
+    name = naming.token_reader_name(session)
+    labels = labels_for(body) | {naming.COMPONENT_LABEL: "token"}
+    role = _owned(
+        body,
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": name, "labels": labels},
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["secrets"],
+                    "resourceNames": [naming.token_secret_name(session)],
+                    "verbs": ["get"],
+                }
+            ],
+        },
+    )
+    binding = _owned(
+        body,
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": name, "labels": labels},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [
+                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": subject}
+                for subject in subjects
+            ],
+        },
+    )
+    return role, binding
+
+
 def base_path(body: Body, settings: Settings) -> str:
     """The lab's base_url: ``/``, or the session's Ingress path (links and websockets
     then work behind the Ingress, through the Service and through a port-forward alike)."""
@@ -219,7 +258,13 @@ def lab_pod(body: Body, settings: Settings, token_secret_uid: str) -> Manifest:
     """The lab Pod; its name carries a hash of its spec, so a re-run never duplicates it."""
     spec = pod_spec(body, settings)
     digest = pod_hash(spec, token_secret_uid)
-    extra = dict(_spec(body).get("podLabels") or {})
+    # Labels under kernelsession.dev/ are the operator's: a lab pod never carries one it
+    # did not set (above all kernelsession.dev/client, which would admit it to every lab).
+    extra = {
+        k: v
+        for k, v in (_spec(body).get("podLabels") or {}).items()
+        if not k.startswith(f"{naming.GROUP}/")
+    }
     labels = extra | labels_for(body) | {naming.COMPONENT_LABEL: "lab", naming.HASH_LABEL: digest}
     return _owned(
         body,

@@ -13,8 +13,10 @@ knows the outcome returns the :class:`Decision`:
 5. token, Service, NetworkPolicy, Ingress and home volume ensured (no token yet: look
    again at once);
 6. the home volume bound (or its class binding on first consumer);
-7. the lab pod (the observation's desired pod): refused, waiting for its home, or created;
-8. the lab judged by :func:`status.judge`, culled by :func:`culling.decide`.
+7. a spec that breaks the namespace's session rules (:mod:`policy`) -> Failed/
+   PolicyRejected, unless its lab runs already (then condition PolicyViolation);
+8. the lab pod (the observation's desired pod): refused, waiting for its home, or created;
+9. the lab judged by :func:`status.judge`, culled by :func:`culling.decide`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kernelsession.client.resources import Reason
-from kernelsession.operator import builders, culling, naming, refusals
+from kernelsession.operator import builders, culling, naming, policy, refusals
 from kernelsession.operator import status as st
 from kernelsession.operator.actions import (
     Action,
@@ -34,6 +36,7 @@ from kernelsession.operator.actions import (
     Delete,
     DeletePod,
     Emit,
+    GrantTokenAccess,
     Patch,
     RecordSpawn,
     WriteStatus,
@@ -82,6 +85,8 @@ class Pass:
     """Why the home volume is not bound yet (None: bound or none)."""
     home_gate: bool = False
     """Whether the pod waits for the home volume to be bound."""
+    violation: str | None = None
+    """Why the running lab's spec breaks the namespace's rules now (PolicyViolation)."""
 
     def __post_init__(self) -> None:
         if self.obs.token_uid:
@@ -121,6 +126,7 @@ class Pass:
             last_activity=last_activity,
             culled_time=culled_time,
             resume_request=self.resume,
+            policy_violation=self.violation,
         )
         result = list(self.actions if actions is None else actions)
         patch = st.status_patch(current, desired)
@@ -227,7 +233,21 @@ def _children(p: Pass) -> Decision | None:
             requeue_after=0.0,
             warned=p.warned_before,
         )
+    p.actions.extend(_token_readers(obs))
     return None
+
+
+def _token_readers(obs: Observation) -> list[Action]:
+    """Let the Kubernetes users that stand for spec.user read the token Secret."""
+    if obs.rules is None:
+        return []
+    user = str(obs.spec.get("user") or "")
+    rules = obs.rules.rules or policy.Policy()
+    subjects = tuple(policy.identities(user, rules))
+    if obs.token_readers == subjects:
+        return []
+    role, binding = builders.token_reader(obs.body, list(subjects))
+    return [GrantTokenAccess(role, binding, subjects)]
 
 
 def _home_volume(p: Pass) -> Decision | None:
@@ -235,6 +255,38 @@ def _home_volume(p: Pass) -> Decision | None:
     if verdict is None:
         return None
     return p.finish(verdict, requeue=p.cfg.cull_interval)
+
+
+def _policy(p: Pass) -> Decision | None:
+    """No lab pod for a spec that breaks the namespace's session rules; a lab running
+    it already (a rule tightened since) keeps running, with condition PolicyViolation."""
+    obs = p.obs
+    violations = obs.rules.violations(obs.name, obs.spec) if obs.rules is not None else []
+    if not violations:
+        return None
+    desired = obs.desired_pod["metadata"]["name"] if obs.desired_pod else None
+    if any(pod.name == desired for pod in obs.pods):
+        p.violation = policy_message(violations)
+        return None
+    running = [pod.name for pod in obs.pods if not pod.deleting]
+    return p.finish(policy_rejected(violations, running), requeue=p.cfg.cull_interval)
+
+
+def policy_message(violations: list[str]) -> str:
+    return "The spec breaks the namespace's session rules: " + "; ".join(violations) + "."
+
+
+def policy_rejected(violations: list[str], running: list[str]) -> st.Verdict:
+    """Failed/PolicyRejected: no lab starts with this spec until it is fixed (or the
+    namespace's ConfigMap kernelsession-policy allows it)."""
+    kept = (
+        f" The lab started before ({', '.join(running)}) keeps running until it stops."
+        if running
+        else ""
+    )
+    return st.Verdict(
+        st.FAILED, Reason.POLICY_REJECTED, policy_message(violations) + " Fix the spec." + kept
+    )
 
 
 def _lab_pod(p: Pass) -> Decision | None:
@@ -332,6 +384,7 @@ GATES: tuple[Gate, ...] = (
     _refused,
     _children,
     _home_volume,
+    _policy,
     _lab_pod,
     _lab,
 )

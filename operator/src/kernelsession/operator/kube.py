@@ -55,6 +55,8 @@ class Kube:
         self.custom = client.CustomObjectsApi(api)
         self.storage = client.StorageV1Api(api)
         self.coordination = client.CoordinationV1Api(api)
+        self.authorization = client.AuthorizationV1Api(api)
+        self.rbac = client.RbacAuthorizationV1Api(api)
 
     @classmethod
     async def connect(cls, *, timeout: float = 15.0, identity: str = "") -> Kube:
@@ -95,6 +97,10 @@ class Kube:
                 created = await self.core.create_namespaced_persistent_volume_claim(ns, body)
             elif kind == "Ingress":
                 created = await self.net.create_namespaced_ingress(ns, body)
+            elif kind == "Role":
+                created = await self.rbac.create_namespaced_role(ns, body)
+            elif kind == "RoleBinding":
+                created = await self.rbac.create_namespaced_role_binding(ns, body)
             else:  # pragma: no cover - programming error
                 raise ValueError(f"unsupported kind {kind}")
         except ApiException as exc:
@@ -118,6 +124,52 @@ class Kube:
         raw = (secret.data or {}).get(naming.TOKEN_KEY, "")
         token = base64.b64decode(raw).decode() if raw else ""
         return secret.metadata.uid, token, dict(secret.metadata.labels or {})
+
+    async def read_policy(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The ``data`` of the namespace's policy ConfigMap; None when there is none."""
+        try:
+            found = await self.core.read_namespaced_config_map(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(found.data or {})
+
+    async def may_get(self, namespace: str, user: str, resource: str, name: str) -> bool:
+        """Whether ``user`` (as an authenticated user, groups unknown) may ``get`` the
+        core ``resource`` ``name`` in ``namespace`` (a LocalSubjectAccessReview)."""
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "LocalSubjectAccessReview",
+            "metadata": {"namespace": namespace},
+            "spec": {
+                "user": user,
+                "groups": ["system:authenticated"],
+                "resourceAttributes": {
+                    "namespace": namespace,
+                    "verb": "get",
+                    "group": "",
+                    "resource": resource,
+                    "name": name,
+                },
+            },
+        }
+        result = await self.authorization.create_namespaced_local_subject_access_review(
+            namespace, cast(Any, review)
+        )
+        return bool(result.status and result.status.allowed)
+
+    async def claim_user(self, namespace: str, name: str) -> str | None:
+        """The ``kernelsession.dev/user`` label of claim ``name`` (None: no label, or no
+        such claim); listed by name, as the operator may list claims but not get them."""
+        found = await self.core.list_namespaced_persistent_volume_claim(
+            namespace, field_selector=f"metadata.name={name}"
+        )
+        for item in found.items or []:
+            labels = item.metadata.labels or {}
+            user = labels.get(naming.USER_LABEL)
+            return str(user) if user is not None else None
+        return None
 
     async def storage_class(self, name: str) -> str | None:
         """The volumeBindingMode of storage class ``name`` (None when it does not exist)."""
@@ -146,8 +198,8 @@ class Kube:
         return f"{newest.reason}: {(newest.message or '').strip()}"
 
     async def patch(self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]) -> bool:
-        """Merge-patch a NetworkPolicy or Ingress; False when it changed meanwhile (409,
-        its ``resourceVersion`` precondition) or is gone (404).
+        """Merge-patch a NetworkPolicy, Ingress or RoleBinding; False when it changed
+        meanwhile (409, its ``resourceVersion`` precondition) or is gone (404).
 
         Raises:
             ChildRejected: the API server rejected the patched object.
@@ -156,6 +208,7 @@ class Kube:
         call = {
             "NetworkPolicy": self.net.patch_namespaced_network_policy,
             "Ingress": self.net.patch_namespaced_ingress,
+            "RoleBinding": self.rbac.patch_namespaced_role_binding,
         }[kind]
         try:
             await cast(Any, call)(name, namespace, dict(patch), _content_type=MERGE_PATCH)

@@ -59,3 +59,8 @@ __all__ = [
 HOME_VOLUME = "kernelsession-home"
 #: The Lease of the active operator replica.
 LEASE_NAME = "kernelsession-operator"
+
+
+def token_reader_name(session: str) -> str:
+    """The Role and RoleBinding letting the session's user read its token Secret."""
+    return f"{session}-token-reader"

@@ -17,12 +17,12 @@ from typing import Any
 
 import structlog
 
-from kernelsession.operator import builders, labapi, naming
+from kernelsession.operator import builders, labapi, naming, policy
 from kernelsession.operator import status as st
 from kernelsession.operator.errors import PermanentError
 from kernelsession.operator.podview import PodView, read_pod
 from kernelsession.operator.runtime import Runtime
-from kernelsession.operator.state import HomeCheck, SessionState, TokenRecord
+from kernelsession.operator.state import HomeCheck, PolicyRecord, SessionState, TokenRecord
 
 log = structlog.get_logger("kernelsession.operator")
 
@@ -77,6 +77,22 @@ class HomeView:
 
 
 @dataclass(frozen=True)
+class PolicyView:
+    """The namespace's rules and what was looked up for the spec's references."""
+
+    rules: policy.Policy | None
+    """None when the ConfigMap is malformed (``error`` says how)."""
+    lookups: policy.Lookups = field(default_factory=policy.Lookups)
+    error: str | None = None
+
+    def violations(self, session: str, spec: Mapping[str, Any]) -> list[str]:
+        """What ``spec`` breaks (pure; :mod:`decide`'s policy gate)."""
+        if self.rules is None:
+            return [f"ConfigMap {policy.CONFIGMAP} is malformed: {self.error}"]
+        return policy.violations(session, spec, self.rules, self.lookups)
+
+
+@dataclass(frozen=True)
 class Observation:
     body: Mapping[str, Any]
     now: datetime
@@ -96,6 +112,10 @@ class Observation:
     desired_pod: Mapping[str, Any] | None = None
     """The lab pod the spec asks for (its name hashes the template and the token
     Secret's uid); None until the token Secret exists."""
+    rules: PolicyView | None = None
+    """The tenancy rules as looked up (None: not looked up, nothing to start)."""
+    token_readers: tuple[str, ...] | None = None
+    """The users this process let read the token Secret (None: not done yet)."""
 
     @property
     def name(self) -> str:
@@ -176,6 +196,7 @@ async def observe(
         claim=claim_view,
         warned=state.warned,
         rejected=state.recent_rejections(REJECTION_MEMORY),
+        token_readers=state.token_readers,
     )
     if not wants_lab(body):  # deleting, suspended, or culled/timed out: nothing to read
         return obs
@@ -188,6 +209,7 @@ async def observe(
     except KeyError as exc:  # the schema requires spec.user; defensive
         raise PermanentError(f"spec is missing {exc}") from None
     home = await _home(rt, state, claim_view) if body.get("spec", {}).get("home") else None
+    rules = await _rules(rt, state, body, fresh=not live)
     activity, probe_error = await _probe(rt, state, body, token, pod_views, desired)
     return dataclasses.replace(
         obs,
@@ -196,7 +218,54 @@ async def observe(
         home=home,
         activity=activity,
         probe_error=probe_error,
+        rules=rules,
     )
+
+
+async def _rules(
+    rt: Runtime, state: SessionState, body: Mapping[str, Any], *, fresh: bool
+) -> PolicyView:
+    """The namespace's policy ConfigMap and the lookups the spec's references need:
+    whether the session's user may ``get`` each Secret/ConfigMap the allowlists do not
+    name (asked as each identity ``userMapping`` maps to that user), and each claim's
+    user label. Cached like the token: re-read when the spec changes, before a pod is
+    created (``fresh``), and every ``TOKEN_RECHECK_INTERVALS`` cull intervals."""
+    generation = int(body["metadata"].get("generation") or 1)
+    cached = state.policy
+    max_age = FRESH_TOKEN_AGE if fresh else TOKEN_RECHECK_INTERVALS * rt.settings.cull_interval
+    if (
+        cached is not None
+        and cached.generation == generation
+        and time.monotonic() - cached.checked < max_age
+    ):
+        view: PolicyView = cached.view
+        return view
+    ns, name = state.key
+    spec: Mapping[str, Any] = body.get("spec") or {}
+    data = await rt.kube.read_policy(ns, policy.CONFIGMAP)
+    try:
+        rules = policy.parse(data)
+    except policy.PolicyConfigError as exc:
+        view = PolicyView(None, error=str(exc))
+    else:
+        readable: set[tuple[str, str]] = set()
+        claims: dict[str, str | None] = {}
+        user = str(spec.get("user") or "")
+        for ref in policy.to_look_up(spec, rules, name):
+            if ref.kind == "PersistentVolumeClaim":
+                if ref.name not in claims:
+                    claims[ref.name] = await rt.kube.claim_user(ns, ref.name)
+                continue
+            if (ref.kind, ref.name) in readable:
+                continue
+            resource = "secrets" if ref.kind == "Secret" else "configmaps"
+            for identity in policy.identities(user, rules):
+                if await rt.kube.may_get(ns, identity, resource, ref.name):
+                    readable.add((ref.kind, ref.name))
+                    break
+        view = PolicyView(rules, policy.Lookups(frozenset(readable), claims))
+    state.policy = PolicyRecord(checked=time.monotonic(), generation=generation, view=view)
+    return view
 
 
 async def _token(rt: Runtime, state: SessionState, *, fresh: bool) -> TokenRecord | None:

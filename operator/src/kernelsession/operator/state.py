@@ -40,6 +40,17 @@ class HomeCheck:
 
 
 @dataclass
+class PolicyRecord:
+    """The last look at the session's policy: the namespace's ConfigMap and the lookups
+    its references needed, for the spec of ``generation``."""
+
+    checked: float
+    generation: int
+    view: Any
+    """An ``observe.PolicyView``."""
+
+
+@dataclass
 class SessionState:
     key: Key
     body: dict[str, Any]
@@ -53,6 +64,9 @@ class SessionState:
     warned: bool = False
     phase: str | None = None
     home: HomeCheck | None = None
+    policy: PolicyRecord | None = None
+    token_readers: tuple[str, ...] | None = None
+    """The users the token-reader RoleBinding names (None: not made by this process)."""
 
     def remember(self, body: dict[str, Any]) -> None:
         """Keep the newest known state (watch events and our own writes race)."""

@@ -232,6 +232,26 @@ def _ready_condition(
     }
 
 
+def _violation_condition(
+    current: Mapping[str, Any], message: str | None, now: datetime, generation: int
+) -> list[dict[str, Any]]:
+    if message is None:
+        return []
+    previous = next(
+        (c for c in current.get("conditions") or [] if c.get("type") == "PolicyViolation"), None
+    )
+    return [
+        {
+            "type": "PolicyViolation",
+            "status": "True",
+            "reason": "PolicyViolation",
+            "message": message + " The lab keeps running; it will not start again so.",
+            "lastTransitionTime": (previous or {}).get("lastTransitionTime") or fmt_time(now),
+            "observedGeneration": generation,
+        }
+    ]
+
+
 def render(
     current: Mapping[str, Any],
     verdict: Verdict,
@@ -245,8 +265,13 @@ def render(
     last_activity: str | None = None,
     culled_time: str | None = None,
     resume_request: str | None = None,
+    policy_violation: str | None = None,
 ) -> dict[str, Any]:
-    """The full ``status`` object for ``verdict``, stable when nothing changed."""
+    """The full ``status`` object for ``verdict``, stable when nothing changed.
+
+    ``policy_violation``: why the running lab's spec breaks the namespace's rules now
+    (condition PolicyViolation; the lab keeps running and is refused at its next start).
+    """
     ready_time = current.get("readyTime")
     if verdict.ready and (not ready_time or current.get("podName") != (pod.name if pod else None)):
         ready_time = fmt_time(now)
@@ -257,7 +282,10 @@ def render(
         "reason": verdict.reason,
         "message": verdict.message,
         "observedGeneration": generation,
-        "conditions": [_ready_condition(current, verdict, now, generation)],
+        "conditions": [
+            _ready_condition(current, verdict, now, generation),
+            *_violation_condition(current, policy_violation, now, generation),
+        ],
         "url": url,
         "externalURL": external_url,
         "tokenSecretName": token_secret_name,

@@ -45,13 +45,14 @@ def manifests_dir() -> Path:
 
 
 def install_manifests(cluster: LocalCluster, directory: Path | None = None) -> None:
-    """Apply namespaces, CRD and RBAC (not the Deployment) and wait for the CRD.
+    """Apply namespaces, CRD, RBAC and the admission policies (not the Deployment) and
+    wait for the CRD.
 
     Raises:
         subprocess.CalledProcessError: kubectl failed (its stderr says why).
     """
     directory = directory or manifests_dir()
-    for name in ("namespace.yaml", "crd.yaml", "rbac.yaml"):
+    for name in ("namespace.yaml", "crd.yaml", "rbac.yaml", "admission.yaml"):
         cluster.apply(directory / name)
     cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=30s")
 
