@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
-import kopf
 import structlog
 
 from kernelsession.operator import builders, metrics, naming
@@ -30,7 +29,7 @@ from kernelsession.operator.actions import (
     RecordSpawn,
     WriteStatus,
 )
-from kernelsession.operator.errors import PermanentError, SessionGone
+from kernelsession.operator.errors import NotLeading, PermanentError, SessionGone
 from kernelsession.operator.kube import ChildRejected
 from kernelsession.operator.runtime import Runtime
 from kernelsession.operator.state import SessionState, TokenRecord
@@ -40,9 +39,18 @@ log = structlog.get_logger("kernelsession.operator")
 CREATE_MEMORY = 60.0
 
 
-def event(body: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
+async def event(
+    rt: Runtime, body: Mapping[str, Any], reason: str, message: str, *, warning: bool = False
+) -> None:
+    """Post an Event about the session as part of the pass (so it is fenced by the Lease
+    and cancelled with the pass); a failure to post is logged, never fails the pass."""
     kind = "Warning" if warning else "Normal"
-    kopf.event(cast(kopf.Body, body), type=kind, reason=reason, message=message)
+    try:
+        await rt.kube.post_event(body, kind, reason, message)
+    except NotLeading:
+        raise
+    except Exception as exc:  # events are auxiliary
+        log.warning("event not posted", reason=reason, error=f"{type(exc).__name__}: {exc}")
 
 
 async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
@@ -65,8 +73,11 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
             uid = await rt.kube.create(builders.token_secret(body, token))
             if uid is not None:
                 state.token = TokenRecord(uid=uid, token=token, checked=time.monotonic())
-                event(
-                    body, "TokenCreated", f"Created token Secret {naming.token_secret_name(name)}"
+                await event(
+                    rt,
+                    body,
+                    "TokenCreated",
+                    f"Created token Secret {naming.token_secret_name(name)}",
                 )
         elif isinstance(action, Create):
             if state.recently_created(action.name, CREATE_MEMORY):
@@ -83,7 +94,7 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
             if uid is not None:
                 log.info("child created", kind=action.kind, name=action.name, session=name)
                 if action.kind == "Pod":
-                    event(body, "Created", f"Created lab pod {action.name}")
+                    await event(rt, body, "Created", f"Created lab pod {action.name}")
         elif isinstance(action, GrantTokenAccess):
             try:
                 await rt.kube.create(action.role)
@@ -101,7 +112,9 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
                 raise PermanentError(str(exc)) from None
             if patched:
                 log.info("child restored", kind=action.kind, name=action.name, session=name)
-                event(body, "Restored", f"Put {action.kind} {action.name} back into shape")
+                await event(
+                    rt, body, "Restored", f"Put {action.kind} {action.name} back into shape"
+                )
             else:  # changed meanwhile (or gone): the watch brings it, look again then
                 requeue = min(requeue, rt.settings.starting_interval)
         elif isinstance(action, Delete):
@@ -138,7 +151,7 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
                     previous=action.previous,
                 )
         elif isinstance(action, Emit):
-            event(body, action.reason, action.message, warning=action.warning)
+            await event(rt, body, action.reason, action.message, warning=action.warning)
         elif isinstance(action, RecordSpawn):
             metrics.SPAWN_SECONDS.observe(action.seconds)
     state.warned = decision.warned

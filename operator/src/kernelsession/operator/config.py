@@ -106,6 +106,8 @@ class Settings:
     lease_namespace: str = "kernelsession-system"
     lease_duration: float = 10.0
     """Seconds a Lease stays valid without renewal: the takeover time after a crash."""
+    api_timeout: float = 15.0
+    """Seconds one Kubernetes API request may take in all (the Lease's are shorter)."""
     operator_namespace: str = "kernelsession-system"
     metrics_port: int = 9090
     health_port: int = 8080
@@ -313,6 +315,7 @@ def from_env(
         lease_namespace=env.get(ENV_PREFIX + "LEASE_NAMESPACE")
         or env.get(ENV_PREFIX + "OPERATOR_NAMESPACE", d.lease_namespace),
         lease_duration=_float(env, "LEASE_DURATION", d.lease_duration),
+        api_timeout=_float(env, "API_TIMEOUT", d.api_timeout),
         operator_namespace=env.get(ENV_PREFIX + "OPERATOR_NAMESPACE", d.operator_namespace),
         metrics_port=_int(env, "METRICS_PORT", d.metrics_port),
         health_port=_int(env, "HEALTH_PORT", d.health_port),

@@ -18,3 +18,8 @@ class PermanentError(Exception):
 
 class SessionGone(Exception):
     """The session no longer exists (a deletion the watch did not deliver): forget it."""
+
+
+class NotLeading(Exception):
+    """This replica may not write: it does not hold the Lease (or could not renew it
+    within the renew deadline). Raised before the request is sent."""

@@ -41,16 +41,19 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=naming.GROUP, key="last-handled-configuration"
     )
-    settings.posting.enabled = True  # explicit kopf.event() calls only:
-    settings.posting.loggers = False  # log records never become Events
+    # Events are posted by the passes themselves (kube.post_event: fenced by the Lease,
+    # with a deadline), never by kopf's background poster.
+    settings.posting.enabled = False
+    settings.posting.loggers = False
     settings.scanning.disabled = True
     settings.watching.connect_timeout = 10
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.reconnect_backoff = 1.0
-    settings.networking.request_timeout = 30
+    settings.networking.request_timeout = 30  # every kopf API request has a deadline
+    settings.networking.connect_timeout = 10
     settings.batching.error_delays = [1, 2, 5, 10, 20, 30]
-    kube = await Kube.connect()
+    kube = await Kube.connect(timeout=cfg.api_timeout, identity=cfg.leader_identity)
     http = httpx.AsyncClient(timeout=cfg.probe_timeout, follow_redirects=False, trust_env=False)
     rt = Runtime(
         settings=cfg,
@@ -66,6 +69,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     if cfg.leader_election:
         elector = LeaderElector(kube, cfg, lambda: _activate(rt), lambda: _deactivate(rt))
+        kube.fence = elector.may_act  # no write leaves this replica unless it leads
         memo.elector = elector
         task = asyncio.get_running_loop().create_task(elector.run(), name="leader election")
         rt.background.add(task)
