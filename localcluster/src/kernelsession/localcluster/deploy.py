@@ -20,10 +20,8 @@ from typing import Any
 
 import yaml
 
-from kernelsession.client.resources import CRD_NAME
-
 from .cluster import LocalCluster
-from .operator_process import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, manifests_dir
+from .operator_process import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, install_crds, manifests_dir
 
 DEPLOYMENT = "kernelsession-operator"
 UPSTREAM_IMAGE = "kernelsession/operator"
@@ -172,8 +170,8 @@ def deploy_operator(
     timeout: float = 180.0,
     wait: bool = True,
 ) -> OperatorDeployment:
-    """``kubectl apply -k`` the manifests with the local images; wait until the CRD is
-    established and (``wait``) the Deployment is available (else call
+    """``kubectl apply -k`` the CRDs (``manifests/crds``, established first), then the
+    manifests with the local images; and (``wait``) the Deployment is available (else call
     :meth:`OperatorDeployment.wait_available` later, e.g. after creating sessions, which
     the operator picks up when it starts).
 
@@ -182,17 +180,12 @@ def deploy_operator(
     """
     refs = cluster.image_refs
     settings = {"KERNELSESSION_DEFAULT_IMAGE": refs["lab"], **(env or {})}
+    install_crds(cluster)
     with tempfile.TemporaryDirectory(prefix="ks-overlay-") as tmp:
         overlay = write_overlay(
             Path(tmp) / "overlay", manifests_dir(), refs["operator"], settings, replicas
         )
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(overlay))
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        f"crd/{CRD_NAME}",
-        "--timeout=30s",
-    )
     deployment = OperatorDeployment(cluster)
     if wait:
         deployment.wait_available(timeout)

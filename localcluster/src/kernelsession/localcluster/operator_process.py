@@ -1,6 +1,7 @@
 """The operator on the local cluster, run as it runs in a real one.
 
-``install_manifests`` applies the namespaces, the CRD and the RBAC from ``manifests/``;
+``install_manifests`` applies the CRDs (``manifests/crds``), the namespaces and the RBAC
+from ``manifests/``;
 ``OperatorProcess`` runs ``python -m kernelsession.operator`` as a local process
 authenticated as the ``kernelsession-operator`` service account (a TokenRequest token),
 so every request it makes is authorised by ``manifests/rbac.yaml`` and nothing more.
@@ -17,7 +18,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-from kernelsession.client.resources import CRD_NAME
+from kernelsession.client.resources import CRD_NAME, GROUP
 from kernelsession.localcluster.binaries import repo_root
 from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.controlplane import free_port
@@ -25,6 +26,8 @@ from kernelsession.localcluster.processes import log_tail, start_logged, stop_pr
 
 OPERATOR_NAMESPACE = "kernelsession-system"
 OPERATOR_ACCOUNT = "kernelsession-operator"
+CRD_NAMES = (CRD_NAME, f"labprofiles.{GROUP}")
+"""Every CRD in ``manifests/crds`` (KernelSession, LabProfile)."""
 
 
 def manifests_dir() -> Path:
@@ -34,21 +37,38 @@ def manifests_dir() -> Path:
         FileNotFoundError: not running from a checkout.
     """
     root = repo_root()
-    if root is None or not (root / "manifests" / "crd.yaml").is_file():
+    if root is None or not (root / "manifests" / "crds" / "kustomization.yaml").is_file():
         raise FileNotFoundError("manifests/ not found: run from a kernelsession checkout")
     return root / "manifests"
 
 
-def install_manifests(cluster: LocalCluster, directory: Path | None = None) -> None:
-    """Apply namespaces, CRD and RBAC (not the Deployment) and wait for the CRD.
+def install_crds(cluster: LocalCluster, directory: Path | None = None) -> None:
+    """``kubectl apply -k manifests/crds`` (they install apart from the operator) and wait
+    until every CRD is established.
 
     Raises:
         subprocess.CalledProcessError: kubectl failed (its stderr says why).
     """
     directory = directory or manifests_dir()
-    for name in ("namespace.yaml", "crd.yaml", "rbac.yaml"):
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(directory / "crds"))
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        *(f"crd/{name}" for name in CRD_NAMES),
+        "--timeout=30s",
+    )
+
+
+def install_manifests(cluster: LocalCluster, directory: Path | None = None) -> None:
+    """Apply the CRDs, namespaces and RBAC (not the Deployment) and wait for the CRDs.
+
+    Raises:
+        subprocess.CalledProcessError: kubectl failed (its stderr says why).
+    """
+    directory = directory or manifests_dir()
+    install_crds(cluster, directory)
+    for name in ("namespace.yaml", "rbac.yaml"):
         cluster.apply(directory / name)
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=30s")
 
 
 class OperatorProcess:

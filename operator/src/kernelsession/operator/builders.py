@@ -219,7 +219,13 @@ def lab_pod(body: Body, settings: Settings, token_secret_uid: str) -> Manifest:
     """The lab Pod; its name carries a hash of its spec, so a re-run never duplicates it."""
     spec = pod_spec(body, settings)
     digest = pod_hash(spec, token_secret_uid)
-    extra = dict(_spec(body).get("podLabels") or {})
+    # The operator's label space is its own: spec.podLabels never makes a lab an admitted
+    # client of other labs (kernelsession.dev/client) nor passes for another session.
+    extra = {
+        k: v
+        for k, v in (_spec(body).get("podLabels") or {}).items()
+        if not k.startswith(f"{naming.GROUP}/")
+    }
     labels = extra | labels_for(body) | {naming.COMPONENT_LABEL: "lab", naming.HASH_LABEL: digest}
     return _owned(
         body,
@@ -261,14 +267,13 @@ def service(body: Body, settings: Settings) -> Manifest:
 
 
 def network_policy(body: Body, settings: Settings) -> Manifest:
-    """Ingress to the lab only from client-labelled pods, from the operator, and from the
-    ingress controller's pods when the operator creates an Ingress per session."""
+    """Ingress to the lab only from client-labelled pods of the lab's own namespace (no
+    namespaceSelector: a tenant's clients never reach another tenant's labs), from the
+    operator, and from the ingress controller's pods when the operator creates an Ingress
+    per session."""
     name = _meta(body)["name"]
     peers: list[dict[str, Any]] = [
-        {
-            "namespaceSelector": {},
-            "podSelector": {"matchLabels": {naming.CLIENT_LABEL: "true"}},
-        },
+        {"podSelector": {"matchLabels": {naming.CLIENT_LABEL: "true"}}},
         {
             "namespaceSelector": {
                 "matchLabels": {"kubernetes.io/metadata.name": settings.operator_namespace}

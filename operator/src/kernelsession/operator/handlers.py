@@ -18,7 +18,7 @@ import httpx
 import kopf
 import structlog
 
-from kernelsession.operator import metrics, naming, supervisor
+from kernelsession.operator import metrics, naming, profilecontroller, supervisor
 from kernelsession.operator.config import Settings
 from kernelsession.operator.election import LeaderElector
 from kernelsession.operator.kube import Kube
@@ -43,7 +43,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     settings.posting.enabled = True  # explicit kopf.event() calls only:
     settings.posting.loggers = False  # log records never become Events
-    settings.scanning.disabled = True
+    # Namespace patterns (``labs,lab-*``: the LabProfile namespaces) need kopf to watch
+    # namespaces (and CRDs); exact names need no scanning.
+    settings.scanning.disabled = not any(
+        "*" in ns or "?" in ns or "!" in ns for ns in cfg.namespaces
+    )
     settings.watching.connect_timeout = 10
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -81,12 +85,14 @@ def _activate(rt: Runtime) -> None:
     rt.active = True
     metrics.LEADER.set(1)
     supervisor.start_all(rt)
+    profilecontroller.start_all(rt)
 
 
 def _deactivate(rt: Runtime) -> None:
     rt.active = False
     metrics.LEADER.set(0)
     supervisor.stop_all(rt)
+    profilecontroller.stop_all(rt)
 
 
 @kopf.on.cleanup()
@@ -94,6 +100,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     """Stop every session loop, give the Lease up, then close the API clients."""
     rt = _runtime(memo)
     elector: LeaderElector | None = getattr(memo, "elector", None)
+    profilecontroller.stop_all(rt)
     await rt.stop_tasks()
     if elector is not None:
         await elector.release()
