@@ -38,11 +38,13 @@ def test_owner_slug_keeps_valid_names(kind: str, name: str, expected: str) -> No
 
 def test_owner_slug_of_other_names_is_a_dns_label_with_a_digest() -> None:
     email = profiles.owner_slug("User", "Carol@Example.com")
-    assert email.startswith("carol-example-com-") and len(email) == len("carol-example-com-") + 6
+    assert email.startswith("carol-example-com-")
+    assert len(email) == len("carol-example-com-") + 6
     # two owners whose names sanitize alike never share a slug
     assert profiles.owner_slug("User", "carol.x") != profiles.owner_slug("User", "carol_x")
     long = profiles.owner_slug("User", "a" * 200)
-    assert len(long) <= 57 and long[-7] == "-"
+    assert len(long) <= 57
+    assert long[-7] == "-"
 
 
 def test_namespace_defaults_to_prefix_and_owner_and_spec_wins() -> None:
@@ -204,7 +206,7 @@ def test_repair_puts_edits_back_with_a_precondition() -> None:
     stored["subjects"].append({"kind": "User", "name": "mallory"})
     assert profiles.repair(owner, stored)["subjects"] == owner["subjects"]  # type: ignore[index]
     stored["roleRef"]["name"] = "cluster-admin"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="refers to another role"):
         profiles.repair(owner, stored)
     config = profiles.policy_configmap(_profile(images=["a"]), SETTINGS)
     stored = _as_stored(config)
@@ -230,7 +232,8 @@ def _existing(profile: dict[str, Any]) -> dict[profileplan.ObjectKey, Any]:
 def test_plan_creates_everything_then_nothing() -> None:
     profile = _profile()
     first = profileplan.plan(profile, SETTINGS, {})
-    assert first.ready and first.namespace == "lab-carol"
+    assert first.ready
+    assert first.namespace == "lab-carol"
     assert [s.verb for s in first.steps] == ["create"] * 8
     assert first.steps[0].manifest["kind"] == "Namespace"
     assert profileplan.plan(profile, SETTINGS, _existing(profile)).steps == []
@@ -243,7 +246,8 @@ def test_plan_never_takes_over_a_namespace_it_did_not_make() -> None:
     other = _existing(_profile())
     other[("Namespace", "", "lab-carol")]["metadata"]["labels"][profiles.PROFILE_LABEL] = "dave"
     result = profileplan.plan(_profile(), SETTINGS, other)
-    assert result.reason == "NamespaceConflict" and "dave" in result.message
+    assert result.reason == "NamespaceConflict"
+    assert "dave" in result.message
 
 
 def test_plan_refuses_a_namespace_the_operator_does_not_serve() -> None:
@@ -266,7 +270,8 @@ def test_status_patch_only_when_something_changed() -> None:
     result = profileplan.plan(profile, SETTINGS, _existing(profile))
     patch = profileplan.status_patch(profile, result, now)
     assert patch is not None
-    assert patch["namespace"] == "lab-carol" and patch["observedGeneration"] == 2
+    assert patch["namespace"] == "lab-carol"
+    assert patch["observedGeneration"] == 2
     (ready,) = patch["conditions"]
     assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "True", "Ready")
     assert profileplan.status_patch({**profile, "status": patch}, result, now) is None
@@ -299,7 +304,8 @@ def test_quota_refusals_name_the_quota_and_the_resources() -> None:
     assert pod is not None
     assert (pod.quota, pod.resources) == ("kernelsession-quota", ("limits.cpu", "requests.cpu"))
     claim = quotas.quota_refusal(CLAIM_OVER)
-    assert claim is not None and claim.resources == ("requests.storage",)
+    assert claim is not None
+    assert claim.resources == ("requests.storage",)
     unspecified = quotas.quota_refusal(UNSPECIFIED)
     assert unspecified is not None
     assert unspecified.resources == ("limits.cpu", "requests.memory")
@@ -309,6 +315,7 @@ def test_quota_refusals_name_the_quota_and_the_resources() -> None:
 def test_a_lab_pod_over_quota_is_pending_not_failed() -> None:
     verdict = st.pod_rejected(POD_OVER)
     assert (verdict.phase, verdict.reason) == (st.PENDING, "QuotaExceeded")
-    assert "kernelsession-quota" in verdict.message and "limits.cpu" in verdict.message
+    assert "kernelsession-quota" in verdict.message
+    assert "limits.cpu" in verdict.message
     other = st.pod_rejected('pods "x" is forbidden: violates PodSecurity "restricted"')
     assert (other.phase, other.reason) == (st.FAILED, "PodRejected")
