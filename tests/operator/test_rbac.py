@@ -281,7 +281,7 @@ def test_every_granted_permission_is_used_and_none_denied(
     granted = _granted()
     entries = _operator_entries(installed)
     assert all(
-        e.namespace in (LABS, OPERATOR_NAMESPACE, None, "")
+        e.namespace in (LABS, OPERATOR_NAMESPACE, None, "", "default")  # default: events
         or e.namespace.startswith(PROFILE_PREFIX)
         for e in entries
     )

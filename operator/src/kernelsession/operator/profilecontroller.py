@@ -168,43 +168,49 @@ async def _act(api: ProfileKube, body: Mapping[str, Any], result: Plan) -> Plan:
                 await api.delete(kind, namespace, obj)
                 await api.create(step.manifest)
             elif step.verb == "create":
-                if not await api.create(step.manifest):  # exists, without our label
-                    await _repair_unindexed(api, body, step)
+                exists = not await api.create(step.manifest)
+                if exists and not await _repair_unindexed(api, body, step):
+                    message = (
+                        f"Namespace {obj} exists and is not this profile's; the operator "
+                        "never takes over a namespace it did not make. Set spec.namespace."
+                    )
+                    return Plan(
+                        result.namespace, ready=False, reason="NamespaceConflict", message=message
+                    )
                 else:
                     log.info("labprofile object created", profile=name, kind=kind, name=obj)
             elif step.patch is not None and await api.patch(kind, namespace, obj, step.patch):
                 log.info("labprofile object restored", profile=name, kind=kind, name=obj)
-                await api.event(
-                    body, result.namespace, "Restored", f"Put {kind} {obj} back into shape"
-                )
+                await api.event(body, "Restored", f"Put {kind} {obj} back into shape")
         except ChildRejected as exc:
             message = f"The API server refused {kind} {obj}: {exc.message}"
-            await api.event(body, result.namespace, "Rejected", message, warning=True)
+            await api.event(body, "Rejected", message, warning=True)
             return Plan(result.namespace, ready=False, reason="Rejected", message=message)
     return result
 
 
-async def _repair_unindexed(api: ProfileKube, body: Mapping[str, Any], step: Step) -> None:
-    """An object exists but not in the index (someone removed our label): read and repair."""
+async def _repair_unindexed(api: ProfileKube, body: Mapping[str, Any], step: Step) -> bool:
+    """An object exists but not in the index (someone removed our label, or the watch
+    lags): read and repair it. False when it is a namespace that is not this profile's."""
     kind, namespace, obj = step.key
     current = await api.read(kind, namespace, obj)
     if current is None:
-        return
+        return True
     if kind == "Namespace":
         labels = (current.get("metadata") or {}).get("labels") or {}
         if labels.get(profiles.PROFILE_LABEL) not in (None, body["metadata"]["name"]):
-            return  # another profile's: plan() reports the conflict on the next pass
+            return False  # another profile's
         if profiles.PROFILE_LABEL not in labels and not _managed(current):
-            return  # never take over a namespace the operator did not make
+            return False  # never take over a namespace the operator did not make
     try:
         patch = profiles.repair(step.manifest, current)
     except ValueError:
         await api.delete(kind, namespace, obj)
         await api.create(step.manifest)
-        return
+        return True
     if patch is not None and await api.patch(kind, namespace, obj, patch):
-        ns = step.manifest["metadata"].get("namespace") or obj
-        await api.event(body, ns, "Restored", f"Put {kind} {obj} back into shape")
+        await api.event(body, "Restored", f"Put {kind} {obj} back into shape")
+    return True
 
 
 def _managed(obj: Mapping[str, Any]) -> bool:
@@ -235,7 +241,6 @@ async def _retire(rt: Runtime, api: ProfileKube, body: Mapping[str, Any]) -> Non
     log.info("labprofile retired", profile=name, namespace=namespace, suspended=stopped)
     await api.event(
         body,
-        namespace,
         "Retired",
         f"Removed {kind} {obj} and suspended {stopped} lab(s); namespace {namespace} and its "
         "home volumes stay (deletionPolicy Retain)",

@@ -16,6 +16,7 @@ from kernelsession.operator import naming, profiles
 from kernelsession.operator.kube import MERGE_PATCH, ChildRejected, Kube
 from kernelsession.operator.status import fmt_time, now_utc
 
+EVENTS_NAMESPACE = "default"
 # kind -> (API attribute of ProfileKube, the generated methods' suffix)
 _CALLS = {
     "ResourceQuota": ("core", "resource_quota"),
@@ -157,16 +158,12 @@ class ProfileKube:
         return True
 
     async def event(
-        self,
-        profile: Mapping[str, Any],
-        namespace: str,
-        reason: str,
-        message: str,
-        *,
-        warning: bool = False,
+        self, profile: Mapping[str, Any], reason: str, message: str, *, warning: bool = False
     ) -> None:
-        """An Event about the (cluster-scoped) profile, in its namespace:
-        ``kubectl describe labprofile`` shows it. Best effort: a failure is not an error."""
+        """An Event about the (cluster-scoped) profile: in namespace ``default``, where the
+        API server keeps events of cluster-scoped objects; ``kubectl describe labprofile``
+        shows it. Best effort: a failure is not an error."""
+        namespace = EVENTS_NAMESPACE
         meta = profile["metadata"]
         stamp = fmt_time(now_utc())
         body = {
