@@ -275,6 +275,45 @@ def test_permissions_in_labs_are_exactly_the_manifest(
     assert ("", "pods", "create") not in leader  # no labs rights in its own namespace
 
 
+def test_permissions_in_a_profile_namespace_are_the_two_roles_it_binds(
+    installed: LocalCluster, operator: InClusterOperator
+) -> None:
+    """In a LabProfile's namespace the operator holds what it bound to itself there
+    (kernelsession-operator, kernelsession-operator-profile) and its cluster-wide rules."""
+    user = f"rbacns-{uuid.uuid4().hex[:6]}"
+    profile = {
+        "apiVersion": "kernelsession.dev/v1alpha1",
+        "kind": "LabProfile",
+        "metadata": {"name": user},
+        "spec": {"owner": {"kind": "User", "name": user}, "deletionPolicy": "Delete"},
+    }
+    installed.apply([profile])
+    ns = f"{PROFILE_PREFIX}{user}"
+    try:
+        installed.kubectl(
+            "-n", OPERATOR_NAMESPACE, "create", "serviceaccount", "nobody", check=False
+        )
+        nobody = audit.service_account(OPERATOR_NAMESPACE, "nobody")
+        roles = [_cluster_role(), _cluster_role("kernelsession-operator-profile")]
+        cluster_wide = {
+            t
+            for d in _rbac_docs()
+            if d["kind"] == "ClusterRoleBinding"
+            for t in _expand(_cluster_role(d["roleRef"]["name"])["rules"])
+        }
+        expected = {t for role in roles for t in _expand(role["rules"])} | cluster_wide
+
+        def effective() -> set[Triple] | None:
+            found = _rules_review(installed, OPERATOR_USER, ns) - _rules_review(
+                installed, nobody, ns
+            )
+            return found if found == expected else None
+
+        wait_for(effective, timeout=60, what=f"the operator's rights in {ns}")
+    finally:
+        installed.kubectl("delete", "labprofile", user, "--wait=false", check=False)
+
+
 def test_every_granted_permission_is_used_and_none_denied(
     installed: LocalCluster, operator: InClusterOperator, lifecycle: str
 ) -> None:
