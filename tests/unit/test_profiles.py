@@ -161,6 +161,11 @@ def test_limit_range_from_the_profile_else_the_operator_defaults() -> None:
     }
     (fallback,) = profiles.limit_range(_profile(), SETTINGS)["spec"]["limits"]
     assert fallback["default"] == {"memory": "2Gi"}  # no lab runs without a memory limit
+    # the operator's defaults are clamped to the profile's maximum (else the API refuses)
+    small = {"maxMemory": "1Gi", "maxCPU": "200m"}
+    (clamped,) = profiles.limit_range(_profile(lab=small), SETTINGS)["spec"]["limits"]
+    assert clamped["default"] == {"memory": "1Gi"}
+    assert clamped["defaultRequest"] == {"cpu": "100m", "memory": "256Mi"}
 
 
 def _as_stored(obj: dict[str, Any]) -> dict[str, Any]:

@@ -177,7 +177,7 @@ async def _act(api: ProfileKube, body: Mapping[str, Any], result: Plan) -> Plan:
                     return Plan(
                         result.namespace, ready=False, reason="NamespaceConflict", message=message
                     )
-                else:
+                if not exists:
                     log.info("labprofile object created", profile=name, kind=kind, name=obj)
             elif step.patch is not None and await api.patch(kind, namespace, obj, step.patch):
                 log.info("labprofile object restored", profile=name, kind=kind, name=obj)

@@ -189,6 +189,12 @@ def limit_range(profile: Body, settings: Settings) -> Manifest:
         for key, field in (("cpu", "maxCPU"), ("memory", "maxMemory"))
         if lab.get(field) is not None
     }
+    for key, most in maximum.items():  # defaults within the bounds (else a 422)
+        if key in limits and _above(limits[key], most):
+            limits[key] = most
+    for key, cap in limits.items():
+        if key in requests and _above(requests[key], cap):
+            requests[key] = cap
     if limits:
         item["default"] = limits
     if requests:
@@ -309,6 +315,11 @@ def quantity(value: Any) -> Decimal | str:
         return Decimal(number) * _SUFFIX[suffix]
     except (InvalidOperation, KeyError):
         return text
+
+
+def _above(value: Any, bound: Any) -> bool:
+    a, b = quantity(value), quantity(bound)
+    return isinstance(a, Decimal) and isinstance(b, Decimal) and a > b
 
 
 def _quantities(values: Mapping[str, Any] | None) -> dict[str, Decimal | str]:
