@@ -449,3 +449,34 @@ def test_a_group_shares_the_namespace_and_delete_removes_it(
         )
 
     wait_for(going, timeout=60, what=f"namespace {ns} deleted with its profile")
+
+
+def test_a_stray_namespace_matching_the_pattern_never_stops_the_operator(
+    installed: LocalCluster, operator: InClusterOperator, carol: Tenant
+) -> None:
+    """A namespace someone made by hand under the profile pattern (`lab-*`) has no
+    RoleBinding for the operator: kopf's watches there are refused (403) and retried for
+    ever, beyond kopf's default 8 attempts, and the operator keeps serving."""
+    before = operator.instance()
+    stray = f"lab-stray-{TAG}"
+    installed.kubectl("create", "namespace", stray)
+    try:
+        wait_for(
+            lambda: (
+                "Request attempt #10 failed; will retry: GET" in operator.logs()
+                and stray in operator.logs()
+            ),
+            timeout=150,
+            interval=5,
+            what=f"kopf retrying its refused watches in {stray} past 9 attempts",
+        )
+        assert operator.instance() == before  # same pod, no restart
+        ns = carol.namespace
+        installed.kubectl("-n", ns, "delete", "limitrange/kernelsession-limits")
+        wait_for(
+            lambda: installed.get_json("-n", ns, "limitrange/kernelsession-limits"),
+            timeout=30,
+            what="the profile still kept in shape",
+        )
+    finally:
+        installed.kubectl("delete", "namespace", stray, "--wait=false", check=False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -26,6 +26,15 @@ from kernelsession.operator.runtime import Indexes, Runtime
 
 log = structlog.get_logger("kernelsession.operator")
 CHILD_LABELS = {naming.MANAGED_BY: naming.MANAGER}
+
+
+class RetryForever:
+    """kopf's API error back-offs, never exhausted (re-iterable: each request starts over)."""
+
+    def __iter__(self) -> Iterator[float]:
+        yield from (1, 1, 2, 3, 5, 8, 13)
+        while True:
+            yield 30
 
 
 def _runtime(memo: Any) -> Runtime:
@@ -48,6 +57,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.scanning.disabled = not any(
         "*" in ns or "?" in ns or "!" in ns for ns in cfg.namespaces
     )
+    # A namespace matching a pattern before (or without) the operator's RoleBinding there
+    # refuses kopf's watches (403): retry for ever rather than fail the watcher, which
+    # would stop the operator.
+    settings.networking.error_backoffs = RetryForever()
     settings.watching.connect_timeout = 10
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
