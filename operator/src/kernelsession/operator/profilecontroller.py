@@ -20,6 +20,7 @@ import kopf
 import structlog
 
 from kernelsession.operator import naming, profiles
+from kernelsession.operator.errors import RetryLater
 from kernelsession.operator.kube import ChildRejected
 from kernelsession.operator.profilekube import ProfileKube
 from kernelsession.operator.profileplan import ObjectKey, Plan, Step, plan, retire
@@ -158,11 +159,38 @@ async def reconcile(rt: Runtime, state: Profiles, body: Mapping[str, Any]) -> No
         log.info("labprofile status", profile=name, ready=result.ready, reason=result.reason)
 
 
+# What each of the operator's own RoleBindings lets it do, checked before it relies on it.
+_ACCESS = {
+    "kernelsession-operator": ("list", "", "pods"),
+    "kernelsession-operator-profile": ("create", "", "resourcequotas"),
+}
+ACCESS_WAIT = 10.0
+
+
+async def _await_access(api: ProfileKube, namespace: str, binding: str) -> None:
+    """Wait until a RoleBinding the operator just gave itself takes effect (the API
+    server's authorizer follows RoleBindings through a watch): no request of the
+    operator's is ever refused for it.
+
+    Raises:
+        RetryLater: it did not take effect within ACCESS_WAIT seconds.
+    """
+    verb, group, resource = _ACCESS[binding]
+    deadline = asyncio.get_running_loop().time() + ACCESS_WAIT
+    while not await api.allowed(verb, group, resource, namespace):
+        if asyncio.get_running_loop().time() > deadline:
+            raise RetryLater(f"RoleBinding {namespace}/{binding} has not taken effect")
+        await asyncio.sleep(0.05)
+
+
 async def _act(api: ProfileKube, body: Mapping[str, Any], result: Plan) -> Plan:
     """Carry out the plan's steps; a refusal makes the profile not Ready, naming it."""
     name = body["metadata"]["name"]
     for step in result.steps:
         kind, namespace, obj = step.key
+        if kind == "RoleBinding" and obj in _ACCESS and step.verb in ("create", "replace"):
+            await _create_own_binding(api, body, step)
+            continue
         try:
             if step.verb == "replace":
                 await api.delete(kind, namespace, obj)
@@ -187,6 +215,15 @@ async def _act(api: ProfileKube, body: Mapping[str, Any], result: Plan) -> Plan:
             await api.event(body, "Rejected", message, warning=True)
             return Plan(result.namespace, ready=False, reason="Rejected", message=message)
     return result
+
+
+async def _create_own_binding(api: ProfileKube, body: Mapping[str, Any], step: Step) -> None:
+    kind, namespace, obj = step.key
+    if step.verb == "replace":
+        await api.delete(kind, namespace, obj)
+    if not await api.create(step.manifest):
+        await _repair_unindexed(api, body, step)
+    await _await_access(api, namespace, obj)
 
 
 async def _repair_unindexed(api: ProfileKube, body: Mapping[str, Any], step: Step) -> bool:

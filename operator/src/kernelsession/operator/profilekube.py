@@ -40,6 +40,7 @@ class ProfileKube:
         self.net = kube.net
         self.custom = kube.custom
         self.rbac = client.RbacAuthorizationV1Api(kube.api)
+        self.authz = client.AuthorizationV1Api(kube.api)
 
     def _plain(self, obj: Any) -> dict[str, Any]:
         return dict(self.api.sanitize_for_serialization(obj))
@@ -104,6 +105,24 @@ class ProfileKube:
                 raise ChildRejected(kind, exc.status or 0, api_message(exc)) from None
             raise
         return True
+
+    async def allowed(self, verb: str, group: str, resource: str, namespace: str) -> bool:
+        """Whether the operator may ``verb`` ``resource`` in ``namespace`` now (a
+        SelfSubjectAccessReview, which every account may make)."""
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {
+                "resourceAttributes": {
+                    "verb": verb,
+                    "group": group,
+                    "resource": resource,
+                    "namespace": namespace,
+                }
+            },
+        }
+        result = await self.authz.create_self_subject_access_review(cast(Any, review))
+        return bool(result.status.allowed)
 
     async def delete(self, kind: str, namespace: str, name: str) -> None:
         """Delete a namespaced object (gone already is fine)."""
