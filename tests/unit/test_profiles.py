@@ -156,7 +156,7 @@ def test_limit_range_from_the_profile_else_the_operator_defaults() -> None:
     assert item == {
         "type": "Container",
         "default": {"cpu": "1", "memory": "1Gi"},
-        "defaultRequest": {"cpu": "100m"},
+        "defaultRequest": {"cpu": "100m", "memory": "1Gi"},  # as the API server defaults
         "max": {"cpu": "2", "memory": "4Gi"},
     }
     (fallback,) = profiles.limit_range(_profile(), SETTINGS)["spec"]["limits"]
@@ -164,7 +164,7 @@ def test_limit_range_from_the_profile_else_the_operator_defaults() -> None:
     # the operator's defaults are clamped to the profile's maximum (else the API refuses)
     small = {"maxMemory": "1Gi", "maxCPU": "200m"}
     (clamped,) = profiles.limit_range(_profile(lab=small), SETTINGS)["spec"]["limits"]
-    assert clamped["default"] == {"memory": "1Gi"}
+    assert clamped["default"] == {"memory": "1Gi", "cpu": "200m"}
     assert clamped["defaultRequest"] == {"cpu": "100m", "memory": "256Mi"}
 
 

@@ -192,9 +192,11 @@ def limit_range(profile: Body, settings: Settings) -> Manifest:
     for key, most in maximum.items():  # defaults within the bounds (else a 422)
         if key in limits and _above(limits[key], most):
             limits[key] = most
-    for key, cap in limits.items():
+        limits.setdefault(key, most)  # the API server's own defaulting, made explicit:
+    for key, cap in limits.items():  # what it stores is what is compared for drift
         if key in requests and _above(requests[key], cap):
             requests[key] = cap
+        requests.setdefault(key, cap)
     if limits:
         item["default"] = limits
     if requests:
