@@ -47,10 +47,16 @@ def install_crds(cluster: LocalCluster, directory: Path | None = None) -> None:
     until every CRD is established.
 
     Raises:
-        subprocess.CalledProcessError: kubectl failed (its stderr says why).
+        RuntimeError: the API server refused a CRD (the message is kubectl's).
+        subprocess.CalledProcessError: kubectl failed waiting for them.
     """
     directory = directory or manifests_dir()
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(directory / "crds"))
+    crds = directory / "crds"
+    applied = cluster.kubectl(
+        "apply", "--server-side", "--force-conflicts", "-k", str(crds), check=False
+    )
+    if applied.returncode != 0:
+        raise RuntimeError(f"kubectl apply -k {crds}: {applied.stderr.strip()}")
     cluster.kubectl(
         "wait",
         "--for=condition=Established",
