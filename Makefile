@@ -15,7 +15,7 @@ setup: os-packages $(STAMP) binaries
 $(STAMP): pyproject.toml client/pyproject.toml operator/pyproject.toml localcluster/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ./client -e ./operator -e ./localcluster --group dev
+	$(PY) -m pip install --quiet -e './client[cli]' -e ./operator -e ./localcluster --group dev
 	touch $(STAMP)
 
 # When the images are wanted too (`make run`, `make test`, `make bench`, `make setup images`),
@@ -28,29 +28,29 @@ WITH_INGRESS := $(if $(filter test,$(MAKECMDGOALS)),ingress)
 # and the node daemons (containerd, CoreDNS, local-path-provisioner): found or built once from
 # the Go module proxy, cached outside the repo (each build prints its parts' seconds).
 binaries: $(STAMP) $(if $(WITH_IMAGES),os-packages)
-	$(PY) -m kernelsession.localcluster.prepare binaries $(WITH_IMAGES) $(WITH_INGRESS)
+	$(PY) -m kernelsession.localcluster.building.prepare binaries $(WITH_IMAGES) $(WITH_INGRESS)
 
 # The local cluster's optional ingress controller (Traefik v3): built once from the Go module
 # proxy into the cache. Only `make test` needs it (`make binaries` builds it alongside the rest
 # then; `make run RUN_ARGS=--ingress` builds it when missing); `make setup` and plain
 # `make run` never build it.
 ingress-binaries: $(STAMP)
-	$(PY) -m kernelsession.localcluster.prepare ingress
+	$(PY) -m kernelsession.localcluster.building.prepare ingress
 
 # Debian packages the local node's tooling needs (apt-get when missing; root on Debian).
 os-packages:
-	$(PYTHON) localcluster/src/kernelsession/localcluster/ospackages.py install
+	$(PYTHON) localcluster/src/kernelsession/localcluster/host/ospackages.py install
 
 # pause, base (Debian bookworm), lab and operator images as OCI archives, built locally
 # (gcc, mmdebstrap, buildah; no registry) and cached by content outside the repo.
 images: setup-deps
-	$(PY) -m kernelsession.localcluster.prepare images
+	$(PY) -m kernelsession.localcluster.building.prepare images
 
 # What `make images` needs, without the control-plane binaries.
 setup-deps: os-packages $(STAMP)
 
 run: setup images
-	$(PY) -m kernelsession.localcluster.run $(RUN_ARGS)
+	$(PY) -m kernelsession.localcluster.deploy.run $(RUN_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check client operator localcluster tests bench
@@ -71,8 +71,8 @@ bench: setup images
 # operator is uninstalled) and the operator (`kubectl apply -k manifests/`).
 manifests: binaries
 	mkdir -p dist
-	"$$($(PY) -m kernelsession.localcluster.binaries path)/kubectl" kustomize manifests/crds > dist/kernelsession-crds.yaml
-	"$$($(PY) -m kernelsession.localcluster.binaries path)/kubectl" kustomize manifests > dist/kernelsession.yaml
+	"$$($(PY) -m kernelsession.localcluster.building.binaries path)/kubectl" kustomize manifests/crds > dist/kernelsession-crds.yaml
+	"$$($(PY) -m kernelsession.localcluster.building.binaries path)/kubectl" kustomize manifests > dist/kernelsession.yaml
 	@echo "wrote dist/kernelsession-crds.yaml ($$(grep -c '^kind:' dist/kernelsession-crds.yaml) objects), dist/kernelsession.yaml ($$(grep -c '^kind:' dist/kernelsession.yaml) objects)"
 
 wheels: $(STAMP)

@@ -33,8 +33,7 @@ from jupyter_client.asynchronous.client import AsyncKernelClient
 from websockets.asyncio.client import ClientConnection, connect
 
 from kernelsession.client import JupyterLabSession, JupyterLabSessionManager
-from kernelsession.client._websocket import QuickAckClientConnection
-from kernelsession.client.testing import LocalJupyterServer
+from kernelsession.client.testing import LocalJupyterServer, QuickAckClientConnection
 
 V1 = "v1.kernel.websocket.jupyter.org"
 

@@ -22,112 +22,38 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import io
 import json
-import re
-import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 import yaml
-from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
-from kubernetes_asyncio import watch
 
+from bench.operator_costs import (
+    NodeProcesses,
+    Sampler,
+    cpu_seconds,
+    median,
+    metric_value,
+    operator_process,
+    operator_requests,
+)
+from bench.operator_watch import LABS, PLAIN_LABEL, SESSION_LABEL, Times, until, watch_times
 from kernelsession.client import resources
-from kernelsession.localcluster import audit
-from kernelsession.localcluster.cluster import LocalCluster
+from kernelsession.localcluster.cluster import LocalCluster, audit
 from kernelsession.localcluster.deploy import InClusterOperator
-from kernelsession.localcluster.operator_process import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE
 
-LABS = resources.DEFAULT_NAMESPACE
-SESSION_LABEL = "kernelsession.dev/session"
-PLAIN_LABEL = "kernelsession-bench/plain"
-OPERATOR_USER = audit.service_account(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT)
 REPEATS = 5
 SCALE_DEADLINE = 900.0
 
 
-# -- event times from watches ---------------------------------------------------------
-@dataclass
-class Times:
-    """Monotonic times at which each thing was first seen (keyed by session or plain
-    pod name)."""
-
-    session_seen: dict[str, float] = field(default_factory=dict)
-    session_ready: dict[str, float] = field(default_factory=dict)
-    pod_seen: dict[str, float] = field(default_factory=dict)
-    pod_ready: dict[str, float] = field(default_factory=dict)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def forget(self, names: Iterable[str]) -> None:
-        for name in names:
-            for d in (self.session_seen, self.session_ready, self.pod_seen, self.pod_ready):
-                d.pop(name, None)
-
-
-def _pod_ready(pod: Any) -> bool:
-    return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
-
-
-async def _watch(api: k8s.ApiClient, times: Times, kind: str) -> None:
-    core = k8s.CoreV1Api(api)
-    custom = k8s.CustomObjectsApi(api)
-    while True:
-        w = watch.Watch()
-        if kind == "pods":
-            stream = w.stream(core.list_namespaced_pod, LABS, timeout_seconds=3600)
-        else:
-            stream = w.stream(
-                custom.list_namespaced_custom_object,
-                resources.GROUP,
-                resources.VERSION,
-                LABS,
-                resources.PLURAL,
-                timeout_seconds=3600,
-            )
-        async for event in stream:
-            now = time.monotonic()
-            obj = event["object"]
-            if event["type"] == "DELETED":
-                continue
-            if kind == "pods":
-                labels = obj.metadata.labels or {}
-                key = labels.get(SESSION_LABEL) or labels.get(PLAIN_LABEL)
-                if not key:
-                    continue
-                times.pod_seen.setdefault(key, now)
-                if _pod_ready(obj) and obj.metadata.deletion_timestamp is None:
-                    times.pod_ready.setdefault(key, now)
-            else:
-                name = obj["metadata"]["name"]
-                times.session_seen.setdefault(name, now)
-                if resources.parse_status(obj).phase_enum is resources.Phase.READY:
-                    times.session_ready.setdefault(name, now)
-            times.changed.set()
-
-
-async def _until(times: Times, check: Any, deadline: float) -> bool:
-    while not check():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        times.changed.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(times.changed.wait(), timeout=min(remaining, 5))
-    return True
-
-
-# -- helpers --------------------------------------------------------------------------
 async def _kubectl(cluster: LocalCluster, *args: str, input: str | None = None) -> str:
     kubectl = cluster.binaries.kubectl
     assert kubectl is not None
@@ -160,123 +86,6 @@ def _session(name: str) -> dict[str, Any]:
     }
 
 
-class NodeProcesses:
-    """The node's processes by role: the kubelet and containerd (daemons), the runc shims
-    (one per pod), and the labs (everything the shims started)."""
-
-    def __init__(self, cluster: LocalCluster) -> None:
-        assert cluster.node is not None
-        self.node = cluster.node
-        daemons = self.node.daemon_pids()
-        self.kubelet = psutil.Process(daemons["kubelet"])
-        self.containerd = psutil.Process(daemons["containerd"])
-
-    def shims_and_labs(self) -> tuple[list[psutil.Process], list[psutil.Process]]:
-        shims: dict[int, psutil.Process] = {}
-        labs: list[psutil.Process] = []
-        for pid in self.node.task_pids().values():
-            with contextlib.suppress(psutil.Error):
-                task = psutil.Process(pid)
-                parent = task.parent()
-                if parent is not None:
-                    shims[parent.pid] = parent
-                labs += [task, *task.children(recursive=True)]
-        return list(shims.values()), labs
-
-    def daemons_rss(self) -> int:
-        shims, _ = self.shims_and_labs()
-        total = 0
-        for proc in [self.kubelet, self.containerd, *shims]:
-            with contextlib.suppress(psutil.Error):
-                total += proc.memory_info().rss
-        return total
-
-    def cpu(self) -> tuple[float, float, float]:
-        """CPU seconds of (kubelet + containerd, shims, labs)."""
-        shims, labs = self.shims_and_labs()
-        return (
-            _cpu(self.kubelet) + _cpu(self.containerd),
-            sum(_safe_cpu(p) for p in shims),
-            sum(_safe_cpu(p) for p in labs),
-        )
-
-
-def _safe_cpu(proc: psutil.Process) -> float:
-    try:
-        return _cpu(proc)
-    except psutil.Error:
-        return 0.0
-
-
-def operator_process(cluster: LocalCluster, op: InClusterOperator) -> psutil.Process:
-    """The operator container's main process, found through containerd."""
-    assert cluster.node is not None
-    pod = op.leader_pod()
-    container_id = pod["status"]["containerStatuses"][0]["containerID"].rsplit("/", 1)[1]
-    return psutil.Process(cluster.node.task_pids()[container_id])
-
-
-class Sampler:
-    """Samples peak RSS of the operator (every 0.2 s) and of the node daemons (kubelet,
-    containerd, shims; every 2 s) in a thread."""
-
-    def __init__(self, operator: psutil.Process, node: NodeProcesses) -> None:
-        self.operator = operator
-        self.node = node
-        self.operator_peak = 0
-        self.node_peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        tick = 0
-        while not self._stop.wait(0.2):
-            try:
-                self.operator_peak = max(self.operator_peak, self.operator.memory_info().rss)
-            except psutil.Error:
-                return
-            if tick % 10 == 0:
-                self.node_peak = max(self.node_peak, self.node.daemons_rss())
-            tick += 1
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def _cpu(proc: psutil.Process) -> float:
-    t = proc.cpu_times()
-    return float(t.user + t.system)
-
-
-def _metric(text: str, name: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.eE+-]+)$", line)
-        if m:
-            total += float(m.group(1))
-    return total
-
-
-def _operator_requests(cluster: LocalCluster, offset: int) -> list[audit.Entry]:
-    log = cluster.audit_log
-    assert log is not None
-    return [
-        e
-        for e in audit.read(log, user=OPERATOR_USER, offset=offset)
-        if not e.user_agent.startswith("kubectl/") and not e.resource.startswith("/")
-    ]
-
-
-def _med(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-# -- the measurements -----------------------------------------------------------------
 async def _delete_sessions(cluster: LocalCluster, times: Times, names: list[str]) -> None:
     await _kubectl(cluster, "-n", LABS, "delete", "ks", *names, "--wait=true", "--timeout=300s")
     pods = json.loads(
@@ -308,7 +117,7 @@ async def _one_session(
         await _kubectl(
             cluster, "apply", "--server-side", "-f", "-", input=yaml.safe_dump(_session(name))
         )
-        ok = await _until(times, lambda n=name: n in times.session_ready, time.monotonic() + 180)
+        ok = await until(times, lambda n=name: n in times.session_ready, time.monotonic() + 180)
         if not ok:
             raise RuntimeError(f"session {name} not Ready within 180 s")
         rows.append(
@@ -373,7 +182,7 @@ async def _baseline(
         name = f"plain{i}"
         t_create = time.monotonic()
         await _kubectl(cluster, "create", "-f", "-", input=json.dumps(_plain_pod(template, name)))
-        ok = await _until(times, lambda n=name: n in times.pod_ready, time.monotonic() + 180)
+        ok = await until(times, lambda n=name: n in times.pod_ready, time.monotonic() + 180)
         if not ok:
             raise RuntimeError(f"plain pod {name} not Ready within 180 s")
         rows.append(
@@ -414,7 +223,7 @@ async def _scale(cluster: LocalCluster, op: InClusterOperator, times: Times, n: 
     log = cluster.audit_log
     assert log is not None
     offset = audit.size(log)
-    cpu0 = _cpu(operator)
+    cpu0 = cpu_seconds(operator)
     node0 = node.cpu()
     rss0 = operator.memory_info().rss
     node_rss0 = node.daemons_rss()
@@ -429,7 +238,7 @@ async def _scale(cluster: LocalCluster, op: InClusterOperator, times: Times, n: 
             input=yaml.safe_dump_all([_session(name) for name in names]),
         )
         applied = time.monotonic() - t0
-        await _until(
+        await until(
             times,
             lambda: all(name in times.session_ready for name in names),
             t0 + SCALE_DEADLINE,
@@ -437,13 +246,13 @@ async def _scale(cluster: LocalCluster, op: InClusterOperator, times: Times, n: 
         seconds = time.monotonic() - t0
         node1 = node.cpu()
     ready = sum(name in times.session_ready for name in names)
-    entries = _operator_requests(cluster, offset)
+    entries = operator_requests(cluster, offset)
     return Scale(
         n=n,
         ready=ready,
         seconds=seconds,
         apply_seconds=applied,
-        operator_cpu=_cpu(operator) - cpu0,
+        operator_cpu=cpu_seconds(operator) - cpu0,
         operator_peak_rss=sampler.operator_peak,
         operator_rss_before=rss0,
         node_cpu=node1[0] - node0[0],
@@ -471,21 +280,20 @@ async def _steady(
     proc = operator_process(cluster, op)
     before = op.metrics()
     offset = audit.size(log)
-    cpu0 = _cpu(proc)
+    cpu0 = cpu_seconds(proc)
     await asyncio.sleep(window)  # a fixed measurement window, not a wait for a condition
-    cpu = _cpu(proc) - cpu0
+    cpu = cpu_seconds(proc) - cpu0
     after = op.metrics()
-    counts = audit.count(_operator_requests(cluster, offset))
-    writes = _metric(after, "kernelsession_status_writes_total") - _metric(
+    counts = audit.count(operator_requests(cluster, offset))
+    writes = metric_value(after, "kernelsession_status_writes_total") - metric_value(
         before, "kernelsession_status_writes_total"
     )
-    reconciles = _metric(after, "kernelsession_reconciles_total") - _metric(
+    reconciles = metric_value(after, "kernelsession_reconciles_total") - metric_value(
         before, "kernelsession_reconciles_total"
     )
     return counts, writes, reconciles, cpu
 
 
-# -- report ---------------------------------------------------------------------------
 def _requests_table(counts: Counter[str], per: float, unit: str) -> None:
     writes = sum(v for k, v in counts.items() if k.split()[0] in audit.WRITE_VERBS)
     reads = sum(v for k, v in counts.items() if k.split()[0] in audit.READ_VERBS)
@@ -497,14 +305,14 @@ def _requests_table(counts: Counter[str], per: float, unit: str) -> None:
 async def _run(args: argparse.Namespace, cluster: LocalCluster, op: InClusterOperator) -> int:
     api = await k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
     times = Times()
-    watchers = [asyncio.create_task(_watch(api, times, kind)) for kind in ("pods", "sessions")]
+    watchers = [asyncio.create_task(watch_times(api, times, kind)) for kind in ("pods", "sessions")]
     status = 0
     try:
         repeats = 3 if args.quick else REPEATS
         rows, template = await _one_session(cluster, times, repeats)
         plain = await _baseline(cluster, times, template, repeats)
-        m = {k: _med([r[k] for r in rows]) for k in rows[0]}
-        p = {k: _med([r[k] for r in plain]) for k in plain[0]}
+        m = {k: median([r[k] for r in rows]) for k in rows[0]}
+        p = {k: median([r[k] for r in plain]) for k in plain[0]}
         operator_own = m["op_create"] + m["op_ready"]
         print(f"one session, apply -> Ready, median of {repeats} (seconds):")
         print(f"  total (kubectl apply -> phase Ready)     {m['total']:6.2f}")
@@ -534,7 +342,7 @@ async def _run(args: argparse.Namespace, cluster: LocalCluster, op: InClusterOpe
         print(f"{n} sessions applied at once (one kubectl apply, {scale.apply_seconds:.1f}s):")
         print(
             f"  all Ready after {scale.seconds:.1f}s ({scale.ready}/{n}); "
-            f"per session seen->Ready median {_med(scale.spawn):.1f}s, "
+            f"per session seen->Ready median {median(scale.spawn):.1f}s, "
             f"max {max(scale.spawn, default=float('nan')):.1f}s"
         )
         print(

@@ -2,7 +2,7 @@
 # Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy
 # and kubectl from the Go module proxy
 # into $1 (a cache directory outside the repo). Pinned versions come from the environment
-# (set by kernelsession.localcluster.binaries, which is the one place that decides them).
+# (set by kernelsession.localcluster.building.binaries, which is the one place that decides them).
 # Kubernetes and etcd are separate modules with different dependency pins: they build side
 # by side (one's module downloads and single-threaded links overlap the other's compiling).
 set -euo pipefail

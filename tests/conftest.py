@@ -1,6 +1,6 @@
 """Shared fixtures: the local Kubernetes cluster (real control plane + a real node).
 
-- ``host_baseline``: the host's state (:mod:`kernelsession.localcluster.hoststate`) before
+- ``host_baseline``: the host's state (:mod:`kernelsession.localcluster.host.state`) before
   the first cluster of the run started; teardown tests compare against it.
 - ``cluster``: session-scoped :class:`~kernelsession.localcluster.cluster.LocalCluster`,
   started on first request (never when no selected test needs it), stopped at the end
@@ -15,7 +15,7 @@
 - ``ingress_controller``: Traefik, the local cluster's ingress controller (IngressClass
   ``traefik``, the default class; namespace ``kernelsession-ingress``), installed once per
   run; ``.url(path)`` is reachable from this machine (see
-  :mod:`kernelsession.localcluster.ingress`).
+  :mod:`kernelsession.localcluster.deploy.ingress`).
 - ``operator``: ONE operator for the whole run: the Deployment from ``manifests/``
   (``kubectl apply -k`` with the locally built image), as the operator's service account,
   with short intervals so culling and status changes happen within seconds. A test that
@@ -44,12 +44,12 @@ from helpers import LABS, OPERATOR_ENV, wait_for
 from helpers import sa_kubeconfig as _sa_kubeconfig
 
 from kernelsession.client import KernelSessionClient
-from kernelsession.localcluster import hoststate
-from kernelsession.localcluster.binaries import BinariesUnavailableError
+from kernelsession.localcluster.building.binaries import BinariesUnavailableError
 from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.deploy import InClusterOperator
-from kernelsession.localcluster.ingress import IngressController, install_ingress
-from kernelsession.localcluster.operator_process import install_manifests
+from kernelsession.localcluster.deploy.ingress import IngressController, install_ingress
+from kernelsession.localcluster.deploy.operator_process import install_manifests
+from kernelsession.localcluster.host import state as hoststate
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kernelsession.localcluster.cluster import LocalCluster
-from kernelsession.localcluster.controlplane import write_kubeconfig
+from kernelsession.localcluster.cluster.controlplane import write_kubeconfig
 
 
 def user_kubeconfig(

@@ -25,8 +25,8 @@ import websockets
 from aiohttp import web
 from kubernetes_asyncio import client
 
-from kernelsession.client._localproxy import LocalProxy
-from kernelsession.client._portforward import SUBPROTOCOL, PortForwardError, PortForwardUpstream
+from kernelsession.client.cli._localproxy import LocalProxy
+from kernelsession.client.cli._portforward import SUBPROTOCOL, PortForwardError, PortForwardUpstream
 from kernelsession.client.testing import LocalJupyterServer
 
 BEARER = "stand-in-bearer"

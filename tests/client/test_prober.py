@@ -327,7 +327,8 @@ async def test_a_hung_server_is_a_timeout_failure_not_a_hang():
     import socket
 
     from kernelsession.client import JupyterLabSessionManager
-    from kernelsession.client._prober import LabProber, ProbeMetrics
+    from kernelsession.client.cli._metrics import ProbeMetrics
+    from kernelsession.client.cli._probers import LabProber
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))

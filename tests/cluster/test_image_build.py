@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from kernelsession.localcluster import binaries, images, oci
+from kernelsession.client.testing import free_port
+from kernelsession.localcluster.building import binaries, images, oci
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -157,14 +158,6 @@ def test_no_buildah_leftovers(built: images.Images) -> None:
     assert leftovers == []
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_lab_serves_jupyterlab_as_uid_1000_on_a_read_only_root(
     built: images.Images, tmp_path: Path
 ) -> None:
@@ -180,7 +173,7 @@ async def test_lab_serves_jupyterlab_as_uid_1000_on_a_read_only_root(
         pytest.skip("no unshare")
     root = tmp_path / "rootfs"
     oci.unpack(built.lab.archive, root)
-    port = _free_port()
+    port = free_port()
     token = "test-token-" + os.urandom(8).hex()
     cfg = oci.read_archive(built.lab.archive).config["config"]
     env = ["env", "-i", *cfg["Env"], f"JUPYTER_TOKEN={token}"]

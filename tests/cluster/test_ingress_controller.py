@@ -18,7 +18,7 @@ from helpers import HARDENED, async_wait_for, wait_for
 
 from kernelsession.client import JupyterLabSessionManager
 from kernelsession.localcluster.cluster import LocalCluster
-from kernelsession.localcluster.ingress import IngressController, install_ingress
+from kernelsession.localcluster.deploy.ingress import IngressController, install_ingress
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 

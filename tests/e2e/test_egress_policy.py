@@ -1,4 +1,4 @@
-"""Egress NetworkPolicy on the real node (kernelsession.localcluster.netpol).
+"""Egress NetworkPolicy on the real node (kernelsession.localcluster.host.netpol).
 
 A pod under a default-deny egress policy cannot open a connection to another pod, to a
 Service (kube-proxy DNAT's it to the backend pod first), to the cluster DNS (CoreDNS on the
@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 from helpers import WaitTimeoutError, hardened_pod, wait_for
 
-from kernelsession.localcluster import hoststate
 from kernelsession.localcluster.cluster import LocalCluster
-from kernelsession.localcluster.hostnet import DNS_SERVICE_IP, NODE_IP
-from kernelsession.localcluster.netpol import EGRESS_CHAIN_PREFIX, INPUT_CHAIN, MAIN_CHAIN
+from kernelsession.localcluster.host import state as hoststate
+from kernelsession.localcluster.host.netpol import EGRESS_CHAIN_PREFIX, INPUT_CHAIN, MAIN_CHAIN
+from kernelsession.localcluster.host.network import DNS_SERVICE_IP, NODE_IP
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 

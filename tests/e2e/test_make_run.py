@@ -17,8 +17,8 @@ import httpx
 import psutil
 import pytest
 
-from kernelsession.localcluster import hoststate
 from kernelsession.localcluster.cluster import LocalCluster
+from kernelsession.localcluster.host import state as hoststate
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.exclusive_node]
 REPO = Path(__file__).parents[2]

@@ -33,7 +33,7 @@ from headless import (
 from helpers import LABS, apply_session, wait_phase
 
 from kernelsession.localcluster.cluster import LocalCluster
-from kernelsession.localcluster.operator_process import OperatorProcess
+from kernelsession.localcluster.deploy.operator_process import OperatorProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 CLI = str(Path(sys.executable).parent / "kernelsession")

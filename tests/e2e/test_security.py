@@ -1,7 +1,7 @@
 """Security of a session through the cluster: who may reach a lab, who may use it, and
 what the operator's own credentials can do.
 
-The node enforces NetworkPolicy (kernelsession.localcluster.netpol): a pod without the
+The node enforces NetworkPolicy (kernelsession.localcluster.host.netpol): a pod without the
 ``kernelsession.dev/client`` label cannot reach a lab (its connection times out), a
 labelled one can, and the operator's Deployment pods still probe it. The lab itself runs
 hardened, which is checked inside its container.
@@ -23,7 +23,7 @@ from helpers import INGRESS_ENV, LABS, apply_session, children, lab_path, wait_p
 from kernelsession.client import JupyterLabSessionManager, JupyterWebError, KernelSessionClient
 from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.deploy import InClusterOperator
-from kernelsession.localcluster.operator_process import OPERATOR_NAMESPACE
+from kernelsession.localcluster.deploy.operator_process import OPERATOR_NAMESPACE
 
 INGRESS_NAMESPACE = INGRESS_ENV["KERNELSESSION_INGRESS_CONTROLLER_NAMESPACE"]
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]

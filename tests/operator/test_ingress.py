@@ -25,8 +25,7 @@ from helpers import (
 )
 
 from kernelsession.client import KernelSessionClient
-from kernelsession.localcluster import audit
-from kernelsession.localcluster.cluster import LocalCluster
+from kernelsession.localcluster.cluster import LocalCluster, audit
 from kernelsession.localcluster.deploy import InClusterOperator, operator_account
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]

@@ -22,10 +22,9 @@ import pytest
 import yaml
 from helpers import LABS, apply_session, get_ks, wait_for, wait_phase
 
-from kernelsession.localcluster import audit
-from kernelsession.localcluster.cluster import LocalCluster
+from kernelsession.localcluster.cluster import LocalCluster, audit
 from kernelsession.localcluster.deploy import InClusterOperator
-from kernelsession.localcluster.operator_process import (
+from kernelsession.localcluster.deploy.operator_process import (
     OPERATOR_ACCOUNT,
     OPERATOR_NAMESPACE,
     manifests_dir,

@@ -27,7 +27,7 @@ from helpers import (
 from kernelsession.client import KernelSessionClient
 from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.deploy import InClusterOperator
-from kernelsession.localcluster.operator_process import OPERATOR_NAMESPACE
+from kernelsession.localcluster.deploy.operator_process import OPERATOR_NAMESPACE
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 

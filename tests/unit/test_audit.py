@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kernelsession.localcluster import audit
+from kernelsession.localcluster.cluster import audit
 
 FIXTURE = Path(__file__).parent / "fixtures" / "audit.log"
 OPERATOR = audit.service_account("kernelsession-system", "kernelsession-operator")

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from kernelsession.client._localproxy import (
+from kernelsession.client.cli._guard import (
     LOGIN_PARAMETER,
     Guard,
     Respond,

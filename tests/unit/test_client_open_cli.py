@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kernelsession.client._cli import build_parser, main
-from kernelsession.client._open import _wants_browser
+from kernelsession.client.cli._main import build_parser, main
+from kernelsession.client.cli._open import _wants_browser
 
 
 def test_defaults() -> None:

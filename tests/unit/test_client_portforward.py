@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kernelsession.client._portforward import (
+from kernelsession.client.cli._portforward import (
     DATA_CHANNEL,
     ERROR_CHANNEL,
     PortForwardData,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kernelsession.localcluster.hoststate import HostState, diff
+from kernelsession.localcluster.host.state import HostState, diff
 
 
 def test_diff_lists_additions_removals_and_sysctl_changes() -> None:

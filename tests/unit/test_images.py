@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from kernelsession.localcluster import images, oci, ospackages
+from kernelsession.localcluster.building import images, oci, steps
+from kernelsession.localcluster.host import ospackages
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -218,7 +219,7 @@ def test_whiteouts_hide_lower_files(tmp_path: Path) -> None:
 def test_missing_tool_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shutil, "which", lambda _name: None)
     with pytest.raises(images.ImagesUnavailableError, match=r"apt-get install .*buildah"):
-        images._require("buildah", "buildah", "build images")
+        steps.require_tool("buildah", "buildah", "build images")
 
 
 def test_pip_settings_copy_the_cert_and_drop_local_paths(

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from kernelsession.localcluster import binaries, images, ingress, oci
+from kernelsession.localcluster.building import binaries, images, oci
+from kernelsession.localcluster.deploy import ingress
 
 IMAGE = "localhost/kernelsession/traefik:0123456789abcdef"
 

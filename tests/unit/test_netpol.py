@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kernelsession.localcluster.netpol import (
+from kernelsession.localcluster.host.netpol import (
     EGRESS_CHAIN_PREFIX,
     INPUT_CHAIN,
     MAIN_CHAIN,

@@ -135,7 +135,11 @@ def obs(body: dict[str, Any], cfg: Settings = CFG, **kw: Any) -> Observation:
         "ingress": view(builders.ingress(body, cfg)),
         "token_uid": UID,
     }
-    return Observation(**(base | kw))
+    fields = base | kw
+    if fields["token_uid"] is not None and "desired_pod" not in fields:
+        # observe() computes the desired pod once the token Secret exists
+        fields["desired_pod"] = builders.lab_pod(body, cfg, fields["token_uid"])
+    return Observation(**fields)
 
 
 def status_of(d: Decision) -> dict[str, Any]:
@@ -313,9 +317,16 @@ def test_unsuspend_starts_the_lab_again() -> None:
 
 def test_suspend_then_resume_keeps_the_same_pod_name() -> None:
     """Same spec and token Secret: the same pod (hash) comes back, token unchanged."""
-    running = session()
-    resumed = session({"suspend": False}, generation=3)
-    assert desired_name(running) == desired_name(resumed)
+    (first,) = decide(obs(session()), CFG).of(Create)
+    status = {
+        "phase": "Suspended",
+        "reason": "Suspended",
+        "observedGeneration": 2,
+        "tokenSecretName": "alice-token",
+    }
+    resumed = decide(obs(session({"suspend": False}, status, generation=3)), CFG)
+    assert [c.name for c in resumed.of(Create)] == [first.name]
+    assert not resumed.of(CreateToken)
 
 
 # -- capacity -----------------------------------------------------------------------
@@ -411,6 +422,17 @@ def test_missing_storage_class_says_so() -> None:
     assert not kinds(d)
 
 
+def test_lost_claim_is_home_unavailable_and_no_pod_starts() -> None:
+    body = session(HOME)
+    claim = ClaimView("alice-home", "Lost", "fast")
+    d = decide(obs(body, claim=claim), CFG)
+    s = status_of(d)
+    assert (s["phase"], s["reason"]) == (st.FAILED, "HomeUnavailable")
+    assert "alice-home lost its PersistentVolume" in s["message"]
+    assert not kinds(d)
+    assert "HomeUnavailable" in emitted(d)
+
+
 def test_refused_claim_is_home_unavailable() -> None:
     body = session(HOME)
     d = decide(obs(body, rejected={"alice-home": "exceeded quota: storage"}), CFG)
@@ -449,6 +471,38 @@ def test_rejected_pod_fails_naming_the_field_and_is_not_recreated() -> None:
     assert status_of(d)["reason"] == "PodRejected"
     assert "spec.resources" in status_of(d)["message"]
     assert not kinds(d)
+
+
+def test_new_pod_starting_beside_the_old_one_is_rolling() -> None:
+    body = session({"image": "new:2"}, {"phase": "Ready", "observedGeneration": 1}, generation=2)
+    old = pod(body, name="alice-lab-old")
+    new = pod(body, ready=False)
+    d = decide(obs(body, pods=(old, new), probe_error="ConnectError"), CFG)
+    assert (status_of(d)["phase"], status_of(d)["reason"]) == (st.STARTING, "Rolling")
+    assert deleted(d) == ["alice-lab-old"]
+    assert not kinds(d)  # the new pod exists
+    assert d.requeue_after == CFG.starting_interval
+
+
+def test_desired_pod_still_terminating_is_waited_for() -> None:
+    """The pod of the same template is still going (e.g. resumed right after a cull):
+    wait for it, neither create it again nor delete it twice."""
+    body = session()
+    d = decide(obs(body, pods=(pod(body, deleting=True),)), CFG)
+    assert (status_of(d)["phase"], status_of(d)["reason"]) == (st.PENDING, "PodTerminating")
+    assert not kinds(d)
+    assert not deleted(d)
+
+
+def test_lab_that_exited_fails_with_a_warning() -> None:
+    body = session({}, {"phase": "Ready", "reason": "LabReady"})
+    d = decide(obs(body, pods=(pod(body, phase="Succeeded", ready=False),)), CFG)
+    s = status_of(d)
+    assert (s["phase"], s["reason"]) == (st.FAILED, "LabExited")
+    assert "The lab exited (Succeeded" in s["message"]
+    (warning,) = [e for e in d.of(Emit) if e.warning]
+    assert (warning.reason, warning.message) == ("LabExited", s["message"])
+    assert not kinds(d)  # a failed lab is not started again on its own
 
 
 def test_terminating_old_pod_while_rolling() -> None:

@@ -49,7 +49,13 @@ def test_client_wheel(wheels: dict[str, Path]) -> None:
     names, meta, eps = _meta(wheels["kernelsession_client"])
     assert meta["Name"] == ["kernelsession-client"]
     assert not any("kopf" in r for r in meta["Requires-Dist"])  # the client never needs kopf
-    assert "kernelsession = kernelsession.client._cli:main" in eps
+    assert "kernelsession = kernelsession.client.cli:main" in eps
+    # The library alone; what only the command needs comes with the `cli` extra.
+    requires = meta["Requires-Dist"]
+    for app_only in ("h11", "prometheus-client", "aiohttp"):
+        assert not any(r.startswith(app_only) and "extra" not in r for r in requires), requires
+        assert any(r.startswith(app_only) and "extra == 'cli'" in r for r in requires), requires
+    assert "kernelsession/client/cli/__init__.py" in names
     assert "kernelsession/__init__.py" not in names  # namespace package
     assert "kernelsession/client/__init__.py" in names
     assert "kernelsession/client/py.typed" in names
@@ -76,4 +82,4 @@ def test_localcluster_wheel(wheels: dict[str, Path]) -> None:
     assert not any(r.startswith("kopf") for r in meta["Requires-Dist"])
     assert "kernelsession-localcluster = kernelsession.localcluster.__main__:main" in eps
     assert "kernelsession/__init__.py" not in names
-    assert "kernelsession/localcluster/binaries.py" in names
+    assert "kernelsession/localcluster/building/binaries.py" in names

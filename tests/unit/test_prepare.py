@@ -1,6 +1,6 @@
-"""`make binaries` / `make images` (kernelsession.localcluster.prepare): the parts run side by
-side with prefixed output, cached parts start no process, and the build scripts run their
-parts concurrently and report each one's seconds."""
+"""`make binaries` / `make images` (kernelsession.localcluster.building.prepare): the parts
+run side by side with prefixed output, cached parts start no process, and the build scripts
+run their parts concurrently and report each one's seconds."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kernelsession.localcluster import binaries, prepare
+from kernelsession.localcluster.building import binaries, prepare
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -19,9 +19,10 @@ from kernelsession.client import (
     KernelSessionNotFoundError,
     NotebookResult,
 )
-from kernelsession.client._prober import (
+from kernelsession.client.cli._metrics import ProbeMetrics
+from kernelsession.client.cli._probers import spawn_name
+from kernelsession.client.cli._results import (
     LAB_PHASES,
-    ProbeMetrics,
     ProbeResult,
     UnexpectedOutputError,
     error_dict,
@@ -29,7 +30,6 @@ from kernelsession.client._prober import (
     failure_reason,
     format_result,
     notebook_report,
-    spawn_name,
 )
 
 SECRET = "0123456789abcdef-secret-token"
@@ -200,7 +200,7 @@ async def test_shielded_cleanup_finishes_before_the_cancel_propagates() -> None:
     finish, then propagates (a second cancel does not cut it short either)."""
     import asyncio
 
-    from kernelsession.client._prober import _await_shielded
+    from kernelsession.client.cli._probers import _await_shielded
 
     finished: list[str] = []
     gate = asyncio.Event()

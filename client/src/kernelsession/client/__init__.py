@@ -28,6 +28,7 @@ from ._kubernetes import (
     KernelSessionNotFoundError,
     KernelSessionTimeoutError,
 )
+from ._manager import JupyterLabSessionManager
 from ._models import (
     CellResult,
     CodeContext,
@@ -36,7 +37,7 @@ from ._models import (
     OutputChunk,
     SessionTimings,
 )
-from ._session import JupyterLabSession, JupyterLabSessionManager
+from ._session import JupyterLabSession
 from .resources import (
     API_VERSION,
     DEFAULT_NAMESPACE,

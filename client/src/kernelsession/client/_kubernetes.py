@@ -9,25 +9,26 @@ or put in an exception message.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
 from typing import Any, cast
 
-from kubernetes_asyncio import client, config, watch
+from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from ._logging import default_logger
+from ._manager import JupyterLabSessionManager
 from ._reach import reachable_url
-from ._session import JupyterLabSessionManager
+from .kubeapi import MERGE_PATCH, api_message, load_api_client
 from .resources import (
     API_VERSION,
     DEFAULT_NAMESPACE,
     GROUP,
     KIND,
     PLURAL,
+    RESUME_ANNOTATION,
+    SESSION_LABEL,
     VERSION,
     KernelSessionStatus,
     Phase,
@@ -90,17 +91,6 @@ class KernelSessionTimeoutError(KernelSessionError):
     ) -> None:
         super().__init__(message, name=name, namespace=namespace)
         self.last = last
-
-
-async def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
-    """An ApiClient from ``kubeconfig``, ``$KUBECONFIG``, or the in-cluster service account."""
-    cfg = client.Configuration()
-    path = kubeconfig or os.environ.get("KUBECONFIG")
-    if path or not os.environ.get("KUBERNETES_SERVICE_HOST"):
-        await config.load_kube_config(config_file=path, client_configuration=cfg)
-    else:
-        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-    return client.ApiClient(cfg)
 
 
 class KernelSessionClient:
@@ -331,14 +321,45 @@ class KernelSessionClient:
                 phase=status.phase or "Unknown",
                 reason=status.reason,
             )
+        token = await self.token(name, status)
         try:
-            secret = await self._core.read_namespaced_secret(
-                status.token_secret_name, self.namespace
+            url = await reachable_url(status.url, self._core)
+        except ApiException as exc:
+            raise self._api_error(exc, name, "reading the lab's Service") from None
+        return url, token, status.user
+
+    async def token(self, name: str, status: KernelSessionStatus | None = None) -> str:
+        """The lab token of session ``name`` from the Secret its status names.
+
+        ``status`` saves a read when the caller has the session's status already.
+
+        Raises:
+            KernelSessionFailedError: the status names no token Secret yet, or the
+                Secret is missing or holds no token (reason ``TokenMissing``).
+            KernelSessionNotFoundError: no such session.
+            KernelSessionApiError: the API server refused or failed a request
+                (e.g. 403: not allowed to read the Secret).
+        """
+        if status is None:
+            try:
+                status = await self.get(name)
+            except ApiException as exc:
+                raise self._api_error(exc, name, "reading the session") from None
+        secret_name = status.token_secret_name
+        if not secret_name:
+            raise KernelSessionFailedError(
+                f"KernelSession {self.namespace}/{name} names no token Secret in its status",
+                name=name,
+                namespace=self.namespace,
+                phase=status.phase or "Unknown",
+                reason="TokenMissing",
             )
+        try:
+            secret = await self._core.read_namespaced_secret(secret_name, self.namespace)
         except ApiException as exc:
             if exc.status == 404:
                 raise KernelSessionFailedError(
-                    f"the token Secret {status.token_secret_name} does not exist",
+                    f"the token Secret {secret_name} does not exist",
                     name=name,
                     namespace=self.namespace,
                     phase=status.phase or "Unknown",
@@ -348,17 +369,57 @@ class KernelSessionClient:
         token = read_token(secret.data)
         if token is None:
             raise KernelSessionFailedError(
-                f"Secret {status.token_secret_name} has no token",
+                f"Secret {secret_name} has no token",
                 name=name,
                 namespace=self.namespace,
                 phase=status.phase or "Unknown",
                 reason="TokenMissing",
             )
+        return token
+
+    async def resume(self, name: str, status: KernelSessionStatus | None = None) -> None:
+        """Start a Culled, timed-out or Suspended session again.
+
+        A Suspended session gets ``spec.suspend: false``; any other gets a new
+        :data:`~kernelsession.client.resources.RESUME_ANNOTATION`.
+
+        Raises:
+            KernelSessionNotFoundError: no such session.
+        """
+        if status is None:
+            status = await self.get(name)
+        if status.phase_enum is Phase.SUSPENDED:
+            body: dict[str, Any] = {"spec": {"suspend": False}}
+        else:
+            body = {"metadata": {"annotations": {RESUME_ANNOTATION: str(int(time.time()))}}}
         try:
-            url = await reachable_url(status.url, self._core)
+            await self._custom.patch_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, name, body, _content_type=MERGE_PATCH
+            )
         except ApiException as exc:
-            raise self._api_error(exc, name, "reading the lab's Service") from None
-        return url, token, status.user
+            if exc.status == 404:
+                raise self._not_found(name) from None
+            raise
+        self._log.info("session resumed", session=name, namespace=self.namespace)
+
+    async def children(self, name: str) -> list[str]:
+        """``Kind/name`` of each Pod, Service, Secret, NetworkPolicy and
+        PersistentVolumeClaim labelled as session ``name``'s (empty when all are gone)."""
+        if self._api is None:
+            raise RuntimeError("use KernelSessionClient as an async context manager")
+        core, net = self._core, client.NetworkingV1Api(self._api)
+        listers: tuple[tuple[str, Any], ...] = (
+            ("Pod", core.list_namespaced_pod),
+            ("Service", core.list_namespaced_service),
+            ("Secret", core.list_namespaced_secret),
+            ("NetworkPolicy", net.list_namespaced_network_policy),
+            ("PersistentVolumeClaim", core.list_namespaced_persistent_volume_claim),
+        )
+        found: list[str] = []
+        for kind, lister in listers:
+            items = (await lister(self.namespace, label_selector=f"{SESSION_LABEL}={name}")).items
+            found.extend(f"{kind}/{item.metadata.name}" for item in items)
+        return found
 
     async def lab_session(
         self,
@@ -422,12 +483,3 @@ class KernelSessionClient:
             namespace=self.namespace,
             last=None,
         )
-
-
-def api_message(exc: ApiException) -> str:
-    """The API server's message (e.g. which field a 422 names), without the raw body."""
-    try:
-        body = json.loads(exc.body or "{}")
-    except (TypeError, ValueError):
-        return str(exc.reason)
-    return str(body.get("message") or exc.reason)

@@ -1,7 +1,8 @@
-"""The KernelSession resource as data: names, phases, status parsing and the token.
+"""The KernelSession resource as data: names, phases, reasons, labels, children,
+status parsing and the token.
 
 One place for what every part of kernelsession (client, CLI, bench, operator,
-local cluster) needs to know about the custom resource, with no I/O:
+local cluster) needs to know about the custom resource and its children, with no I/O:
 
 >>> from kernelsession.client import resources
 >>> resources.GROUP, resources.VERSION, resources.PLURAL
@@ -21,18 +22,37 @@ from typing import Any
 
 __all__ = [
     "API_VERSION",
+    "CLIENT_LABEL",
+    "COMPONENT_LABEL",
     "CRD_NAME",
+    "DEFAULT_HOME_MOUNT",
     "DEFAULT_NAMESPACE",
     "GROUP",
+    "HASH_LABEL",
     "KIND",
+    "LAB_PORT",
+    "LAB_PORT_NAME",
+    "MANAGED_BY",
+    "MANAGER",
     "PLURAL",
+    "RESUME_ANNOTATION",
+    "SESSION_LABEL",
     "SHORT_NAME",
     "TOKEN_KEY",
+    "USER_LABEL",
     "VERSION",
     "KernelSessionStatus",
     "Phase",
+    "Reason",
+    "child_labels",
+    "home_claim_name",
+    "ingress_name",
+    "network_policy_name",
     "parse_status",
+    "pod_name",
     "read_token",
+    "service_name",
+    "token_secret_name",
 ]
 
 GROUP = "kernelsession.dev"
@@ -46,6 +66,24 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 DEFAULT_NAMESPACE = "labs"
 #: Key of the lab token in the Secret named by ``status.tokenSecretName``.
 TOKEN_KEY = "token"
+#: The lab's HTTP port (container, Service and ``status.url``) and its port name.
+LAB_PORT = 8888
+LAB_PORT_NAME = "http"
+
+# Labels and annotations (children carry MANAGED_BY, SESSION_LABEL and USER_LABEL).
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "kernelsession-operator"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+SESSION_LABEL = f"{GROUP}/session"
+USER_LABEL = f"{GROUP}/user"
+#: Pods labelled ``"true"`` in a lab's namespace may reach the lab (its NetworkPolicy).
+CLIENT_LABEL = f"{GROUP}/client"
+#: The hash of the lab pod's template (part of the pod's name).
+HASH_LABEL = f"{GROUP}/pod-hash"
+#: Set (to any new value, e.g. the time) to start a Culled or timed-out lab again.
+RESUME_ANNOTATION = f"{GROUP}/resume"
+#: Where ``spec.home`` is mounted unless ``spec.home.mountPath`` says otherwise.
+DEFAULT_HOME_MOUNT = "/home/jovyan"
 
 
 class Phase(StrEnum):
@@ -73,6 +111,78 @@ class Phase(StrEnum):
     def terminal(self) -> bool:
         """Whether a session in this phase will not become Ready by waiting."""
         return self in (Phase.FAILED, Phase.CULLED, Phase.SUSPENDED, Phase.TERMINATING)
+
+
+class Reason(StrEnum):
+    """``status.reason`` (and the Ready condition's reason) the operator writes."""
+
+    # Pending / Starting / Ready
+    CREATING = "Creating"
+    POD_TERMINATING = "PodTerminating"
+    POD_PENDING = "PodPending"
+    HOME_PENDING = "HomePending"
+    QUOTA_EXCEEDED = "QuotaExceeded"
+    """The namespace's ResourceQuota refused the lab pod or home claim (tried again)."""
+    WAITING_FOR_CAPACITY = "WaitingForCapacity"
+    LAB_STARTING = "LabStarting"
+    LAB_RESTARTING = "LabRestarting"
+    ROLLING = "Rolling"
+    LAB_READY = "LabReady"
+    # Failed
+    INVALID_SPEC = "InvalidSpec"
+    IMAGE_PULL_FAILED = "ImagePullFailed"
+    CONFIG_ERROR = "ConfigError"
+    CANNOT_RUN = "CannotRun"
+    CRASH_LOOP = "CrashLoop"
+    LAB_EXITED = "LabExited"
+    START_TIMEOUT = "StartTimeout"
+    UNSCHEDULABLE = "Unschedulable"
+    POD_REJECTED = "PodRejected"
+    HOME_UNAVAILABLE = "HomeUnavailable"
+    # Culled, Suspended, Terminating
+    IDLE_TIMEOUT = "IdleTimeout"
+    MAX_AGE = "MaxAge"
+    SUSPENDED = "Suspended"
+    DELETING = "Deleting"
+
+
+def token_secret_name(session: str) -> str:
+    """The session's token Secret (also in ``status.tokenSecretName``)."""
+    return f"{session}-token"
+
+
+def service_name(session: str) -> str:
+    """The lab's ClusterIP Service (port :data:`LAB_PORT`)."""
+    return session
+
+
+def network_policy_name(session: str) -> str:
+    return f"{session}-lab"
+
+
+def ingress_name(session: str) -> str:
+    return session
+
+
+def home_claim_name(session: str) -> str:
+    """The PersistentVolumeClaim of ``spec.home``."""
+    return f"{session}-home"
+
+
+def pod_name(session: str, pod_hash: str) -> str:
+    """The lab pod for the template with hash ``pod_hash``."""
+    return f"{session}-lab-{pod_hash}"
+
+
+def child_labels(session: str, user: str) -> dict[str, str]:
+    """Labels every child of a session carries."""
+    return {
+        MANAGED_BY: MANAGER,
+        SESSION_LABEL: session,
+        USER_LABEL: user,
+        "app.kubernetes.io/name": "jupyterlab",
+        "app.kubernetes.io/instance": session,
+    }
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,19 @@ from types import TracebackType
 
 import httpx
 
-__all__ = ["LocalJupyterServer", "LocalKernelGateway", "TcpProxy"]
+from ._websocket import QuickAckClientConnection
+
+__all__ = [
+    "LocalJupyterServer",
+    "LocalKernelGateway",
+    "QuickAckClientConnection",
+    "TcpProxy",
+    "free_port",
+]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -101,7 +110,7 @@ class LocalJupyterServer:
         self._dir = Path(tempfile.mkdtemp(prefix="kernelsession-lab-"))
         for sub in ("home", "root", "runtime", "data", "config"):
             (self._dir / sub).mkdir()
-        self.port = self._requested_port or _free_port()
+        self.port = self._requested_port or free_port()
         env = {
             **os.environ,
             "HOME": str(self._dir / "home"),

@@ -19,11 +19,12 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from . import hoststate
-from .binaries import BinariesUnavailableError
-from .cluster import LocalCluster
-from .controlplane import ControlPlaneError
-from .node import NodeLock, cleanup_crashed
+from kernelsession.localcluster.building.binaries import BinariesUnavailableError
+from kernelsession.localcluster.cluster import LocalCluster
+from kernelsession.localcluster.cluster.controlplane import ControlPlaneError
+from kernelsession.localcluster.cluster.node import NodeLock
+from kernelsession.localcluster.host import state as hoststate
+from kernelsession.localcluster.host.crash import cleanup_crashed
 
 
 def _up() -> int:

@@ -1,4 +1,5 @@
-"""Starting and stopping child processes by PID, with per-process log files."""
+"""Starting and stopping child processes by PID, with per-process log files, and
+:class:`ProcessGroup`: daemons started in order and stopped in reverse."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
@@ -163,3 +164,97 @@ def http_ok(url: str, *, context: ssl.SSLContext | None = None) -> bool:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+class ProcessGroup(Mapping[str, "subprocess.Popen[bytes]"]):
+    """Daemons started in order, each logging to ``WORKDIR/NAME.log``, awaited by a check,
+    and stopped by PID in reverse start order.
+
+    ``on_start(name, process)`` is called for each process started (the node records
+    it for the cleanup after a crash). A process started again under the same name (a
+    restart) keeps its place in the order. A read-only mapping of name -> process.
+    """
+
+    def __init__(
+        self,
+        workdir: Callable[[], Path],
+        *,
+        error: type[Exception],
+        start_timeout: float,
+        interval: float = 0.05,
+        on_start: Callable[[str, subprocess.Popen[bytes]], None] | None = None,
+    ) -> None:
+        self._workdir = workdir
+        self._interval = interval
+        self._error = error
+        self.start_timeout = start_timeout
+        self.on_start = on_start
+        self._order: list[str] = []
+        self._running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def __getitem__(self, name: str) -> subprocess.Popen[bytes]:
+        return self._running[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name in self._order if name in self._running)
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    def log(self, name: str) -> Path:
+        """Where process ``name`` logs."""
+        return self._workdir() / f"{name}.log"
+
+    def spawn(
+        self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start ``argv`` as ``name`` in the work directory.
+
+        Raises:
+            error: it cannot be started (the executable is missing...).
+        """
+        try:
+            proc = start_logged(argv, self.log(name), cwd=self._workdir(), env=env)
+        except OSError as exc:
+            raise self._error(f"cannot start {name} ({argv[0]}): {exc}") from exc
+        if name not in self._order:
+            self._order.append(name)
+        self._running[name] = proc
+        if self.on_start is not None:
+            self.on_start(name, proc)
+        return proc
+
+    def await_ready(
+        self, name: str, check: Callable[[], bool], timeout: float | None = None
+    ) -> None:
+        """Wait until ``check`` passes for ``name`` (``start_timeout`` by default).
+
+        Raises:
+            error: it exited or was not ready in time (with the tail of its log).
+        """
+        await_process(
+            name,
+            self._running[name],
+            self.log(name),
+            check,
+            timeout=timeout or self.start_timeout,
+            interval=self._interval,
+            error=self._error,
+        )
+
+    def stop(self, name: str, *, grace: float = 10.0) -> subprocess.Popen[bytes] | None:
+        """Stop ``name`` by PID (SIGTERM, ``grace`` s, SIGKILL); the process, if it ran."""
+        proc = self._running.pop(name, None)
+        if proc is not None:
+            stop_process(proc, grace=grace)
+        return proc
+
+    def stop_all(self, *, keep: Collection[str] = (), grace: float = 10.0) -> None:
+        """Stop every process but those in ``keep``, in reverse start order."""
+        for name in reversed(self._order):
+            if name not in keep:
+                self.stop(name, grace=grace)
+
+    def pids(self) -> dict[str, int]:
+        """name -> PID of each process still running."""
+        return {name: proc.pid for name, proc in self.items() if proc.poll() is None}

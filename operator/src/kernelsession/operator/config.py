@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from kernelsession.client.resources import DEFAULT_NAMESPACE, LAB_PORT
+
 URLMode = Literal["service", "pod-ip"]
 
 ENV_PREFIX = "KERNELSESSION_"
@@ -61,7 +63,7 @@ class IngressSettings:
 class Settings:
     """Everything the operator can be told; defaults suit a real cluster."""
 
-    namespaces: tuple[str, ...] = ("labs",)
+    namespaces: tuple[str, ...] = (DEFAULT_NAMESPACE,)
     """Namespaces to watch; empty means cluster-wide."""
     default_image: str = "jupyter/base-notebook:latest"
     default_resources: Mapping[str, Any] = field(
@@ -75,7 +77,7 @@ class Settings:
     default_start_timeout: int = 300
     url_mode: URLMode = "service"
     cluster_domain: str = "cluster.local"
-    lab_port: int = 8888
+    lab_port: int = LAB_PORT
     lab_extra_args: tuple[str, ...] = ()
     """Appended to the lab's ``jupyter server`` arguments (e.g. for a local kubelet)."""
     run_as_user: int = 1000

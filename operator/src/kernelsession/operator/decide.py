@@ -2,18 +2,28 @@
 render and when to look again. Pure: no I/O, no clock, no randomness; unit-tested over a
 table of situations (tests/unit/test_operator_decide.py).
 
-The order of a session's life: deleting -> Terminating; ``spec.suspend`` -> Suspended
-(pod deleted, everything else kept); sticky Culled/StartTimeout until resumed or the spec
-changes; refused spec -> Failed/InvalidSpec; token, Service, NetworkPolicy and home volume
-ensured; the home volume bound (or its class binding on first consumer); then the lab pod,
-judged by :func:`status.judge`, culled by :func:`culling.decide`.
+:func:`decide` runs ordered gates over one :class:`Pass` (what the pass has gathered:
+actions, events, the token Secret's name, the resume request); the first gate that
+knows the outcome returns the :class:`Decision`:
+
+1. deleting -> Terminating;
+2. ``spec.suspend`` -> Suspended (pod deleted, everything else kept);
+3. sticky Culled/StartTimeout until resumed or the spec changes;
+4. refused spec -> Failed/InvalidSpec;
+5. token, Service, NetworkPolicy, Ingress and home volume ensured (no token yet: look
+   again at once);
+6. the home volume bound (or its class binding on first consumer);
+7. the lab pod (the observation's desired pod): refused, waiting for its home, or created;
+8. the lab judged by :func:`status.judge`, culled by :func:`culling.decide`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from kernelsession.client.resources import Reason
 from kernelsession.operator import builders, culling, naming, refusals
 from kernelsession.operator import status as st
 from kernelsession.operator.actions import (
@@ -29,7 +39,6 @@ from kernelsession.operator.actions import (
     WriteStatus,
 )
 from kernelsession.operator.config import Settings
-from kernelsession.operator.errors import PermanentError
 from kernelsession.operator.observe import ChildView, Observation, resume_asked, spec_changed
 from kernelsession.operator.podview import PodView
 from kernelsession.operator.quotas import QUOTA_EXCEEDED, quota_message, quota_refusal
@@ -45,138 +54,216 @@ UNSUSPEND_HINT = (
 
 
 def decide(obs: Observation, cfg: Settings) -> Decision:
-    """What to do about the observed session. Raises PermanentError when the spec lacks
-    what the schema guarantees (never expected)."""
-    meta = obs.body["metadata"]
-    spec, current = obs.spec, obs.status
-    live = [p for p in obs.pods if not p.deleting]
-    delete_live: list[Action] = [DeletePod(p.name) for p in live]
-    token_name = naming.token_secret_name(obs.name) if obs.token_uid else None
+    """What to do about the observed session: the first gate that decides."""
+    p = Pass(obs, cfg)
+    for gate in GATES:
+        decision = gate(p)
+        if decision is not None:
+            return decision
+    raise AssertionError("the last gate always decides")  # pragma: no cover
 
-    if meta.get("deletionTimestamp"):
-        verdict = st.Verdict(st.TERMINATING, "Deleting", "The session is being deleted.")
-        return _finish(obs, [], verdict, requeue=cfg.cull_interval, token_name=None)
 
-    if spec.get("suspend"):
-        message = "The lab is stopped (spec.suspend is true); " + (
-            "its token, Service and home volume are kept."
-            if spec.get("home") is not None
-            else "its token and Service are kept (files outside a spec.home volume are not)."
-        )
-        verdict = st.Verdict(
-            st.SUSPENDED,
-            "Suspended",
-            message + UNSUSPEND_HINT.format(name=obs.name, ns=obs.namespace),
-        )
-        events: list[Action] = []
-        if current.get("phase") != st.SUSPENDED:
-            events.append(Emit("Suspended", "Stopped the lab (spec.suspend is true)."))
-        token_name = naming.token_secret_name(obs.name) if current.get("tokenSecretName") else None
-        return _finish(
-            obs,
-            delete_live,
+@dataclass
+class Pass:
+    """One decision pass: the observation and what the gates gathered so far."""
+
+    obs: Observation
+    cfg: Settings
+    actions: list[Action] = field(default_factory=list)
+    """Child actions so far (creates, patches, deletions), in order."""
+    events: list[Action] = field(default_factory=list)
+    """Events to post after the status write."""
+    token_name: str | None = None
+    """``status.tokenSecretName`` to render."""
+    resume: str | None = None
+    """The resume request this pass acts on (``status.resumeRequest``)."""
+    warned_before: bool = False
+    """Whether CullingSoon was posted for the current idle stretch, as still valid."""
+    home_unbound: str | None = None
+    """Why the home volume is not bound yet (None: bound or none)."""
+    home_gate: bool = False
+    """Whether the pod waits for the home volume to be bound."""
+
+    def __post_init__(self) -> None:
+        if self.obs.token_uid:
+            self.token_name = naming.token_secret_name(self.obs.name)
+
+    def delete_live(self) -> list[Action]:
+        """Delete every lab pod that is not already going."""
+        return [DeletePod(p.name) for p in self.obs.pods if not p.deleting]
+
+    def finish(
+        self,
+        verdict: st.Verdict,
+        *,
+        requeue: float,
+        actions: list[Action] | None = None,
+        pod: PodView | None = None,
+        url: str | None = None,
+        external_url: str | None = None,
+        last_activity: str | None = None,
+        culled_time: str | None = None,
+        warned: bool = False,
+    ) -> Decision:
+        """Render the status for ``verdict``; add its write and the phase-change events."""
+        obs = self.obs
+        current = obs.status
+        generation = int(obs.body["metadata"].get("generation") or 1)
+        reachable = pod is not None or verdict.phase not in (st.CULLED, st.FAILED, st.SUSPENDED)
+        desired = st.render(
+            current,
             verdict,
-            events=events,
-            requeue=cfg.cull_interval,
-            token_name=token_name,
+            now=obs.now,
+            generation=generation,
+            url=url if reachable else None,
+            external_url=external_url if reachable else None,
+            token_secret_name=self.token_name,
+            pod=pod,
+            last_activity=last_activity,
+            culled_time=culled_time,
+            resume_request=self.resume,
+        )
+        result = list(self.actions if actions is None else actions)
+        patch = st.status_patch(current, desired)
+        if patch is not None:
+            previous = current.get("phase")
+            result.append(WriteStatus(patch, verdict.phase, verdict.reason, previous))
+            if previous != verdict.phase or current.get("reason") != verdict.reason:
+                if verdict.ready and pod is not None:
+                    started = st.parse_time(pod.created)
+                    seconds = (obs.now - started).total_seconds() if started else 0.0
+                    result.append(RecordSpawn(seconds))
+                    result.append(
+                        Emit(
+                            "Ready", f"The lab answers its API ({seconds:.1f}s after pod creation)"
+                        )
+                    )
+                elif verdict.phase == st.FAILED or verdict.reason == Reason.LAB_RESTARTING:
+                    result.append(Emit(verdict.reason, verdict.message, warning=True))
+        result.extend(self.events)
+        return Decision(
+            tuple(result), phase=verdict.phase, requeue_after=requeue, warned=warned, status=desired
         )
 
+
+Gate = Callable[[Pass], Decision | None]
+
+
+def _deleting(p: Pass) -> Decision | None:
+    if not p.obs.body["metadata"].get("deletionTimestamp"):
+        return None
+    p.token_name = None
+    verdict = st.Verdict(st.TERMINATING, Reason.DELETING, "The session is being deleted.")
+    return p.finish(verdict, requeue=p.cfg.cull_interval)
+
+
+def _suspended(p: Pass) -> Decision | None:
+    obs, spec, current = p.obs, p.obs.spec, p.obs.status
+    if not spec.get("suspend"):
+        return None
+    message = "The lab is stopped (spec.suspend is true); " + (
+        "its token, Service and home volume are kept."
+        if spec.get("home") is not None
+        else "its token and Service are kept (files outside a spec.home volume are not)."
+    )
+    verdict = st.Verdict(
+        st.SUSPENDED,
+        Reason.SUSPENDED,
+        message + UNSUSPEND_HINT.format(name=obs.name, ns=obs.namespace),
+    )
+    if current.get("phase") != st.SUSPENDED:
+        p.events.append(Emit("Suspended", "Stopped the lab (spec.suspend is true)."))
+    p.token_name = naming.token_secret_name(obs.name) if current.get("tokenSecretName") else None
+    return p.finish(verdict, requeue=p.cfg.cull_interval, actions=p.delete_live())
+
+
+def _sticky(p: Pass) -> Decision | None:
+    """Culled and StartTimeout stay until resumed or the spec changes; a resume is noted."""
+    obs, current = p.obs, p.obs.status
     asked = resume_asked(obs.body)
     changed = spec_changed(obs.body)
     sticky = current.get("reason") in st.STICKY_REASONS
     if sticky and not (asked or changed):
         return Decision(
-            tuple(delete_live),
+            tuple(p.delete_live()),
             phase=str(current.get("phase") or st.FAILED),
-            requeue_after=cfg.cull_interval,
+            requeue_after=p.cfg.cull_interval,
             warned=obs.warned,
         )
-    warned = obs.warned and not (asked or (sticky and changed))
-    events = []
+    p.warned_before = obs.warned and not (asked or (sticky and changed))
     if asked:
-        events.append(Emit("Resumed", "Starting the lab again on request."))
+        p.events.append(Emit("Resumed", "Starting the lab again on request."))
     elif current.get("phase") == st.SUSPENDED:
-        events.append(Emit("Resumed", "Starting the lab again (spec.suspend is false)."))
-    resume = (meta.get("annotations") or {}).get(naming.RESUME_ANNOTATION) if asked else None
+        p.events.append(Emit("Resumed", "Starting the lab again (spec.suspend is false)."))
+    if asked:
+        p.resume = (obs.body["metadata"].get("annotations") or {}).get(naming.RESUME_ANNOTATION)
+    return None
 
-    problems = refusals.refusals(spec)
-    if problems:
-        verdict = st.Verdict(
-            st.FAILED, "InvalidSpec", "The spec cannot be run: " + "; ".join(problems) + "."
-        )
-        return _finish(
-            obs,
-            delete_live,
-            verdict,
-            events=events,
-            requeue=cfg.cull_interval,
-            token_name=token_name,
-            resume=resume,
-        )
 
-    creates: list[Action] = []
+def _refused(p: Pass) -> Decision | None:
+    problems = refusals.refusals(p.obs.spec)
+    if not problems:
+        return None
+    verdict = st.Verdict(
+        st.FAILED, Reason.INVALID_SPEC, "The spec cannot be run: " + "; ".join(problems) + "."
+    )
+    return p.finish(verdict, requeue=p.cfg.cull_interval, actions=p.delete_live())
+
+
+def _children(p: Pass) -> Decision | None:
+    """Service, NetworkPolicy, Ingress and home claim in shape; the token Secret first."""
+    obs, cfg = p.obs, p.cfg
     if not obs.has_service:
-        creates.append(Create(builders.service(obs.body, cfg)))
-    creates.extend(_kept(obs.policy, builders.network_policy(obs.body, cfg)))
-    creates.extend(_kept(obs.ingress, builders.ingress(obs.body, cfg), kind="Ingress"))
+        p.actions.append(Create(builders.service(obs.body, cfg)))
+    p.actions.extend(_kept(obs.policy, builders.network_policy(obs.body, cfg)))
+    p.actions.extend(_kept(obs.ingress, builders.ingress(obs.body, cfg), kind="Ingress"))
     claim = builders.home_claim(obs.body)
     if claim is not None and obs.claim is None:
-        creates.append(Create(claim))
+        p.actions.append(Create(claim))
     if obs.token_uid is None:
         # The pod's name depends on the Secret's uid: create it, then look again at once.
         return Decision(
-            (CreateToken(), *creates),
-            phase=str(current.get("phase") or st.PENDING),
+            (CreateToken(), *p.actions),
+            phase=str(obs.status.get("phase") or st.PENDING),
             requeue_after=0.0,
-            warned=warned,
+            warned=p.warned_before,
         )
+    return None
 
-    home_verdict, home_unbound, home_gate = _home(obs, claim)
-    if home_verdict is not None:
-        return _finish(
-            obs,
-            creates,
-            home_verdict,
-            events=events,
-            requeue=cfg.cull_interval,
-            token_name=token_name,
-            resume=resume,
-        )
 
-    try:
-        desired = builders.lab_pod(obs.body, cfg, obs.token_uid)
-    except KeyError as exc:  # the schema requires spec.user; defensive
-        raise PermanentError(f"spec is missing {exc}") from None
+def _home_volume(p: Pass) -> Decision | None:
+    verdict, p.home_unbound, p.home_gate = _home(p.obs, builders.home_claim(p.obs.body))
+    if verdict is None:
+        return None
+    return p.finish(verdict, requeue=p.cfg.cull_interval)
+
+
+def _lab_pod(p: Pass) -> Decision | None:
+    """Replace pods of an older template; create the desired one unless the API refused
+    it or it waits for its home volume."""
+    obs = p.obs
+    desired = obs.desired_pod
+    assert desired is not None  # observed with the token (checked by _children)
     desired_name = desired["metadata"]["name"]
-    mine = next((p for p in obs.pods if p.name == desired_name), None)
-    stale = [p for p in obs.pods if p.name != desired_name]
-    actions: list[Action] = [*creates, *(DeletePod(p.name) for p in stale if not p.deleting)]
+    p.actions.extend(
+        DeletePod(pod.name) for pod in obs.pods if pod.name != desired_name and not pod.deleting
+    )
+    if any(pod.name == desired_name for pod in obs.pods):
+        return None
+    if desired_name in obs.rejected:
+        return p.finish(st.pod_rejected(obs.rejected[desired_name]), requeue=p.cfg.cull_interval)
+    if p.home_gate:
+        verdict = st.Verdict(st.PENDING, Reason.HOME_PENDING, p.home_unbound or "")
+        return p.finish(verdict, requeue=p.cfg.home_interval)
+    p.actions.append(Create(desired))
+    return None
 
-    if mine is None:
-        if desired_name in obs.rejected:
-            verdict = st.pod_rejected(obs.rejected[desired_name])
-            return _finish(
-                obs,
-                actions,
-                verdict,
-                events=events,
-                requeue=cfg.cull_interval,
-                token_name=token_name,
-                resume=resume,
-            )
-        if home_gate:
-            verdict = st.Verdict(st.PENDING, "HomePending", home_unbound or "")
-            return _finish(
-                obs,
-                actions,
-                verdict,
-                events=events,
-                requeue=cfg.home_interval,
-                token_name=token_name,
-                resume=resume,
-            )
-        actions.append(Create(desired))
 
+def _lab(p: Pass) -> Decision:
+    """Judge the lab pod; cull an idle lab; fail one that never answered."""
+    obs, cfg, spec = p.obs, p.cfg, p.obs.spec
+    desired_name = obs.desired_pod["metadata"]["name"] if obs.desired_pod else None
+    mine = next((pod for pod in obs.pods if pod.name == desired_name), None)
     start_timeout = int(spec.get("startTimeoutSeconds") or cfg.default_start_timeout)
     verdict = st.judge(
         mine,
@@ -185,11 +272,12 @@ def decide(obs: Observation, cfg: Settings) -> Decision:
         probe_error=obs.probe_error,
         now=obs.now,
         start_timeout=start_timeout,
-        rolling=bool(stale),
+        rolling=any(pod.name != desired_name for pod in obs.pods),
         unschedulable_grace=cfg.unschedulable_grace,
-        home_unbound=home_unbound,
+        home_unbound=p.home_unbound,
     )
     pod: PodView | None = mine
+    warned = p.warned_before
     last_activity = culled_time = None
     if verdict.ready and obs.activity is not None and mine is not None:
         latest = obs.activity.latest()
@@ -208,39 +296,46 @@ def decide(obs: Observation, cfg: Settings) -> Decision:
             warned = False
         elif cull.action == "warn":
             if not warned:
-                events.append(Emit("CullingSoon", cull.message))
+                p.events.append(Emit("CullingSoon", cull.message))
             warned = True
         else:
             message = cull.message + RESUME_HINT.format(name=obs.name, ns=obs.namespace)
-            actions.append(DeletePod(mine.name, cull_reason=cull.reason))
-            events.append(Emit("Culled", message))
+            p.actions.append(DeletePod(mine.name, cull_reason=cull.reason))
+            p.events.append(Emit("Culled", message))
             verdict = st.Verdict(st.CULLED, cull.reason, message)
             culled_time, pod = st.fmt_time(obs.now), None
-    if verdict.phase == st.FAILED and verdict.reason == "StartTimeout" and mine is not None:
-        actions.append(DeletePod(mine.name))
+    if verdict.phase == st.FAILED and verdict.reason == Reason.START_TIMEOUT and mine is not None:
+        p.actions.append(DeletePod(mine.name))
         pod = None
-    settled = verdict.ready or verdict.phase == st.CULLED
-    if settled:
+    if verdict.ready or verdict.phase == st.CULLED:
         requeue = cfg.cull_interval
-    elif verdict.reason == "HomePending":
+    elif verdict.reason == Reason.HOME_PENDING:
         requeue = cfg.home_interval
     else:
         requeue = cfg.starting_interval
-    return _finish(
-        obs,
-        actions,
+    return p.finish(
         verdict,
-        events=events,
         requeue=requeue,
-        token_name=token_name,
         pod=pod,
         url=builders.lab_url(obs.body, cfg, pod.pod_ip if pod else None),
         external_url=builders.external_url(obs.body, cfg),
         last_activity=last_activity,
         culled_time=culled_time,
-        resume=resume,
         warned=warned,
     )
+
+
+#: The gates in order; the last one always decides.
+GATES: tuple[Gate, ...] = (
+    _deleting,
+    _suspended,
+    _sticky,
+    _refused,
+    _children,
+    _home_volume,
+    _lab_pod,
+    _lab,
+)
 
 
 def _kept(
@@ -272,7 +367,7 @@ def _home(
         return (
             st.Verdict(
                 st.FAILED,
-                "HomeUnavailable",
+                Reason.HOME_UNAVAILABLE,
                 f"The API server refused the home volume {name}: "
                 f"{obs.rejected[name].rstrip('.')}. Check spec.home.",
             ),
@@ -287,7 +382,7 @@ def _home(
         return (
             st.Verdict(
                 st.FAILED,
-                "HomeUnavailable",
+                Reason.HOME_UNAVAILABLE,
                 f"The home volume {name} lost its PersistentVolume. "
                 "Ask the cluster administrator (kubectl describe pvc).",
             ),
@@ -300,7 +395,7 @@ def _home(
         return (
             st.Verdict(
                 st.FAILED,
-                "HomeUnavailable",
+                Reason.HOME_UNAVAILABLE,
                 f"The storage class {class_name!r} of the home volume does not exist. "
                 "Check spec.home.storageClassName (kubectl get storageclass).",
             ),
@@ -315,57 +410,3 @@ def _home(
     )
     first_consumer = home is not None and home.binding_mode == "WaitForFirstConsumer"
     return None, message, not first_consumer
-
-
-def _finish(
-    obs: Observation,
-    actions: list[Action],
-    verdict: st.Verdict,
-    *,
-    requeue: float,
-    token_name: str | None,
-    events: list[Action] | None = None,
-    pod: PodView | None = None,
-    url: str | None = None,
-    external_url: str | None = None,
-    last_activity: str | None = None,
-    culled_time: str | None = None,
-    resume: str | None = None,
-    warned: bool = False,
-) -> Decision:
-    """Render the status for ``verdict``; add its write and the phase-change events."""
-    current = obs.status
-    generation = int(obs.body["metadata"].get("generation") or 1)
-    reachable = pod is not None or verdict.phase not in (st.CULLED, st.FAILED, st.SUSPENDED)
-    desired = st.render(
-        current,
-        verdict,
-        now=obs.now,
-        generation=generation,
-        url=url if reachable else None,
-        external_url=external_url if reachable else None,
-        token_secret_name=token_name,
-        pod=pod,
-        last_activity=last_activity,
-        culled_time=culled_time,
-        resume_request=resume,
-    )
-    result = [*actions]
-    patch = st.status_patch(current, desired)
-    if patch is not None:
-        previous = current.get("phase")
-        result.append(WriteStatus(patch, verdict.phase, verdict.reason, previous))
-        if previous != verdict.phase or current.get("reason") != verdict.reason:
-            if verdict.ready and pod is not None:
-                started = st.parse_time(pod.created)
-                seconds = (obs.now - started).total_seconds() if started else 0.0
-                result.append(RecordSpawn(seconds))
-                result.append(
-                    Emit("Ready", f"The lab answers its API ({seconds:.1f}s after pod creation)")
-                )
-            elif verdict.phase == st.FAILED or verdict.reason == "LabRestarting":
-                result.append(Emit(verdict.reason, verdict.message, warning=True))
-    result.extend(events or [])
-    return Decision(
-        tuple(result), phase=verdict.phase, requeue_after=requeue, warned=warned, status=desired
-    )

@@ -14,10 +14,8 @@ from typing import Any, cast
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from kernelsession.client._kubernetes import api_message, load_api_client
+from kernelsession.client.kubeapi import MERGE_PATCH, api_message, load_api_client
 from kernelsession.operator import naming
-
-MERGE_PATCH = "application/merge-patch+json"
 
 
 class ChildRejected(Exception):

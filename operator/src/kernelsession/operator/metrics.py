@@ -56,7 +56,7 @@ class PhaseCollector(Collector):
         family = GaugeMetricFamily(
             "kernelsession_sessions", "KernelSessions by phase", labels=["phase"]
         )
-        counts = dict.fromkeys(PHASES, 0)
+        counts: dict[str, int] = dict.fromkeys(PHASES, 0)
         for phase in list(self.source()):
             counts[phase] = counts.get(phase, 0) + 1
         for phase, count in counts.items():

@@ -1,60 +1,61 @@
-"""Names and labels of a session's children: the one place that decides them."""
+"""Names and labels of a session's children, from the resource's public contract
+(:mod:`kernelsession.client.resources`), plus the operator's own names."""
 
 from __future__ import annotations
 
-# The resource's own names (one place: kernelsession.client.resources), re-exported.
-from kernelsession.client.resources import GROUP as GROUP
-from kernelsession.client.resources import KIND as KIND
-from kernelsession.client.resources import PLURAL as PLURAL
-from kernelsession.client.resources import TOKEN_KEY as TOKEN_KEY
-from kernelsession.client.resources import VERSION as VERSION
+from kernelsession.client.resources import (
+    CLIENT_LABEL,
+    COMPONENT_LABEL,
+    DEFAULT_HOME_MOUNT,
+    GROUP,
+    HASH_LABEL,
+    KIND,
+    LAB_PORT_NAME,
+    MANAGED_BY,
+    MANAGER,
+    PLURAL,
+    RESUME_ANNOTATION,
+    SESSION_LABEL,
+    TOKEN_KEY,
+    USER_LABEL,
+    VERSION,
+    child_labels,
+    home_claim_name,
+    ingress_name,
+    network_policy_name,
+    pod_name,
+    service_name,
+    token_secret_name,
+)
 
-MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGER = "kernelsession-operator"
-SESSION_LABEL = f"{GROUP}/session"
-USER_LABEL = f"{GROUP}/user"
-CLIENT_LABEL = f"{GROUP}/client"
-HASH_LABEL = f"{GROUP}/pod-hash"
-COMPONENT_LABEL = "app.kubernetes.io/component"
-RESUME_ANNOTATION = f"{GROUP}/resume"
-LAB_PORT_NAME = "http"
+__all__ = [
+    "CLIENT_LABEL",
+    "COMPONENT_LABEL",
+    "DEFAULT_HOME_MOUNT",
+    "GROUP",
+    "HASH_LABEL",
+    "HOME_VOLUME",
+    "KIND",
+    "LAB_PORT_NAME",
+    "LEASE_NAME",
+    "MANAGED_BY",
+    "MANAGER",
+    "PLURAL",
+    "RESUME_ANNOTATION",
+    "SESSION_LABEL",
+    "TOKEN_KEY",
+    "USER_LABEL",
+    "VERSION",
+    "child_labels",
+    "home_claim_name",
+    "ingress_name",
+    "network_policy_name",
+    "pod_name",
+    "service_name",
+    "token_secret_name",
+]
 
-
-def token_secret_name(session: str) -> str:
-    return f"{session}-token"
-
-
-def service_name(session: str) -> str:
-    return session
-
-
-def network_policy_name(session: str) -> str:
-    return f"{session}-lab"
-
-
-def ingress_name(session: str) -> str:
-    return session
-
-
-def home_claim_name(session: str) -> str:
-    return f"{session}-home"
-
-
+#: The pod volume that mounts ``spec.home``.
 HOME_VOLUME = "kernelsession-home"
-DEFAULT_HOME_MOUNT = "/home/jovyan"
+#: The Lease of the active operator replica.
 LEASE_NAME = "kernelsession-operator"
-
-
-def pod_name(session: str, pod_hash: str) -> str:
-    return f"{session}-lab-{pod_hash}"
-
-
-def child_labels(session: str, user: str) -> dict[str, str]:
-    """Labels every child carries (DESIGN.md contract)."""
-    return {
-        MANAGED_BY: MANAGER,
-        SESSION_LABEL: session,
-        USER_LABEL: user,
-        "app.kubernetes.io/name": "jupyterlab",
-        "app.kubernetes.io/instance": session,
-    }

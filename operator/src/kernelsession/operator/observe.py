@@ -93,6 +93,9 @@ class Observation:
     warned: bool = False
     rejected: Mapping[str, str] = field(default_factory=dict)
     """Children the API server refused recently, by name: the message."""
+    desired_pod: Mapping[str, Any] | None = None
+    """The lab pod the spec asks for (its name hashes the template and the token
+    Secret's uid); None until the token Secret exists."""
 
     @property
     def name(self) -> str:
@@ -180,10 +183,19 @@ async def observe(
     token = await _token(rt, state, fresh=not live)
     if token is None:
         return obs
+    try:
+        desired = builders.lab_pod(body, rt.settings, token.uid)
+    except KeyError as exc:  # the schema requires spec.user; defensive
+        raise PermanentError(f"spec is missing {exc}") from None
     home = await _home(rt, state, claim_view) if body.get("spec", {}).get("home") else None
-    activity, probe_error = await _probe(rt, state, body, token, pod_views)
+    activity, probe_error = await _probe(rt, state, body, token, pod_views, desired)
     return dataclasses.replace(
-        obs, token_uid=token.uid, home=home, activity=activity, probe_error=probe_error
+        obs,
+        token_uid=token.uid,
+        desired_pod=desired,
+        home=home,
+        activity=activity,
+        probe_error=probe_error,
     )
 
 
@@ -236,13 +248,10 @@ async def _probe(
     body: Mapping[str, Any],
     token: TokenRecord,
     pods: tuple[PodView, ...],
+    desired: Mapping[str, Any],
 ) -> tuple[labapi.LabActivity | None, str | None]:
-    """Ask the current lab pod (the one the spec asks for) how active it is."""
-    desired = naming.pod_name(
-        state.key[1],
-        builders.pod_hash(builders.pod_spec(body, rt.settings), token.uid),
-    )
-    pod = next((p for p in pods if p.name == desired), None)
+    """Ask the current lab pod (``desired``, the one the spec asks for) how active it is."""
+    pod = next((p for p in pods if p.name == desired["metadata"]["name"]), None)
     if pod is None or not pod.pod_ip or not pod.running or pod.deleting:
         return None, None
     # The operator probes the pod itself (the NetworkPolicy admits it); clients use the URL.

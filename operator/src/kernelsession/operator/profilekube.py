@@ -11,9 +11,9 @@ from typing import Any, cast
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from kernelsession.client._kubernetes import api_message
+from kernelsession.client.kubeapi import MERGE_PATCH, api_message
 from kernelsession.operator import naming, profiles
-from kernelsession.operator.kube import MERGE_PATCH, ChildRejected, Kube
+from kernelsession.operator.kube import ChildRejected, Kube
 from kernelsession.operator.status import fmt_time, now_utc
 
 EVENTS_NAMESPACE = "default"

@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-QUOTA_EXCEEDED = "QuotaExceeded"
+from kernelsession.client.resources import Reason
+
+QUOTA_EXCEEDED = Reason.QUOTA_EXCEEDED
 _EXCEEDED = re.compile(
     r"exceeded quota: (?P<quota>[^,\s]+), requested: (?P<requested>.*?), "
     r"used: (?P<used>.*?), limited: (?P<limited>[^\s]*)"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from kernelsession.client.resources import Phase, Reason
 from kernelsession.operator.podview import (
     CONFIG_REASONS,
     CRASH_REASONS,
@@ -23,21 +24,20 @@ from kernelsession.operator.podview import (
 )
 from kernelsession.operator.quotas import QUOTA_EXCEEDED, quota_message, quota_refusal
 
-PENDING, STARTING, READY, FAILED, CULLED, SUSPENDED, TERMINATING = (
-    "Pending",
-    "Starting",
-    "Ready",
-    "Failed",
-    "Culled",
-    "Suspended",
-    "Terminating",
+# The phases (kernelsession.client.resources.Phase), by their short names.
+PENDING, STARTING, READY = Phase.PENDING, Phase.STARTING, Phase.READY
+FAILED, CULLED, SUSPENDED, TERMINATING = (
+    Phase.FAILED,
+    Phase.CULLED,
+    Phase.SUSPENDED,
+    Phase.TERMINATING,
 )
-PHASES = (PENDING, STARTING, READY, FAILED, CULLED, SUSPENDED, TERMINATING)
+PHASES = tuple(Phase)
 # Phases that stay until the user changes the spec or asks to resume.
 # A lab that exited with an error this many times and does not answer is crash-looping,
 # also in the moments the kubelet has it running between back-offs.
 CRASH_RESTARTS = 3
-STICKY_REASONS = frozenset({"StartTimeout", "IdleTimeout", "MaxAge"})
+STICKY_REASONS = frozenset({Reason.START_TIMEOUT, Reason.IDLE_TIMEOUT, Reason.MAX_AGE})
 
 
 @dataclass(frozen=True)
@@ -88,9 +88,9 @@ def judge(
     whose home volume is not bound (``home_unbound`` says why) waits for the volume.
     """
     if pod is None:
-        return Verdict(PENDING, "Creating", "Creating the lab pod.")
+        return Verdict(PENDING, Reason.CREATING, "Creating the lab pod.")
     if pod.deleting:
-        return Verdict(PENDING, "PodTerminating", "Waiting for the previous lab pod to stop.")
+        return Verdict(PENDING, Reason.POD_TERMINATING, "Waiting for the previous lab pod to stop.")
     if pod.unschedulable:
         return _unschedulable(pod, pod.unschedulable, now, unschedulable_grace, home_unbound)
     reason = pod.waiting_reason
@@ -98,21 +98,21 @@ def judge(
     if reason in IMAGE_REASONS:
         return Verdict(
             FAILED,
-            "ImagePullFailed",
+            Reason.IMAGE_PULL_FAILED,
             f"The lab image {image!r} cannot be pulled ({reason}){detail}. Check spec.image.",
         )
     if reason in CONFIG_REASONS:
         names = f" ({', '.join(pod.env_refs)})" if pod.env_refs else ""
         return Verdict(
             FAILED,
-            "ConfigError",
+            Reason.CONFIG_ERROR,
             f"The lab container cannot be configured{detail}. "
             f"Check that the Secrets and ConfigMaps named in spec.env exist{names}.",
         )
     if reason in RUN_REASONS:
         return Verdict(
             FAILED,
-            "CannotRun",
+            Reason.CANNOT_RUN,
             f"The lab command cannot start ({reason}){detail}. "
             "Check that spec.image provides `jupyter server`.",
         )
@@ -122,50 +122,52 @@ def judge(
         last = f"; last output: {pod.last_message.strip()[-300:]}" if pod.last_message else ""
         return Verdict(
             FAILED,
-            "CrashLoop",
+            Reason.CRASH_LOOP,
             f"The lab keeps exiting (restarts: {pod.restart_count}, last exit code: {code}){last}. "
             "Check spec.image, spec.env and spec.resources (memory limit).",
         )
     if pod.phase in ("Failed", "Succeeded"):
         return Verdict(
             FAILED,
-            "LabExited",
+            Reason.LAB_EXITED,
             f"The lab exited ({pod.terminated_reason or pod.phase}, "
             f"exit code {pod.terminated_exit_code}).",
         )
     if pod.ready and probe_ok:
-        return Verdict(READY, "LabReady", "")
+        return Verdict(READY, Reason.LAB_READY, "")
     created = parse_time(pod.created)
     overdue = created is not None and (now - created).total_seconds() > start_timeout
     if overdue and not probe_ok and (pod.restart_count == 0 or not pod.running):
         return Verdict(
             FAILED,
-            "StartTimeout",
+            Reason.START_TIMEOUT,
             f"The lab did not answer its API within spec.startTimeoutSeconds "
             f"({start_timeout}s)"
             + (f"; last probe error: {probe_error}" if probe_error else "")
             + ". Check the lab's logs (kubectl logs) and spec.image.",
         )
     if rolling:
-        return Verdict(STARTING, "Rolling", "Replacing the lab pod to apply the new spec.")
+        return Verdict(STARTING, Reason.ROLLING, "Replacing the lab pod to apply the new spec.")
     if pod.phase == "Pending" or not pod.pod_ip:
-        return Verdict(PENDING, "PodPending", "Waiting for the lab pod to start.")
+        return Verdict(PENDING, Reason.POD_PENDING, "Waiting for the lab pod to start.")
     if pod.restart_count > 0 and not probe_ok:
         return Verdict(
             STARTING,
-            "LabRestarting",
+            Reason.LAB_RESTARTING,
             f"The lab stopped (restarts: {pod.restart_count}, last exit code: "
             f"{pod.last_exit_code}); waiting for it to answer again.",
         )
     msg = "Waiting for the lab to answer its API"
-    return Verdict(STARTING, "LabStarting", msg + (f" ({probe_error})." if probe_error else "."))
+    return Verdict(
+        STARTING, Reason.LAB_STARTING, msg + (f" ({probe_error})." if probe_error else ".")
+    )
 
 
 def _unschedulable(
     pod: PodView, why: str, now: datetime, grace: int, home_unbound: str | None
 ) -> Verdict:
     if home_unbound:
-        return Verdict(PENDING, "HomePending", home_unbound)
+        return Verdict(PENDING, Reason.HOME_PENDING, home_unbound)
     asks = ", ".join(f"{k}={v}" for k, v in pod.requests)
     wanted = f" The lab requests {asks}." if asks else ""
     since = parse_time(pod.unschedulable_since) or parse_time(pod.created)
@@ -173,14 +175,14 @@ def _unschedulable(
     if waited < grace:
         return Verdict(
             PENDING,
-            "WaitingForCapacity",
+            Reason.WAITING_FOR_CAPACITY,
             f"No node can run the lab yet: {why.rstrip('.')}.{wanted} Waiting up to "
             f"{grace}s for capacity (a cluster autoscaler may add a node) before failing.",
         )
     waited_note = f" (waited {grace}s for capacity)" if grace else ""
     return Verdict(
         FAILED,
-        "Unschedulable",
+        Reason.UNSCHEDULABLE,
         f"No node can run the lab: {why.rstrip('.')}{waited_note}.{wanted} "
         "Check spec.nodeSelector, spec.tolerations and spec.resources.",
     )
@@ -210,7 +212,7 @@ def pod_rejected(message: str) -> Verdict:
     where = " and ".join(fields) if fields else _ALL_POD_FIELDS
     return Verdict(
         FAILED,
-        "PodRejected",
+        Reason.POD_REJECTED,
         f"The API server rejected the lab pod: {message.rstrip('.')}. Check {where}.",
     )
 

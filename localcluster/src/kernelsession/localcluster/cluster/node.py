@@ -4,9 +4,9 @@ enforcer, on this machine's kernel.
 One node per machine: the kubelet's ports, its cgroups (``kubepods``), iptables chains
 and a few host paths are global. :class:`NodeLock` takes ``/run/kernelsession/node.lock``
 (a second start fails with :class:`NodeBusyError` naming the running one) and keeps a
-record (``node.json`` beside it) of what was started and how the host looked before, so
-that the next start after a crash (SIGKILL, power cut of the process tree) removes what
-the crashed run left: :func:`cleanup_crashed`.
+record (``node.json`` beside it, :mod:`kernelsession.localcluster.host.crash`) of what was
+started and how the host looked before, so that the next start after a crash (SIGKILL,
+power cut of the process tree) removes what the crashed run left: ``cleanup_crashed``.
 
 Teardown (:meth:`Node.stop`, also after a failed start) stops the kubelet, kills and
 removes every container through containerd, stops the daemons by PID, runs
@@ -18,34 +18,49 @@ bridge and routes, host paths that did not exist before, and restores the sysctl
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import yaml
 
-from . import hostnet, hoststate
-from .binaries import Binaries, NodeBinaries
-from .controlplane import ControlPlane, ControlPlaneError, free_port, write_kubeconfig
-from .processes import await_process, http_ok, start_logged, stop_process, wait_until
+from kernelsession.client.testing import free_port
+from kernelsession.localcluster.building.binaries import Binaries, NodeBinaries
+from kernelsession.localcluster.building.images import ImagesUnavailableError, import_archives
+from kernelsession.localcluster.cluster import addons
+from kernelsession.localcluster.cluster.controlplane import (
+    ControlPlane,
+    ControlPlaneError,
+    write_kubeconfig,
+)
+from kernelsession.localcluster.host import network as hostnet
+from kernelsession.localcluster.host import state as hoststate
+from kernelsession.localcluster.host.crash import (
+    CONTAINERD_NAMESPACE,
+    LOCK_FILE,
+    RECORD_FILE,
+    RUN_DIR,
+    NodeRecord,
+    cleanup_crashed,
+    containerd_cleanup,
+    finish_host_cleanup,
+    kill_recorded,
+    proc_start_time,
+    run_captured,
+)
+from kernelsession.localcluster.processes import (
+    ProcessGroup,
+    http_ok,
+)
 
-RUN_DIR = Path("/run/kernelsession")
-LOCK_FILE = RUN_DIR / "node.lock"
-RECORD_FILE = RUN_DIR / "node.json"
 NODE_NAME = "local-node"
 CLUSTER_DOMAIN = "cluster.local"
-CONTAINERD_NAMESPACE = "k8s.io"
-# kubelet chains (mangle, nat, filter; IPv4 and IPv6) that `kube-proxy --cleanup` leaves.
-KUBELET_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT")
 
 
 class NodeError(ControlPlaneError):
@@ -61,45 +76,6 @@ def containerd_root() -> Path:
     once), under the cache like the binaries."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "kernelsession" / "node" / "containerd-root"
-
-
-def _proc_start_time(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-@dataclass
-class NodeRecord:
-    """What a running node started and what the host looked like before it."""
-
-    owner_pid: int
-    workdir: str
-    containerd_root: str
-    containerd_config: str = ""
-    containerd_address: str = ""
-    ctr: str = ""
-    containerd: str = ""
-    kube_proxy: str = ""
-    pids: dict[str, list[str]] = field(default_factory=dict)  # name -> [pid, start time]
-    sysctls: dict[str, str] = field(default_factory=dict)
-    absent_paths: list[str] = field(default_factory=list)
-    nft_tables: list[str] = field(default_factory=list)
-
-    def save(self) -> None:
-        RUN_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = RECORD_FILE.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.__dict__, indent=1))
-        tmp.chmod(0o600)
-        os.replace(tmp, RECORD_FILE)
-
-    @classmethod
-    def load(cls) -> NodeRecord | None:
-        try:
-            return cls(**json.loads(RECORD_FILE.read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
 
 
 class NodeLock:
@@ -129,209 +105,6 @@ class NodeLock:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
-
-
-def _run(argv: list[str], *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)
-
-
-def _kill_recorded(pids: dict[str, list[str]]) -> None:
-    """SIGKILL recorded processes that are still the same processes (start time matches)."""
-    for pid_text, started in pids.values():
-        pid = int(pid_text)
-        if _proc_start_time(pid) == started:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def _mounts_under(prefixes: list[str]) -> list[str]:
-    points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    chosen = [
-        p for p in points if any(p == x or p.startswith(x.rstrip("/") + "/") for x in prefixes)
-    ]
-    return sorted(set(chosen), key=len, reverse=True)
-
-
-def _unmount_under(prefixes: list[str]) -> None:
-    for point in _mounts_under(prefixes):
-        _run(["umount", "-l", point])
-
-
-def _remove_cgroups() -> None:
-    for hierarchy in Path("/sys/fs/cgroup").iterdir():
-        top = hierarchy / "kubepods"
-        if not top.is_dir():
-            continue
-        for _ in range(3):  # processes may take a moment to leave after SIGKILL
-            for directory in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-                if directory.is_dir():
-                    with contextlib.suppress(OSError):
-                        directory.rmdir()
-            with contextlib.suppress(OSError):
-                top.rmdir()
-            if not top.exists():
-                break
-            time.sleep(0.2)
-
-
-def _kill_cgroup_processes() -> None:
-    """SIGKILL every process left in the kubepods cgroups (containers of a crashed node)."""
-    for procs in Path("/sys/fs/cgroup").glob("*/kubepods/**/cgroup.procs"):
-        with contextlib.suppress(OSError):
-            for pid in procs.read_text().split():
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-
-
-def _remove_iptables_leftovers() -> None:
-    for tool in ("iptables", "ip6tables"):
-        for hook in ("INPUT", "OUTPUT"):
-            while _run([tool, "-w", "5", "-D", hook, "-j", "KUBE-FIREWALL"]).returncode == 0:
-                pass
-        for table in ("mangle", "nat", "filter"):
-            for chain in KUBELET_CHAINS:
-                _run([tool, "-w", "5", "-t", table, "-F", chain])
-                _run([tool, "-w", "5", "-t", table, "-X", chain])
-        # CNI plugins' chains (portmap's CNI-HOSTPORT-*, bridge's CNI-*): jumps first
-        for table in ("nat", "filter"):
-            saved = _run([f"{tool}-save", "-t", table]).stdout.splitlines()
-            for line in saved:
-                if line.startswith("-A ") and " -j CNI-" in line:
-                    _run([tool, "-w", "5", "-t", table, *(["-D", *line.split()[1:]])])
-            chains = [ln[1:].split()[0] for ln in saved if ln.startswith(":CNI-")]
-            for chain in chains:
-                _run([tool, "-w", "5", "-t", table, "-F", chain])
-            for chain in chains:
-                _run([tool, "-w", "5", "-t", table, "-X", chain])
-
-
-def _remove_new_nft_tables(before: list[str]) -> None:
-    """Delete nftables tables iptables-nft created for the node, once they hold no rules."""
-    if shutil.which("nft") is None:
-        return
-    for line in _run(["nft", "list", "tables"]).stdout.splitlines():
-        if not line or line in before:
-            continue
-        _kind, family, name = line.split()
-        listing = _run(["nft", "list", "table", family, name]).stdout
-        rules = [ln for ln in listing.splitlines() if ln.startswith("\t\t") and "type " not in ln]
-        if not rules:
-            _run(["nft", "delete", "table", family, name])
-
-
-def _shims_of(address: str) -> dict[str, list[str]]:
-    """The runc shims serving the containerd at ``address`` (their ``-address`` argument is
-    this node's private socket), as ``{name: [pid, start time]}``."""
-    wanted = f"\0-address\0{address}\0".encode()
-    shims: dict[str, list[str]] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if wanted in cmdline + b"\0":
-            shims[f"shim-{proc.name}"] = [proc.name, _proc_start_time(int(proc.name)) or ""]
-    return shims
-
-
-def _containerd_cleanup(ctr: str, address: str) -> dict[str, list[str]]:
-    """Kill and remove every task, container and sandbox in the k8s.io namespace.
-
-    Returns the tasks' runc shims (``{name: [pid, start time]}``): a shim that hosted a
-    CRI pod does not exit when its tasks are deleted through ``ctr``, so the caller stops
-    them by PID once containerd is stopped (:func:`_kill_recorded`).
-    """
-    base = [ctr, "--address", address, "-n", CONTAINERD_NAMESPACE]
-    shims = _shims_of(address)
-    tasks = _run([*base, "tasks", "ls", "-q"]).stdout.split()
-    for task in tasks:
-        _run([*base, "tasks", "kill", "-a", "-s", "SIGKILL", task])
-    deadline = time.monotonic() + 15
-    while tasks and time.monotonic() < deadline:
-        for task in list(tasks):
-            if _run([*base, "tasks", "rm", "-f", task]).returncode == 0:
-                tasks.remove(task)
-        if tasks:
-            time.sleep(0.1)
-    for container in _run([*base, "containers", "ls", "-q"]).stdout.split():
-        _run([*base, "containers", "rm", container])
-    for sandbox in _run([*base, "sandboxes", "ls", "-q"]).stdout.split():
-        _run([*base, "sandboxes", "rm", "-f", sandbox])
-    return shims
-
-
-def _finish_host_cleanup(record: NodeRecord) -> list[str]:
-    """Everything after the processes are gone: mounts, cgroups, iptables, links, paths,
-    sysctls. Returns what could not be restored."""
-    problems: list[str] = []
-    _kill_cgroup_processes()
-    _unmount_under([record.workdir, record.containerd_root, "/var/lib/kubelet", "/run/netns"])
-    if record.kube_proxy and Path(record.kube_proxy).exists():
-        _run([record.kube_proxy, "--cleanup", "--v=0"])
-    _remove_iptables_leftovers()
-    from .netpol import remove_rules  # the enforcer's chains, also after a crash
-
-    remove_rules()
-    problems += hostnet.teardown()
-    _remove_cgroups()
-    for path in record.absent_paths:
-        if Path(path).is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        elif Path(path).exists():
-            Path(path).unlink(missing_ok=True)
-    shutil.rmtree(record.workdir, ignore_errors=True)
-    _remove_new_nft_tables(record.nft_tables)
-    problems += [f"sysctl {name}" for name in hoststate.write_sysctls(record.sysctls)]
-    return problems
-
-
-def cleanup_crashed(log: IO[str] | None = None) -> bool:
-    """If a previous node's record remains (its process is gone), remove what it left.
-
-    Restarts its containerd on the same state to kill the containers it still has.
-    Returns True when something was cleaned up. Call with the node lock held.
-    """
-    record = NodeRecord.load()
-    if record is None:
-        return False
-    if log is not None:
-        print(
-            f"kernelsession: cleaning up after a node that did not stop (process "
-            f"{record.owner_pid}, work dir {record.workdir})",
-            file=log,
-            flush=True,
-        )
-    _kill_recorded({k: v for k, v in record.pids.items() if k != "containerd"})
-    pid_text, started = record.pids.get("containerd", ["0", ""])
-    alive = _proc_start_time(int(pid_text)) == started if pid_text != "0" else False
-    proc: subprocess.Popen[bytes] | None = None
-    if (
-        not alive
-        and record.containerd
-        and Path(record.containerd_config).exists()
-        and Path(record.containerd).exists()
-    ):
-        proc = start_logged(
-            [record.containerd, "--config", record.containerd_config],
-            Path(record.workdir) / "containerd-cleanup.log",
-        )
-        with contextlib.suppress(TimeoutError, RuntimeError):
-            wait_until(lambda: Path(record.containerd_address).exists(), timeout=20)
-        alive = True
-    shims: dict[str, list[str]] = {}
-    if alive and record.ctr:
-        shims = _containerd_cleanup(record.ctr, record.containerd_address)
-    if proc is not None:
-        stop_process(proc, grace=10)
-    _kill_recorded({k: v for k, v in record.pids.items() if k == "containerd"} | shims)
-    _finish_host_cleanup(record)
-    cluster_dir = Path(record.workdir).parent  # the crashed LocalCluster's own temp dir
-    if cluster_dir.name.startswith("ks-cluster-"):
-        shutil.rmtree(cluster_dir, ignore_errors=True)
-    RECORD_FILE.unlink(missing_ok=True)
-    return True
 
 
 @dataclass
@@ -371,7 +144,14 @@ class Node:
         self.sandbox_image = sandbox_image
         self.start_timeout = start_timeout
         self.max_pods = max_pods
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        #: The node's daemons, started in order, each recorded for the crash cleanup.
+        self.processes = ProcessGroup(
+            lambda: self.workdir,
+            error=NodeError,
+            start_timeout=start_timeout,
+            interval=0.1,
+            on_start=self.record_process,
+        )
         self.timings = NodeTimings()
         self.lock = NodeLock()
         self.record: NodeRecord | None = None
@@ -391,7 +171,7 @@ class Node:
 
     def ctr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run ``ctr`` against this node's containerd in the k8s.io namespace."""
-        return _run(
+        return run_captured(
             [
                 str(self.node_binaries.ctr),
                 "--address",
@@ -415,7 +195,7 @@ class Node:
 
     def daemon_pids(self) -> dict[str, int]:
         """PIDs of the node's own daemons (kubelet, containerd, kube-proxy, ...)."""
-        return {name: proc.pid for name, proc in self.processes.items() if proc.poll() is None}
+        return self.processes.pids()
 
     # -- lifecycle --------------------------------------------------------------------
     def prepare_host(self) -> None:
@@ -475,51 +255,38 @@ class Node:
         restored ([] normally). Safe after a failed start and twice."""
         if self.record is None:
             return []
-        for name in ("local-path", "netpol", "coredns", "kube-proxy", "kubelet"):
-            proc = self.processes.pop(name, None)
-            if proc is not None:
-                stop_process(proc, grace=10)
-        containerd = self.processes.pop("containerd", None)
+        self.stop_daemons()
+        containerd = self.processes.get("containerd")
         if containerd is not None and containerd.poll() is None:
-            shims = _containerd_cleanup(str(self.node_binaries.ctr), str(self.containerd_address))
-            stop_process(containerd, grace=10)
-            _kill_recorded(shims)
-        problems = _finish_host_cleanup(self.record)
+            shims = containerd_cleanup(str(self.node_binaries.ctr), str(self.containerd_address))
+            self.processes.stop("containerd")
+            kill_recorded(shims)
+        self.processes.stop_all()
+        problems = finish_host_cleanup(self.record)
         RECORD_FILE.unlink(missing_ok=True)
         self.record = None
         self.lock.release()
         return problems
 
-    def record_processes(self, processes: dict[str, subprocess.Popen[bytes]]) -> None:
-        """Add processes started outside the node (the control plane) to the crash record,
-        so that the next start stops them if this process dies without a teardown."""
+    def stop_daemons(self) -> None:
+        """Stop every daemon but containerd, in reverse start order (the kubelet last of
+        them); :meth:`stop` then stops containerd with its containers and cleans the host."""
+        self.processes.stop_all(keep=("containerd",))
+
+    def record_process(self, name: str, proc: subprocess.Popen[bytes]) -> None:
+        """Add a process to the crash record (the node's daemons, and the control plane's
+        components through its ``processes.on_start``), so that the next start stops it
+        if this process dies without a teardown."""
         assert self.record is not None
-        for name, proc in processes.items():
-            self.record.pids[name] = [str(proc.pid), _proc_start_time(proc.pid) or ""]
+        self.record.pids[name] = [str(proc.pid), proc_start_time(proc.pid) or ""]
         self.record.save()
 
     # -- helpers ----------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        log = self.workdir / f"{name}.log"
-        try:
-            proc = start_logged(argv, log, cwd=self.workdir, env=env)
-        except OSError as exc:
-            raise NodeError(f"cannot start {name} ({argv[0]}): {exc}") from exc
-        self.processes[name] = proc
-        assert self.record is not None
-        self.record.pids[name] = [str(proc.pid), _proc_start_time(proc.pid) or ""]
-        self.record.save()
+        self.processes.spawn(name, argv, env=env)
 
     def _await(self, name: str, check: Any, timeout: float | None = None) -> None:
-        await_process(
-            name,
-            self.processes[name],
-            self.workdir / f"{name}.log",
-            check,
-            timeout=timeout or self.start_timeout,
-            interval=0.1,
-            error=NodeError,
-        )
+        self.processes.await_ready(name, check, timeout)
 
     def _write(self, relative: str, text: str) -> Path:
         path = self.workdir / relative
@@ -613,9 +380,7 @@ oom_score = 0
             "containerd", lambda: self.ctr("version", timeout=5).returncode == 0, timeout=30
         )
         # a crashed run's containers (the root persists between runs)
-        _kill_recorded(
-            _containerd_cleanup(str(self.node_binaries.ctr), str(self.containerd_address))
-        )
+        kill_recorded(containerd_cleanup(str(self.node_binaries.ctr), str(self.containerd_address)))
 
     def _import_images(self) -> None:
         present = set(self.ctr("images", "ls", "-q").stdout.split())
@@ -640,15 +405,17 @@ oom_score = 0
         self._import_missing(images, set(self.ctr("images", "ls", "-q").stdout.split()))
 
     def _import_missing(self, images: list[tuple[str, Path]], present: set[str]) -> None:
-        for ref, archive in images:
-            if ref in present:
-                continue
-            result = self.ctr("images", "import", "--local", str(archive), timeout=600)
-            if result.returncode != 0 or ref not in self.ctr("images", "ls", "-q").stdout:
-                raise NodeError(
-                    f"importing {ref} from {archive} into containerd failed: "
-                    f"{result.stderr.strip() or result.stdout.strip()}"
-                )
+        try:
+            import_archives(
+                images,
+                self.node_binaries.ctr,
+                self.containerd_address,
+                CONTAINERD_NAMESPACE,
+                local=True,
+                present=present,
+            )
+        except ImagesUnavailableError as exc:
+            raise NodeError(f"importing images into containerd failed: {exc}") from None
 
     # -- kubelet --------------------------------------------------------------------------
     def _kubelet_config(self) -> str:
@@ -802,63 +569,12 @@ oom_score = 0
     def _start_coredns(self) -> None:
         self.dns_health_port = free_port()
         ip = hostnet.NODE_IP
-        corefile = f"""{CLUSTER_DOMAIN}:53 in-addr.arpa:53 ip6.arpa:53 {{
-    bind {ip}
-    errors
-    ready 127.0.0.1:{self.dns_health_port}
-    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
-        kubeconfig {self.cp.kubeconfig}
-        pods insecure
-        fallthrough in-addr.arpa ip6.arpa
-    }}
-    cache 5
-}}
-.:53 {{
-    bind {ip}
-    errors
-    # nothing leaves this machine: names outside the cluster do not exist
-    template ANY ANY {{
-        rcode NXDOMAIN
-    }}
-}}
-"""
+        corefile = addons.corefile(CLUSTER_DOMAIN, ip, self.dns_health_port, self.cp.kubeconfig)
         path = self._write("coredns/Corefile", corefile)
         self._spawn("coredns", [str(self.node_binaries.coredns), "-conf", str(path)])
-        service = {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {
-                "name": "kube-dns",
-                "namespace": "kube-system",
-                "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"},
-            },
-            "spec": {
-                "clusterIP": hostnet.DNS_SERVICE_IP,
-                "ports": [
-                    {"name": "dns", "port": 53, "protocol": "UDP"},
-                    {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
-                ],
-            },
-        }
-        slice_ = {
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {
-                "name": "kube-dns-node",
-                "namespace": "kube-system",
-                "labels": {
-                    "kubernetes.io/service-name": "kube-dns",
-                    "endpointslice.kubernetes.io/managed-by": "kernelsession-localcluster",
-                },
-            },
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}],
-            "ports": [
-                {"name": "dns", "port": 53, "protocol": "UDP"},
-                {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
-            ],
-        }
-        result = self.cp_kubectl("apply", "-f", "-", input=yaml.safe_dump_all([service, slice_]))
+        result = self.cp_kubectl(
+            "apply", "-f", "-", input=yaml.safe_dump_all(addons.kube_dns_objects(ip))
+        )
         if result.returncode != 0:
             raise NodeError(f"creating the kube-dns Service failed: {result.stderr}")
         self._await(
@@ -871,7 +587,7 @@ oom_score = 0
         storage = self.workdir / "local-path"
         storage.mkdir(parents=True, exist_ok=True)
         assert self.helper_image is not None
-        objects = _local_path_objects(storage, self.helper_image)
+        objects = addons.local_path_objects(storage, self.helper_image)
         result = self.cp_kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
         if result.returncode != 0:
             raise NodeError(f"installing the local-path StorageClass failed: {result.stderr}")
@@ -881,7 +597,7 @@ oom_score = 0
                 str(self.node_binaries.local_path_provisioner),
                 "start",
                 f"--kubeconfig={self.cp.kubeconfig}",
-                f"--namespace={LOCAL_PATH_NAMESPACE}",
+                f"--namespace={addons.LOCAL_PATH_NAMESPACE}",
                 f"--helper-image={self.helper_image}",
             ],
         )
@@ -900,67 +616,10 @@ oom_score = 0
             [
                 sys.executable,
                 "-m",
-                "kernelsession.localcluster.netpol",
+                "kernelsession.localcluster.host.netpol",
                 f"--kubeconfig={self.cp.kubeconfig}",
                 f"--ready-file={ready}",
                 f"--node-dns={hostnet.NODE_IP}",  # CoreDNS runs on the node, bound there
             ],
         )
         self._await("netpol", ready.exists, timeout=60)
-
-
-LOCAL_PATH_NAMESPACE = "local-path-storage"
-LOCAL_PATH_HELPER_POD = """apiVersion: v1
-kind: Pod
-metadata:
-  name: helper-pod
-spec:
-  priorityClassName: system-node-critical
-  tolerations:
-  - {{key: node.kubernetes.io/disk-pressure, operator: Exists, effect: NoSchedule}}
-  containers:
-  - name: helper-pod
-    image: {image}
-    imagePullPolicy: IfNotPresent
-"""
-
-
-def _local_path_objects(storage_dir: Path, helper_image: str) -> list[dict[str, Any]]:
-    """Namespace, helper service account, config and the default StorageClass of
-    local-path-provisioner (as its upstream deploy/local-path-storage.yaml, minus the
-    Deployment: the provisioner runs on the node as a process)."""
-    config = {
-        "nodePathMap": [{"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": [str(storage_dir)]}]
-    }
-    ns = LOCAL_PATH_NAMESPACE
-    return [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": "local-path-provisioner-service-account", "namespace": ns},
-            "automountServiceAccountToken": False,
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "local-path-config", "namespace": ns},
-            "data": {
-                "config.json": json.dumps(config),
-                "setup": '#!/bin/sh\nset -eu\nmkdir -m 0777 -p "$VOL_DIR"\n',
-                "teardown": '#!/bin/sh\nset -eu\nrm -rf "$VOL_DIR"\n',
-                "helperPod.yaml": LOCAL_PATH_HELPER_POD.format(image=helper_image),
-            },
-        },
-        {
-            "apiVersion": "storage.k8s.io/v1",
-            "kind": "StorageClass",
-            "metadata": {
-                "name": "local-path",
-                "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
-            },
-            "provisioner": "rancher.io/local-path",
-            "volumeBindingMode": "WaitForFirstConsumer",
-            "reclaimPolicy": "Delete",
-        },
-    ]

@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from . import hostnet
-from .binaries import Binaries, NodeBinaries, ensure, ensure_node
-from .controlplane import ControlPlane, Timings, write_kubeconfig
-from .node import NODE_NAME, Node, NodeTimings
+from kernelsession.localcluster.building.binaries import Binaries, NodeBinaries, ensure, ensure_node
+from kernelsession.localcluster.cluster.controlplane import ControlPlane, Timings, write_kubeconfig
+from kernelsession.localcluster.cluster.node import NODE_NAME, Node, NodeTimings
+from kernelsession.localcluster.host import network as hostnet
 
 if TYPE_CHECKING:
-    from .images import Image
+    from kernelsession.localcluster.building.images import Image
 
 
 @dataclass
@@ -62,7 +62,7 @@ def default_images(*, ingress: bool = False) -> tuple[list[tuple[str, Path]], st
     ``ingress=True`` adds the optional ingress controller's image (``traefik``, see
     :mod:`.ingress`), building the Traefik binary first if needed; otherwise it is
     imported only when :func:`.ingress.install_ingress` asks for it."""
-    from .images import ensure_images, ensure_ingress_image
+    from kernelsession.localcluster.building.images import ensure_images, ensure_ingress_image
 
     images = ensure_images(log=True)
     chosen = [*images.all(), *([ensure_ingress_image(log=True)] if ingress else [])]
@@ -201,8 +201,9 @@ class LocalCluster:
             self.stop()
             raise
         try:
+            # the control plane's components go into the node's crash record as they start
+            self.controlplane.processes.on_start = self.node.record_process
             cp_timings = self.controlplane.start()
-            self.node.record_processes(self.controlplane.processes)
             node_timings = self.node.start()
             self.timings = ClusterTimings(
                 controlplane=cp_timings, node=node_timings, total=time.monotonic() - t0
@@ -219,13 +220,9 @@ class LocalCluster:
         problems: list[str] = []
         node, self.node = self.node, None
         if node is not None:
-            # the kubelet first (no new containers), then the control plane, then the host
-            for name in ("netpol", "coredns", "kube-proxy", "kubelet"):
-                proc = node.processes.pop(name, None)
-                if proc is not None:
-                    from .processes import stop_process
-
-                    stop_process(proc, grace=10)
+            # the node's daemons first (no new containers), then the control plane, then
+            # containerd and the host
+            node.stop_daemons()
         if self.controlplane is not None:
             self.controlplane.stop()
             self.controlplane = None
@@ -245,9 +242,7 @@ class LocalCluster:
         Raises ControlPlaneError when it does not come back.
         """
         t = time.monotonic()
-        self._cp().restart_apiserver(grace=grace)
-        if self.node is not None:
-            self.node.record_processes(self._cp().processes)
+        self._cp().restart_apiserver(grace=grace)  # recorded by processes.on_start
         return time.monotonic() - t
 
     def import_images(self, images: Iterable[Image]) -> list[str]:

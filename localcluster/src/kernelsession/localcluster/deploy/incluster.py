@@ -20,8 +20,14 @@ from typing import Any
 
 import yaml
 
-from .cluster import LocalCluster
-from .operator_process import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, install_crds, manifests_dir
+from kernelsession.localcluster.cluster import LocalCluster
+from kernelsession.localcluster.deploy.operator_process import (
+    OPERATOR_ACCOUNT,
+    OPERATOR_NAMESPACE,
+    install_crds,
+    manifests_dir,
+)
+from kernelsession.localcluster.deploy.rollout import pod_logs, pods, wait_rollout
 
 DEPLOYMENT = "kernelsession-operator"
 UPSTREAM_IMAGE = "kernelsession/operator"
@@ -78,8 +84,7 @@ class OperatorDeployment:
 
     def pods(self) -> list[dict[str, Any]]:
         """The operator's pods (running or not), oldest first."""
-        items = self.cluster.get_json("pods", "-n", OPERATOR_NAMESPACE, "-l", POD_SELECTOR)["items"]
-        return sorted(items, key=lambda p: p["metadata"]["creationTimestamp"])
+        return pods(self.cluster, OPERATOR_NAMESPACE, POD_SELECTOR)
 
     def ready_pods(self) -> list[dict[str, Any]]:
         def ready(pod: dict[str, Any]) -> bool:
@@ -89,40 +94,21 @@ class OperatorDeployment:
         return [p for p in self.pods() if ready(p) and not p["metadata"].get("deletionTimestamp")]
 
     def wait_available(self, timeout: float = 180.0) -> float:
-        """Wait for ``kubectl rollout status``; returns seconds. Raises RuntimeError with
-        the pods' state and the last log lines when it does not become available."""
-        started = time.monotonic()
-        result = self.cluster.kubectl(
-            "-n",
+        """Wait for ``kubectl rollout status``; returns seconds. Raises RolloutError (a
+        RuntimeError) with the pods' state and the last log lines when it does not become
+        available."""
+        return wait_rollout(
+            self.cluster,
             OPERATOR_NAMESPACE,
-            "rollout",
-            "status",
-            f"deploy/{DEPLOYMENT}",
-            f"--timeout={int(timeout)}s",
-            check=False,
-            timeout=timeout + 30,
+            DEPLOYMENT,
+            selector=POD_SELECTOR,
+            timeout=timeout,
+            what="operator Deployment",
         )
-        if result.returncode != 0:
-            pods = json.dumps([p.get("status") for p in self.pods()], indent=1)[:4000]
-            raise RuntimeError(
-                f"operator Deployment not available: {result.stderr.strip()}\n"
-                f"pods: {pods}\nlogs:\n{self.logs()[-4000:]}"
-            )
-        return time.monotonic() - started
 
     def logs(self) -> str:
         """Logs of every operator container (current and previous run), concatenated."""
-        parts: list[str] = []
-        for pod in self.pods():
-            name = pod["metadata"]["name"]
-            for previous in (True, False):
-                args = ["-n", OPERATOR_NAMESPACE, "logs", name]
-                if previous:
-                    args.append("--previous")
-                out = self.cluster.kubectl(*args, check=False).stdout
-                if out:
-                    parts.append(out)
-        return "".join(parts)
+        return pod_logs(self.cluster, OPERATOR_NAMESPACE, POD_SELECTOR)
 
     def leader(self) -> str | None:
         """The name of the operator pod holding the leader Lease (None: no holder)."""

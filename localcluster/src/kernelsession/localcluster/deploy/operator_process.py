@@ -19,10 +19,15 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from kernelsession.client.resources import CRD_NAME, GROUP
-from kernelsession.localcluster.binaries import repo_root
+from kernelsession.client.testing import free_port
+from kernelsession.localcluster.building.binaries import repo_root
 from kernelsession.localcluster.cluster import LocalCluster
-from kernelsession.localcluster.controlplane import free_port
-from kernelsession.localcluster.processes import log_tail, start_logged, stop_process, wait_until
+from kernelsession.localcluster.processes import (
+    log_tail,
+    start_logged,
+    stop_process,
+    wait_until,
+)
 
 OPERATOR_NAMESPACE = "kernelsession-system"
 OPERATOR_ACCOUNT = "kernelsession-operator"

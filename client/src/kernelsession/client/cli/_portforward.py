@@ -20,7 +20,7 @@ import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.stream import WsApiClient
 
-from ._localproxy import ByteStream, UpstreamError
+from ._upstream import ByteStream, UpstreamError
 
 __all__ = [
     "DATA_CHANNEL",

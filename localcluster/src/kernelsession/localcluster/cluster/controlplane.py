@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -28,10 +27,11 @@ from types import TracebackType
 
 import yaml
 
-from .binaries import Binaries, ensure
-from .pki import ClusterPKI
-from .pki import generate as generate_pki
-from .processes import await_process, http_ok, start_logged, stop_process
+from kernelsession.client.testing import free_port
+from kernelsession.localcluster.building.binaries import Binaries, ensure
+from kernelsession.localcluster.cluster.pki import ClusterPKI
+from kernelsession.localcluster.cluster.pki import generate as generate_pki
+from kernelsession.localcluster.processes import ProcessGroup, http_ok
 
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
@@ -56,14 +56,6 @@ AUDIT_POLICY = {
 
 class ControlPlaneError(RuntimeError):
     """A control-plane component failed to start or become ready."""
-
-
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -154,7 +146,10 @@ class ControlPlane:
         self.start_timeout = start_timeout
         self.controllers = controllers
         self.workdir: Path | None = None
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        #: The components, started in order; ``processes.on_start`` records each one.
+        self.processes = ProcessGroup(
+            self._work, error=ControlPlaneError, start_timeout=start_timeout
+        )
         self.timings = Timings()
         self.etcd_port = 0
         self.etcd_peer_port = 0
@@ -283,10 +278,7 @@ class ControlPlane:
 
         Safe to call more than once and after a failed start.
         """
-        for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
-            proc = self.processes.pop(name, None)
-            if proc is not None:
-                stop_process(proc, grace=10)
+        self.processes.stop_all()
         if self.workdir is not None and self._given_workdir is None:
             shutil.rmtree(self.workdir, ignore_errors=True)
         self.workdir = None
@@ -298,32 +290,17 @@ class ControlPlane:
         Returns the seconds until it was ready again. Raises ControlPlaneError when it
         does not come back.
         """
-        proc = self.processes.pop("kube-apiserver", None)
-        if proc is not None:
-            stop_process(proc, grace=grace)
+        self.processes.stop("kube-apiserver", grace=grace)
         t = time.monotonic()
         self._start_apiserver(self.binaries)
         return time.monotonic() - t
 
     # -- components -------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = self._work() / f"{name}.log"
-        try:
-            proc = start_logged(argv, log, cwd=self._work())
-        except OSError as exc:
-            raise ControlPlaneError(f"cannot start {name} ({argv[0]}): {exc}") from exc
-        self.processes[name] = proc
-        return proc
+        return self.processes.spawn(name, argv)
 
     def _await(self, name: str, check: Callable[[], bool]) -> None:
-        await_process(
-            name,
-            self.processes[name],
-            self._work() / f"{name}.log",
-            check,
-            timeout=self.start_timeout,
-            error=ControlPlaneError,
-        )
+        self.processes.await_ready(name, check)
 
     def _start_etcd(self, binaries: Binaries) -> None:
         work = self._work()

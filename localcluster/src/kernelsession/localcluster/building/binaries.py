@@ -16,9 +16,9 @@ Lookup order for a directory holding ``etcd``, ``kube-apiserver`` and
 The node's daemons (:func:`ensure_node`) and the optional ingress controller
 (:func:`ensure_ingress`: Traefik, only when asked for) have their own cache entries.
 
-CLI: ``python -m kernelsession.localcluster.binaries ensure`` (used by ``make binaries``),
-``python -m kernelsession.localcluster.binaries ensure --ingress`` (only the ingress
-controller; ``make ingress-binaries``) and ``python -m kernelsession.localcluster.binaries
+CLI: ``python -m kernelsession.localcluster.building.binaries ensure`` (used by ``make binaries``),
+``python -m kernelsession.localcluster.building.binaries ensure --ingress`` (only the ingress
+controller; ``make ingress-binaries``) and ``python -m kernelsession.localcluster.building.binaries
 path``.
 """
 
@@ -443,7 +443,7 @@ def ensure_ingress(*, build_missing: bool = True, log: bool = True) -> IngressBi
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: ``ensure`` (find or build, print the directory) or ``path``;
     ``--ingress``: the ingress controller (Traefik) only."""
-    parser = argparse.ArgumentParser(prog="python -m kernelsession.localcluster.binaries")
+    parser = argparse.ArgumentParser(prog="python -m kernelsession.localcluster.building.binaries")
     parser.add_argument("command", choices=["ensure", "path"])
     parser.add_argument(
         "--only",

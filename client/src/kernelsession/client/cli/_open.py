@@ -3,7 +3,7 @@
 Waits until the session is Ready (resuming it when Culled or Suspended, unless
 ``--no-resume``), forwards a local port to the lab through the API server (the pod's
 ``portforward`` subresource, as the caller), and serves it on 127.0.0.1 through
-:class:`~kernelsession.client._localproxy.LocalProxy`, which adds the token to every
+``_localproxy.LocalProxy``, which adds the token to every
 request. Prints one line, the URL that opens the lab logged in, and serves until
 Ctrl-C (exit 0). ``--url URL --token-file FILE`` opens any Jupyter server this
 machine reaches instead of a session.
@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import os
 import signal
 import sys
 import threading
-import time
 import webbrowser
 from dataclasses import dataclass
 from typing import Any
@@ -30,27 +28,24 @@ import h11
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from ._cliargs import UsageError, read_token
-from ._errors import redact
-from ._kubernetes import (
+from .._errors import redact
+from .._kubernetes import (
     KernelSessionClient,
-    KernelSessionNotFoundError,
+    KernelSessionError,
     KernelSessionStatus,
-    api_message,
-    load_api_client,
 )
-from ._localproxy import ByteStream, LocalProxy, TCPUpstream, Upstream, UpstreamError
+from ..kubeapi import api_message, load_api_client
+from ..resources import DEFAULT_NAMESPACE, LAB_PORT, Phase
+from ._args import UsageError, read_token
+from ._localproxy import LocalProxy
 from ._portforward import PortForwardUpstream
-from .resources import GROUP, PLURAL, VERSION
+from ._upstream import ByteStream, TCPUpstream, Upstream, UpstreamError
 
 __all__ = ["OpenError", "add_open_parser", "run_open"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-DEFAULT_NAMESPACE = "labs"
-LAB_PORT = 8888
-RESUME_ANNOTATION = "kernelsession.dev/resume"
 CHECK_TIMEOUT = 30.0  # seconds for the lab to answer its API through the forward
 
 
@@ -134,49 +129,32 @@ def _url_lab(args: argparse.Namespace) -> _Lab:
     return _Lab(upstream, read_token(args), path, upstream.describe())
 
 
-async def _resume(api: client.ApiClient, status: KernelSessionStatus) -> None:
-    custom: Any = client.CustomObjectsApi(api)  # _content_type is not in its type hints
-    if status.phase == "Suspended":
-        body: dict[str, Any] = {"spec": {"suspend": False}}
-    else:
-        body = {"metadata": {"annotations": {RESUME_ANNOTATION: str(int(time.time()))}}}
-    await custom.patch_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        status.namespace,
-        PLURAL,
-        status.name,
-        body,
-        _content_type="application/merge-patch+json",
-    )
-
-
 def _usable(status: KernelSessionStatus) -> bool:
     return bool(status.ready and status.current and status.url and status.pod_name)
 
 
 async def _wait_ready(
-    sessions: KernelSessionClient, api: client.ApiClient, args: argparse.Namespace
+    sessions: KernelSessionClient, args: argparse.Namespace
 ) -> KernelSessionStatus:
     name, namespace = args.name, args.namespace
     status = await sessions.get(name)
-    if not _usable(status) and status.phase in ("Culled", "Suspended"):
+    if not _usable(status) and status.phase in (Phase.CULLED, Phase.SUSPENDED):
         if args.no_resume:
             raise OpenError(
                 f"session {namespace}/{name} is {status.phase}; run without --no-resume "
                 "to start it again"
             )
         _say(f"session {namespace}/{name} is {status.phase}: resuming it")
-        await _resume(api, status)
-    resumed = status.phase in ("Culled", "Suspended")
+        await sessions.resume(name, status)
+    resumed = status.phase in (Phase.CULLED, Phase.SUSPENDED)
     last = status
     shown = ""
     async for last in sessions.follow(name, timeout=args.timeout):
         if _usable(last):
             return last
-        if last.phase == "Failed" and last.current and not resumed:
+        if last.phase == Phase.FAILED and last.current and not resumed:
             raise OpenError(f"session is Failed: {last.describe()}")
-        if last.phase not in (None, "Culled", "Suspended", "Failed"):
+        if last.phase not in (None, Phase.CULLED, Phase.SUSPENDED, Phase.FAILED):
             resumed = False  # the operator acted on the resume; a Failed from now on is real
         if last.phase != shown:
             shown = last.phase or ""
@@ -189,17 +167,10 @@ async def _wait_ready(
 async def _session_lab(args: argparse.Namespace, api: client.ApiClient) -> _Lab:
     name, namespace = args.name, args.namespace
     async with KernelSessionClient(namespace=namespace, api_client=api) as sessions:
-        status = await _wait_ready(sessions, api, args)
+        status = await _wait_ready(sessions, args)
         assert status.url is not None
         assert status.pod_name is not None
-        if not status.token_secret_name:
-            raise OpenError(f"session {namespace}/{name} names no token Secret in its status")
-        secret = await client.CoreV1Api(api).read_namespaced_secret(
-            status.token_secret_name, namespace
-        )
-    raw = (secret.data or {}).get("token")
-    if not raw:
-        raise OpenError(f"Secret {namespace}/{status.token_secret_name} has no token")
+        token = await sessions.token(name, status)
     url = urlsplit(status.url)
     path = url.path or "/"
     if not path.endswith("/"):
@@ -207,9 +178,7 @@ async def _session_lab(args: argparse.Namespace, api: client.ApiClient) -> _Lab:
     upstream = PortForwardUpstream(
         api.configuration, namespace=namespace, pod=status.pod_name, port=url.port or LAB_PORT
     )
-    return _Lab(
-        upstream, base64.b64decode(raw).decode(), path, f"{namespace}/{name} (user {status.user})"
-    )
+    return _Lab(upstream, token, path, f"{namespace}/{name} (user {status.user})")
 
 
 async def check_lab(
@@ -355,7 +324,7 @@ async def run_open(args: argparse.Namespace) -> int:
         except OpenError as e:
             _say(str(e))
             return EXIT_FAILED
-        except KernelSessionNotFoundError as e:
+        except KernelSessionError as e:  # not found, no token, the API refused...
             _say(str(e))
             return EXIT_FAILED
         except ApiException as e:

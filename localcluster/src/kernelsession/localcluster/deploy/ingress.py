@@ -34,7 +34,6 @@ in front of a lab admits the controller with a ``namespaceSelector`` on
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 import urllib.error
@@ -43,7 +42,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cluster import LocalCluster
+from kernelsession.localcluster.cluster import LocalCluster
+from kernelsession.localcluster.deploy.rollout import RolloutError, wait_rollout
 
 NAMESPACE = "kernelsession-ingress"
 NAME = "traefik"
@@ -313,7 +313,7 @@ def install_ingress(
         ImagesUnavailableError: its image cannot be built.
         IngressError: kubectl failed, or the controller was not ready within ``timeout``.
     """
-    from .images import ensure_ingress_image
+    from kernelsession.localcluster.building.images import ensure_ingress_image
 
     started = time.monotonic()
     image = ensure_ingress_image(build_missing=build_missing, log=log)
@@ -323,24 +323,17 @@ def install_ingress(
     except subprocess.CalledProcessError as exc:
         raise IngressError(f"applying the ingress controller failed: {exc.stderr}") from exc
     remaining = max(1.0, timeout - (time.monotonic() - started))
-    result = cluster.kubectl(
-        "-n",
-        NAMESPACE,
-        "rollout",
-        "status",
-        f"deploy/{NAME}",
-        f"--timeout={int(remaining)}s",
-        check=False,
-        timeout=remaining + 30,
-    )
-    if result.returncode != 0:
-        pods = cluster.get_json("pods", "-n", NAMESPACE, "-l", POD_SELECTOR)["items"]
-        states = json.dumps([p.get("status") for p in pods], indent=1)[:4000]
-        logs = cluster.kubectl("-n", NAMESPACE, "logs", f"deploy/{NAME}", check=False).stdout
-        raise IngressError(
-            f"the ingress controller (deploy/{NAME} in {NAMESPACE}) was not ready within "
-            f"{timeout:g}s: {result.stderr.strip()}\npods: {states}\nlogs:\n{logs[-4000:]}"
+    try:
+        wait_rollout(
+            cluster,
+            NAMESPACE,
+            NAME,
+            selector=POD_SELECTOR,
+            timeout=remaining,
+            what="the ingress controller",
         )
+    except RolloutError as exc:
+        raise IngressError(str(exc)) from None
     service = cluster.get_json("service", "-n", NAMESPACE, NAME)
     return IngressController(
         cluster=cluster,

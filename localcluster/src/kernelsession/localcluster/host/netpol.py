@@ -1,6 +1,6 @@
 """The node's NetworkPolicy enforcer: ingress and egress policies as iptables rules.
 
-``python -m kernelsession.localcluster.netpol --kubeconfig FILE`` watches Pods, Namespaces
+``python -m kernelsession.localcluster.host.netpol --kubeconfig FILE`` watches Pods, Namespaces
 and NetworkPolicies and keeps the filter table in step (networking.k8s.io/v1 semantics).
 
 Where the chains hook:
@@ -603,7 +603,7 @@ class Enforcer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kernelsession.localcluster.netpol")
+    parser = argparse.ArgumentParser(prog="python -m kernelsession.localcluster.host.netpol")
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--ready-file", type=Path)
     parser.add_argument(

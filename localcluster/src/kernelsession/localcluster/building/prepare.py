@@ -1,6 +1,6 @@
 """Build what the local cluster needs, side by side: ``make binaries`` and ``make images``.
 
-``python -m kernelsession.localcluster.prepare binaries images`` finds the control-plane
+``python -m kernelsession.localcluster.building.prepare binaries images`` finds the control-plane
 binaries (Kubernetes, etcd), the node's daemons (containerd, CoreDNS,
 local-path-provisioner) and the four images in their caches, and builds whatever is
 missing, each part in its own process, all at once: the Go module downloads, mmdebstrap
@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from . import binaries, images
+from kernelsession.localcluster.building import binaries, images
 
 #: The groups ``make`` asks for, and the parts (processes) each consists of.
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -146,7 +146,7 @@ def run_parts(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kernelsession.localcluster.prepare")
+    parser = argparse.ArgumentParser(prog="python -m kernelsession.localcluster.building.prepare")
     parser.add_argument("groups", nargs="+", choices=sorted(GROUPS))
     args = parser.parse_args(argv)
     names = [p for g in GROUPS if g in args.groups for p in GROUPS[g]]

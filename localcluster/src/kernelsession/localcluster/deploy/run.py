@@ -27,13 +27,17 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from kernelsession.localcluster.binaries import BinariesUnavailableError
+from kernelsession.localcluster.building.binaries import BinariesUnavailableError
+from kernelsession.localcluster.building.images import ImagesUnavailableError
 from kernelsession.localcluster.cluster import LocalCluster, default_images
-from kernelsession.localcluster.controlplane import ControlPlaneError
+from kernelsession.localcluster.cluster.controlplane import ControlPlaneError
 from kernelsession.localcluster.deploy import OperatorDeployment, deploy_operator
-from kernelsession.localcluster.images import ImagesUnavailableError
-from kernelsession.localcluster.ingress import IngressController, IngressError, install_ingress
-from kernelsession.localcluster.operator_process import OPERATOR_NAMESPACE, manifests_dir
+from kernelsession.localcluster.deploy.ingress import (
+    IngressController,
+    IngressError,
+    install_ingress,
+)
+from kernelsession.localcluster.deploy.operator_process import OPERATOR_NAMESPACE, manifests_dir
 
 if TYPE_CHECKING:
     from kernelsession.client import KernelSessionStatus

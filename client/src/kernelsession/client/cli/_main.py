@@ -19,24 +19,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ._cliargs import UsageError, read_token
-from ._errors import JupyterError, redact
-from ._kubernetes import KernelSessionClient, KernelSessionError
-from ._logging import LOGGER_NAME
-from ._notebook import load_code_cells
+from .._errors import JupyterError, redact
+from .._kubernetes import KernelSessionClient, KernelSessionError
+from .._logging import LOGGER_NAME
+from .._manager import JupyterLabSessionManager
+from .._notebook import load_code_cells
+from ..resources import DEFAULT_NAMESPACE
+from ._args import UsageError, read_token
+from ._metrics import ProbeMetrics
 from ._open import add_open_parser, run_open
-from ._prober import (
-    LabProber,
-    ProbeMetrics,
-    SpawnSettings,
-    announcer,
-    notebook_report,
-    run_continuous,
-    run_spawn_once,
-    spawn_once,
-)
-from ._session import JupyterLabSessionManager
-from .resources import DEFAULT_NAMESPACE
+from ._probers import LabProber, SpawnSettings, spawn_once
+from ._results import notebook_report
+from ._runloop import announcer, run_continuous, run_spawn_once
 
 __all__ = ["LabTarget", "ResolveError", "UsageError", "main", "resolve_target"]
 

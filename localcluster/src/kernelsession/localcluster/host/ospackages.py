@@ -1,6 +1,6 @@
 """Debian packages the local node's tooling needs, installed with apt-get when missing.
 
-``python -m kernelsession.localcluster.ospackages install [GROUP...]`` (``make os-packages``,
+``python -m kernelsession.localcluster.host.ospackages install [GROUP...]`` (``make os-packages``,
 which ``make setup`` runs): checks each package with ``dpkg-query`` and, only when some are
 missing, runs ``apt-get update`` and ``apt-get install -y --no-install-recommends ...``.
 Needs root on Debian; elsewhere it prints one message saying what to install and exits 1
@@ -120,7 +120,7 @@ def ensure(packages: Sequence[str], *, log: bool = True) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``install [GROUP...]`` or ``check [GROUP...]``; ``list`` prints the groups."""
-    parser = argparse.ArgumentParser(prog="python -m kernelsession.localcluster.ospackages")
+    parser = argparse.ArgumentParser(prog="python -m kernelsession.localcluster.host.ospackages")
     parser.add_argument("command", choices=["install", "check", "list"])
     parser.add_argument("groups", nargs="*", help=f"package groups ({', '.join(GROUPS)})")
     args = parser.parse_args(argv)
