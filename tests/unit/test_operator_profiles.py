@@ -229,9 +229,20 @@ def test_repair_sets_the_namespace_owner_when_the_policy_becomes_delete() -> Non
     assert patch["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
 
 
-def _existing(profile: dict[str, Any]) -> dict[profileplan.ObjectKey, Any]:
+def _existing(profile: dict[str, Any], counted: bool = True) -> dict[profileplan.ObjectKey, Any]:
     objs = [profiles.namespace(profile, SETTINGS), *profiles.desired(profile, SETTINGS)]
-    return {profileplan.key_of(o): _as_stored(o) for o in objs}
+    found = {profileplan.key_of(o): _as_stored(o) for o in objs}
+    quota = found[("ResourceQuota", "lab-carol", "kernelsession-quota")]
+    if counted:
+        quota["status"] = {"hard": dict(quota["spec"]["hard"])}
+    return found
+
+
+def test_not_ready_until_the_quota_controller_has_counted() -> None:
+    profile = _profile(quota={"count/kernelsessions.kernelsession.dev": "3"})
+    waiting = profileplan.plan(profile, SETTINGS, _existing(profile, counted=False))
+    assert (waiting.ready, waiting.reason, waiting.steps) == (False, "QuotaPending", [])
+    assert profileplan.plan(profile, SETTINGS, _existing(profile)).ready
 
 
 def test_plan_creates_everything_then_nothing() -> None:

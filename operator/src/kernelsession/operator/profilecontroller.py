@@ -150,8 +150,9 @@ async def reconcile(rt: Runtime, state: Profiles, body: Mapping[str, Any]) -> No
         await api.patch_profile(name, patch, status=False)
         return  # the watch brings the new version, and with it the next pass
     result = plan(body, rt.settings, _existing(state))
-    if result.ready:
+    if result.ready or result.reason == "QuotaPending":
         state.by_namespace[result.namespace] = name
+    if result.ready:
         result = await _act(api, body, result)
     status = make_status_patch(body, result, now_utc())
     if status is not None:

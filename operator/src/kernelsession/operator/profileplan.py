@@ -99,6 +99,19 @@ def plan(
         step = step_for(desired, existing.get(key_of(desired)))
         if step is not None:
             steps.append(step)
+    quota = existing.get(("ResourceQuota", ns, profiles.QUOTA_NAME))
+    hard = ((quota or {}).get("spec") or {}).get("hard") or {}
+    counted = ((quota or {}).get("status") or {}).get("hard") or {}
+    if not steps and set(hard) - set(counted):
+        # until the quota controller has counted, the API server refuses every object
+        # the quota limits ("status unknown for quota"): not ready for the owner yet
+        return Plan(
+            ns,
+            ready=False,
+            reason="QuotaPending",
+            message=f"Waiting for the quota controller to count {', '.join(sorted(hard))} "
+            f"in namespace {ns}.",
+        )
     return Plan(ns, steps, message=f"Namespace {ns} is ready for {_owner(profile)}.")
 
 
