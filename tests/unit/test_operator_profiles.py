@@ -234,7 +234,8 @@ def _existing(profile: dict[str, Any], counted: bool = True) -> dict[profileplan
     found = {profileplan.key_of(o): _as_stored(o) for o in objs}
     quota = found[("ResourceQuota", "lab-carol", "kernelsession-quota")]
     if counted:
-        quota["status"] = {"hard": dict(quota["spec"]["hard"])}
+        quota["status"] = {"hard": dict(quota["spec"]["hard"]), "used": {}}
+        quota["status"]["used"] = {k: "0" for k in quota["spec"]["hard"]}
     return found
 
 
@@ -242,6 +243,11 @@ def test_not_ready_until_the_quota_controller_has_counted() -> None:
     profile = _profile(quota={"count/kernelsessions.kernelsession.dev": "3"})
     waiting = profileplan.plan(profile, SETTINGS, _existing(profile, counted=False))
     assert (waiting.ready, waiting.reason, waiting.steps) == (False, "QuotaPending", [])
+    # hard copied to status at once, the count not yet: still waiting
+    unknown = _existing(profile, counted=False)
+    quota = unknown[("ResourceQuota", "lab-carol", "kernelsession-quota")]
+    quota["status"] = {"hard": dict(quota["spec"]["hard"])}
+    assert profileplan.plan(profile, SETTINGS, unknown).reason == "QuotaPending"
     assert profileplan.plan(profile, SETTINGS, _existing(profile)).ready
 
 

@@ -101,7 +101,9 @@ def plan(
             steps.append(step)
     quota = existing.get(("ResourceQuota", ns, profiles.QUOTA_NAME))
     hard = ((quota or {}).get("spec") or {}).get("hard") or {}
-    counted = ((quota or {}).get("status") or {}).get("hard") or {}
+    # status.used, not status.hard: the quota controller counts an object kind (a CRD's
+    # count/...) only once its discovery has found it
+    counted = ((quota or {}).get("status") or {}).get("used") or {}
     if not steps and set(hard) - set(counted):
         # until the quota controller has counted, the API server refuses every object
         # the quota limits ("status unknown for quota"): not ready for the owner yet
