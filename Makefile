@@ -77,11 +77,13 @@ test-quick: $(STAMP)
 bench: setup images
 	$(PY) -m bench $(BENCH_ARGS)
 
-# One-file install bundle of manifests/ (what `kubectl apply -k manifests/` applies).
+# Install bundles: the CRDs (`kubectl apply -k manifests/crds`, applied first, kept when the
+# operator is uninstalled) and the operator (`kubectl apply -k manifests/`).
 manifests: binaries
 	mkdir -p dist
+	"$$($(PY) -m kernelsession.localcluster.building.binaries path)/kubectl" kustomize manifests/crds > dist/kernelsession-crds.yaml
 	"$$($(PY) -m kernelsession.localcluster.building.binaries path)/kubectl" kustomize manifests > dist/kernelsession.yaml
-	@echo "wrote dist/kernelsession.yaml ($$(grep -c '^kind:' dist/kernelsession.yaml) objects)"
+	@echo "wrote dist/kernelsession-crds.yaml ($$(grep -c '^kind:' dist/kernelsession-crds.yaml) objects), dist/kernelsession.yaml ($$(grep -c '^kind:' dist/kernelsession.yaml) objects)"
 
 wheels: $(STAMP)
 	rm -rf dist

@@ -64,7 +64,9 @@ def test_overlay_sets_the_local_image_settings_and_replicas(tmp_path: Path) -> N
     # nothing but the operator's Deployment differs from manifests/ as users apply it
     others = {_key(o): o for o in rendered if o["kind"] != "Deployment"}
     assert others == {_key(o): o for o in base if o["kind"] != "Deployment"}
-    assert ("CustomResourceDefinition", "", "kernelsessions.kernelsession.dev") in others
+    # the CRDs install apart (manifests/crds), the admission policies with the operator
+    assert not [k for k in others if k[0] == "CustomResourceDefinition"]
+    assert ("ValidatingAdmissionPolicy", "", "kernelsession-session") in others
 
 
 def test_overlay_without_replicas_keeps_the_manifests_count(tmp_path: Path) -> None:

@@ -87,7 +87,7 @@ def test_user_env_and_scheduling_fields_pass_through() -> None:
         "env": [{"name": "A", "value": "1"}],
         "nodeSelector": {"disk": "ssd"},
         "tolerations": [{"key": "k", "operator": "Exists"}],
-        "podLabels": {"team": "x", naming.SESSION_LABEL: "spoofed"},
+        "podLabels": {"team": "x", naming.SESSION_LABEL: "spoofed", naming.CLIENT_LABEL: "true"},
         "resources": {"requests": {"cpu": "1"}},
     }
     pod = builders.lab_pod({**SESSION, "spec": spec}, Settings(), "u")
@@ -98,6 +98,7 @@ def test_user_env_and_scheduling_fields_pass_through() -> None:
     assert pod["spec"]["tolerations"] == [{"key": "k", "operator": "Exists"}]
     assert pod["metadata"]["labels"]["team"] == "x"
     assert pod["metadata"]["labels"][naming.SESSION_LABEL] == "alice"  # ours win
+    assert naming.CLIENT_LABEL not in pod["metadata"]["labels"]  # a lab is never a client
 
 
 def test_service_and_network_policy() -> None:
@@ -110,7 +111,7 @@ def test_service_and_network_policy() -> None:
     assert pol["spec"]["policyTypes"] == ["Ingress"]
     (rule,) = pol["spec"]["ingress"]
     client, operator = rule["from"]
-    assert client["podSelector"]["matchLabels"] == {naming.CLIENT_LABEL: "true"}
+    assert client == {"podSelector": {"matchLabels": {naming.CLIENT_LABEL: "true"}}}
     assert operator["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "ops"}
     assert rule["ports"] == [{"protocol": "TCP", "port": 8888}]
 

@@ -125,6 +125,8 @@ class Reason(StrEnum):
     POD_PENDING = "PodPending"
     HOME_PENDING = "HomePending"
     TOKEN_PENDING = "TokenPending"
+    QUOTA_EXCEEDED = "QuotaExceeded"
+    """The namespace's ResourceQuota refused the lab pod or home claim (tried again)."""
     WAITING_FOR_CAPACITY = "WaitingForCapacity"
     LAB_STARTING = "LabStarting"
     LAB_RESTARTING = "LabRestarting"

@@ -331,14 +331,13 @@ def service(body: Body, settings: Settings) -> Manifest:
 
 
 def network_policy(body: Body, settings: Settings) -> Manifest:
-    """Ingress to the lab only from client-labelled pods, from the operator, and from the
-    ingress controller's pods when the operator creates an Ingress per session."""
+    """Ingress to the lab only from client-labelled pods of the lab's own namespace (no
+    namespaceSelector: a tenant's clients never reach another tenant's labs), from the
+    operator, and from the ingress controller's pods when the operator creates an Ingress
+    per session."""
     name = _meta(body)["name"]
     peers: list[dict[str, Any]] = [
-        {
-            "namespaceSelector": {},
-            "podSelector": {"matchLabels": {naming.CLIENT_LABEL: "true"}},
-        },
+        {"podSelector": {"matchLabels": {naming.CLIENT_LABEL: "true"}}},
         {
             "namespaceSelector": {
                 "matchLabels": {"kubernetes.io/metadata.name": settings.operator_namespace}

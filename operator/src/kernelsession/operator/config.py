@@ -123,6 +123,9 @@ class Settings:
     resync_interval: float = 60.0
     """Seconds between checks that every session this replica knows still exists (a
     deletion missed in a watch gap is forgotten then)."""
+    profile_namespace_prefix: str = "lab-"
+    """A LabProfile's namespace is this prefix and the owner's name, unless it names one
+    (``KERNELSESSION_NAMESPACES`` must cover it, e.g. ``labs,lab-*``)."""
 
     @property
     def clusterwide(self) -> bool:
@@ -287,8 +290,15 @@ def from_env(
     log_format = env.get(ENV_PREFIX + "LOG_FORMAT", d.log_format)
     if log_format not in ("json", "console"):
         raise ConfigError(f"{ENV_PREFIX}LOG_FORMAT must be json or console, got {log_format!r}")
+    prefix = env.get(ENV_PREFIX + "PROFILE_NAMESPACE_PREFIX", d.profile_namespace_prefix)
+    if not re.match(r"^[a-z0-9][-a-z0-9]{0,19}$", prefix):
+        raise ConfigError(
+            f"{ENV_PREFIX}PROFILE_NAMESPACE_PREFIX must be 1-20 lower-case letters, digits "
+            f"or '-', starting with a letter or digit, got {prefix!r}"
+        )
     return Settings(
         namespaces=namespaces,
+        profile_namespace_prefix=prefix,
         default_image=env.get(ENV_PREFIX + "DEFAULT_IMAGE", d.default_image),
         default_resources=resources,
         default_idle_timeout=_int(env, "DEFAULT_IDLE_TIMEOUT", d.default_idle_timeout),

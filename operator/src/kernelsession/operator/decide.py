@@ -47,6 +47,7 @@ from kernelsession.operator.actions import (
 from kernelsession.operator.config import Settings
 from kernelsession.operator.observe import ChildView, Observation, resume_asked, spec_changed
 from kernelsession.operator.podview import PodView
+from kernelsession.operator.quotas import QUOTA_EXCEEDED, quota_message, quota_refusal
 
 RESUME_HINT = (
     " To start it again: kubectl annotate ks/{name} -n {ns} "
@@ -502,6 +503,11 @@ def _home(
             "that is being deleted (spec.home.reclaimPolicy: Delete); waiting for it to go.",
             True,
         )
+    if name in obs.rejected and quota_refusal(obs.rejected[name]) is not None:
+        refusal = quota_refusal(obs.rejected[name])
+        assert refusal is not None
+        message = quota_message(f"home volume {name}", refusal)
+        return st.Verdict(st.PENDING, QUOTA_EXCEEDED, message), None, False
     if name in obs.rejected:
         return (
             st.Verdict(

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import httpx
 import kopf
 import structlog
 
-from kernelsession.operator import metrics, naming, resync, supervisor
+from kernelsession.operator import metrics, naming, profilecontroller, resync, supervisor
 from kernelsession.operator.config import Settings
 from kernelsession.operator.election import LeaderElector
 from kernelsession.operator.kube import Kube
@@ -26,6 +26,15 @@ from kernelsession.operator.runtime import Indexes, Runtime
 
 log = structlog.get_logger("kernelsession.operator")
 CHILD_LABELS = {naming.MANAGED_BY: naming.MANAGER}
+
+
+class RetryForever:
+    """kopf's API error back-offs, never exhausted (re-iterable: each request starts over)."""
+
+    def __iter__(self) -> Iterator[float]:
+        yield from (1, 1, 2, 3, 5, 8, 13)
+        while True:
+            yield 30
 
 
 def _runtime(memo: Any) -> Runtime:
@@ -45,7 +54,15 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # with a deadline), never by kopf's background poster.
     settings.posting.enabled = False
     settings.posting.loggers = False
-    settings.scanning.disabled = True
+    # Namespace patterns (``labs,lab-*``: the LabProfile namespaces) need kopf to watch
+    # namespaces (and CRDs); exact names need no scanning.
+    settings.scanning.disabled = not any(
+        "*" in ns or "?" in ns or "!" in ns for ns in cfg.namespaces
+    )
+    # A namespace matching a pattern before (or without) the operator's RoleBinding there
+    # refuses kopf's watches (403): retry for ever rather than fail the watcher, which
+    # would stop the operator.
+    settings.networking.error_backoffs = RetryForever()
     settings.watching.connect_timeout = 10
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -88,12 +105,14 @@ def _activate(rt: Runtime) -> None:
     rt.active = True
     metrics.LEADER.set(1)
     supervisor.start_all(rt)
+    profilecontroller.start_all(rt)
 
 
 def _deactivate(rt: Runtime) -> None:
     rt.active = False
     metrics.LEADER.set(0)
     supervisor.stop_all(rt)
+    profilecontroller.stop_all(rt)
 
 
 @kopf.on.cleanup()
@@ -101,6 +120,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     """Stop every session loop, give the Lease up, then close the API clients."""
     rt = _runtime(memo)
     elector: LeaderElector | None = getattr(memo, "elector", None)
+    profilecontroller.stop_all(rt)
     await rt.stop_tasks()
     if elector is not None:
         await elector.release()

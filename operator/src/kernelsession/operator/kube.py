@@ -66,7 +66,8 @@ class Kube:
         reset_on_close(api)
         return cls(api, identity=identity)
 
-    def _may_write(self) -> None:
+    def check_fence(self) -> None:
+        """Raises NotLeading when this replica may not write (see ``fence``)."""
         if self.fence is not None and not self.fence():
             raise NotLeading("this replica does not hold the Lease")
 
@@ -79,7 +80,7 @@ class Kube:
         Raises:
             ChildRejected: the API server rejected it (invalid, forbidden...).
         """
-        self._may_write()
+        self.check_fence()
         kind = manifest["kind"]
         ns = manifest["metadata"]["namespace"]
         body = cast(Any, dict(manifest))  # the generated API accepts plain dicts
@@ -206,7 +207,7 @@ class Kube:
         Raises:
             ChildRejected: the API server rejected the patched object.
         """
-        self._may_write()
+        self.check_fence()
         call = {
             "NetworkPolicy": self.net.patch_namespaced_network_policy,
             "Ingress": self.net.patch_namespaced_ingress,
@@ -225,7 +226,7 @@ class Kube:
 
     async def delete(self, kind: str, namespace: str, name: str) -> None:
         """Delete an Ingress (gone already is fine)."""
-        self._may_write()
+        self.check_fence()
         call = {"Ingress": self.net.delete_namespaced_ingress}[kind]
         try:
             await call(name, namespace)
@@ -234,7 +235,7 @@ class Kube:
                 raise
 
     async def delete_pod(self, namespace: str, name: str) -> None:
-        self._may_write()
+        self.check_fence()
         try:
             await self.core.delete_namespaced_pod(name, namespace)
         except ApiException as exc:
@@ -275,7 +276,7 @@ class Kube:
     ) -> dict[str, Any] | None:
         """Merge-patch the session's status subresource; the updated session, or None
         when the session is gone (404)."""
-        self._may_write()
+        self.check_fence()
         try:
             result = await cast(Any, self.custom).patch_namespaced_custom_object_status(
                 naming.GROUP,
@@ -296,7 +297,7 @@ class Kube:
         self, obj: Mapping[str, Any], kind: str, reason: str, message: str
     ) -> None:
         """Post a core/v1 Event about ``obj`` (a session body): ``kind`` Normal|Warning."""
-        self._may_write()
+        self.check_fence()
         meta = obj.get("metadata") or {}
         namespace = str(meta.get("namespace") or "default")
         if len(message) > MAX_EVENT_MESSAGE:

@@ -22,6 +22,7 @@ from kernelsession.operator.podview import (
     RUN_REASONS,
     PodView,
 )
+from kernelsession.operator.quotas import QUOTA_EXCEEDED, quota_message, quota_refusal
 
 # The phases (kernelsession.client.resources.Phase), by their short names.
 PENDING, STARTING, READY = Phase.PENDING, Phase.STARTING, Phase.READY
@@ -208,7 +209,11 @@ _ALL_POD_FIELDS = "spec.resources, spec.volumes and spec.volumeMounts"
 
 def pod_rejected(message: str) -> Verdict:
     """Failed/PodRejected for an API rejection of the lab pod, naming the session
-    field(s) the rejection points at (all candidates when it cannot tell)."""
+    field(s) the rejection points at (all candidates when it cannot tell); a quota's
+    refusal is Pending/QuotaExceeded instead (it passes when other labs stop)."""
+    refusal = quota_refusal(message)
+    if refusal is not None:
+        return Verdict(PENDING, QUOTA_EXCEEDED, quota_message("lab pod", refusal))
     fields = [name for name, pattern in _POD_FIELD_HINTS if pattern.search(message)]
     where = " and ".join(fields) if fields else _ALL_POD_FIELDS
     return Verdict(
