@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 RUN_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup setup-deps run test test-quick lint bench manifests wheels clean binaries images os-packages ingress-binaries
+.PHONY: setup setup-deps run test test-quick lint docs reference bench manifests wheels clean binaries images os-packages ingress-binaries
 
 setup: os-packages $(STAMP) binaries
 
@@ -53,11 +53,21 @@ run: setup images
 	$(PY) -m kernelsession.localcluster.deploy.run $(RUN_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check client operator localcluster tests bench
-	$(VENV)/bin/ruff format --check client operator localcluster tests bench
-	$(VENV)/bin/mypy client/src/kernelsession/client operator/src/kernelsession/operator localcluster/src/kernelsession/localcluster
+	$(VENV)/bin/ruff check client operator localcluster tests bench hack
+	$(VENV)/bin/ruff format --check client operator localcluster tests bench hack
+	$(VENV)/bin/mypy client/src/kernelsession/client operator/src/kernelsession/operator localcluster/src/kernelsession/localcluster hack/crdref.py hack/mkdocs_hooks.py
 
-test: setup images ingress-binaries lint
+# The documentation (docs/, mkdocs.yml): the generated resource reference must match the
+# CRDs' schemas, and `mkdocs build --strict` fails on a broken link or anchor. Site in site/.
+docs: $(STAMP)
+	$(PY) hack/crdref.py --check
+	$(VENV)/bin/mkdocs build --strict --quiet
+
+# Rewrite docs/reference/<kind>.md from the CRDs under manifests/.
+reference: $(STAMP)
+	$(PY) hack/crdref.py
+
+test: setup images ingress-binaries lint docs
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # The fast tier: unit and client tests, no control plane.
@@ -67,11 +77,13 @@ test-quick: $(STAMP)
 bench: setup images
 	$(PY) -m bench $(BENCH_ARGS)
 
-# One-file install bundle of manifests/ (what `kubectl apply -k manifests/` applies).
+# Install bundles: the CRDs (`kubectl apply -k manifests/crds`, applied first, kept when the
+# operator is uninstalled) and the operator (`kubectl apply -k manifests/`).
 manifests: binaries
 	mkdir -p dist
+	"$$($(PY) -m kernelsession.localcluster.building.binaries path)/kubectl" kustomize manifests/crds > dist/kernelsession-crds.yaml
 	"$$($(PY) -m kernelsession.localcluster.building.binaries path)/kubectl" kustomize manifests > dist/kernelsession.yaml
-	@echo "wrote dist/kernelsession.yaml ($$(grep -c '^kind:' dist/kernelsession.yaml) objects)"
+	@echo "wrote dist/kernelsession-crds.yaml ($$(grep -c '^kind:' dist/kernelsession-crds.yaml) objects), dist/kernelsession.yaml ($$(grep -c '^kind:' dist/kernelsession.yaml) objects)"
 
 wheels: $(STAMP)
 	rm -rf dist
@@ -79,4 +91,4 @@ wheels: $(STAMP)
 	$(PY) -m build --no-isolation --wheel --outdir dist operator
 
 clean:
-	rm -rf $(VENV) dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) dist site .pytest_cache .mypy_cache .ruff_cache

@@ -150,6 +150,8 @@ OPERATOR_ENV = {
     "KERNELSESSION_DEFAULT_START_TIMEOUT": "120",
     "KERNELSESSION_UNSCHEDULABLE_GRACE": "4",
     "KERNELSESSION_HOME_INTERVAL": "1",
+    # A deletion missed in a watch gap is noticed within seconds (test_operations.py).
+    "KERNELSESSION_RESYNC_INTERVAL": "5",
     # Exercised by every run (tests/operator/test_rbac.py checks the Lease grants are used).
     "KERNELSESSION_LEADER_ELECTION": "true",
 } | INGRESS_ENV

@@ -146,3 +146,20 @@ def test_notebook_runs_cells_and_names_the_failing_one(lab, token_file, tmp_path
     assert "cell=bad-cell" in failed.stderr
     assert "cell_number=4" in failed.stderr
     assert "ZeroDivisionError" in failed.stderr
+
+
+def test_notebook_path_before_between_and_after_options(lab, token_file, tmp_path):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("print('anywhere')", id="one")]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    for argv in (
+        [str(path), "--url", lab.url, "--token-file", token_file],
+        ["--url", lab.url, str(path), "--token-file", token_file],
+        ["--url", lab.url, "--token-file", token_file, str(path)],
+    ):
+        result = run_cli("notebook", *argv)
+        assert result.returncode == 0, (argv, result.stderr)
+        assert result.stdout == "anywhere\n"

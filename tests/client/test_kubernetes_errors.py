@@ -3,8 +3,9 @@
 The faults (the API server refusing the token Secret with 403, a missing Secret)
 need RBAC and objects on an API server; this fast tier cannot start the local
 control plane, so a small real HTTP server on loopback answers as the Kubernetes
-API server would (same paths and Status bodies). The real API server path is
-covered by the operator tier (tests/operator/test_cli_by_name.py).
+API server would (same paths and Status bodies). The same 403 and missing session on
+the real API server, with RBAC enforced: tests/operator/test_cli_by_name.py
+(``test_credentials_errors_from_the_real_api_server``).
 """
 
 from __future__ import annotations

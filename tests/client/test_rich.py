@@ -113,7 +113,7 @@ async def test_run_notebook_from_path(session: JupyterLabSession, tmp_path):
         ("c-two", 4, "21\n"),
     ]
     assert result.cells[1].seconds >= 0.3
-    assert result.cells[0].seconds < result.cells[1].seconds
+    assert result.cells[0].seconds > 0
     assert result.stdout == "one\n21\n"
     assert result.seconds >= sum(c.seconds for c in result.cells)
 

@@ -108,7 +108,7 @@ async def test_one_megabyte_on_stock_server(session: JupyterLabSession):
 
 
 @pytest.mark.slow
-async def test_hundred_megabytes(lab_unlimited, manager_for):
+async def test_hundred_megabytes(lab_unlimited, manager_for, report_figure):
     async with manager_for(lab_unlimited) as session:
         t0 = time.perf_counter()
         out = await session.run_python(PRINT_BYTES.format(n=100 * MB), timeout=300)
@@ -120,8 +120,9 @@ async def test_hundred_megabytes(lab_unlimited, manager_for):
         small = await session.run_python(PRINT_BYTES.format(n=10 * MB), timeout=300)
         small_elapsed = time.perf_counter() - t1
         assert len(small) == 10 * MB
-        # Linear, not quadratic: 10x the output takes well under 30x the time.
-        assert elapsed < 30 * max(small_elapsed, 0.05), (elapsed, small_elapsed)
+        # reported, not asserted (linear, not quadratic: about 10x the time of 10 MB)
+        report_figure("run_python of 100 MB of stdout", elapsed, "s")
+        report_figure("run_python of 10 MB of stdout", small_elapsed, "s")
 
 
 async def test_rate_limited_output_raises_not_truncates(session: JupyterLabSession):
@@ -157,7 +158,7 @@ async def test_execution_error(session: JupyterLabSession):
     assert error.failed_at >= error.started_at
 
 
-async def test_timeout_interrupts_and_session_is_reused(session: JupyterLabSession):
+async def test_timeout_interrupts_and_session_is_reused(session: JupyterLabSession, report_figure):
     await session.run_python("counter = 0")
     t0 = time.perf_counter()
     with pytest.raises(JupyterExecutionTimeoutError) as excinfo:
@@ -165,7 +166,7 @@ async def test_timeout_interrupts_and_session_is_reused(session: JupyterLabSessi
             "import time\nprint('started', flush=True)\ntime.sleep(60)\ncounter = 99",
             timeout=timedelta(seconds=1),
         )
-    assert time.perf_counter() - t0 < 15
+    report_figure("a 1 s execution timeout raised after", time.perf_counter() - t0, "s")
     assert excinfo.value.interrupted
     assert excinfo.value.timeout == 1
     # The next code runs at once, in the same kernel, and gets only its own output.
@@ -179,32 +180,35 @@ async def test_concurrent_requests_on_one_session(session: JupyterLabSession):
     assert outs == [f"req-{i}" * 3 + "\n" for i in range(10)]
 
 
-async def test_kernel_death_detected_fast(lab, manager_for):
+async def test_kernel_death_detected_fast(lab, manager_for, report_figure):
     async with manager_for(lab) as session:
         t0 = time.perf_counter()
+        # Detected, not timed out: the execution's own timeout would raise another error.
         with pytest.raises(JupyterKernelDiedError) as excinfo:
             await session.run_python(
                 "import os, time\nprint('bye', flush=True)\ntime.sleep(0.2)\nos._exit(1)",
                 timeout=120,
             )
-        assert time.perf_counter() - t0 < 15
+        report_figure("kernel death detected after", time.perf_counter() - t0, "s")
         assert excinfo.value.execution_state in {"restarting", "dead"}
         # The restarted kernel is reachable again through a fresh websocket.
         assert await session.run_python("print('reborn')", timeout=60) == "reborn\n"
 
 
-async def test_server_killed_mid_execution(doomed_lab, manager_for):
-    async with manager_for(doomed_lab) as session:
-        task = asyncio.create_task(
-            session.run_python("import time\nprint('go', flush=True)\ntime.sleep(120)", timeout=300)
-        )
-        await asyncio.sleep(0)  # let the request go out
-        await asyncio.to_thread(doomed_lab.kill)
+async def test_server_killed_mid_execution(doomed_lab, manager_for, report_figure):
+    # A reconnect deadline far past the wait below: the error must come from seeing the
+    # server gone, not from giving up on reconnecting.
+    async with manager_for(doomed_lab, reconnect_timeout=600) as session:
+        chunks = session.stream("import time\nprint('go', flush=True)\ntime.sleep(120)")
+        # the execution has started: its first output arrived
+        first = await asyncio.wait_for(anext(chunks), 60)
+        assert (first.name, first.text) == ("stdout", "go\n")
         t0 = time.perf_counter()
+        await asyncio.to_thread(doomed_lab.kill)
         with pytest.raises(JupyterWebSocketError) as excinfo:
-            await asyncio.wait_for(task, 30)
-        # Nothing listens any more: no reconnect attempts until reconnect_timeout.
-        assert time.perf_counter() - t0 < 5
+            await asyncio.wait_for(anext(chunks), 30)
+        took = time.perf_counter() - t0
+        report_figure("server killed: the error raised after (kill included)", took, "s")
         assert excinfo.value.code in (None, 1006, 1011)
         assert "the server or the kernel is gone" in str(excinfo.value)
         with pytest.raises(JupyterWebSocketError):

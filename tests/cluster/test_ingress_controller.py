@@ -145,7 +145,9 @@ def test_controller_runs_hardened_with_least_privilege(
     assert pod["metadata"]["labels"]["app.kubernetes.io/name"] == "traefik"
     # the process itself, seen from the host: non-root, no capabilities, seccomp filter,
     # no privilege escalation, read-only root file system
-    container_id = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
+    statuses = {c["name"]: c for c in pod["status"]["containerStatuses"]}
+    assert set(statuses) == {"traefik", "apiproxy"}  # Traefik reads the API through apiproxy
+    container_id = statuses["traefik"]["containerID"].split("://", 1)[1]
     assert cluster.node is not None
     pid = cluster.node.task_pids()[container_id]
     with open(f"/proc/{pid}/status") as f:
@@ -168,10 +170,18 @@ def test_controller_runs_hardened_with_least_privilege(
             == "yes"
         )
 
-    for resource in ("ingresses", "ingressclasses", "services", "endpointslices", "secrets"):
+    for resource in ("ingresses", "ingressclasses", "services", "endpointslices"):
         assert can("watch", resource, "-A"), resource
     assert can("update", "ingresses", "--subresource=status", "-n", "labs")
-    assert not can("get", "secrets", "-n", "labs")  # list/watch only, what informers need
+    for verb in ("get", "list", "watch"):  # no Secret at all: lab tokens are Secrets
+        assert not can(verb, "secrets", "-A"), verb
+    # and it never asks: its API proxy answers Traefik's Secret informer itself
+    if cluster.audit_log is not None:
+        from kernelsession.localcluster.cluster import audit
+
+        mine = audit.read(cluster.audit_log, user=account)
+        assert any(e.resource == "ingresses" for e in mine)  # it does read the API
+        assert not [e for e in mine if e.resource.startswith("secrets")]
     assert not can("update", "ingresses", "-n", "labs")
     assert not can("create", "pods", "-n", ing.namespace)
     assert not can("patch", "services", "-n", ing.namespace)

@@ -440,10 +440,12 @@ def test_kubectl_get_pods_with_written_kubeconfig(cluster: LocalCluster, namespa
     assert " Ready " in nodes.stdout
 
 
-def test_restart_apiserver_keeps_data(cluster: LocalCluster, namespace: str) -> None:
+def test_restart_apiserver_keeps_data(
+    cluster: LocalCluster, namespace: str, report_figure: Callable[[str, float, str], None]
+) -> None:
     cluster.kubectl("-n", namespace, "create", "configmap", "keep", "--from-literal=a=1")
     seconds = cluster.restart_apiserver()
-    assert seconds < 30
+    report_figure("API server restarted in", seconds, "s")
     got = cluster.get_json("-n", namespace, "configmap", "keep")
     assert got["data"] == {"a": "1"}
     # the kubelet reconnects its watch: a new pod still runs

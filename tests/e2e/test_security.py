@@ -48,10 +48,8 @@ async def test_network_policy_admits_only_clients_and_operator(
     (rule,) = spec["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": 8888}]
     clients, operator_peer, controller = rule["from"]
-    assert clients == {
-        "namespaceSelector": {},
-        "podSelector": {"matchLabels": {"kernelsession.dev/client": "true"}},
-    }
+    # clients of the lab's own namespace only (no namespaceSelector)
+    assert clients == {"podSelector": {"matchLabels": {"kernelsession.dev/client": "true"}}}
     assert operator_peer == {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": OPERATOR_NAMESPACE}},
         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kernelsession-operator"}},

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from helpers import (
     events_for,
     get_ks,
     lab_path,
+    pod_condition,
     wait_for,
     wait_phase,
 )
@@ -182,3 +185,14 @@ def test_metrics_and_health(installed: LocalCluster, operator: InClusterOperator
     ):
         assert name in text or name.replace("_total", "") in text, name
     assert 'kernelsession_sessions{phase="Ready"}' in text
+    # health: the active pod's /healthz answers 200 (kopf's liveness endpoint), and the
+    # kubelet's probes of the same endpoint hold the pod Ready
+    pod = operator.leader_pod()
+    with urllib.request.urlopen(f"http://{pod['status']['podIP']}:8080/healthz", timeout=5) as r:
+        assert r.status == 200
+        json.loads(r.read())  # kopf answers with its probes' results as JSON
+    ready = pod_condition(pod, "Ready")
+    assert ready is not None, pod["status"]
+    assert ready["status"] == "True", pod["status"]
+    with pytest.raises(urllib.error.URLError):  # a port that serves nothing does not pass
+        urllib.request.urlopen(f"http://{pod['status']['podIP']}:8081/healthz", timeout=5)

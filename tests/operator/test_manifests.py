@@ -17,12 +17,16 @@ MANIFESTS = Path(__file__).parents[2] / "manifests"
 def test_kustomization_applies_server_side(installed: LocalCluster) -> None:
     # --dry-run=server: full admission and schema validation, nothing persisted (the
     # operator fixture applies the same kustomization for real, with the local image).
+    crds = installed.kubectl("apply", "-k", str(MANIFESTS / "crds"), "--dry-run=server").stdout
+    for crd in ("kernelsessions.kernelsession.dev", "labprofiles.kernelsession.dev"):
+        assert f"customresourcedefinition.apiextensions.k8s.io/{crd}" in crds, crds
     out = installed.kubectl("apply", "-k", str(MANIFESTS), "--dry-run=server").stdout
+    assert "customresourcedefinition" not in out  # the CRDs install apart from the operator
     for obj in (
         "namespace/kernelsession-system",
-        "namespace/labs",
-        "customresourcedefinition.apiextensions.k8s.io/kernelsessions.kernelsession.dev",
         "serviceaccount/kernelsession-operator",
+        "clusterrole.rbac.authorization.k8s.io/kernelsession-operator-profiles",
+        "clusterrole.rbac.authorization.k8s.io/kernelsession-profile-owner",
         "clusterrole.rbac.authorization.k8s.io/kernelsession-operator",
         "rolebinding.rbac.authorization.k8s.io/kernelsession-operator",
         "deployment.apps/kernelsession-operator",
@@ -74,9 +78,9 @@ def test_operator_deployment_is_hardened() -> None:
     assert labels["app.kubernetes.io/name"] == "kernelsession-operator"  # NetworkPolicy peer
 
 
-@pytest.mark.parametrize("sample", ["minimal.yaml", "full.yaml"])
+@pytest.mark.parametrize("sample", ["minimal.yaml", "full.yaml", "labprofile.yaml"])
 def test_samples_pass_server_validation(installed: LocalCluster, sample: str) -> None:
     out = installed.kubectl(
         "apply", "-f", str(MANIFESTS / "samples" / sample), "--dry-run=server"
     ).stdout
-    assert "kernelsession.kernelsession.dev/" in out
+    assert ".kernelsession.dev/" in out

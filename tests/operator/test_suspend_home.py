@@ -1,4 +1,5 @@
-"""spec.suspend, spec.home, the capacity grace and the standby operator, end to end.
+"""spec.suspend, spec.home and the capacity grace, end to end (failover of the operator:
+test_failover.py).
 
 Parts that need a real node (volumes that keep data, a scheduler that counts resources,
 the operator running as a two-replica Deployment) skip unless ``cluster.real_node``.
@@ -7,7 +8,6 @@ the operator running as a two-replica Deployment) skip unless ``cluster.real_nod
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -27,7 +27,6 @@ from helpers import (
 from kernelsession.client import KernelSessionClient
 from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.deploy import InClusterOperator
-from kernelsession.localcluster.deploy.operator_process import OPERATOR_NAMESPACE
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -268,33 +267,3 @@ def _cpu(amount: str) -> dict[str, Any]:
     """Resources asking for ``amount`` of CPU, with the limits the labs namespace's
     session rules require (manifests/admission.yaml: maxCPU, maxMemory)."""
     return {"requests": {"cpu": amount}, "limits": {"cpu": amount, "memory": "512Mi"}}
-
-
-def test_standby_takes_over_within_15s(
-    installed: LocalCluster, operator: InClusterOperator, session_name: str
-) -> None:
-    requires(installed, "real_node", "needs the operator as the two-replica Deployment")
-    selector = "app.kubernetes.io/name=kernelsession-operator"
-
-    def lease_holder() -> str:
-        lease = installed.get_json("-n", OPERATOR_NAMESPACE, "lease/kernelsession-operator")
-        return str(lease["spec"].get("holderIdentity") or "")
-
-    pods = installed.get_json("-n", OPERATOR_NAMESPACE, "pods", "-l", selector)["items"]
-    assert len(pods) == 2
-    active = wait_for(lease_holder, timeout=60, what="a lease holder")
-    assert active in {p["metadata"]["name"] for p in pods}
-    killed = time.monotonic()
-    installed.kubectl(
-        "-n", OPERATOR_NAMESPACE, "delete", "pod", active, "--grace-period=0", "--force"
-    )
-    new = wait_for(
-        lambda: (h := lease_holder()) and h != active and h,
-        timeout=30,
-        what="the standby holding the lease",
-    )
-    took = time.monotonic() - killed
-    print(f"takeover by {new} after {took:.1f}s")
-    assert took <= 15
-    apply_session(installed, session_name, {"user": "leo"})
-    wait_phase(installed, session_name, "Ready", timeout=120)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
+from helpers import wait_for
 
 from kernelsession.client.cli._guard import (
     LOGIN_PARAMETER,
@@ -160,8 +161,9 @@ def test_upstream_headers_add_the_token_and_strip_what_the_lab_must_not_see() ->
         cookie_name=f"kernelsession-{PORT}",
     )
     assert header_values(out, b"authorization") == [f"token {TOKEN}".encode()]
-    # its own cookie and other `open` proxies' cookies (browsers send them to every port)
-    assert header_values(out, b"cookie") == [b"_xsrf=1; other=2", b"username-127-0-0-1-1=x"]
+    # its own cookie, other `open` proxies' cookies (browsers send them to every port) and
+    # jupyter-server login cookies: the token authenticates every request
+    assert header_values(out, b"cookie") == [b"_xsrf=1; other=2"]
     assert header_values(out, b"host") == [f"127.0.0.1:{PORT}".encode()]
     assert header_values(out, b"x-xsrftoken") == [b"1"]
     for gone in (b"accept-encoding", b"connection", b"keep-alive", b"proxy-authorization"):
@@ -233,3 +235,50 @@ def test_page_bodies_are_scanned_and_redacted() -> None:
     assert not scanned([(b"content-type", b"text/event-stream")])
     assert not scanned([(b"content-type", b"text/html"), (b"content-encoding", b"gzip")])
     assert scanned([(b"content-type", b"text/html"), (b"content-encoding", b"identity")])
+
+
+def test_lab_login_cookie_never_reaches_the_browser() -> None:
+    out = downstream_headers(
+        [
+            (b"Set-Cookie", b'username-127-0-0-1-8888="2|1:0|10:17|..."; expires=x; HttpOnly'),
+            (b"set-cookie", b"username-lab-labs-svc-8888=abc; Path=/"),
+            (b"Set-Cookie", b"_xsrf=2|aa|bb; Path=/"),
+            (b"Content-Type", b"text/html"),
+        ],
+        token=TOKEN,
+    )
+    assert header_values(out, b"set-cookie") == [b"_xsrf=2|aa|bb; Path=/"]
+    assert header_values(out, b"content-type") == [b"text/html"]
+
+
+def test_lab_login_cookies_from_the_browser_never_reach_the_lab() -> None:
+    out = upstream_headers(
+        [HOST, (b"Cookie", b"username-127-0-0-1-8888=stolen; _xsrf=1")],
+        token=TOKEN,
+        cookie_name=f"kernelsession-{PORT}",
+    )
+    assert header_values(out, b"cookie") == [b"_xsrf=1"]
+
+
+def test_login_code_expires() -> None:
+    g = Guard(port=PORT, code_seconds=0.2)
+    wait_for(lambda: g.code_expired, timeout=10, what="the login code expired")
+    answer = check(g, f"/lab?{LOGIN_PARAMETER}={g.login_code}")
+    assert answer is not None
+    assert answer.status == 403
+    assert b"expired" in answer.body
+    assert b"set-cookie" not in dict(answer.headers)
+    # spent: it does not work later either
+    assert g.login_used
+
+
+def test_login_code_works_within_its_time_once() -> None:
+    g = guard()
+    assert g.code_seconds == 60
+    assert not g.code_expired
+    first = check(g, f"/lab?{LOGIN_PARAMETER}={g.login_code}")
+    assert first is not None
+    assert first.status == 303
+    again = check(g, f"/lab?{LOGIN_PARAMETER}={g.login_code}")
+    assert again is not None
+    assert again.status == 403

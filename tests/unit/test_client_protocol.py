@@ -129,3 +129,83 @@ def test_dispatch_on_subprotocol():
         decode_frame("text", V1_SUBPROTOCOL)
     with pytest.raises(ProtocolError):
         decode_legacy_text("[1, 2]")
+
+
+def _server_frame(header: bytes, parent: bytes, metadata: bytes, content: bytes) -> bytes:
+    return serialize_msg_to_ws_v1([header, parent, metadata, content], "iopub")
+
+
+def test_v1_routing_fields_without_decoding_the_parts():
+    # jupyter-server's own spacing; metadata and content are not JSON here, and only
+    # reading them fails: routing reads just the parent's msg_id and the type
+    frame = _server_frame(
+        b'{"msg_id": "m1", "msg_type": "stream", "username": "u"}',
+        b'{"username": "a\\"msg_id\\": \\"spoof", "msg_id": "p1", "msg_type": "execute_request"}',
+        b"not json",
+        b"[1]",
+    )
+    msg = decode_v1(frame)
+    assert (msg.msg_type, msg.parent_msg_id, msg.channel) == ("stream", "p1", "iopub")
+    with pytest.raises(ProtocolError):
+        _ = msg.metadata
+    with pytest.raises(ProtocolError):
+        _ = msg.content
+    assert msg.parent_header["username"] == 'a"msg_id": "spoof'
+
+
+@pytest.mark.parametrize(
+    ("parent", "expected"),
+    [
+        (b"{}", None),
+        (b"", None),
+        (b'{"msg_id": ""}', None),
+        (b'{"msg_id": "esc\\u0041ped"}', "escAped"),  # escapes: decoded as JSON
+        (b'{ "msg_id" :"spaced" }', "spaced"),
+    ],
+)
+def test_v1_parent_msg_id_forms(parent, expected):
+    msg = decode_v1(_server_frame(b'{"msg_id": "m", "msg_type": "status"}', parent, b"{}", b"{}"))
+    assert msg.parent_msg_id == expected
+    assert msg.msg_type == "status"
+
+
+def test_v1_lazy_message_equals_the_decoded_one():
+    msg = sample([b"buf"])
+    decoded = decode_v1(encode_v1(msg))
+    assert decoded == msg
+    assert decoded.header == msg.header
+    assert decoded.buffers == [b"buf"]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b'{"name": "stdout", "text": "hi"}', {"name": "stdout", "text": "hi"}),
+        (b'  {"a": 1} \n', {"a": 1}),  # spaces around: still JSON
+        (b'{"t": "\\u00e9\\n"}', {"t": "é\n"}),
+        (b"[1]", ProtocolError),
+        (b'{"a": 1}x', ProtocolError),  # trailing garbage
+        (b'{"a":', ProtocolError),
+        (b"\xff{}", ProtocolError),  # not UTF-8
+    ],
+)
+def test_v1_content_parts(content, expected):
+    msg = decode_v1(_server_frame(b'{"msg_id": "m", "msg_type": "stream"}', b"{}", b"{}", content))
+    if expected is ProtocolError:
+        with pytest.raises(ProtocolError):
+            _ = msg.content
+    else:
+        assert msg.content == expected
+
+
+def test_v1_four_part_frame_offsets_are_checked():
+    good = _server_frame(b'{"msg_id": "m", "msg_type": "status"}', b"{}", b"{}", b"{}")
+    assert decode_v1(good).msg_type == "status"
+    table = bytearray(good)
+    table[8 * 3 : 8 * 4] = (len(good) + 10).to_bytes(8, "little")  # a part past the end
+    with pytest.raises(ProtocolError):
+        decode_v1(bytes(table))
+    swapped = bytearray(good)
+    swapped[8 * 2 : 8 * 3] = (100).to_bytes(8, "little")  # the channel past the header
+    with pytest.raises(ProtocolError):
+        decode_v1(bytes(swapped))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kernelsession.localcluster.building import images, oci, steps
+from kernelsession.localcluster.building import imagecache, images, oci, steps
 from kernelsession.localcluster.host import ospackages
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,9 +95,19 @@ def test_base_packages_and_refs() -> None:
     assert images.image_ref("lab", "abc") == "localhost/kernelsession/lab:abc"
 
 
-def test_apt_sources_are_read_from_the_host() -> None:
-    for path in images.apt_source_files():
-        assert str(path).startswith("/etc/apt/")
+def test_apt_sources_are_the_files_with_entries(tmp_path: Path) -> None:
+    d = tmp_path / "sources.list.d"
+    d.mkdir()
+    (tmp_path / "sources.list").write_text("# no entries, only comments\n\n")
+    (d / "debian.sources").write_text("Types: deb\nURIs: http://deb.example/debian\n")
+    (d / "extra.list").write_text("deb http://deb.example/extra stable main\n")
+    (d / "commented.list").write_text("# deb http://deb.example/old stable main\n")
+    (d / "notes.txt").write_text("deb http://deb.example/not-a-source stable main\n")
+    (d / "dir.list").mkdir()
+    assert imagecache.apt_source_files(tmp_path) == [d / "debian.sources", d / "extra.list"]
+    (tmp_path / "sources.list").write_text("deb http://deb.example/debian stable main\n")
+    assert imagecache.apt_source_files(tmp_path)[0] == tmp_path / "sources.list"
+    assert imagecache.apt_source_files(tmp_path / "missing") == []
 
 
 def _layer(tmp_path: Path) -> oci.Layer:

@@ -14,6 +14,7 @@ from kernelsession.localcluster.building import binaries, images, oci
 from kernelsession.localcluster.deploy import ingress
 
 IMAGE = "localhost/kernelsession/traefik:0123456789abcdef"
+PROXY_IMAGE = "localhost/kernelsession/base:0123456789abcdef"
 
 
 def _by_kind(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -23,12 +24,13 @@ def _by_kind(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def test_objects_and_their_order() -> None:
-    objs = ingress.ingress_manifests(IMAGE)
+    objs = ingress.ingress_manifests(IMAGE, proxy_image=PROXY_IMAGE)
     assert [o["kind"] for o in objs] == [
         "Namespace",
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
+        "ConfigMap",
         "Service",
         "Deployment",
         "IngressClass",
@@ -43,7 +45,7 @@ def test_objects_and_their_order() -> None:
 
 
 def test_rbac_is_exactly_what_the_provider_reads_and_writes() -> None:
-    k = _by_kind(ingress.ingress_manifests(IMAGE))
+    k = _by_kind(ingress.ingress_manifests(IMAGE, proxy_image=PROXY_IMAGE))
     granted = {
         (group, resource, verb)
         for rule in k["ClusterRole"]["rules"]
@@ -53,7 +55,6 @@ def test_rbac_is_exactly_what_the_provider_reads_and_writes() -> None:
     }
     watched = [
         ("", "services"),
-        ("", "secrets"),
         ("", "nodes"),
         ("discovery.k8s.io", "endpointslices"),
         ("networking.k8s.io", "ingresses"),
@@ -71,9 +72,9 @@ def test_rbac_is_exactly_what_the_provider_reads_and_writes() -> None:
 
 
 def test_deployment_is_hardened_and_probed() -> None:
-    k = _by_kind(ingress.ingress_manifests(IMAGE))
+    k = _by_kind(ingress.ingress_manifests(IMAGE, proxy_image=PROXY_IMAGE))
     pod = k["Deployment"]["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
+    container, _proxy = pod["containers"]
     assert container["image"] == IMAGE
     assert container["imagePullPolicy"] == "IfNotPresent"
     sc = container["securityContext"]
@@ -91,7 +92,7 @@ def test_deployment_is_hardened_and_probed() -> None:
 
 
 def test_service_and_selector_match_the_pod_labels() -> None:
-    k = _by_kind(ingress.ingress_manifests(IMAGE))
+    k = _by_kind(ingress.ingress_manifests(IMAGE, proxy_image=PROXY_IMAGE))
     labels = k["Deployment"]["spec"]["template"]["metadata"]["labels"]
     assert ingress.POD_LABELS == {"app.kubernetes.io/name": "traefik"}
     assert k["Deployment"]["spec"]["selector"]["matchLabels"] == dict(ingress.POD_LABELS)
@@ -106,12 +107,16 @@ def test_service_and_selector_match_the_pod_labels() -> None:
 
 
 def test_ingress_class() -> None:
-    k = _by_kind(ingress.ingress_manifests(IMAGE))
+    k = _by_kind(ingress.ingress_manifests(IMAGE, proxy_image=PROXY_IMAGE))
     ic = k["IngressClass"]
     assert ic["metadata"]["name"] == "traefik"
     assert ic["spec"] == {"controller": "traefik.io/ingress-controller"}
     assert ic["metadata"]["annotations"] == {"ingressclass.kubernetes.io/is-default-class": "true"}
-    other = _by_kind(ingress.ingress_manifests(IMAGE, class_name="edge", default_class=False))
+    other = _by_kind(
+        ingress.ingress_manifests(
+            IMAGE, proxy_image=PROXY_IMAGE, class_name="edge", default_class=False
+        )
+    )
     assert "annotations" not in other["IngressClass"]["metadata"]
     assert (
         "--providers.kubernetesingress.ingressClass=edge"
@@ -139,8 +144,10 @@ def test_flags_route_ingresses_keep_websockets_and_contact_nothing_outside() -> 
 
 
 def test_manifests_are_json_serialisable_and_deterministic() -> None:
-    a = json.dumps(ingress.ingress_manifests(IMAGE), sort_keys=True)
-    assert a == json.dumps(ingress.ingress_manifests(IMAGE), sort_keys=True)
+    a = json.dumps(ingress.ingress_manifests(IMAGE, proxy_image=PROXY_IMAGE), sort_keys=True)
+    assert a == json.dumps(
+        ingress.ingress_manifests(IMAGE, proxy_image=PROXY_IMAGE), sort_keys=True
+    )
 
 
 def test_controller_urls() -> None:
@@ -226,3 +233,61 @@ def test_default_image_set_has_no_ingress() -> None:
     assert "traefik" not in images.NAMES
     assert "traefik" not in images.NODE_IMAGES
     assert images.OPTIONAL_IMAGES == ("traefik",)
+
+
+def test_traefik_reads_no_secret_through_its_api_proxy() -> None:
+    """Traefik's service account has no access to Secrets; its API proxy sidecar never asks
+    the API server for one and answers Traefik's own requests for them with nothing."""
+    k = _by_kind(ingress.ingress_manifests(IMAGE, proxy_image=PROXY_IMAGE))
+    assert not any("secrets" in rule["resources"] for rule in k["ClusterRole"]["rules"])
+    pod = k["Deployment"]["spec"]["template"]["spec"]
+    traefik, proxy = pod["containers"]
+    assert "--providers.kubernetesingress.endpoint=http://127.0.0.1:8001" in traefik["args"]
+    assert proxy["image"] == PROXY_IMAGE
+    assert proxy["securityContext"] == traefik["securityContext"]
+    source = k["ConfigMap"]["data"]["apiproxy.py"]
+    assert "def secret_answer" in source
+    assert {"name": "apiproxy", "configMap": {"name": "traefik-apiproxy"}} in pod["volumes"]
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "status", "documents", "kept_open"),
+    [
+        ("GET", "/api/v1/secrets?labelSelector=owner%21%3Dhelm&limit=500", 200, 1, 0.0),
+        ("GET", "/api/v1/namespaces/labs/secrets?resourceVersion=0", 200, 1, 0.0),
+        ("GET", "/api/v1/secrets?watch=true&timeoutSeconds=42", 200, 0, 42.0),
+        ("GET", "/api/v1/secrets?watch=1&sendInitialEvents=true&timeoutSeconds=9", 200, 1, 9.0),
+        ("GET", "/api/v1/namespaces/labs/secrets/acc-bob-token", 404, 1, 0.0),
+        ("DELETE", "/api/v1/namespaces/labs/secrets/acc-bob-token", 403, 1, 0.0),
+    ],
+)
+def test_api_proxy_answers_secret_requests_itself(
+    method: str, target: str, status: int, documents: int, kept_open: float
+) -> None:
+    from kernelsession.localcluster.deploy._ingress_apiproxy import secret_answer
+
+    answer = secret_answer(method, target)
+    assert answer is not None
+    got_status, docs, seconds = answer
+    assert (got_status, len(docs), seconds) == (status, documents, kept_open)
+    for doc in docs:
+        parsed = json.loads(doc)
+        assert "data" not in parsed
+        assert "data" not in parsed.get("object", {})
+        if parsed.get("kind") == "SecretList":
+            assert parsed["items"] == []
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/api/v1/services?watch=true",
+        "/apis/networking.k8s.io/v1/ingresses",
+        "/api/v1/namespaces/secrets/services",  # a namespace named "secrets"
+        "/version",
+    ],
+)
+def test_api_proxy_forwards_everything_else(target: str) -> None:
+    from kernelsession.localcluster.deploy._ingress_apiproxy import secret_answer
+
+    assert secret_answer("GET", target) is None

@@ -87,7 +87,7 @@ def test_user_env_and_scheduling_fields_pass_through() -> None:
         "env": [{"name": "A", "value": "1"}],
         "nodeSelector": {"disk": "ssd"},
         "tolerations": [{"key": "k", "operator": "Exists"}],
-        "podLabels": {"team": "x", naming.SESSION_LABEL: "spoofed"},
+        "podLabels": {"team": "x", naming.SESSION_LABEL: "spoofed", naming.CLIENT_LABEL: "true"},
         "resources": {"requests": {"cpu": "1"}},
     }
     pod = builders.lab_pod({**SESSION, "spec": spec}, Settings(), "u")
@@ -98,6 +98,7 @@ def test_user_env_and_scheduling_fields_pass_through() -> None:
     assert pod["spec"]["tolerations"] == [{"key": "k", "operator": "Exists"}]
     assert pod["metadata"]["labels"]["team"] == "x"
     assert pod["metadata"]["labels"][naming.SESSION_LABEL] == "alice"  # ours win
+    assert naming.CLIENT_LABEL not in pod["metadata"]["labels"]  # a lab is never a client
 
 
 def test_service_and_network_policy() -> None:
@@ -110,7 +111,7 @@ def test_service_and_network_policy() -> None:
     assert pol["spec"]["policyTypes"] == ["Ingress"]
     (rule,) = pol["spec"]["ingress"]
     client, operator = rule["from"]
-    assert client["podSelector"]["matchLabels"] == {naming.CLIENT_LABEL: "true"}
+    assert client == {"podSelector": {"matchLabels": {naming.CLIENT_LABEL: "true"}}}
     assert operator["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "ops"}
     assert rule["ports"] == [{"protocol": "TCP", "port": 8888}]
 
@@ -127,12 +128,20 @@ def test_lab_url(mode: str, ip: str | None, expected: str | None) -> None:
     assert builders.lab_url(SESSION, Settings(url_mode=mode), ip) == expected  # type: ignore[arg-type]
 
 
-def test_home_claim_is_owned_labelled_and_sized() -> None:
+def test_home_claim_is_retained_by_default_owned_with_delete_labelled_and_sized() -> None:
     assert builders.home_claim(SESSION) is None
-    body = SESSION | {"spec": {"user": "alice", "home": {"size": "5Gi", "storageClassName": "x"}}}
+    home = {"size": "5Gi", "storageClassName": "x"}
+    body = SESSION | {"spec": {"user": "alice", "home": home}}
     claim = builders.home_claim(body)
     assert claim is not None
-    _owner_ok(claim)
+    assert "ownerReferences" not in claim["metadata"]  # the garbage collector leaves it
+    assert claim["metadata"]["labels"][naming.USER_LABEL] == "alice"
+    assert claim["metadata"]["labels"][naming.SESSION_LABEL] == SESSION["metadata"]["name"]
+    assert claim["metadata"]["namespace"] == SESSION["metadata"]["namespace"]
+    deleted = SESSION | {"spec": {"user": "alice", "home": home | {"reclaimPolicy": "Delete"}}}
+    owned = builders.home_claim(deleted)
+    assert owned is not None
+    _owner_ok(owned)
     assert claim["metadata"]["name"] == "alice-home"
     assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
     assert claim["spec"]["storageClassName"] == "x"
@@ -264,3 +273,32 @@ def test_child_patch_restores_spec_and_our_annotations_only() -> None:
     assert patch["spec"]["rules"] == spec["rules"]
     assert patch["spec"]["defaultBackend"] is None  # removed by the merge patch
     assert patch["spec"]["tls"] == spec["tls"]
+
+
+def test_claim_owner_patch_follows_the_reclaim_policy() -> None:
+    uid = SESSION["metadata"]["uid"]
+    retain = SESSION | {"spec": {"user": "alice", "home": {}}}
+    delete = SESSION | {"spec": {"user": "alice", "home": {"reclaimPolicy": "Delete"}}}
+    assert builders.claim_owner_patch(retain, (), "5") is None
+    drop = builders.claim_owner_patch(retain, (uid,), "5")
+    assert drop == {"metadata": {"ownerReferences": None, "resourceVersion": "5"}}
+    assert builders.claim_owner_patch(delete, (uid,), "5") is None
+    add = builders.claim_owner_patch(delete, (), "5")
+    assert add is not None
+    assert [o["uid"] for o in add["metadata"]["ownerReferences"]] == [uid]
+
+
+def test_spec_hash_ignores_what_needs_no_new_pod() -> None:
+    base = builders.spec_hash(SESSION, "u")
+    calm = SESSION | {
+        "spec": {
+            **SESSION["spec"],
+            "culling": {"idleTimeoutSeconds": 5},
+            "startTimeoutSeconds": 9,
+            "suspend": False,
+        }
+    }
+    assert builders.spec_hash(calm, "u") == base
+    assert builders.spec_hash(SESSION, "other-token") != base
+    image = SESSION | {"spec": {**SESSION["spec"], "image": "x:2"}}
+    assert builders.spec_hash(image, "u") != base

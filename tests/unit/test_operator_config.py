@@ -41,6 +41,8 @@ def test_values_are_parsed() -> None:
         ("DEFAULT_RESOURCES", '{"cpu": 1}'),
         ("URL_MODE", "magic"),
         ("LOG_FORMAT", "xml"),
+        ("PROFILE_NAMESPACE_PREFIX", "Lab_"),
+        ("PROFILE_NAMESPACE_PREFIX", "-lab"),
     ],
 )
 def test_bad_values_name_the_variable(var: str, value: str) -> None:
@@ -133,3 +135,12 @@ def test_ingress_defaults_and_external_base() -> None:
 def test_bad_ingress_values_name_the_variable(var: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"KERNELSESSION_{var}"):
         from_env(INGRESS_ON | {f"KERNELSESSION_{var}": value})
+
+
+def test_profile_namespaces_and_patterns() -> None:
+    s = from_env({"KERNELSESSION_NAMESPACES": "labs,lab-*"})
+    assert s.namespaces == ("labs", "lab-*")
+    assert s.profile_namespace_prefix == "lab-"
+    assert (
+        from_env({"KERNELSESSION_PROFILE_NAMESPACE_PREFIX": "u-"}).profile_namespace_prefix == "u-"
+    )

@@ -75,7 +75,11 @@ def pod(
     created: datetime = NOW - timedelta(seconds=10),
     deleting: bool = False,
     cfg: Settings = CFG,
+    spec_hash: str | None = "",
 ) -> Any:
+    """A lab pod of ``body`` as the watch shows it. Named other than the desired pod, it
+    is a pod of another spec (``spec_hash`` "" picks "other-spec"); ``spec_hash`` None:
+    a pod of an operator that did not label it."""
     conditions: list[dict[str, Any]] = [{"type": "Ready", "status": "True" if ready else "False"}]
     if unschedulable:
         conditions.append(
@@ -94,6 +98,12 @@ def pod(
     if deleting:
         meta["deletionTimestamp"] = st.fmt_time(NOW)
     manifest = builders.lab_pod(body, cfg, UID)
+    labels = dict(manifest["metadata"]["labels"])
+    if spec_hash is None:
+        labels.pop(naming.SPEC_HASH_LABEL)
+    elif spec_hash or name:
+        labels[naming.SPEC_HASH_LABEL] = spec_hash or "other-spec"
+    meta["labels"] = labels
     return read_pod(
         {
             "metadata": meta,
@@ -208,7 +218,7 @@ def test_spec_change_rolls_the_pod() -> None:
     old = pod(body, name="alice-lab-old")
     d = decide(obs(body, pods=(old,)), CFG)
     assert deleted(d) == ["alice-lab-old"]
-    assert kinds(d) == ["Pod"]
+    assert not kinds(d)  # the new pod once the old one is gone
 
 
 def test_deleting_session_is_terminating_and_touches_nothing() -> None:
@@ -383,7 +393,7 @@ def test_home_claim_is_created_and_the_pod_waits_for_it() -> None:
 
 def test_unbound_immediate_claim_shows_its_event() -> None:
     body = session(HOME)
-    claim = ClaimView("alice-home", "Pending", "fast")
+    claim = ClaimView("alice-home", "Pending", "fast", user="alice")
     home = HomeView("fast", True, "Immediate", "ProvisioningFailed: disk quota exceeded")
     d = decide(obs(body, claim=claim, home=home), CFG)
     s = status_of(d)
@@ -396,7 +406,7 @@ def test_unbound_immediate_claim_shows_its_event() -> None:
 
 def test_wait_for_first_consumer_creates_the_pod() -> None:
     body = session(HOME)
-    claim = ClaimView("alice-home", "Pending", "fast")
+    claim = ClaimView("alice-home", "Pending", "fast", user="alice")
     home = HomeView("fast", True, "WaitForFirstConsumer", None)
     d = decide(obs(body, claim=claim, home=home), CFG)
     assert kinds(d) == ["Pod"]
@@ -404,7 +414,7 @@ def test_wait_for_first_consumer_creates_the_pod() -> None:
 
 def test_pod_unschedulable_for_an_unbound_claim_is_home_pending() -> None:
     body = session(HOME)
-    claim = ClaimView("alice-home", "Pending", "fast")
+    claim = ClaimView("alice-home", "Pending", "fast", user="alice")
     home = HomeView("fast", True, "WaitForFirstConsumer", None)
     p = pod(body, unschedulable="pod has unbound immediate PersistentVolumeClaims")
     d = decide(obs(body, claim=claim, home=home, pods=(p,)), CFG)
@@ -413,7 +423,7 @@ def test_pod_unschedulable_for_an_unbound_claim_is_home_pending() -> None:
 
 def test_missing_storage_class_says_so() -> None:
     body = session(HOME)
-    claim = ClaimView("alice-home", "Pending", "fast")
+    claim = ClaimView("alice-home", "Pending", "fast", user="alice")
     d = decide(obs(body, claim=claim, home=HomeView("fast", False, None, None)), CFG)
     s = status_of(d)
     assert (s["phase"], s["reason"]) == (st.FAILED, "HomeUnavailable")
@@ -424,7 +434,7 @@ def test_missing_storage_class_says_so() -> None:
 
 def test_lost_claim_is_home_unavailable_and_no_pod_starts() -> None:
     body = session(HOME)
-    claim = ClaimView("alice-home", "Lost", "fast")
+    claim = ClaimView("alice-home", "Lost", "fast", user="alice")
     d = decide(obs(body, claim=claim), CFG)
     s = status_of(d)
     assert (s["phase"], s["reason"]) == (st.FAILED, "HomeUnavailable")
@@ -442,7 +452,7 @@ def test_refused_claim_is_home_unavailable() -> None:
 
 def test_bound_home_runs_the_lab_and_is_never_deleted() -> None:
     body = session(HOME, {"phase": "Ready"})
-    claim = ClaimView("alice-home", "Bound", "fast")
+    claim = ClaimView("alice-home", "Bound", "fast", user="alice")
     p = pod(body, created=NOW - timedelta(seconds=9000))
     d = decide(obs(body, claim=claim, pods=(p,), activity=idle(5000)), CFG)
     assert status_of(d)["phase"] == st.CULLED
@@ -510,7 +520,7 @@ def test_terminating_old_pod_while_rolling() -> None:
     old = pod(body, name="alice-lab-old", deleting=True)
     d = decide(obs(body, pods=(old,)), CFG)
     assert not deleted(d)  # already going
-    assert kinds(d) == ["Pod"]
+    assert not kinds(d)  # the new pod once the old one is gone
 
 
 # -- an Ingress per session ------------------------------------------------------------
@@ -569,3 +579,222 @@ def test_a_suspended_session_keeps_its_route() -> None:
     assert not d.of(Delete)
     assert not d.of(Patch)
     assert not d.of(Create)
+
+
+# -- operator upgrades and settings changes (rollout) ----------------------------------
+OLD = replace(CFG, lab_extra_args=("--ServerApp.shutdown_no_activity_timeout=0",))
+"""The operator's settings before a change: its labs' template differs from CFG's."""
+
+
+def busy(seconds: float = 1) -> LabActivity:
+    at = NOW - timedelta(seconds=seconds)
+    return LabActivity(at, at, (KernelActivity("busy", 1, at),))
+
+
+def connected(seconds: float = 1) -> LabActivity:
+    at = NOW - timedelta(seconds=seconds)
+    return LabActivity(at, at, (KernelActivity("idle", 1, at),))
+
+
+def condition(d: Decision, kind: str) -> dict[str, Any]:
+    return next(c for c in status_of(d)["conditions"] if c["type"] == kind)
+
+
+def test_settings_change_keeps_the_running_lab_and_says_it_is_outdated() -> None:
+    body = session(status={"phase": "Ready", "observedGeneration": 1})
+    running = pod(body, cfg=OLD)
+    assert running.name != desired_name(body)  # the template did change
+    d = decide(obs(body, pods=(running,), activity=busy()), CFG)
+    assert not deleted(d)
+    assert not kinds(d)
+    s = status_of(d)
+    assert (s["phase"], s["podName"]) == (st.READY, running.name)
+    up = condition(d, "UpToDate")
+    assert (up["status"], up["reason"]) == ("False", "TemplateChanged")
+
+
+def test_current_lab_is_up_to_date() -> None:
+    body = session()
+    d = decide(obs(body, pods=(pod(body),), activity=idle(1)), CFG)
+    assert condition(d, "UpToDate")["status"] == "True"
+
+
+def test_pod_of_an_operator_that_did_not_label_spec_hash_is_kept() -> None:
+    body = session(status={"phase": "Ready"})
+    legacy = pod(body, cfg=OLD, spec_hash=None)
+    d = decide(obs(body, pods=(legacy,), activity=idle(1)), CFG)
+    assert not deleted(d)
+    assert not kinds(d)
+    assert status_of(d)["podName"] == legacy.name
+
+
+def test_spec_change_replaces_an_outdated_lab() -> None:
+    before = session()
+    running = pod(before, cfg=OLD)
+    after = session({"image": "new:2"}, {"phase": "Ready", "observedGeneration": 1}, generation=2)
+    d = decide(obs(after, pods=(running,), activity=busy()), CFG)
+    assert deleted(d) == [running.name]
+    assert not kinds(d)  # the new pod once the old one is gone
+
+
+def test_culling_or_start_timeout_change_never_restarts_the_lab() -> None:
+    before = session()
+    running = pod(before)
+    after = session(
+        {"culling": {"idleTimeoutSeconds": 60000}, "startTimeoutSeconds": 900},
+        {"phase": "Ready", "observedGeneration": 1},
+        generation=2,
+    )
+    d = decide(obs(after, pods=(running,), activity=idle(1)), CFG)
+    assert not deleted(d)
+    assert not kinds(d)
+    assert condition(d, "UpToDate")["status"] == "False"  # the probe settings apply later
+
+
+def test_resume_annotation_starts_an_outdated_lab_with_the_new_template() -> None:
+    body = session(
+        status={"phase": "Ready", "resumeRequest": "1"},
+        annotations={naming.RESUME_ANNOTATION: "2"},
+    )
+    running = pod(body, cfg=OLD)
+    d = decide(obs(body, pods=(running,), activity=idle(1)), CFG)
+    assert deleted(d) == [running.name]
+    assert not kinds(d)  # the new pod once the old one is gone
+
+
+def test_outdated_pod_that_does_not_run_is_replaced() -> None:
+    body = session()
+    stuck = pod(body, cfg=OLD, ready=False, phase="Failed")
+    d = decide(obs(body, pods=(stuck,)), CFG)
+    assert deleted(d) == [stuck.name]
+    assert not kinds(d)  # the new pod once the old one is gone
+
+
+IDLE_ROLLOUT = replace(CFG, rollout="idle", rollout_max=2)
+
+
+def test_idle_rollout_replaces_an_idle_outdated_lab_with_an_event() -> None:
+    body = session(status={"phase": "Ready"})
+    running = pod(body, cfg=OLD)
+    d = decide(
+        obs(body, IDLE_ROLLOUT, pods=(running,), activity=idle(5), rollout_slots=1), IDLE_ROLLOUT
+    )
+    assert [(a.name, a.rollout) for a in d.of(DeletePod)] == [(running.name, True)]
+    assert not kinds(d)  # the new pod once the old one is gone
+    assert "RollingOut" in emitted(d)
+    assert (status_of(d)["phase"], status_of(d)["reason"]) == (st.STARTING, "Rolling")
+
+
+@pytest.mark.parametrize(
+    ("activity", "slots"),
+    [(busy(), 1), (connected(), 1), (idle(5), 0), (None, 1)],
+    ids=["busy", "connected", "no-slot", "not-answering"],
+)
+def test_idle_rollout_never_replaces_a_busy_connected_or_unseen_lab(
+    activity: LabActivity | None, slots: int
+) -> None:
+    body = session(status={"phase": "Ready"})
+    running = pod(body, cfg=OLD)
+    d = decide(
+        obs(body, IDLE_ROLLOUT, pods=(running,), activity=activity, rollout_slots=slots),
+        IDLE_ROLLOUT,
+    )
+    assert not deleted(d)
+    assert not kinds(d)
+    assert "RollingOut" not in emitted(d)
+
+
+def test_without_a_rollout_policy_an_idle_outdated_lab_is_kept() -> None:
+    body = session(status={"phase": "Ready"})
+    running = pod(body, cfg=OLD)
+    d = decide(obs(body, pods=(running,), activity=idle(5), rollout_slots=5), CFG)
+    assert not deleted(d)
+    assert not kinds(d)
+
+
+def test_outdated_lab_keeps_its_own_base_path_when_ingresses_are_turned_on() -> None:
+    body = session(status={"phase": "Ready"})
+    running = pod(body, cfg=CFG)
+    d = decide(obs(body, ROUTED, pods=(running,), activity=idle(1)), ROUTED)
+    assert not deleted(d)
+    assert status_of(d)["url"] == "http://127.0.1.2:8888/"
+
+
+def test_cull_of_a_lab_without_home_says_its_files_are_gone() -> None:
+    body = session({"culling": {"idleTimeoutSeconds": 60}}, {"phase": "Ready"})
+    p = pod(body, created=NOW - timedelta(seconds=600))
+    d = decide(obs(body, pods=(p,), activity=idle(120)), CFG)
+    assert "files are gone" in status_of(d)["message"]
+    culled = next(a for a in d.of(Emit) if a.reason == "Culled")
+    assert "files are gone" in culled.message
+    with_home = session({"culling": {"idleTimeoutSeconds": 60}, "home": {}}, {"phase": "Ready"})
+    p = pod(with_home, created=NOW - timedelta(seconds=600))
+    d = decide(
+        obs(
+            with_home,
+            pods=(p,),
+            activity=idle(120),
+            claim=ClaimView("alice-home", "Bound", None, user="alice"),
+        ),
+        CFG,
+    )
+    assert "files are gone" not in status_of(d)["message"]
+
+
+# -- a token left by an earlier session of the same name --------------------------------
+def test_token_of_an_earlier_session_is_never_used_and_waited_for() -> None:
+    body = session()
+    d = decide(obs(body, token_uid=None, stale_token_uid="old-secret-uid"), CFG)
+    assert not d.of(CreateToken)
+    assert not [a for a in d.of(Create) if a.kind == "Pod"]
+    assert (status_of(d)["phase"], status_of(d)["reason"]) == (st.PENDING, "TokenPending")
+    assert "tokenSecretName" not in status_of(d)
+    again = decide(obs(body, token_uid=None), CFG)  # the garbage collector removed it
+    assert again.of(CreateToken)
+
+
+# -- home volumes outlive sessions ------------------------------------------------------
+def test_retained_home_of_the_same_user_is_mounted_again() -> None:
+    body = session({"home": {}})
+    claim = ClaimView("alice-home", "Bound", None, user="alice")
+    d = decide(obs(body, claim=claim), CFG)
+    assert kinds(d) == ["Pod"]
+    assert not d.of(Patch)
+
+
+def test_home_of_another_user_is_a_conflict_and_never_mounted() -> None:
+    body = session({"home": {}})
+    claim = ClaimView("alice-home", "Bound", None, user="bob")
+    d = decide(obs(body, claim=claim), CFG)
+    s = status_of(d)
+    assert (s["phase"], s["reason"]) == (st.FAILED, "HomeConflict")
+    assert "'bob'" in s["message"]
+    assert not kinds(d)
+    assert not d.of(Patch)
+
+
+def test_claim_owned_by_the_session_loses_its_owner_under_retain() -> None:
+    body = session({"home": {}})
+    claim = ClaimView(
+        "alice-home", "Bound", None, user="alice", owners=("ks-uid",), resource_version="4"
+    )
+    d = decide(obs(body, claim=claim), CFG)
+    (patch,) = d.of(Patch)
+    assert patch.kind == "PersistentVolumeClaim"
+    assert patch.patch["metadata"]["ownerReferences"] is None
+
+
+def test_claim_of_an_earlier_session_being_deleted_is_waited_for() -> None:
+    body = session({"home": {}})
+    claim = ClaimView("alice-home", "Bound", None, user="alice", owners=("old-ks-uid",))
+    d = decide(obs(body, claim=claim), CFG)
+    assert not kinds(d)
+    assert not d.of(Patch)
+    assert status_of(d)["reason"] == "HomePending"
+
+
+def test_the_new_pod_is_created_once_the_old_one_is_gone() -> None:
+    body = session({"image": "new:2"}, {"phase": "Starting"}, generation=2)
+    going = pod(body, name="alice-lab-old", deleting=True)
+    assert not kinds(decide(obs(body, pods=(going,)), CFG))
+    assert kinds(decide(obs(body, pods=()), CFG)) == ["Pod"]

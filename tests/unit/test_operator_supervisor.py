@@ -9,6 +9,7 @@ import pytest
 
 from kernelsession.operator import reconcile, supervisor
 from kernelsession.operator.config import Settings
+from kernelsession.operator.errors import SessionGone
 from kernelsession.operator.runtime import Indexes, Runtime
 from kernelsession.operator.state import SessionState
 
@@ -67,3 +68,16 @@ async def test_a_failing_pass_is_retried_not_fatal(monkeypatch: pytest.MonkeyPat
     assert calls == 3
     assert not task.done()  # still looking after the session
     task.cancel()
+
+
+async def test_a_session_found_gone_is_forgotten_and_its_loop_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def gone(*_: Any, **__: Any) -> float:
+        raise SessionGone("labs/a")
+
+    monkeypatch.setattr(reconcile, "reconcile", gone)
+    rt = runtime(bound=1)
+    s = rt.sessions.remember(("labs", "a"), {"metadata": {"name": "a", "namespace": "labs"}})
+    await asyncio.wait_for(supervisor.session_loop(rt, s), timeout=5)
+    assert rt.sessions.get(("labs", "a")) is None

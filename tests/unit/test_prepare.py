@@ -8,7 +8,6 @@ import io
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,16 +21,25 @@ def _py(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-def test_parts_run_side_by_side_with_prefixed_lines() -> None:
-    parts = [
-        prepare.Part("a", _py("import time; print('a1', flush=True); time.sleep(1); print('a2')")),
-        prepare.Part("b", _py("import time; print('b1', flush=True); time.sleep(1); print('b2')")),
-    ]
+def test_parts_run_side_by_side_with_prefixed_lines(tmp_path: Path) -> None:
+    # Each part waits (30 s at most) for the other to have started: run one after the
+    # other, the first would give up and fail.
+    def part(me: str, other: str) -> prepare.Part:
+        code = (
+            "import pathlib, sys, time\n"
+            f"d = pathlib.Path({str(tmp_path)!r}); (d / {me!r}).touch()\n"
+            f"print('{me}1', flush=True)\n"
+            "deadline = time.monotonic() + 30\n"
+            f"while not (d / {other!r}).exists():\n"
+            "    if time.monotonic() > deadline: sys.exit('ran alone')\n"
+            "    time.sleep(0.05)\n"
+            f"print('{me}2')\n"
+        )
+        return prepare.Part(me, _py(code))
+
+    parts = [part("a", "b"), part("b", "a")]
     out = io.StringIO()
-    started = time.monotonic()
     prepare.run_parts(parts, out=out)
-    elapsed = time.monotonic() - started
-    assert elapsed < 1.9, "the parts ran one after the other"
     lines = out.getvalue().splitlines()
     for name in ("a", "b"):
         mine = [line for line in lines if line.startswith(f"[{name} ")]
@@ -152,9 +160,17 @@ def _script_env(tmp_path: Path, fake_go: str) -> dict[str, str]:
     )
 
 
-# A stand-in for `go build -o OUT PKG...`: sleeps 1 s, then writes an executable per package
+# A stand-in for `go build -o OUT PKG...`: waits (30 s at most) until three builds have
+# started, so builds run one after the other fail, then writes an executable per package
 # (named like go does) that answers --version.
-FAKE_GO = r"""#!/usr/bin/env bash
+RENDEZVOUS = r"""mkdir -p "$TMPDIR/go-started"; touch "$TMPDIR/go-started/$$"
+for _ in $(seq 600); do
+  [ "$(ls "$TMPDIR/go-started" | wc -l)" -ge 3 ] && break; sleep 0.05
+done
+[ "$(ls "$TMPDIR/go-started" | wc -l)" -ge 3 ] || { echo "ran alone"; exit 1; }
+"""
+FAKE_GO = (
+    r"""#!/usr/bin/env bash
 [ "$1" = build ] || exit 0
 shift; out=
 while [ $# -gt 0 ]; do
@@ -165,18 +181,19 @@ while [ $# -gt 0 ]; do
     *) break ;;
   esac
 done
-sleep 1
-for pkg in "$@"; do
+"""
+    + RENDEZVOUS
+    + r"""for pkg in "$@"; do
   name=${pkg##*/}
   case $out in */) dest=$out$name ;; *) dest=$out ;; esac
   printf '#!/bin/sh\necho %s fake\n' "$name" > "$dest"; chmod +x "$dest"
 done
 """
+)
 
 
 def test_build_node_builds_its_parts_side_by_side(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    started = time.monotonic()
     result = subprocess.run(
         ["bash", str(REPO / binaries.NODE_BUILD_SCRIPT), str(out)],
         env=_script_env(tmp_path, FAKE_GO),
@@ -185,7 +202,7 @@ def test_build_node_builds_its_parts_side_by_side(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert time.monotonic() - started < 2.8, "the three builds ran one after the other"
+    assert "ran alone" not in result.stdout + result.stderr  # each build met the others
     assert binaries.NodeBinaries.complete(out)
     for label in ("containerd v9", "coredns v8", "local-path-provisioner v7"):
         assert f"built: {label} in " in result.stdout
@@ -193,7 +210,7 @@ def test_build_node_builds_its_parts_side_by_side(tmp_path: Path) -> None:
 
 def test_build_node_reports_the_failing_part_with_its_output(tmp_path: Path) -> None:
     fail = 'case "$*" in *coredns*) echo "no luck"; exit 1;; esac\n'
-    failing = FAKE_GO.replace("sleep 1\n", fail)
+    failing = FAKE_GO.replace(RENDEZVOUS, fail)
     result = subprocess.run(
         ["bash", str(REPO / binaries.NODE_BUILD_SCRIPT), str(tmp_path / "out")],
         env=_script_env(tmp_path, failing),

@@ -177,19 +177,19 @@ class KernelConnection:
         """Decode and route one websocket message (called from the protocol, in order)."""
         try:
             msg = decode_frame(frame, subprotocol)
+            # v1 parts are decoded as they are read, here or while routing
+            if (
+                msg.msg_type == "status"
+                and not msg.parent_msg_id
+                and msg.content.get("execution_state") in ("restarting", "dead")
+            ):
+                self._kernel_restarted = True
+                self._logger.warning(
+                    "Kernel restarting or dead", execution_state=msg.content.get("execution_state")
+                )
+            self.router.dispatch(msg)
         except (ProtocolError, ValueError, UnicodeDecodeError) as e:
             self._logger.warning("Dropping malformed kernel frame", error=str(e))
-            return
-        if (
-            msg.msg_type == "status"
-            and not msg.parent_msg_id
-            and msg.content.get("execution_state") in ("restarting", "dead")
-        ):
-            self._kernel_restarted = True
-            self._logger.warning(
-                "Kernel restarting or dead", execution_state=msg.content.get("execution_state")
-            )
-        self.router.dispatch(msg)
 
     async def _read(self, ws: ClientConnection) -> tuple[int | None, str | None]:
         """Wait until ``ws`` ends (its messages go to :meth:`_on_message`); its close code."""

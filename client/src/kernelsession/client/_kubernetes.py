@@ -227,6 +227,9 @@ class KernelSessionClient:
                     resource_version=version,
                     timeout_seconds=max(1, int(min(left, 60))),
                     allow_watch_bookmarks=False,
+                    # a watch outlives the default request deadline: its own, a little
+                    # longer than the server's timeout_seconds
+                    _request_timeout=min(left, 60) + 10,
                 )
                 async with asyncio.timeout(left + 5):
                     async for event in stream:

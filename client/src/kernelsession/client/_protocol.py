@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import struct
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,16 +45,106 @@ class ProtocolError(ValueError):
     """A websocket frame is not a well-formed kernel message."""
 
 
-@dataclass(slots=True)
-class KernelMessage:
-    """One Jupyter message, with the channel it travelled on."""
+_Part = bytes | memoryview
+#: ``"key": "value"`` of a flat JSON object whose value needs no unescaping. Only a key
+#: is followed by ``:`` (a ``"`` inside a string value is always escaped), so the first
+#: match is the key itself.
+_MSG_ID = re.compile(rb'"msg_id"\s*:\s*"([^"\\]*)"')
+_MSG_TYPE = re.compile(rb'"msg_type"\s*:\s*"([^"\\]*)"')
 
-    channel: str
-    header: dict[str, Any]
-    parent_header: dict[str, Any] = field(default_factory=dict)
-    metadata: dict[str, Any] = field(default_factory=dict)
-    content: dict[str, Any] = field(default_factory=dict)
-    buffers: list[bytes] = field(default_factory=list)
+
+class KernelMessage:
+    """One Jupyter message, with the channel it travelled on.
+
+    A message decoded from a v1 frame keeps its four JSON parts undecoded until
+    they are read: routing needs only the parent's ``msg_id`` and the type, which
+    are found without decoding (:attr:`parent_msg_id`, :attr:`msg_type`), and most
+    messages' metadata (and an ``execute_input``'s content) are never read. A part
+    that is not a JSON object raises :class:`ProtocolError` when it is read.
+    """
+
+    __slots__ = (
+        "_content",
+        "_header",
+        "_metadata",
+        "_parent_header",
+        "_raw",
+        "buffers",
+        "channel",
+    )
+
+    def __init__(
+        self,
+        channel: str,
+        header: dict[str, Any],
+        parent_header: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        content: dict[str, Any] | None = None,
+        buffers: list[bytes] | None = None,
+    ) -> None:
+        self.channel = channel
+        self._header: dict[str, Any] | None = header
+        self._parent_header: dict[str, Any] | None = {} if parent_header is None else parent_header
+        self._metadata: dict[str, Any] | None = {} if metadata is None else metadata
+        self._content: dict[str, Any] | None = {} if content is None else content
+        self.buffers: list[bytes] = [] if buffers is None else buffers
+        self._raw: list[_Part] | None = None
+
+    @classmethod
+    def _from_parts(cls, channel: str, parts: list[_Part], buffers: list[bytes]) -> KernelMessage:
+        msg = cls.__new__(cls)
+        msg.channel = channel
+        msg._header = msg._parent_header = msg._metadata = msg._content = None
+        msg.buffers = buffers
+        msg._raw = parts
+        return msg
+
+    def _part(self, index: int) -> dict[str, Any]:
+        assert self._raw is not None
+        try:
+            return _load(self._raw[index])
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            raise ProtocolError(f"message part {index} is not JSON: {e}") from e
+
+    @property
+    def header(self) -> dict[str, Any]:
+        if self._header is None:
+            self._header = self._part(0)
+        return self._header
+
+    @header.setter
+    def header(self, value: dict[str, Any]) -> None:
+        self._header = value
+
+    @property
+    def parent_header(self) -> dict[str, Any]:
+        if self._parent_header is None:
+            self._parent_header = self._part(1)
+        return self._parent_header
+
+    @parent_header.setter
+    def parent_header(self, value: dict[str, Any]) -> None:
+        self._parent_header = value
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        if self._metadata is None:
+            self._metadata = self._part(2)
+        return self._metadata
+
+    @metadata.setter
+    def metadata(self, value: dict[str, Any]) -> None:
+        self._metadata = value
+
+    @property
+    def content(self) -> dict[str, Any]:
+        if self._content is None:
+            self._content = self._part(3)
+        return self._content
+
+    @content.setter
+    def content(self, value: dict[str, Any]) -> None:
+        self._content = value
 
     @property
     def msg_id(self) -> str:
@@ -61,13 +152,48 @@ class KernelMessage:
 
     @property
     def msg_type(self) -> str:
+        if self._header is None:
+            found = _MSG_TYPE.search(self._raw[0]) if self._raw is not None else None
+            if found is not None:
+                return found.group(1).decode()
         return str(self.header.get("msg_type", ""))
 
     @property
     def parent_msg_id(self) -> str | None:
         """``msg_id`` of the request this message answers, or ``None``."""
+        if self._parent_header is None:
+            raw = self._raw[1] if self._raw is not None else b""
+            if len(raw) <= 2:
+                return None
+            found = _MSG_ID.search(raw)
+            if found is not None:
+                return found.group(1).decode() or None
         parent = self.parent_header.get("msg_id") if self.parent_header else None
         return str(parent) if parent else None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, KernelMessage):
+            return NotImplemented
+        return (
+            self.channel,
+            self.header,
+            self.parent_header,
+            self.metadata,
+            self.content,
+            self.buffers,
+        ) == (
+            other.channel,
+            other.header,
+            other.parent_header,
+            other.metadata,
+            other.content,
+            other.buffers,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"KernelMessage(channel={self.channel!r}, msg_type={self.msg_type!r})"
 
 
 def make_message(
@@ -117,44 +243,64 @@ def encode_v1(msg: KernelMessage) -> bytes:
 
 
 _loads = json.loads
+#: The C scanner behind ``json.loads``, called directly: one call instead of four.
+_Scanner = Callable[[str, int], tuple[Any, int]]
+_scan_once: _Scanner = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
-def _load(part: bytes | memoryview) -> dict[str, Any]:
+def _load(part: _Part) -> dict[str, Any]:
     # Most parent headers and metadata are "{}": no parser call for them. Decoding to
     # str first skips json's encoding detection on bytes.
     if len(part) <= 2 and (not part or part == b"{}"):
         return {}
-    value = _loads(str(part, "utf-8"))
+    text = str(part, "utf-8")
+    try:
+        value, end = _scan_once(text, 0)
+    except StopIteration:
+        value, end = None, -1
+    if end != len(text):  # leading or trailing space, or not JSON: json.loads decides
+        value = _loads(text)
     if not isinstance(value, dict):
         raise ProtocolError("message part is not a JSON object")
     return value
 
 
+_U64 = struct.Struct("<Q")
+_OFFSETS: dict[int, struct.Struct] = {}
+_SIX = struct.Struct("<6Q")
+
+
 def decode_v1(frame: bytes) -> KernelMessage:
-    """Parse a v1 binary frame."""
-    if len(frame) < 8:
+    """Parse a v1 binary frame (its JSON parts are decoded when read)."""
+    size = len(frame)
+    if size < 8:
         raise ProtocolError("v1 frame shorter than its offset count")
-    (count,) = struct.unpack_from("<Q", frame, 0)
-    if count < 2 or 8 * (count + 1) > len(frame):
-        raise ProtocolError(f"v1 frame has a bad offset count {count}")
-    offsets = list(struct.unpack_from(f"<{count}Q", frame, 8))
-    if offsets[0] != 8 * (count + 1) or any(b < a for a, b in itertools.pairwise(offsets)):
+    (count,) = _U64.unpack_from(frame, 0)
+    if count < 6 or 8 * (count + 1) > size:
+        if count < 2 or 8 * (count + 1) > size:
+            raise ProtocolError(f"v1 frame has a bad offset count {count}")
+        raise ProtocolError(f"v1 frame has {count - 2} parts, expected at least 4")
+    if count == 6:  # four parts, no buffers: almost every message
+        o0, o1, o2, o3, o4, o5 = _SIX.unpack_from(frame, 8)
+        if not (o0 == 56 and o0 <= o1 <= o2 <= o3 <= o4 <= o5 <= size):
+            raise ProtocolError("v1 frame offsets are not increasing or run past its end")
+        return KernelMessage._from_parts(
+            frame[o0:o1].decode(), [frame[o1:o2], frame[o2:o3], frame[o3:o4], frame[o4:o5]], []
+        )
+    table = _OFFSETS.get(count)
+    if table is None:
+        table = _OFFSETS.setdefault(count, struct.Struct(f"<{count}Q"))
+    offsets = table.unpack_from(frame, 8)
+    if offsets[0] != 8 * (count + 1) or list(offsets) != sorted(offsets):
         raise ProtocolError("v1 frame offsets are not increasing")
-    if offsets[-1] > len(frame):
+    if offsets[-1] > size:
         raise ProtocolError("v1 frame offsets run past its end")
     view = memoryview(frame)
-    channel = bytes(view[offsets[0] : offsets[1]]).decode()
-    parts = [view[offsets[i] : offsets[i + 1]] for i in range(1, count - 1)]
-    if len(parts) < 4:
-        raise ProtocolError(f"v1 frame has {len(parts)} parts, expected at least 4")
-    return KernelMessage(
-        channel=channel,
-        header=_load(parts[0]),
-        parent_header=_load(parts[1]),
-        metadata=_load(parts[2]),
-        content=_load(parts[3]),
-        buffers=[bytes(p) for p in parts[4:]],
-    )
+    o0, o1, o2, o3, o4, o5 = offsets[:6]
+    channel = str(view[o0:o1], "utf-8")
+    parts: list[_Part] = [view[o1:o2], view[o2:o3], view[o3:o4], view[o4:o5]]
+    buffers = [bytes(view[offsets[i] : offsets[i + 1]]) for i in range(5, count - 1)]
+    return KernelMessage._from_parts(channel, parts, buffers)
 
 
 def _from_dict(msg: dict[str, Any], buffers: list[bytes]) -> KernelMessage:

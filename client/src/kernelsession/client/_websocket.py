@@ -14,6 +14,7 @@ frame) when one is given; otherwise the connection works as websockets' own.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 from collections.abc import Callable
 from datetime import timedelta
@@ -86,25 +87,29 @@ class QuickAckClientConnection(KernelClientConnection):
     On platforms without ``TCP_QUICKACK`` it behaves like its base class.
     """
 
-    _quickack_sock: Any = None
+    _quickack: Callable[[], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         sock = transport.get_extra_info("socket")
         if _TCP_QUICKACK is not None and sock is not None and sock.family != socket.AF_UNIX:
+            rearm = functools.partial(sock.setsockopt, socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
             try:
-                sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+                rearm()
             except OSError:
                 return
-            self._quickack_sock = sock
+            self._quickack = rearm
 
     def data_received(self, data: bytes) -> None:
-        sock = self._quickack_sock
-        if sock is not None:
+        # The kernel leaves quick-ACK mode on its own: re-arm it once per read (one
+        # prebound system call; the read may hold several frames). A data_received
+        # without it would let the ACK of this segment wait up to ~40 ms.
+        rearm = self._quickack
+        if rearm is not None:
             try:
-                sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+                rearm()
             except OSError:
-                self._quickack_sock = None
+                self._quickack = None
         super().data_received(data)
 
 

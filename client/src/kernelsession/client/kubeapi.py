@@ -13,21 +13,45 @@ import os
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-__all__ = ["MERGE_PATCH", "api_message", "load_api_client"]
+from ._apiclient import (
+    DEFAULT_REQUEST_TIMEOUT,
+    DeadlineApiClient,
+    KubernetesDeadlineError,
+    api_timeout_from_env,
+)
+
+__all__ = [
+    "DEFAULT_REQUEST_TIMEOUT",
+    "MERGE_PATCH",
+    "DeadlineApiClient",
+    "KubernetesDeadlineError",
+    "api_message",
+    "load_api_client",
+]
 
 #: The content type of a JSON merge patch (``_content_type=MERGE_PATCH``).
 MERGE_PATCH = "application/merge-patch+json"
 
 
-async def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
-    """An ApiClient from ``kubeconfig``, ``$KUBECONFIG``, or the in-cluster service account."""
+async def load_api_client(
+    kubeconfig: str | None = None, *, request_timeout: float | None = None
+) -> client.ApiClient:
+    """An ApiClient from ``kubeconfig``, ``$KUBECONFIG``, or the in-cluster service account.
+
+    Every request has a deadline of ``request_timeout`` seconds (default:
+    ``$KERNELSESSION_API_TIMEOUT``, else 30) unless the call passes its own
+    ``_request_timeout``; a request past it raises :class:`KubernetesDeadlineError` (a
+    ``TimeoutError``) naming the method and path.
+    """
+    if request_timeout is None:
+        request_timeout = api_timeout_from_env()
     cfg = client.Configuration()
     path = kubeconfig or os.environ.get("KUBECONFIG")
     if path or not os.environ.get("KUBERNETES_SERVICE_HOST"):
         await config.load_kube_config(config_file=path, client_configuration=cfg)
     else:
         config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-    return client.ApiClient(cfg)
+    return DeadlineApiClient(cfg, request_timeout=request_timeout)
 
 
 def api_message(exc: ApiException) -> str:

@@ -38,6 +38,7 @@ __all__ = [
     "RESUME_ANNOTATION",
     "SESSION_LABEL",
     "SHORT_NAME",
+    "SPEC_HASH_LABEL",
     "TOKEN_KEY",
     "USER_LABEL",
     "VERSION",
@@ -80,6 +81,8 @@ USER_LABEL = f"{GROUP}/user"
 CLIENT_LABEL = f"{GROUP}/client"
 #: The hash of the lab pod's template (part of the pod's name).
 HASH_LABEL = f"{GROUP}/pod-hash"
+#: The hash of the session spec a lab pod was built from (not the operator's defaults).
+SPEC_HASH_LABEL = f"{GROUP}/spec-hash"
 #: Set (to any new value, e.g. the time) to start a Culled or timed-out lab again.
 RESUME_ANNOTATION = f"{GROUP}/resume"
 #: Where ``spec.home`` is mounted unless ``spec.home.mountPath`` says otherwise.
@@ -121,6 +124,9 @@ class Reason(StrEnum):
     POD_TERMINATING = "PodTerminating"
     POD_PENDING = "PodPending"
     HOME_PENDING = "HomePending"
+    TOKEN_PENDING = "TokenPending"
+    QUOTA_EXCEEDED = "QuotaExceeded"
+    """The namespace's ResourceQuota refused the lab pod or home claim (tried again)."""
     WAITING_FOR_CAPACITY = "WaitingForCapacity"
     LAB_STARTING = "LabStarting"
     LAB_RESTARTING = "LabRestarting"
@@ -137,6 +143,7 @@ class Reason(StrEnum):
     UNSCHEDULABLE = "Unschedulable"
     POD_REJECTED = "PodRejected"
     HOME_UNAVAILABLE = "HomeUnavailable"
+    HOME_CONFLICT = "HomeConflict"
     POLICY_REJECTED = "PolicyRejected"
     # Culled, Suspended, Terminating
     IDLE_TIMEOUT = "IdleTimeout"

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
-import kopf
 import structlog
 
 from kernelsession.operator import builders, metrics, naming
+from kernelsession.operator import status as st
 from kernelsession.operator.actions import (
     Create,
     CreateToken,
@@ -29,7 +29,7 @@ from kernelsession.operator.actions import (
     RecordSpawn,
     WriteStatus,
 )
-from kernelsession.operator.errors import PermanentError
+from kernelsession.operator.errors import NotLeading, PermanentError, SessionGone
 from kernelsession.operator.kube import ChildRejected
 from kernelsession.operator.runtime import Runtime
 from kernelsession.operator.state import SessionState, TokenRecord
@@ -39,9 +39,18 @@ log = structlog.get_logger("kernelsession.operator")
 CREATE_MEMORY = 60.0
 
 
-def event(body: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
+async def event(
+    rt: Runtime, body: Mapping[str, Any], reason: str, message: str, *, warning: bool = False
+) -> None:
+    """Post an Event about the session as part of the pass (so it is fenced by the Lease
+    and cancelled with the pass); a failure to post is logged, never fails the pass."""
     kind = "Warning" if warning else "Normal"
-    kopf.event(cast(kopf.Body, body), type=kind, reason=reason, message=message)
+    try:
+        await rt.kube.post_event(body, kind, reason, message)
+    except NotLeading:
+        raise
+    except Exception as exc:  # events are auxiliary
+        log.warning("event not posted", reason=reason, error=f"{type(exc).__name__}: {exc}")
 
 
 async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
@@ -56,12 +65,19 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
     requeue = decision.requeue_after
     for action in decision.actions:
         if isinstance(action, CreateToken):
+            # A new token starts a lab: first make sure the session still exists (a
+            # deletion missed in a watch gap must not get children again).
+            if await rt.kube.session_uid(ns, name) != body["metadata"].get("uid"):
+                raise SessionGone(f"{ns}/{name}")
             token = builders.new_token()
             uid = await rt.kube.create(builders.token_secret(body, token))
             if uid is not None:
                 state.token = TokenRecord(uid=uid, token=token, checked=time.monotonic())
-                event(
-                    body, "TokenCreated", f"Created token Secret {naming.token_secret_name(name)}"
+                await event(
+                    rt,
+                    body,
+                    "TokenCreated",
+                    f"Created token Secret {naming.token_secret_name(name)}",
                 )
         elif isinstance(action, Create):
             if state.recently_created(action.name, CREATE_MEMORY):
@@ -78,7 +94,7 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
             if uid is not None:
                 log.info("child created", kind=action.kind, name=action.name, session=name)
                 if action.kind == "Pod":
-                    event(body, "Created", f"Created lab pod {action.name}")
+                    await event(rt, body, "Created", f"Created lab pod {action.name}")
         elif isinstance(action, GrantTokenAccess):
             try:
                 await rt.kube.create(action.role)
@@ -96,7 +112,9 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
                 raise PermanentError(str(exc)) from None
             if patched:
                 log.info("child restored", kind=action.kind, name=action.name, session=name)
-                event(body, "Restored", f"Put {action.kind} {action.name} back into shape")
+                await event(
+                    rt, body, "Restored", f"Put {action.kind} {action.name} back into shape"
+                )
             else:  # changed meanwhile (or gone): the watch brings it, look again then
                 requeue = min(requeue, rt.settings.starting_interval)
         elif isinstance(action, Delete):
@@ -107,12 +125,21 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
                 log.info("culling lab", namespace=ns, session=name, reason=action.cull_reason)
                 metrics.CULLS.labels(action.cull_reason).inc()
             else:
-                log.info("deleting lab pod", namespace=ns, session=name, pod=action.name)
+                log.info(
+                    "deleting lab pod",
+                    namespace=ns,
+                    session=name,
+                    pod=action.name,
+                    rollout=action.rollout,
+                )
+            if action.rollout:
+                state.rolling_out = True
             await rt.kube.delete_pod(ns, action.name)
         elif isinstance(action, WriteStatus):
             updated = await rt.kube.patch_status(ns, name, action.patch)
-            if updated is not None:
-                state.remember(updated)
+            if updated is None:
+                raise SessionGone(f"{ns}/{name}")
+            state.remember(updated)
             metrics.STATUS_WRITES.inc()
             if action.previous != action.phase or "reason" in action.patch:
                 log.info(
@@ -124,9 +151,11 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
                     previous=action.previous,
                 )
         elif isinstance(action, Emit):
-            event(body, action.reason, action.message, warning=action.warning)
+            await event(rt, body, action.reason, action.message, warning=action.warning)
         elif isinstance(action, RecordSpawn):
             metrics.SPAWN_SECONDS.observe(action.seconds)
     state.warned = decision.warned
     state.phase = decision.phase
+    if decision.phase not in (st.PENDING, st.STARTING) and not decision.of(DeletePod):
+        state.rolling_out = False  # its new lab is Ready (or will not be): free the slot
     return requeue

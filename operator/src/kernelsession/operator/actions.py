@@ -59,6 +59,8 @@ class DeletePod:
     name: str
     cull_reason: str | None = None
     """Set when the pod goes because the lab was culled (counted in metrics)."""
+    rollout: bool = False
+    """Set when an idle outdated lab is replaced under the rollout policy."""
 
 
 @dataclass(frozen=True)

@@ -254,8 +254,25 @@ def pod_hash(spec: Mapping[str, Any], token_secret_uid: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
+# Session fields that never need a new pod: the running lab keeps going when they change.
+_NOT_IN_POD = frozenset({"culling", "suspend", "startTimeoutSeconds"})
+
+
+def spec_hash(body: Body, token_secret_uid: str) -> str:
+    """Short digest of the session's own wishes for its pod (its spec, not the operator's
+    defaults or code): a lab is replaced when this changes, never when only the operator's
+    template does (that applies at the next start, or under ``KERNELSESSION_ROLLOUT``)."""
+    spec = {k: v for k, v in _spec(body).items() if k not in _NOT_IN_POD}
+    home = dict(spec.get("home") or {})
+    if home:
+        home.pop("reclaimPolicy", None)
+        spec["home"] = home
+    return pod_hash(spec, token_secret_uid)
+
+
 def lab_pod(body: Body, settings: Settings, token_secret_uid: str) -> Manifest:
-    """The lab Pod; its name carries a hash of its spec, so a re-run never duplicates it."""
+    """The lab Pod; its name carries a hash of its spec, so a re-run never duplicates it.
+    Labelled with :func:`spec_hash` (which pods still do what the session asks)."""
     spec = pod_spec(body, settings)
     digest = pod_hash(spec, token_secret_uid)
     # Labels under kernelsession.dev/ are the operator's: a lab pod never carries one it
@@ -265,7 +282,15 @@ def lab_pod(body: Body, settings: Settings, token_secret_uid: str) -> Manifest:
         for k, v in (_spec(body).get("podLabels") or {}).items()
         if not k.startswith(f"{naming.GROUP}/")
     }
-    labels = extra | labels_for(body) | {naming.COMPONENT_LABEL: "lab", naming.HASH_LABEL: digest}
+    labels = (
+        extra
+        | labels_for(body)
+        | {
+            naming.COMPONENT_LABEL: "lab",
+            naming.HASH_LABEL: digest,
+            naming.SPEC_HASH_LABEL: spec_hash(body, token_secret_uid),
+        }
+    )
     return _owned(
         body,
         {
@@ -306,14 +331,13 @@ def service(body: Body, settings: Settings) -> Manifest:
 
 
 def network_policy(body: Body, settings: Settings) -> Manifest:
-    """Ingress to the lab only from client-labelled pods, from the operator, and from the
-    ingress controller's pods when the operator creates an Ingress per session."""
+    """Ingress to the lab only from client-labelled pods of the lab's own namespace (no
+    namespaceSelector: a tenant's clients never reach another tenant's labs), from the
+    operator, and from the ingress controller's pods when the operator creates an Ingress
+    per session."""
     name = _meta(body)["name"]
     peers: list[dict[str, Any]] = [
-        {
-            "namespaceSelector": {},
-            "podSelector": {"matchLabels": {naming.CLIENT_LABEL: "true"}},
-        },
+        {"podSelector": {"matchLabels": {naming.CLIENT_LABEL: "true"}}},
         {
             "namespaceSelector": {
                 "matchLabels": {"kubernetes.io/metadata.name": settings.operator_namespace}
@@ -363,11 +387,25 @@ def home_mount_path(spec: Mapping[str, Any]) -> str:
     return str(home.get("mountPath") or naming.DEFAULT_HOME_MOUNT)
 
 
+def reclaim_policy(spec: Mapping[str, Any]) -> str:
+    """``spec.home.reclaimPolicy``: ``Retain`` (default) or ``Delete``."""
+    home: Mapping[str, Any] = spec.get("home") or {}
+    return "Delete" if home.get("reclaimPolicy") == "Delete" else "Retain"
+
+
+def session_owner(body: Body) -> dict[str, Any]:
+    """The ownerReference that makes a child go with the session (the garbage collector)."""
+    owned = _owned(body, {"metadata": {}})
+    return dict(owned["metadata"]["ownerReferences"][0])
+
+
 def home_claim(body: Body) -> Manifest | None:
     """The session's home PersistentVolumeClaim (None when ``spec.home`` is unset).
 
-    Owned by the session, so it goes with the session and with nothing else: culling,
-    suspending and restarting the lab never touch it.
+    Culling, suspending and restarting the lab never touch it. With ``reclaimPolicy:
+    Retain`` (the default) it has no owner and outlives the session (labelled with its
+    user and session: a new session of that name and user mounts it again); with
+    ``Delete`` the session owns it and it goes with the session.
     """
     spec = _spec(body)
     home: Mapping[str, Any] | None = spec.get("home")
@@ -380,24 +418,43 @@ def home_claim(body: Body) -> Manifest | None:
     if home.get("storageClassName"):
         claim_spec["storageClassName"] = home["storageClassName"]
     name = _meta(body)["name"]
-    return _owned(
-        body,
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {
-                "name": naming.home_claim_name(name),
-                "labels": labels_for(body) | {naming.COMPONENT_LABEL: "home"},
-            },
-            "spec": claim_spec,
+    claim: Manifest = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": naming.home_claim_name(name),
+            "namespace": _meta(body)["namespace"],
+            "labels": labels_for(body) | {naming.COMPONENT_LABEL: "home"},
         },
-    )
+        "spec": claim_spec,
+    }
+    return _owned(body, claim) if reclaim_policy(spec) == "Delete" else claim
 
 
-def lab_url(body: Body, settings: Settings, pod_ip: str | None) -> str | None:
-    """Base URL of the lab for clients in this deployment (ends with ``/``)."""
+def claim_owner_patch(
+    body: Body, owners: tuple[str, ...], resource_version: str
+) -> dict[str, Any] | None:
+    """A merge patch giving the home claim the owners its reclaim policy asks for (the
+    session for ``Delete``, none for ``Retain``); None when it has them already."""
+    uid = str(_meta(body)["uid"])
+    if reclaim_policy(_spec(body)) == "Delete":
+        wanted: list[dict[str, Any]] | None = [session_owner(body)]
+        if owners == (uid,):
+            return None
+    else:
+        wanted = None
+        if not owners:
+            return None
+    return {"metadata": {"ownerReferences": wanted, "resourceVersion": resource_version}}
+
+
+def lab_url(
+    body: Body, settings: Settings, pod_ip: str | None, *, base: str | None = None
+) -> str | None:
+    """Base URL of the lab for clients in this deployment (ends with ``/``); ``base``:
+    the base path the running pod serves (an outdated pod keeps its own)."""
     meta = _meta(body)
-    base = base_path(body, settings)
+    base = base or base_path(body, settings)
     if settings.url_mode == "service":
         svc = naming.service_name(meta["name"])
         host = f"{svc}.{meta['namespace']}.svc.{settings.cluster_domain}"

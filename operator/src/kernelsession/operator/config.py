@@ -14,6 +14,7 @@ from typing import Any, Literal
 from kernelsession.client.resources import DEFAULT_NAMESPACE, LAB_PORT
 
 URLMode = Literal["service", "pod-ip"]
+Rollout = Literal["never", "idle"]
 
 ENV_PREFIX = "KERNELSESSION_"
 
@@ -105,6 +106,8 @@ class Settings:
     lease_namespace: str = "kernelsession-system"
     lease_duration: float = 10.0
     """Seconds a Lease stays valid without renewal: the takeover time after a crash."""
+    api_timeout: float = 15.0
+    """Seconds one Kubernetes API request may take in all (the Lease's are shorter)."""
     operator_namespace: str = "kernelsession-system"
     metrics_port: int = 9090
     health_port: int = 8080
@@ -112,6 +115,17 @@ class Settings:
     log_format: Literal["json", "console"] = "json"
     ingress: IngressSettings | None = None
     """An Ingress per session (``KERNELSESSION_INGRESS=true``); None: no Ingress."""
+    rollout: Rollout = "never"
+    """When a running lab gets the operator's new template: ``never`` (at its next start)
+    or ``idle`` (also when no kernel is busy and no client is connected)."""
+    rollout_max: int = 1
+    """Labs replaced by the ``idle`` rollout at a time."""
+    resync_interval: float = 60.0
+    """Seconds between checks that every session this replica knows still exists (a
+    deletion missed in a watch gap is forgotten then)."""
+    profile_namespace_prefix: str = "lab-"
+    """A LabProfile's namespace is this prefix and the owner's name, unless it names one
+    (``KERNELSESSION_NAMESPACES`` must cover it, e.g. ``labs,lab-*``)."""
 
     @property
     def clusterwide(self) -> bool:
@@ -270,11 +284,21 @@ def from_env(
         url_mode = "service" if env.get("KUBERNETES_SERVICE_HOST") else "pod-ip"
     if url_mode not in ("service", "pod-ip"):
         raise ConfigError(f"{ENV_PREFIX}URL_MODE must be auto, service or pod-ip, got {url_mode!r}")
+    rollout = env.get(ENV_PREFIX + "ROLLOUT", "") or d.rollout
+    if rollout not in ("never", "idle"):
+        raise ConfigError(f"{ENV_PREFIX}ROLLOUT must be never or idle, got {rollout!r}")
     log_format = env.get(ENV_PREFIX + "LOG_FORMAT", d.log_format)
     if log_format not in ("json", "console"):
         raise ConfigError(f"{ENV_PREFIX}LOG_FORMAT must be json or console, got {log_format!r}")
+    prefix = env.get(ENV_PREFIX + "PROFILE_NAMESPACE_PREFIX", d.profile_namespace_prefix)
+    if not re.match(r"^[a-z0-9][-a-z0-9]{0,19}$", prefix):
+        raise ConfigError(
+            f"{ENV_PREFIX}PROFILE_NAMESPACE_PREFIX must be 1-20 lower-case letters, digits "
+            f"or '-', starting with a letter or digit, got {prefix!r}"
+        )
     return Settings(
         namespaces=namespaces,
+        profile_namespace_prefix=prefix,
         default_image=env.get(ENV_PREFIX + "DEFAULT_IMAGE", d.default_image),
         default_resources=resources,
         default_idle_timeout=_int(env, "DEFAULT_IDLE_TIMEOUT", d.default_idle_timeout),
@@ -301,10 +325,14 @@ def from_env(
         lease_namespace=env.get(ENV_PREFIX + "LEASE_NAMESPACE")
         or env.get(ENV_PREFIX + "OPERATOR_NAMESPACE", d.lease_namespace),
         lease_duration=_float(env, "LEASE_DURATION", d.lease_duration),
+        api_timeout=_float(env, "API_TIMEOUT", d.api_timeout),
         operator_namespace=env.get(ENV_PREFIX + "OPERATOR_NAMESPACE", d.operator_namespace),
         metrics_port=_int(env, "METRICS_PORT", d.metrics_port),
         health_port=_int(env, "HEALTH_PORT", d.health_port),
         log_level=env.get(ENV_PREFIX + "LOG_LEVEL", d.log_level).upper(),
         log_format=log_format,  # type: ignore[arg-type]
         ingress=ingress_from_env(env),
+        rollout=rollout,  # type: ignore[arg-type]
+        rollout_max=_int(env, "ROLLOUT_MAX", d.rollout_max, 1),
+        resync_interval=_float(env, "RESYNC_INTERVAL", d.resync_interval),
     )

@@ -15,7 +15,10 @@ knows the outcome returns the :class:`Decision`:
 6. the home volume bound (or its class binding on first consumer);
 7. a spec that breaks the namespace's session rules (:mod:`policy`) -> Failed/
    PolicyRejected, unless its lab runs already (then condition PolicyViolation);
-8. the lab pod (the observation's desired pod): refused, waiting for its home, or created;
+8. the lab pod: the desired one, or an outdated one kept running (:mod:`rollout`: an
+   operator upgrade or settings change never restarts a lab; ``KERNELSESSION_ROLLOUT=idle``
+   replaces idle ones); pods of another spec deleted; the desired pod refused, waiting
+   for its home, or created once the previous pod is gone;
 9. the lab judged by :func:`status.judge`, culled by :func:`culling.decide`.
 """
 
@@ -26,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kernelsession.client.resources import Reason
-from kernelsession.operator import builders, culling, naming, policy, refusals
+from kernelsession.operator import builders, culling, naming, policy, refusals, rollout
 from kernelsession.operator import status as st
 from kernelsession.operator.actions import (
     Action,
@@ -44,10 +47,15 @@ from kernelsession.operator.actions import (
 from kernelsession.operator.config import Settings
 from kernelsession.operator.observe import ChildView, Observation, resume_asked, spec_changed
 from kernelsession.operator.podview import PodView
+from kernelsession.operator.quotas import QUOTA_EXCEEDED, quota_message, quota_refusal
 
 RESUME_HINT = (
     " To start it again: kubectl annotate ks/{name} -n {ns} "
     f'{naming.RESUME_ANNOTATION}="$(date +%s)" --overwrite'
+)
+NO_HOME_NOTE = (
+    " Its files are gone with it: the session has no spec.home volume, so nothing written "
+    "in the lab is kept."
 )
 UNSUSPEND_HINT = (
     " To start it again: kubectl patch ks/{name} -n {ns} --type merge "
@@ -85,6 +93,10 @@ class Pass:
     """Why the home volume is not bound yet (None: bound or none)."""
     home_gate: bool = False
     """Whether the pod waits for the home volume to be bound."""
+    labs: rollout.LabPods | None = None
+    """The session's lab pod and the pods to delete (set by ``_lab_pod``)."""
+    rolled: str | None = None
+    """The outdated pod the rollout policy replaces in this pass."""
     violation: str | None = None
     """Why the running lab's spec breaks the namespace's rules now (PolicyViolation)."""
 
@@ -108,6 +120,7 @@ class Pass:
         last_activity: str | None = None,
         culled_time: str | None = None,
         warned: bool = False,
+        up_to_date: bool | None = None,
     ) -> Decision:
         """Render the status for ``verdict``; add its write and the phase-change events."""
         obs = self.obs
@@ -126,6 +139,7 @@ class Pass:
             last_activity=last_activity,
             culled_time=culled_time,
             resume_request=self.resume,
+            up_to_date=up_to_date,
             policy_violation=self.violation,
         )
         result = list(self.actions if actions is None else actions)
@@ -225,6 +239,22 @@ def _children(p: Pass) -> Decision | None:
     claim = builders.home_claim(obs.body)
     if claim is not None and obs.claim is None:
         p.actions.append(Create(claim))
+    elif claim is not None and obs.claim is not None and _home_is_ours(obs):
+        owners = builders.claim_owner_patch(obs.body, obs.claim.owners, obs.claim.resource_version)
+        if owners is not None:  # the owners its reclaimPolicy asks for
+            p.actions.append(Patch("PersistentVolumeClaim", obs.claim.name, owners))
+    if obs.stale_token_uid:
+        # A token left by an earlier session of this name: never used (a new session, a
+        # new token: whoever held the old one cannot open the new lab). The garbage
+        # collector removes it (its owner is gone); the operator may not delete Secrets.
+        p.token_name = None
+        verdict = st.Verdict(
+            st.PENDING,
+            Reason.TOKEN_PENDING,
+            f"Waiting for the token Secret {naming.token_secret_name(obs.name)} of an earlier "
+            "session of this name to be removed by the garbage collector.",
+        )
+        return p.finish(verdict, requeue=cfg.home_interval)
     if obs.token_uid is None:
         # The pod's name depends on the Secret's uid: create it, then look again at once.
         return Decision(
@@ -265,7 +295,17 @@ def _policy(p: Pass) -> Decision | None:
     if not violations:
         return None
     desired = obs.desired_pod["metadata"]["name"] if obs.desired_pod else None
-    if any(pod.name == desired for pod in obs.pods):
+    runs = (
+        desired is not None
+        and obs.token_uid is not None
+        and (
+            rollout.choose(
+                obs.pods, desired, builders.spec_hash(obs.body, obs.token_uid), restart=False
+            ).current
+            is not None
+        )
+    )  # the desired pod, or one of an older template kept running
+    if runs:
         p.violation = policy_message(violations)
         return None
     running = [pod.name for pod in obs.pods if not pod.deleting]
@@ -290,31 +330,55 @@ def policy_rejected(violations: list[str], running: list[str]) -> st.Verdict:
 
 
 def _lab_pod(p: Pass) -> Decision | None:
-    """Replace pods of an older template; create the desired one unless the API refused
-    it or it waits for its home volume."""
+    """The session's lab: the desired pod, or an outdated one kept running (replaced by
+    the rollout policy only when idle); delete the others; create the desired one once
+    they are gone, unless the API refused it or it waits for its home volume."""
     obs = p.obs
     desired = obs.desired_pod
     assert desired is not None  # observed with the token (checked by _children)
     desired_name = desired["metadata"]["name"]
-    p.actions.extend(
-        DeletePod(pod.name) for pod in obs.pods if pod.name != desired_name and not pod.deleting
+    assert obs.token_uid is not None
+    labs = rollout.choose(
+        obs.pods,
+        desired_name,
+        builders.spec_hash(obs.body, obs.token_uid),
+        restart=resume_asked(obs.body),
     )
-    if any(pod.name == desired_name for pod in obs.pods):
+    mine = labs.current
+    if (
+        mine is not None
+        and labs.outdated
+        and mine.ready
+        and rollout.may_replace_idle(p.cfg, obs.activity, obs.rollout_slots)
+    ):
+        p.rolled = mine.name
+        p.events.append(Emit("RollingOut", rollout.ROLLING_MESSAGE.format(pod=mine.name)))
+        labs = rollout.LabPods(None, (*labs.stale, mine))
+    p.labs = labs
+    p.actions.extend(
+        DeletePod(pod.name, rollout=pod.name == p.rolled) for pod in labs.stale if not pod.deleting
+    )
+    if labs.current is not None:
         return None
     if desired_name in obs.rejected:
         return p.finish(st.pod_rejected(obs.rejected[desired_name]), requeue=p.cfg.cull_interval)
     if p.home_gate:
         verdict = st.Verdict(st.PENDING, Reason.HOME_PENDING, p.home_unbound or "")
         return p.finish(verdict, requeue=p.cfg.home_interval)
-    p.actions.append(Create(desired))
+    if not labs.stale:
+        # Only once the previous pod is gone: two labs never share the home volume, and
+        # the node starts the new one with the current token Secret (its cache of a
+        # Secret deleted and created again under the same name can lag, and a lab
+        # started with the old token refuses the new one for good).
+        p.actions.append(Create(desired))
     return None
 
 
 def _lab(p: Pass) -> Decision:
     """Judge the lab pod; cull an idle lab; fail one that never answered."""
     obs, cfg, spec = p.obs, p.cfg, p.obs.spec
-    desired_name = obs.desired_pod["metadata"]["name"] if obs.desired_pod else None
-    mine = next((pod for pod in obs.pods if pod.name == desired_name), None)
+    labs = p.labs or rollout.LabPods(None, obs.pods)
+    mine, outdated = labs.current, labs.outdated
     start_timeout = int(spec.get("startTimeoutSeconds") or cfg.default_start_timeout)
     verdict = st.judge(
         mine,
@@ -323,10 +387,14 @@ def _lab(p: Pass) -> Decision:
         probe_error=obs.probe_error,
         now=obs.now,
         start_timeout=start_timeout,
-        rolling=any(pod.name != desired_name for pod in obs.pods),
+        rolling=bool(labs.stale),
         unschedulable_grace=cfg.unschedulable_grace,
         home_unbound=p.home_unbound,
     )
+    if p.rolled is not None:
+        verdict = st.Verdict(
+            st.STARTING, Reason.ROLLING, "Replacing the idle lab pod to apply the new template."
+        )
     pod: PodView | None = mine
     warned = p.warned_before
     last_activity = culled_time = None
@@ -351,6 +419,8 @@ def _lab(p: Pass) -> Decision:
             warned = True
         else:
             message = cull.message + RESUME_HINT.format(name=obs.name, ns=obs.namespace)
+            if spec.get("home") is None:
+                message += NO_HOME_NOTE
             p.actions.append(DeletePod(mine.name, cull_reason=cull.reason))
             p.events.append(Emit("Culled", message))
             verdict = st.Verdict(st.CULLED, cull.reason, message)
@@ -368,11 +438,14 @@ def _lab(p: Pass) -> Decision:
         verdict,
         requeue=requeue,
         pod=pod,
-        url=builders.lab_url(obs.body, cfg, pod.pod_ip if pod else None),
+        url=builders.lab_url(
+            obs.body, cfg, pod.pod_ip if pod else None, base=pod.base_path if pod else None
+        ),
         external_url=builders.external_url(obs.body, cfg),
         last_activity=last_activity,
         culled_time=culled_time,
         warned=warned,
+        up_to_date=None if pod is None else not outdated,
     )
 
 
@@ -410,6 +483,31 @@ def _home(
     if claim is None:
         return None, None, False
     name = claim["metadata"]["name"]
+    found = obs.claim
+    if found is not None and found.user != obs.spec.get("user"):
+        return (
+            st.Verdict(
+                st.FAILED,
+                Reason.HOME_CONFLICT,
+                f"The home volume {name} holds the files of user {found.user!r}, not "
+                f"{obs.spec.get('user')!r} (spec.user): it is not mounted. Name the session "
+                "differently, or have an administrator move or delete that claim.",
+            ),
+            None,
+            False,
+        )
+    if found is not None and not _home_is_ours(obs):
+        return (
+            None,
+            f"The home volume {name} still belongs to an earlier session of this name "
+            "that is being deleted (spec.home.reclaimPolicy: Delete); waiting for it to go.",
+            True,
+        )
+    if name in obs.rejected and quota_refusal(obs.rejected[name]) is not None:
+        refusal = quota_refusal(obs.rejected[name])
+        assert refusal is not None
+        message = quota_message(f"home volume {name}", refusal)
+        return st.Verdict(st.PENDING, QUOTA_EXCEEDED, message), None, False
     if name in obs.rejected:
         return (
             st.Verdict(
@@ -457,3 +555,14 @@ def _home(
     )
     first_consumer = home is not None and home.binding_mode == "WaitForFirstConsumer"
     return None, message, not first_consumer
+
+
+def _home_is_ours(obs: Observation) -> bool:
+    """The claim is this user's and no other (earlier) session owns it."""
+    found = obs.claim
+    uid = str(obs.body["metadata"].get("uid") or "")
+    return (
+        found is not None
+        and found.user == obs.spec.get("user")
+        and all(owner == uid for owner in found.owners)
+    )

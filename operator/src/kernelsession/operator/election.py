@@ -4,10 +4,17 @@ client-go's algorithm, small: every ``retry`` seconds the leader renews the Leas
 the others read it. A Lease is expired when this replica has not seen it change for
 ``duration`` seconds (its own clock: no trust in other nodes' clocks), or when its
 renewTime is more than twice ``duration`` old (a stale Lease found at startup). A
-leader that cannot renew for ``renew_deadline`` (2/3 of ``duration``) stops acting
-before anyone else may start; a leader that stops cleanly releases the Lease, so a
-standby takes over within ``retry`` seconds. After a crash: within ``duration`` +
-``retry`` seconds (12 s with the defaults).
+leader that cannot renew within ``renew_deadline`` (2/3 of ``duration``) of sending its
+last successful renewal stops acting before anyone else may start, whatever call hangs:
+a timer steps it down, every Lease request has a deadline, and the writes' fence
+(:meth:`LeaderElector.may_act`) checks the clock. A leader that stops cleanly releases
+the Lease, so a standby takes over within ``retry`` seconds. After a crash: within
+``duration`` + ``retry`` seconds (12 s with the defaults). docs/failover.md has the
+design and the measured takeover times.
+
+kubernetes_asyncio's ``leaderelection`` is not used: it awaits ``try_acquire_or_renew()``
+without a deadline (a hung request stops the renew loop from ever checking its deadline)
+and measures the deadline with the wall clock.
 
 The decision (:func:`next_step`, :func:`lease_body`) is pure and unit-tested; the
 :class:`LeaderElector` loop does the I/O. RBAC: get/update on this one Lease by name
@@ -123,7 +130,15 @@ def read_record(lease: Any) -> LeaseRecord:
 
 
 class LeaderElector:
-    """Runs the election; calls ``on_started``/``on_stopped`` as leadership changes."""
+    """Runs the election; calls ``on_started``/``on_stopped`` as leadership changes.
+
+    Leadership is valid until ``renew_deadline`` seconds after the last successful
+    renewal was *sent* (this process's monotonic clock). A timer steps down at that
+    moment, whatever the election loop is waiting for; every Lease request is bounded by
+    ``call_timeout``; :meth:`may_act` (the writes' fence) compares the clock with the
+    deadline itself, so a process frozen past it (SIGSTOP) refuses to write the moment
+    it runs again, before any timer could fire.
+    """
 
     def __init__(
         self,
@@ -139,36 +154,78 @@ class LeaderElector:
         self.duration = settings.lease_duration
         self.retry = max(0.2, self.duration / 5)
         self.renew_deadline = self.duration * 2 / 3
+        self.call_timeout = max(0.2, min(self.renew_deadline / 2, settings.api_timeout))
+        """Seconds one election round (at most a read and a write) may take."""
         self.on_started = on_started
         self.on_stopped = on_stopped
         self.leading = False
         self.record: LeaseRecord | None = None
         self._seen_version: str | None = None
         self._seen_since = time.monotonic()
+        self._valid_until = 0.0
+        self._expiry: asyncio.TimerHandle | None = None
+
+    def may_act(self) -> bool:
+        """Whether this replica may write now: it leads and its renew deadline has not
+        passed (checked against the clock, not only the flag)."""
+        return self.leading and time.monotonic() < self._valid_until
 
     async def run(self) -> None:
         """Forever (cancel to stop); never raises out."""
-        last_renew = time.monotonic()
-        log.info("leader election", lease=f"{self.namespace}/{self.name}", identity=self.identity)
-        while True:
-            try:
-                outcome = await self.attempt()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("lease request failed", error=f"{type(exc).__name__}: {exc}")
-                outcome = "error"
-            now = time.monotonic()
-            if outcome == "held":
-                last_renew = now
-                if not self.leading:
-                    self._set(True)
-            elif self.leading and (outcome == "lost" or now - last_renew > self.renew_deadline):
-                self._set(False)
-            await asyncio.sleep(self.retry)
+        log.info(
+            "leader election",
+            lease=f"{self.namespace}/{self.name}",
+            identity=self.identity,
+            renew_deadline=round(self.renew_deadline, 3),
+        )
+        try:
+            while True:
+                sent = time.monotonic()
+                try:
+                    async with asyncio.timeout(self.call_timeout):
+                        outcome = await self.attempt()
+                except TimeoutError:
+                    log.warning("lease request timed out", seconds=self.call_timeout)
+                    outcome = "error"
+                except Exception as exc:
+                    log.warning("lease request failed", error=f"{type(exc).__name__}: {exc}")
+                    outcome = "error"
+                if outcome == "held":
+                    self._renewed(sent)
+                elif outcome == "lost" and self.leading:
+                    self._step_down("the Lease is held by another replica")
+                # "error": the expiry timer steps down at the renew deadline
+                await asyncio.sleep(self.retry)
+        finally:
+            if self._expiry is not None:
+                self._expiry.cancel()
+
+    def _renewed(self, sent: float) -> None:
+        """A renewal (or acquisition) sent at ``sent`` succeeded."""
+        self._valid_until = sent + self.renew_deadline
+        if self._expiry is not None:
+            self._expiry.cancel()
+        loop = asyncio.get_running_loop()
+        # call_at uses the loop's clock (time.monotonic by default)
+        self._expiry = loop.call_at(
+            loop.time() + (self._valid_until - time.monotonic()), self._expire
+        )
+        if not self.leading:
+            self._set(True)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        if self.leading and time.monotonic() >= self._valid_until:
+            self._step_down("not renewed within the renew deadline")
+
+    def _step_down(self, why: str) -> None:
+        log.warning("stepping down", identity=self.identity, reason=why)
+        self._set(False)
 
     def _set(self, leading: bool) -> None:
         self.leading = leading
+        if not leading:
+            self._valid_until = 0.0
         metrics.LEADER.set(1 if leading else 0)
         log.info("leadership " + ("acquired" if leading else "lost"), identity=self.identity)
         (self.on_started if leading else self.on_stopped)()
@@ -202,7 +259,9 @@ class LeaderElector:
 
     async def _read(self) -> LeaseRecord | None:
         try:
-            lease = await self.api.read_namespaced_lease(self.name, self.namespace)
+            lease = await self.api.read_namespaced_lease(
+                self.name, self.namespace, _request_timeout=self.call_timeout
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -226,9 +285,13 @@ class LeaderElector:
             ),
         )
         if previous is None:
-            lease = await self.api.create_namespaced_lease(self.namespace, body)
+            lease = await self.api.create_namespaced_lease(
+                self.namespace, body, _request_timeout=self.call_timeout
+            )
         else:
-            lease = await self.api.replace_namespaced_lease(self.name, self.namespace, body)
+            lease = await self.api.replace_namespaced_lease(
+                self.name, self.namespace, body, _request_timeout=self.call_timeout
+            )
         self.record = read_record(lease)
         self._seen_version = self.record.resource_version
         self._seen_since = time.monotonic()
@@ -238,6 +301,7 @@ class LeaderElector:
         if not self.leading or self.record is None:
             return
         self.leading = False
+        self._valid_until = 0.0
         metrics.LEADER.set(0)
         body: Mapping[str, Any] = lease_body(
             self.name,
@@ -249,7 +313,9 @@ class LeaderElector:
             release=True,
         )
         try:
-            await self.api.replace_namespaced_lease(self.name, self.namespace, cast(Any, body))
+            await self.api.replace_namespaced_lease(
+                self.name, self.namespace, cast(Any, body), _request_timeout=self.call_timeout
+            )
             log.info("lease released", identity=self.identity)
         except Exception as exc:  # shutting down: the Lease expires anyway
             log.warning("lease not released", error=f"{type(exc).__name__}: {exc}")

@@ -14,3 +14,12 @@ class RetryLater(Exception):
 class PermanentError(Exception):
     """The session cannot be reconciled until someone changes something; not retried
     until the session changes (or after a long back-off)."""
+
+
+class SessionGone(Exception):
+    """The session no longer exists (a deletion the watch did not deliver): forget it."""
+
+
+class NotLeading(Exception):
+    """This replica may not write: it does not hold the Lease (or could not renew it
+    within the renew deadline). Raised before the request is sent."""

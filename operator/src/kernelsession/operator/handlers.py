@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import httpx
 import kopf
 import structlog
 
-from kernelsession.operator import metrics, naming, supervisor
+from kernelsession.operator import metrics, naming, profilecontroller, resync, supervisor
 from kernelsession.operator.config import Settings
 from kernelsession.operator.election import LeaderElector
 from kernelsession.operator.kube import Kube
@@ -26,6 +26,15 @@ from kernelsession.operator.runtime import Indexes, Runtime
 
 log = structlog.get_logger("kernelsession.operator")
 CHILD_LABELS = {naming.MANAGED_BY: naming.MANAGER}
+
+
+class RetryForever:
+    """kopf's API error back-offs, never exhausted (re-iterable: each request starts over)."""
+
+    def __iter__(self) -> Iterator[float]:
+        yield from (1, 1, 2, 3, 5, 8, 13)
+        while True:
+            yield 30
 
 
 def _runtime(memo: Any) -> Runtime:
@@ -41,16 +50,27 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=naming.GROUP, key="last-handled-configuration"
     )
-    settings.posting.enabled = True  # explicit kopf.event() calls only:
-    settings.posting.loggers = False  # log records never become Events
-    settings.scanning.disabled = True
+    # Events are posted by the passes themselves (kube.post_event: fenced by the Lease,
+    # with a deadline), never by kopf's background poster.
+    settings.posting.enabled = False
+    settings.posting.loggers = False
+    # Namespace patterns (``labs,lab-*``: the LabProfile namespaces) need kopf to watch
+    # namespaces (and CRDs); exact names need no scanning.
+    settings.scanning.disabled = not any(
+        "*" in ns or "?" in ns or "!" in ns for ns in cfg.namespaces
+    )
+    # A namespace matching a pattern before (or without) the operator's RoleBinding there
+    # refuses kopf's watches (403): retry for ever rather than fail the watcher, which
+    # would stop the operator.
+    settings.networking.error_backoffs = RetryForever()
     settings.watching.connect_timeout = 10
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.reconnect_backoff = 1.0
-    settings.networking.request_timeout = 30
+    settings.networking.request_timeout = 30  # every kopf API request has a deadline
+    settings.networking.connect_timeout = 10
     settings.batching.error_delays = [1, 2, 5, 10, 20, 30]
-    kube = await Kube.connect()
+    kube = await Kube.connect(timeout=cfg.api_timeout, identity=cfg.leader_identity)
     http = httpx.AsyncClient(timeout=cfg.probe_timeout, follow_redirects=False, trust_env=False)
     rt = Runtime(
         settings=cfg,
@@ -61,8 +81,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.runtime = rt
     metrics.SESSIONS.source = rt.sessions.phases
     metrics.serve(cfg.metrics_port)
+    rt.background.add(
+        asyncio.get_running_loop().create_task(resync.resync_loop(rt), name="session resync")
+    )
     if cfg.leader_election:
         elector = LeaderElector(kube, cfg, lambda: _activate(rt), lambda: _deactivate(rt))
+        kube.fence = elector.may_act  # no write leaves this replica unless it leads
         memo.elector = elector
         task = asyncio.get_running_loop().create_task(elector.run(), name="leader election")
         rt.background.add(task)
@@ -81,12 +105,14 @@ def _activate(rt: Runtime) -> None:
     rt.active = True
     metrics.LEADER.set(1)
     supervisor.start_all(rt)
+    profilecontroller.start_all(rt)
 
 
 def _deactivate(rt: Runtime) -> None:
     rt.active = False
     metrics.LEADER.set(0)
     supervisor.stop_all(rt)
+    profilecontroller.stop_all(rt)
 
 
 @kopf.on.cleanup()
@@ -94,6 +120,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     """Stop every session loop, give the Lease up, then close the API clients."""
     rt = _runtime(memo)
     elector: LeaderElector | None = getattr(memo, "elector", None)
+    profilecontroller.stop_all(rt)
     await rt.stop_tasks()
     if elector is not None:
         await elector.release()
@@ -163,10 +190,18 @@ def lab_claims(
     name: str,
     spec: kopf.Spec,
     status: kopf.Status,
+    meta: kopf.Meta,
     **_: Any,
 ) -> Any:
     key = _session_key(namespace, labels)
-    claim = {"name": name, "phase": status.get("phase"), "class": spec.get("storageClassName")}
+    claim = {
+        "name": name,
+        "phase": status.get("phase"),
+        "class": spec.get("storageClassName"),
+        "user": labels.get(naming.USER_LABEL),
+        "owners": [str(o.get("uid")) for o in meta.get("ownerReferences") or []],
+        "resourceVersion": meta.get("resourceVersion"),
+    }
     return {key: claim} if key else {}
 
 
@@ -203,7 +238,7 @@ async def session_event(
     rt = _runtime(memo)
     key = (namespace, name)
     if type == "DELETED":
-        rt.sessions.pop(key)
+        rt.sessions.pop(key, (body.get("metadata") or {}).get("uid"))
         return
     if rt.indexes is None:
         rt.indexes = Indexes(

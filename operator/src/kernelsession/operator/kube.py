@@ -1,14 +1,24 @@
 """The operator's Kubernetes calls for child objects (kubernetes_asyncio).
 
-Watches belong to kopf; this module only creates, reads and deletes children and
-writes the session status. Every call is idempotent: creating what exists is not an
-error, deleting what is gone is not an error.
+Watches belong to kopf; this module only creates, reads and deletes children, writes
+the session status and posts its events. Every call is idempotent: creating what exists
+is not an error, deleting what is gone is not an error.
+
+Every request has a deadline (``api_timeout``). Every write first asks the ``fence``
+(the leader elector: does this replica still hold the Lease, within its renew
+deadline?) and raises :class:`~errors.NotLeading` without sending when not. The API
+client's sockets close with a reset (``SO_LINGER`` 0): a request cancelled when this
+replica steps down is dropped from the kernel's send queue, never delivered later when
+a partition heals.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+import socket
+import struct
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from kubernetes_asyncio import client
@@ -16,6 +26,10 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from kernelsession.client.kubeapi import MERGE_PATCH, api_message, load_api_client
 from kernelsession.operator import naming
+from kernelsession.operator.errors import NotLeading
+
+EVENT_COMPONENT = "kernelsession-operator"
+MAX_EVENT_MESSAGE = 1024
 
 
 class ChildRejected(Exception):
@@ -31,8 +45,11 @@ class ChildRejected(Exception):
 class Kube:
     """Typed access to the few API calls the operator makes."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, *, identity: str = "") -> None:
         self.api = api
+        self.identity = identity
+        self.fence: Callable[[], bool] | None = None
+        """Asked before every write; None: always allowed (no leader election)."""
         self.core = client.CoreV1Api(api)
         self.net = client.NetworkingV1Api(api)
         self.custom = client.CustomObjectsApi(api)
@@ -42,9 +59,17 @@ class Kube:
         self.rbac = client.RbacAuthorizationV1Api(api)
 
     @classmethod
-    async def connect(cls) -> Kube:
-        """Credentials from the service account in a pod, else from ``KUBECONFIG``."""
-        return cls(await load_api_client())
+    async def connect(cls, *, timeout: float = 15.0, identity: str = "") -> Kube:
+        """Credentials from the service account in a pod, else from ``KUBECONFIG``; every
+        request has a deadline of ``timeout`` seconds and its socket closes with a reset."""
+        api = await load_api_client(request_timeout=timeout)
+        reset_on_close(api)
+        return cls(api, identity=identity)
+
+    def check_fence(self) -> None:
+        """Raises NotLeading when this replica may not write (see ``fence``)."""
+        if self.fence is not None and not self.fence():
+            raise NotLeading("this replica does not hold the Lease")
 
     async def close(self) -> None:
         await self.api.close()
@@ -55,6 +80,7 @@ class Kube:
         Raises:
             ChildRejected: the API server rejected it (invalid, forbidden...).
         """
+        self.check_fence()
         kind = manifest["kind"]
         ns = manifest["metadata"]["namespace"]
         body = cast(Any, dict(manifest))  # the generated API accepts plain dicts
@@ -88,8 +114,9 @@ class Kube:
 
     async def read_token(
         self, namespace: str, name: str
-    ) -> tuple[str, str, Mapping[str, str]] | None:
-        """(uid, token, labels) of the token Secret, or None when it does not exist."""
+    ) -> tuple[str, str, Mapping[str, str], tuple[str, ...]] | None:
+        """(uid, token, labels, owner uids) of the token Secret, or None when it does not
+        exist."""
         try:
             secret = await self.core.read_namespaced_secret(name, namespace)
         except ApiException as exc:
@@ -98,7 +125,8 @@ class Kube:
             raise
         raw = (secret.data or {}).get(naming.TOKEN_KEY, "")
         token = base64.b64decode(raw).decode() if raw else ""
-        return secret.metadata.uid, token, dict(secret.metadata.labels or {})
+        owners = tuple(str(o.uid) for o in secret.metadata.owner_references or [])
+        return secret.metadata.uid, token, dict(secret.metadata.labels or {}), owners
 
     async def read_policy(self, namespace: str, name: str) -> dict[str, str] | None:
         """The ``data`` of the namespace's policy ConfigMap; None when there is none."""
@@ -173,15 +201,17 @@ class Kube:
         return f"{newest.reason}: {(newest.message or '').strip()}"
 
     async def patch(self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]) -> bool:
-        """Merge-patch a NetworkPolicy, Ingress or RoleBinding; False when it changed
-        meanwhile (409, its ``resourceVersion`` precondition) or is gone (404).
+        """Merge-patch a NetworkPolicy, Ingress, RoleBinding or claim (its owners); False
+        when it changed meanwhile (409, its ``resourceVersion`` precondition) or is gone (404).
 
         Raises:
             ChildRejected: the API server rejected the patched object.
         """
+        self.check_fence()
         call = {
             "NetworkPolicy": self.net.patch_namespaced_network_policy,
             "Ingress": self.net.patch_namespaced_ingress,
+            "PersistentVolumeClaim": self.core.patch_namespaced_persistent_volume_claim,
             "RoleBinding": self.rbac.patch_namespaced_role_binding,
         }[kind]
         try:
@@ -196,6 +226,7 @@ class Kube:
 
     async def delete(self, kind: str, namespace: str, name: str) -> None:
         """Delete an Ingress (gone already is fine)."""
+        self.check_fence()
         call = {"Ingress": self.net.delete_namespaced_ingress}[kind]
         try:
             await call(name, namespace)
@@ -204,17 +235,48 @@ class Kube:
                 raise
 
     async def delete_pod(self, namespace: str, name: str) -> None:
+        self.check_fence()
         try:
             await self.core.delete_namespaced_pod(name, namespace)
         except ApiException as exc:
             if exc.status != 404:
                 raise
 
+    async def session_uid(self, namespace: str, name: str) -> str | None:
+        """The uid of session ``name`` (None when it does not exist); a list by name, as
+        the operator may list and watch sessions but not get them."""
+        found = await cast(Any, self.custom).list_namespaced_custom_object(
+            naming.GROUP,
+            naming.VERSION,
+            namespace,
+            naming.PLURAL,
+            field_selector=f"metadata.name={name}",
+        )
+        items = found.get("items") or []
+        return str(items[0]["metadata"]["uid"]) if items else None
+
+    async def session_keys(self, namespaces: tuple[str, ...]) -> list[tuple[str, str]]:
+        """(namespace, name) of every session in ``namespaces`` (empty: all)."""
+        items: list[Any] = []
+        if namespaces:
+            for ns in namespaces:
+                found = await cast(Any, self.custom).list_namespaced_custom_object(
+                    naming.GROUP, naming.VERSION, ns, naming.PLURAL
+                )
+                items.extend(found.get("items") or [])
+        else:
+            found = await cast(Any, self.custom).list_cluster_custom_object(
+                naming.GROUP, naming.VERSION, naming.PLURAL
+            )
+            items.extend(found.get("items") or [])
+        return [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items]
+
     async def patch_status(
         self, namespace: str, name: str, patch: Mapping[str, Any]
     ) -> dict[str, Any] | None:
         """Merge-patch the session's status subresource; the updated session, or None
         when the session is gone (404)."""
+        self.check_fence()
         try:
             result = await cast(Any, self.custom).patch_namespaced_custom_object_status(
                 naming.GROUP,
@@ -230,3 +292,60 @@ class Kube:
                 raise
             return None
         return dict(result)
+
+    async def post_event(
+        self, obj: Mapping[str, Any], kind: str, reason: str, message: str
+    ) -> None:
+        """Post a core/v1 Event about ``obj`` (a session body): ``kind`` Normal|Warning."""
+        self.check_fence()
+        meta = obj.get("metadata") or {}
+        namespace = str(meta.get("namespace") or "default")
+        if len(message) > MAX_EVENT_MESSAGE:
+            message = message[: MAX_EVENT_MESSAGE - 3] + "..."
+        now = datetime.now(UTC).isoformat()
+        body = {
+            "metadata": {"namespace": namespace, "generateName": f"{meta.get('name', 'ks')}."},
+            "type": kind,
+            "reason": reason,
+            "message": message,
+            "action": reason,
+            "reportingComponent": EVENT_COMPONENT,
+            "reportingInstance": self.identity or EVENT_COMPONENT,
+            "source": {"component": EVENT_COMPONENT},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion"),
+                "kind": obj.get("kind"),
+                "name": meta.get("name"),
+                "namespace": namespace,
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "eventTime": now,
+        }
+        await self.core.create_namespaced_event(namespace, cast(Any, body))
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def _reset_socket(addr_info: Any) -> socket.socket:
+    family, type_, proto, _, _ = addr_info
+    sock = socket.socket(family=family, type=type_, proto=proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    return sock
+
+
+def reset_on_close(api: client.ApiClient) -> None:
+    """Make ``api``'s sockets close with a reset (``SO_LINGER`` 0): what a cancelled
+    request left unsent or unacknowledged is dropped, not retransmitted later.
+
+    aiohttp >= 3.12 creates the sockets of a ``TCPConnector`` with its
+    ``socket_factory``; kubernetes_asyncio builds the connector itself, so it is set on
+    the connector it built (before any connection exists).
+    """
+    connector: Any = api.rest_client.pool_manager.connector
+    if not hasattr(connector, "_socket_factory"):  # pragma: no cover - aiohttp < 3.12
+        raise RuntimeError("aiohttp >= 3.12 is needed (TCPConnector socket_factory)")
+    connector._socket_factory = _reset_socket

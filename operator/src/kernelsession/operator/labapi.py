@@ -6,6 +6,8 @@ or an error message produced here.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +16,11 @@ from typing import Any
 import httpx
 
 from kernelsession.operator.status import parse_time
+
+MAX_ANSWER_BYTES = 1 << 20
+"""The most of one lab answer the operator reads (a lab with thousands of kernels fits)."""
+DEFAULT_DEADLINE = 5.0
+"""Seconds for one whole probe (both requests), however slowly the lab sends."""
 
 
 @dataclass(frozen=True)
@@ -63,19 +70,31 @@ def _headers(token: str) -> dict[str, str]:
     return {"Authorization": f"token {token}"}
 
 
-async def _get_json(http: httpx.AsyncClient, url: str, token: str) -> Any:
+async def _get_json(
+    http: httpx.AsyncClient, url: str, token: str, max_bytes: int = MAX_ANSWER_BYTES
+) -> Any:
+    """GET ``url`` and parse its JSON, reading at most ``max_bytes`` of the body."""
+    where = url.split("?")[0]
     try:
-        response = await http.get(url, headers=_headers(token))
+        async with http.stream("GET", url, headers=_headers(token)) as response:
+            if response.status_code != 200:
+                raise LabUnreachable(
+                    f"HTTP {response.status_code} from {where}", response.status_code
+                )
+            declared = response.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > max_bytes:
+                raise LabUnreachable(f"answer of {declared} bytes from {where} (limit {max_bytes})")
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise LabUnreachable(f"answer larger than {max_bytes} bytes from {where}")
     except httpx.HTTPError as exc:
-        raise LabUnreachable(f"{type(exc).__name__} from {url.split('?')[0]}") from None
-    if response.status_code != 200:
-        raise LabUnreachable(
-            f"HTTP {response.status_code} from {url.split('?')[0]}", response.status_code
-        )
+        raise LabUnreachable(f"{type(exc).__name__} from {where}") from None
     try:
-        return response.json()
+        return json.loads(bytes(body))
     except ValueError:
-        raise LabUnreachable(f"non-JSON answer from {url.split('?')[0]}") from None
+        raise LabUnreachable(f"non-JSON answer from {where}") from None
 
 
 async def probe(http: httpx.AsyncClient, base_url: str, token: str) -> Mapping[str, Any]:
@@ -106,14 +125,33 @@ def parse_activity(status: Mapping[str, Any], kernels: list[Mapping[str, Any]]) 
     )
 
 
-async def activity(http: httpx.AsyncClient, base_url: str, token: str) -> LabActivity:
-    """The lab's activity, without counting this request as activity.
+async def activity(
+    http: httpx.AsyncClient,
+    base_url: str,
+    token: str,
+    *,
+    deadline: float = DEFAULT_DEADLINE,
+    max_bytes: int = MAX_ANSWER_BYTES,
+) -> LabActivity:
+    """The lab's activity, without counting this request as activity. Bounded: both
+    requests together within ``deadline`` seconds (a lab that trickles bytes holds no
+    slot longer), each body at most ``max_bytes`` (a huge answer is not read).
 
     Raises:
-        LabUnreachable: the lab did not answer both requests.
+        LabUnreachable: the lab did not answer both requests in time and in size.
     """
-    status = await probe(http, base_url, token)
-    kernels = await _get_json(http, base_url + "api/kernels?no_track_activity=1", token)
+    try:
+        async with asyncio.timeout(deadline):
+            status = await _get_json(http, base_url + "api/status", token, max_bytes)
+            if not isinstance(status, dict):
+                raise LabUnreachable("api/status did not return an object")
+            kernels = await _get_json(
+                http, base_url + "api/kernels?no_track_activity=1", token, max_bytes
+            )
+    except TimeoutError:
+        raise LabUnreachable(
+            f"no complete answer from {base_url}api within {deadline:g}s"
+        ) from None
     if not isinstance(kernels, list):
         raise LabUnreachable("api/kernels did not return a list")
     return parse_activity(status, kernels)

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from kernelsession.operator import builders, labapi, naming, policy
+from kernelsession.operator import builders, labapi, naming, policy, rollout
 from kernelsession.operator import status as st
 from kernelsession.operator.errors import PermanentError
 from kernelsession.operator.podview import PodView, read_pod
@@ -35,6 +35,14 @@ FRESH_TOKEN_AGE = 30.0
 REJECTION_MEMORY = 60.0
 
 
+class StaleToken(Exception):
+    """The token Secret belongs to an earlier session of the same name (``uid``: its own)."""
+
+    def __init__(self, uid: str) -> None:
+        super().__init__(uid)
+        self.uid = uid
+
+
 @dataclass(frozen=True)
 class ClaimView:
     """The session's home PersistentVolumeClaim as the watch shows it."""
@@ -42,6 +50,11 @@ class ClaimView:
     name: str
     phase: str
     storage_class: str | None
+    user: str | None = None
+    """Its ``kernelsession.dev/user`` label: whose files it holds."""
+    owners: tuple[str, ...] = ()
+    """uids of its ownerReferences (the session's when it goes with the session)."""
+    resource_version: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,6 +115,9 @@ class Observation:
     ingress: ChildView | None = None
     token_uid: str | None = None
     """The token Secret's uid; None when it does not exist yet."""
+    stale_token_uid: str | None = None
+    """A token Secret of an earlier session of the same name (another owner uid): the
+    garbage collector removes it; never used for this session."""
     claim: ClaimView | None = None
     home: HomeView | None = None
     activity: labapi.LabActivity | None = None
@@ -112,6 +128,8 @@ class Observation:
     desired_pod: Mapping[str, Any] | None = None
     """The lab pod the spec asks for (its name hashes the template and the token
     Secret's uid); None until the token Secret exists."""
+    rollout_slots: int = 0
+    """How many more outdated labs the rollout policy may replace now."""
     rules: PolicyView | None = None
     """The tenancy rules as looked up (None: not looked up, nothing to start)."""
     token_readers: tuple[str, ...] | None = None
@@ -182,7 +200,14 @@ async def observe(
     ]:
         state.seen(name)
     claim_view = (
-        ClaimView(str(claim["name"]), str(claim.get("phase") or "Pending"), claim.get("class"))
+        ClaimView(
+            str(claim["name"]),
+            str(claim.get("phase") or "Pending"),
+            claim.get("class"),
+            user=claim.get("user"),
+            owners=tuple(claim.get("owners") or ()),
+            resource_version=str(claim.get("resourceVersion") or ""),
+        )
         if claim
         else None
     )
@@ -196,12 +221,17 @@ async def observe(
         claim=claim_view,
         warned=state.warned,
         rejected=state.recent_rejections(REJECTION_MEMORY),
+        rollout_slots=rt.settings.rollout_max
+        - sum(1 for s in rt.sessions if s.rolling_out and s.key != state.key),
         token_readers=state.token_readers,
     )
     if not wants_lab(body):  # deleting, suspended, or culled/timed out: nothing to read
         return obs
     live = [p for p in pod_views if not p.deleting]
-    token = await _token(rt, state, fresh=not live)
+    try:
+        token = await _token(rt, state, fresh=not live)
+    except StaleToken as exc:
+        return dataclasses.replace(obs, stale_token_uid=exc.uid)
     if token is None:
         return obs
     try:
@@ -285,9 +315,15 @@ async def _token(rt: Runtime, state: SessionState, *, fresh: bool) -> TokenRecor
     if found is None:
         state.token = None
         return None
-    uid, token, labels = found
+    uid, token, labels, owners = found
     if labels.get(naming.SESSION_LABEL) != name or not token:
         raise PermanentError(f"Secret {secret_name} exists but is not this session's token Secret")
+    session_uid = str(state.body["metadata"].get("uid") or "")
+    if session_uid not in owners:
+        if owners:  # an earlier session of this name: its token must not open this lab
+            state.token = None
+            raise StaleToken(uid)
+        raise PermanentError(f"Secret {secret_name} exists but is not owned by this session")
     state.token = TokenRecord(uid=uid, token=token, checked=time.monotonic())
     return state.token
 
@@ -319,15 +355,33 @@ async def _probe(
     pods: tuple[PodView, ...],
     desired: Mapping[str, Any],
 ) -> tuple[labapi.LabActivity | None, str | None]:
-    """Ask the current lab pod (``desired``, the one the spec asks for) how active it is."""
-    pod = next((p for p in pods if p.name == desired["metadata"]["name"]), None)
+    """Ask the session's lab pod how active it is: ``desired`` (the one the spec asks
+    for), or an outdated one kept running (:func:`rollout.choose`)."""
+    pod = rollout.choose(
+        pods,
+        str(desired["metadata"]["name"]),
+        builders.spec_hash(body, token.uid),
+        restart=resume_asked(body),
+    ).current
     if pod is None or not pod.pod_ip or not pod.running or pod.deleting:
         return None, None
     # The operator probes the pod itself (the NetworkPolicy admits it); clients use the URL.
-    url = f"http://{pod.pod_ip}:{rt.settings.lab_port}{builders.base_path(body, rt.settings)}"
+    url = f"http://{pod.pod_ip}:{rt.settings.lab_port}{pod.base_path}"
+    deadline = rt.settings.probe_timeout
     try:
-        return await labapi.activity(rt.http, url, token.token), None
+        found = await labapi.activity(rt.http, url, token.token, deadline=deadline)
+        status = body.get("status") or {}
+        service = builders.lab_url(body, rt.settings, pod.pod_ip, base=pod.base_path)
+        if (
+            service
+            and service != url
+            and (status.get("phase") != st.READY or status.get("podName") != pod.name)
+        ):
+            # Before saying Ready: the URL clients get (the Service) reaches this lab, so
+            # Ready never precedes the Service's endpoints and kube-proxy's rules.
+            await labapi.activity(rt.http, service, token.token, deadline=deadline)
     except labapi.LabUnreachable as exc:
         if exc.token_refused:
             state.token = None  # re-read the Secret on the next pass
         return None, str(exc)
+    return found, None

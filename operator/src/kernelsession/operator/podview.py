@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kernelsession.operator.naming import SPEC_HASH_LABEL
+
 # Waiting reasons that mean the lab cannot start without a change by the user.
 IMAGE_REASONS = frozenset(
     {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
@@ -13,6 +15,7 @@ IMAGE_REASONS = frozenset(
 CONFIG_REASONS = frozenset({"CreateContainerConfigError"})
 RUN_REASONS = frozenset({"RunContainerError", "ContainerCannotRun", "CreateContainerError"})
 CRASH_REASONS = frozenset({"CrashLoopBackOff"})
+BASE_URL_ARG = "--ServerApp.base_url="
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,10 @@ class PodView:
     """PersistentVolumeClaims the pod mounts."""
     env_refs: tuple[str, ...] = ()
     """The Secrets and ConfigMaps the user's env names (not the token), e.g. ("Secret db",)."""
+    spec_hash: str | None = None
+    """The session spec digest the pod was built from (None: a pod of an older operator)."""
+    base_path: str = "/"
+    """The lab's base_url as the pod was started (its ``--ServerApp.base_url``)."""
 
 
 def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
@@ -86,6 +93,11 @@ def read_pod(pod: Mapping[str, Any]) -> PodView:
         for key, kind in (("secretRef", "Secret"), ("configMapRef", "ConfigMap")):
             if (env_from.get(key) or {}).get("name"):
                 refs.append(f"{kind} {env_from[key]['name']}")
+    base = "/"
+    for arg in containers[0].get("args") or []:
+        if isinstance(arg, str) and arg.startswith(BASE_URL_ARG):
+            base = arg[len(BASE_URL_ARG) :] or "/"
+    labels = meta.get("labels") or {}
     return PodView(
         name=str(meta.get("name", "")),
         phase=str(status.get("phase") or "Pending"),
@@ -106,4 +118,6 @@ def read_pod(pod: Mapping[str, Any]) -> PodView:
         requests=tuple(sorted((str(k), str(v)) for k, v in requests.items())),
         claims=claims,
         env_refs=tuple(dict.fromkeys(refs)),
+        spec_hash=labels.get(SPEC_HASH_LABEL),
+        base_path=base,
     )

@@ -36,6 +36,8 @@ class Runtime:
     active: bool = False
     """Whether this replica acts (it holds the Lease, or leader election is off)."""
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    profiles: Any = None
+    """The LabProfile controller's state (``profilecontroller.Profiles``), made on first use."""
 
     async def stop_tasks(self) -> None:
         """Cancel every session loop and background task, and wait for them to end."""

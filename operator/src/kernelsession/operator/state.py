@@ -64,6 +64,8 @@ class SessionState:
     warned: bool = False
     phase: str | None = None
     home: HomeCheck | None = None
+    rolling_out: bool = False
+    """The rollout policy replaced this lab and its new pod is not Ready yet."""
     policy: PolicyRecord | None = None
     token_readers: tuple[str, ...] | None = None
     """The users the token-reader RoleBinding names (None: not made by this process)."""
@@ -106,6 +108,11 @@ class Sessions:
 
     def remember(self, key: Key, body: dict[str, Any]) -> SessionState:
         state = self._by_key.get(key)
+        if state is not None and _uid(body) != _uid(state.body):
+            # deleted and created again under the same name (the DELETED event was
+            # missed in a watch gap): nothing remembered about the old one applies
+            state.stop()
+            state = None
         if state is None:
             state = self._by_key[key] = SessionState(key, body)
         else:
@@ -115,11 +122,17 @@ class Sessions:
     def get(self, key: Key) -> SessionState | None:
         return self._by_key.get(key)
 
-    def pop(self, key: Key) -> None:
-        """Forget the session: stop its loop and drop everything remembered about it."""
-        state = self._by_key.pop(key, None)
-        if state is not None:
-            state.stop()
+    def pop(self, key: Key, uid: str | None = None) -> None:
+        """Forget the session: stop its loop and drop everything remembered about it
+        (only when it is the session with ``uid``, when given)."""
+        state = self._by_key.get(key)
+        if state is None or (uid is not None and _uid(state.body) not in (None, uid)):
+            return
+        del self._by_key[key]
+        state.stop()
+
+    def keys(self) -> list[Key]:
+        return list(self._by_key)
 
     def wake(self, key: Key) -> None:
         state = self._by_key.get(key)
@@ -134,6 +147,11 @@ class Sessions:
 
     def __len__(self) -> int:
         return len(self._by_key)
+
+
+def _uid(body: dict[str, Any]) -> str | None:
+    uid = body.get("metadata", {}).get("uid")
+    return str(uid) if uid else None
 
 
 def _version(body: dict[str, Any]) -> int:

@@ -22,6 +22,7 @@ from kernelsession.operator.podview import (
     RUN_REASONS,
     PodView,
 )
+from kernelsession.operator.quotas import QUOTA_EXCEEDED, quota_message, quota_refusal
 
 # The phases (kernelsession.client.resources.Phase), by their short names.
 PENDING, STARTING, READY = Phase.PENDING, Phase.STARTING, Phase.READY
@@ -37,6 +38,12 @@ PHASES = tuple(Phase)
 # also in the moments the kubelet has it running between back-offs.
 CRASH_RESTARTS = 3
 STICKY_REASONS = frozenset({Reason.START_TIMEOUT, Reason.IDLE_TIMEOUT, Reason.MAX_AGE})
+TEMPLATE_CHANGED = "TemplateChanged"
+OUTDATED_MESSAGE = (
+    "The lab runs an older template (the operator was upgraded or its settings changed); "
+    "the new one applies at its next start (a spec change, suspend and resume, or the "
+    "resume annotation)."
+)
 
 
 @dataclass(frozen=True)
@@ -202,7 +209,11 @@ _ALL_POD_FIELDS = "spec.resources, spec.volumes and spec.volumeMounts"
 
 def pod_rejected(message: str) -> Verdict:
     """Failed/PodRejected for an API rejection of the lab pod, naming the session
-    field(s) the rejection points at (all candidates when it cannot tell)."""
+    field(s) the rejection points at (all candidates when it cannot tell); a quota's
+    refusal is Pending/QuotaExceeded instead (it passes when other labs stop)."""
+    refusal = quota_refusal(message)
+    if refusal is not None:
+        return Verdict(PENDING, QUOTA_EXCEEDED, quota_message("lab pod", refusal))
     fields = [name for name, pattern in _POD_FIELD_HINTS if pattern.search(message)]
     where = " and ".join(fields) if fields else _ALL_POD_FIELDS
     return Verdict(
@@ -227,6 +238,31 @@ def _ready_condition(
         "status": status,
         "reason": verdict.reason,
         "message": verdict.message or "The lab answers its API with the token.",
+        "lastTransitionTime": since,
+        "observedGeneration": generation,
+    }
+
+
+def _up_to_date_condition(
+    current: Mapping[str, Any], up_to_date: bool, now: datetime, generation: int
+) -> dict[str, Any]:
+    """``UpToDate``: False (``TemplateChanged``) while the lab runs an older template."""
+    status = "True" if up_to_date else "False"
+    previous = next(
+        (c for c in current.get("conditions") or [] if c.get("type") == "UpToDate"), None
+    )
+    since = (
+        previous.get("lastTransitionTime")
+        if previous and previous.get("status") == status and previous.get("lastTransitionTime")
+        else fmt_time(now)
+    )
+    return {
+        "type": "UpToDate",
+        "status": status,
+        "reason": "TemplateCurrent" if up_to_date else TEMPLATE_CHANGED,
+        "message": "The lab runs the operator's current template."
+        if up_to_date
+        else OUTDATED_MESSAGE,
         "lastTransitionTime": since,
         "observedGeneration": generation,
     }
@@ -265,10 +301,12 @@ def render(
     last_activity: str | None = None,
     culled_time: str | None = None,
     resume_request: str | None = None,
+    up_to_date: bool | None = None,
     policy_violation: str | None = None,
 ) -> dict[str, Any]:
     """The full ``status`` object for ``verdict``, stable when nothing changed.
 
+    ``up_to_date``: whether the lab pod runs the current template (None: no pod).
     ``policy_violation``: why the running lab's spec breaks the namespace's rules now
     (condition PolicyViolation; the lab keeps running and is refused at its next start).
     """
@@ -284,6 +322,11 @@ def render(
         "observedGeneration": generation,
         "conditions": [
             _ready_condition(current, verdict, now, generation),
+            *(
+                [_up_to_date_condition(current, up_to_date, now, generation)]
+                if up_to_date is not None
+                else []
+            ),
             *_violation_condition(current, policy_violation, now, generation),
         ],
         "url": url,

@@ -17,7 +17,7 @@ import structlog
 
 from kernelsession.operator import metrics, reconcile
 from kernelsession.operator.act import event
-from kernelsession.operator.errors import PermanentError, RetryLater
+from kernelsession.operator.errors import NotLeading, PermanentError, RetryLater, SessionGone
 from kernelsession.operator.observe import ChildView
 from kernelsession.operator.runtime import Runtime
 from kernelsession.operator.state import SessionState
@@ -75,12 +75,21 @@ async def session_loop(rt: Runtime, state: SessionState) -> None:
             failures = 0
         except asyncio.CancelledError:
             raise
+        except SessionGone:
+            log.info(
+                "session gone; forgotten", namespace=namespace, session=name, missed_event=True
+            )
+            metrics.FORGOTTEN.inc()
+            rt.sessions.pop(state.key, state.body.get("metadata", {}).get("uid"))
+            return
+        except NotLeading:
+            return  # stepped down: the loop ends (the elector stops every loop)
         except PermanentError as exc:
             metrics.RECONCILE_ERRORS.labels("PermanentError").inc()
             log.error(
                 "session cannot be reconciled", namespace=namespace, session=name, error=str(exc)
             )
-            event(state.body, "ReconcileFailed", str(exc), warning=True)
+            await event(rt, state.body, "ReconcileFailed", str(exc), warning=True)
             delay = MAX_BACKOFF
         except Exception as exc:
             failures += 1

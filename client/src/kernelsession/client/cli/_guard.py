@@ -1,10 +1,12 @@
 """The local proxy's decisions, pure: who may pass (:class:`Guard`: the one-time login
-code, the session cookie, ``Host`` and ``Origin``), the headers forwarded each way, and
-the token kept out of what the browser gets (:func:`redact`)."""
+code, valid for :data:`LOGIN_CODE_SECONDS`, the session cookie, ``Host`` and ``Origin``),
+the headers forwarded each way (jupyter-server's ``username-*`` login cookie in neither
+direction), and the token kept out of what the browser gets (:func:`redact`)."""
 
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
@@ -12,6 +14,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 LOGIN_PARAMETER = "kernelsession-login"
 """Query parameter of the printed URL that carries the one-time login code."""
+
+LOGIN_CODE_SECONDS = 60.0
+"""How long the printed login code works (once)."""
+
+LAB_LOGIN_COOKIE_PREFIX = b"username-"
+"""jupyter-server's login cookie: ``username-{host}`` (non-alphanumerics as ``-``); it is
+set on requests that carry the token and logs in whoever holds it while the lab runs."""
 
 
 Headers = list[tuple[bytes, bytes]]
@@ -80,13 +89,20 @@ class Guard:
     Args:
         port: The local port (part of the allowed Host and Origin, and the cookie name).
         landing: Path the login redirects to (the lab's ``/lab``).
+        code_seconds: How long the login code works, from the guard's creation.
     """
 
     port: int
     landing: str = "/lab"
+    code_seconds: float = LOGIN_CODE_SECONDS
     login_code: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     session_cookie: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     login_used: bool = False
+    issued: float = field(default_factory=time.monotonic)
+
+    @property
+    def code_expired(self) -> bool:
+        return time.monotonic() - self.issued > self.code_seconds
 
     @property
     def cookie_name(self) -> str:
@@ -145,11 +161,18 @@ class Guard:
             valid = not self.login_used and secrets.compare_digest(
                 codes[0].encode(), self.login_code.encode()
             )
+            if valid and self.code_expired:
+                self.login_used = True  # spent: it never works later
+                return text_response(
+                    403,
+                    f"kernelsession open: this login link expired (it works for "
+                    f"{self.code_seconds:g} s); run `kernelsession open` again for a new one",
+                )
             if not valid:
                 return text_response(
                     403,
-                    "kernelsession open: this login link was already used or is wrong; "
-                    "run `kernelsession open` again for a new one",
+                    "kernelsession open: this login link was already used, expired or is "
+                    "wrong; run `kernelsession open` again for a new one",
                 )
             self.login_used = True
             cookie = f"{self.cookie_name}={self.session_cookie}; Path=/; HttpOnly; SameSite=Strict"
@@ -190,10 +213,15 @@ def _strip_cookie(value: bytes, name: str) -> bytes:
         cookie_name = part.strip().split(b"=", 1)[0].strip()
         if not part.strip() or cookie_name == name.encode():
             continue
-        if cookie_name.startswith(COOKIE_PREFIX.encode()):
-            continue
+        if cookie_name.startswith((COOKIE_PREFIX.encode(), LAB_LOGIN_COOKIE_PREFIX)):
+            continue  # also jupyter-server login cookies the browser holds from elsewhere
         kept.append(part.strip())
     return b"; ".join(kept)
+
+
+def _is_lab_login_cookie(set_cookie: bytes) -> bool:
+    """Whether a ``Set-Cookie`` value sets jupyter-server's login cookie."""
+    return set_cookie.split(b"=", 1)[0].strip().startswith(LAB_LOGIN_COOKIE_PREFIX)
 
 
 def upstream_headers(
@@ -202,8 +230,10 @@ def upstream_headers(
     """The request headers to send to the lab.
 
     Drops hop-by-hop headers (keeping a websocket upgrade), any ``Authorization`` the
-    browser sent, the cookies of ``open`` proxies and ``Accept-Encoding`` (bodies come back
-    uncompressed so they can be scanned for the token); adds ``Authorization: token``.
+    browser sent, the cookies of ``open`` proxies and jupyter-server login cookies
+    (``username-*``: the token authenticates every request) and ``Accept-Encoding``
+    (bodies come back uncompressed so they can be scanned for the token); adds
+    ``Authorization: token``.
     """
     upgrade = is_upgrade(headers)
     out: Headers = []
@@ -244,13 +274,16 @@ def downstream_headers(
     """The response headers to send to the browser.
 
     Drops hop-by-hop headers (a 101 keeps its ``Connection``/``Upgrade`` pair, added by
-    the caller), removes the token from any header value, and with ``body_length`` (a
+    the caller) and jupyter-server's login cookie (it logs in whoever holds it, for as long
+    as the lab runs), removes the token from any header value, and with ``body_length`` (a
     scanned, rewritten body) replaces the framing headers with that length.
     """
     out: Headers = []
     for key, value in headers:
         name = key.lower()
         if name in _HOP_BY_HOP:
+            continue
+        if name == b"set-cookie" and _is_lab_login_cookie(value):
             continue
         if body_length is not None and name in (b"content-length", b"transfer-encoding"):
             continue

@@ -6,9 +6,12 @@ it for HTTP requests and websocket upgrades alike), so the browser never sees th
 token; it removes the token from the pages it serves (jupyter-server writes it into
 JupyterLab's page config) and guards the local port:
 
-* the printed URL carries a one-time login code; the first request with it gets a
-  random session cookie (``HttpOnly; SameSite=Strict``) and a redirect to the lab,
-  and the code is spent;
+* the printed URL carries a one-time login code, valid for a minute
+  (``LOGIN_CODE_SECONDS``); the first request with it gets a random session cookie
+  (``HttpOnly; SameSite=Strict``) and a redirect to the lab, and the code is spent;
+* jupyter-server's own login cookie (``username-...``, which it sets on requests that
+  carry the token and which would log in whoever holds it) never reaches the browser,
+  and none the browser holds from other Jupyter servers reaches the lab;
 * every other request needs that cookie, a ``Host`` of ``127.0.0.1:PORT`` or
   ``localhost:PORT`` (no DNS rebinding) and, when the browser sends an ``Origin``,
   this proxy's own origin (no cross-site or cross-port requests).
@@ -31,6 +34,7 @@ import h11
 
 from .._logging import default_logger
 from ._guard import (
+    LOGIN_CODE_SECONDS,
     Guard,
     Respond,
     downstream_headers,
@@ -87,6 +91,7 @@ class LocalProxy:
         token: The lab token, added to every forwarded request, never sent back.
         port: Local port; 0 for any free one.
         landing: Path of JupyterLab on the lab (``{base_url}lab``).
+        login_code_seconds: How long the printed login code works (once).
     """
 
     def __init__(
@@ -97,9 +102,11 @@ class LocalProxy:
         port: int = 0,
         landing: str = "/lab",
         logger: Any = None,
+        login_code_seconds: float = LOGIN_CODE_SECONDS,
     ) -> None:
         self.upstream = upstream
         self._token = token
+        self._code_seconds = login_code_seconds
         self._requested_port = port
         self._landing = landing
         self._log = logger or default_logger()
@@ -126,7 +133,7 @@ class LocalProxy:
             self._on_connection, "127.0.0.1", self._requested_port
         )
         port = int(self._server.sockets[0].getsockname()[1])
-        self.guard = Guard(port=port, landing=self._landing)
+        self.guard = Guard(port=port, landing=self._landing, code_seconds=self._code_seconds)
         return self
 
     async def close(self) -> None:

@@ -68,6 +68,8 @@ async def resolve_target(args: argparse.Namespace) -> LabTarget:
         ResolveError: The named session is missing, not Ready, or unreadable.
     """
     if args.url:
+        if args.name:
+            raise UsageError("give a session NAME or --url URL, not both")
         if not args.url.startswith(("http://", "https://")):
             raise UsageError("--url must start with http:// or https://")
         return LabTarget(args.url, read_token(args), args.user or getpass.getuser())
@@ -346,6 +348,12 @@ def _prober_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``kernelsession`` parser (see :func:`parse_args` for options anywhere)."""
+    return _build()[0]
+
+
+def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top parser and each command's own parser, by command word."""
     parser = argparse.ArgumentParser(
         prog="kernelsession", description="Run code in JupyterLab sessions."
     )
@@ -371,8 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print one JSON object per result"
     )
     _prober_arguments(probe_parser)
-    add_open_parser(sub)
-    return parser
+    open_parser = add_open_parser(sub)
+    commands = {
+        "exec": exec_parser,
+        "notebook": notebook_parser,
+        "probe": probe_parser,
+        "open": open_parser,
+    }
+    return parser, commands
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -389,10 +403,29 @@ def _configure_logging(verbose: bool) -> None:
     logger.setLevel(logging.DEBUG)
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse a command line with options anywhere, as kubectl takes them.
+
+    ``kernelsession notebook alice -n labs nb.ipynb`` has two optional positionals
+    around an option; plain argparse stops at the first option and refuses the
+    second positional. Each command's own parser therefore parses intermixed
+    (options first, then the positionals that remain, in order); argparse cannot
+    intermix through sub-parsers, so the command word is picked out first.
+    Usage errors exit 2 with argparse's message, as before.
+    """
+    parser, commands = _build()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in commands:
+        # no command, an unknown one, or top-level options (-h) first: argparse says why
+        return parser.parse_args(argv)
+    args = commands[argv[0]].parse_intermixed_args(argv[1:])
+    args.command = argv[0]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: returns the exit code (argparse exits 2 on bad usage)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     _configure_logging(args.verbose)
     runner = {"exec": _exec, "notebook": _notebook, "probe": _probe, "open": run_open}[args.command]
     try:

@@ -37,6 +37,7 @@ from .._kubernetes import (
 from ..kubeapi import api_message, load_api_client
 from ..resources import DEFAULT_NAMESPACE, LAB_PORT, Phase
 from ._args import UsageError, read_token
+from ._guard import LOGIN_CODE_SECONDS
 from ._localproxy import LocalProxy
 from ._portforward import PortForwardUpstream
 from ._upstream import ByteStream, TCPUpstream, Upstream, UpstreamError
@@ -271,7 +272,8 @@ async def _open_and_serve(
             print(proxy.url, flush=True)
             _say(
                 f"serving {lab.what} on http://127.0.0.1:{proxy.port}{lab.base_path}lab "
-                "(the printed link logs in one browser, once); Ctrl-C to stop"
+                f"(the printed link logs in one browser, once, within "
+                f"{LOGIN_CODE_SECONDS:g} s); Ctrl-C to stop"
             )
             if _wants_browser(args):
                 # a daemon thread: a launcher that blocks (a console browser) never delays

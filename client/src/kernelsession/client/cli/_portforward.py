@@ -12,6 +12,7 @@ caller with whatever their kubeconfig says (RBAC: ``get`` and ``create`` on ``po
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.stream import WsApiClient
 
+from ..kubeapi import DEFAULT_REQUEST_TIMEOUT
 from ._upstream import ByteStream, UpstreamError
 
 __all__ = [
@@ -154,11 +156,19 @@ class PortForwardUpstream:
 
     Args:
         configuration: The caller's ``kubernetes_asyncio`` configuration (kubeconfig).
+        connect_timeout: Seconds the API server may take to open one stream's websocket.
     """
 
     def __init__(
-        self, configuration: client.Configuration, *, namespace: str, pod: str, port: int
+        self,
+        configuration: client.Configuration,
+        *,
+        namespace: str,
+        pod: str,
+        port: int,
+        connect_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     ) -> None:
+        self.connect_timeout = connect_timeout
         self.namespace = namespace
         self.pod = pod
         self.port = port
@@ -174,10 +184,16 @@ class PortForwardUpstream:
         core: Any = client.CoreV1Api(self._ws_api)  # the generated types do not know WsApiClient
         where = f"{self.namespace}/{self.pod}"
         try:
-            request = await core.connect_get_namespaced_pod_portforward(
-                self.pod, self.namespace, ports=str(self.port), _preload_content=False
-            )
-            ws = await request
+            async with asyncio.timeout(self.connect_timeout):
+                request = await core.connect_get_namespaced_pod_portforward(
+                    self.pod, self.namespace, ports=str(self.port), _preload_content=False
+                )
+                ws = await request
+        except TimeoutError:
+            raise PortForwardError(
+                f"the API server did not open the port-forward to {where} "
+                f"within {self.connect_timeout:g} s"
+            ) from None
         except aiohttp.WSServerHandshakeError as e:
             raise PortForwardError(_refusal(e.status, where)) from None
         except (aiohttp.ClientError, OSError) as e:

@@ -71,7 +71,7 @@ INGRESS_ASSETS_ENV = "KERNELSESSION_INGRESS_ASSETS"
 # From Debian packages (installed by `make setup`): runc and the CNI plugins.
 RUNC = Path("/usr/sbin/runc")
 CNI_BIN_DIR = Path("/usr/lib/cni")
-CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
+CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap", "tuning")
 
 
 class BinariesUnavailableError(RuntimeError):

@@ -163,14 +163,15 @@ def base_packages(root: Path) -> list[str]:
     return [w for line in text.splitlines() for w in line.split("#", 1)[0].split()]
 
 
-def apt_source_files() -> list[Path]:
+def apt_source_files(apt_dir: Path = Path("/etc/apt")) -> list[Path]:
     """The host's apt source files (deb822 ``*.sources`` and one-line ``*.list``), read at run
-    time: the base image uses the same mirrors as the host."""
+    time: the base image uses the same mirrors as the host. Files without an entry (all
+    comments, say) are left out."""
     files: list[Path] = []
-    main = Path("/etc/apt/sources.list")
+    main = apt_dir / "sources.list"
     if main.is_file() and _has_entries(main):
         files.append(main)
-    d = Path("/etc/apt/sources.list.d")
+    d = apt_dir / "sources.list.d"
     if d.is_dir():
         for p in sorted(d.iterdir()):
             if p.suffix in (".sources", ".list") and p.is_file() and _has_entries(p):

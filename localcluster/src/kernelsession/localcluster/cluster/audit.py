@@ -38,6 +38,14 @@ class Entry:
     stage: str
     time: str  # stageTimestamp (RFC 3339, microseconds)
     user_agent: str = ""
+    received: str = ""  # requestReceivedTimestamp
+    pod: str = ""
+    """The pod whose service-account token made the request (a bound token's
+    ``authentication.kubernetes.io/pod-name``), "" for other credentials."""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.code is not None and 200 <= self.code < 300
 
     @property
     def write(self) -> bool:
@@ -77,17 +85,21 @@ def parse_line(line: str) -> Entry | None:
         resource = str(event.get("requestURI", "")).split("?", 1)[0]
     status = event.get("responseStatus") or {}
     code = status.get("code")
+    user = event.get("user") or {}
+    pods = (user.get("extra") or {}).get("authentication.kubernetes.io/pod-name") or [""]
     return Entry(
         verb=str(event.get("verb", "")),
         resource=resource,
         namespace=ref.get("namespace"),
         name=ref.get("name"),
         api_group=str(ref.get("apiGroup", "")),
-        user=str((event.get("user") or {}).get("username", "")),
+        user=str(user.get("username", "")),
         code=int(code) if code is not None else None,
         stage=str(event.get("stage", "")),
         time=str(event.get("stageTimestamp") or event.get("requestReceivedTimestamp") or ""),
         user_agent=str(event.get("userAgent", "")),
+        received=str(event.get("requestReceivedTimestamp") or ""),
+        pod=str(pods[0]),
     )
 
 

@@ -6,6 +6,10 @@ work directory, waits for ``/readyz``, writes an admin kubeconfig file, then sta
 kube-controller-manager (garbage collector, namespace, service-account and token
 controllers, deployments/replicasets/jobs) and waits for its ``/healthz``.
 
+etcd serves TLS only and requires a client certificate of its own CA (the API server's),
+on its client and its peer port, as kubeadm sets it up. The API server allows no
+privileged container (``--allow-privileged=false``): nothing of the cluster needs one.
+
 Every process runs in its own session and is stopped by PID (SIGTERM, grace, SIGKILL);
 ``stop()`` also removes the work directory. A failed or interrupted ``start()`` stops
 whatever it had started before re-raising. Each component logs to ``<workdir>/<name>.log``;
@@ -173,6 +177,11 @@ class ControlPlane:
         return f"https://{self.bind_address}:{self.apiserver_port}"
 
     @property
+    def etcd_url(self) -> str:
+        """etcd's client URL (TLS; a client certificate of the etcd CA is required)."""
+        return f"https://127.0.0.1:{self.etcd_port}"
+
+    @property
     def kubeconfig(self) -> Path:
         """The admin kubeconfig (RuntimeError before start)."""
         if self._kubeconfig is None:
@@ -303,9 +312,12 @@ class ControlPlane:
         self.processes.await_ready(name, check)
 
     def _start_etcd(self, binaries: Binaries) -> None:
+        """etcd on loopback, TLS only, client and peer certificates required (the etcd
+        CA's: only the API server's client certificate opens it)."""
+        p = self._require_pki()
         work = self._work()
-        client = f"http://127.0.0.1:{self.etcd_port}"
-        peer = f"http://127.0.0.1:{self.etcd_peer_port}"
+        client = self.etcd_url
+        peer = f"https://127.0.0.1:{self.etcd_peer_port}"
         self._spawn(
             "etcd",
             [
@@ -317,11 +329,21 @@ class ControlPlane:
                 f"--listen-peer-urls={peer}",
                 f"--initial-advertise-peer-urls={peer}",
                 f"--initial-cluster=default={peer}",
+                f"--cert-file={p.etcd_server_cert}",
+                f"--key-file={p.etcd_server_key}",
+                f"--trusted-ca-file={p.etcd_ca_cert}",
+                "--client-cert-auth=true",
+                f"--peer-cert-file={p.etcd_server_cert}",
+                f"--peer-key-file={p.etcd_server_key}",
+                f"--peer-trusted-ca-file={p.etcd_ca_cert}",
+                "--peer-client-cert-auth=true",
                 "--unsafe-no-fsync=true",
                 "--log-level=warn",
             ],
         )
-        self._await("etcd", lambda: http_ok(f"{client}/health"))
+        ctx = ssl.create_default_context(cafile=str(p.etcd_ca_cert))
+        ctx.load_cert_chain(str(p.etcd_client_cert), str(p.etcd_client_key))
+        self._await("etcd", lambda: http_ok(f"{client}/health", context=ctx))
 
     def _audit_args(self) -> list[str]:
         if not self.audit:
@@ -344,7 +366,10 @@ class ControlPlane:
             "kube-apiserver",
             [
                 str(binaries.kube_apiserver),
-                f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+                f"--etcd-servers={self.etcd_url}",
+                f"--etcd-cafile={p.etcd_ca_cert}",
+                f"--etcd-certfile={p.etcd_client_cert}",
+                f"--etcd-keyfile={p.etcd_client_key}",
                 f"--bind-address={self.bind_address}",
                 f"--advertise-address={self.bind_address}",
                 f"--secure-port={self.apiserver_port}",
@@ -362,7 +387,9 @@ class ControlPlane:
                 "--service-account-max-token-expiration=8760h",
                 "--authorization-mode=Node,RBAC",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--allow-privileged=true",
+                # nothing here runs privileged: the enforcer, kube-proxy, CoreDNS and the
+                # volume provisioner are node processes, its helper pods unprivileged
+                "--allow-privileged=false",
                 # the `kubernetes` Service points at the node IP (no endpoint on loopback)
                 "--endpoint-reconciler-type="
                 + ("none" if self.bind_address.startswith("127.") else "lease"),

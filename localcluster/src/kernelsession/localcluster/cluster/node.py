@@ -53,6 +53,7 @@ from kernelsession.localcluster.host.crash import (
     kill_recorded,
     proc_start_time,
     run_captured,
+    shared_chains,
 )
 from kernelsession.localcluster.processes import (
     ProcessGroup,
@@ -207,6 +208,12 @@ class Node:
         self.lock.acquire()
         try:
             cleanup_crashed(sys.stderr)
+            if hostnet.bridge_exists():
+                raise NodeError(
+                    f"a network interface named {hostnet.BRIDGE} exists and no crashed node "
+                    "left a record of it: it is not this node's. Remove it if it is a "
+                    f"leftover (`ip link del {hostnet.BRIDGE}`), then start again."
+                )
             before = hoststate.snapshot()
             self.workdir.mkdir(parents=True, exist_ok=True)
             self.record = NodeRecord(
@@ -219,9 +226,14 @@ class Node:
                 sysctls=before.sysctls,
                 absent_paths=[p for p in hoststate.HOST_PATHS if not Path(p).exists()],
                 nft_tables=before.nft_tables,
+                routes_before=hostnet.routes_before(),
+                chains_before=shared_chains(),
             )
             self.record.save()
-            hostnet.setup()
+            try:
+                hostnet.setup()
+            except hostnet.HostNetworkError as exc:
+                raise NodeError(str(exc)) from exc
         except BaseException:
             self.lock.release()
             raise
@@ -243,6 +255,10 @@ class Node:
         self.timings.kubelet = time.monotonic() - t
         t = time.monotonic()
         self._start_kube_proxy()
+        # pods reach CoreDNS and the API server of the node, nothing else of it; the guards
+        # go back ahead of the jumps kube-proxy and the kubelet put first
+        hostnet.guard_node_input(self.cp.apiserver_port)
+        hostnet.keep_guards_first()
         self._start_coredns()
         self._start_netpol()
         if self.helper_image is not None:
@@ -267,6 +283,34 @@ class Node:
         self.record = None
         self.lock.release()
         return problems
+
+    def restart_daemon(self, name: str, *, grace: float = 10.0) -> float:
+        """Restart the node's ``containerd`` or ``kubelet`` as an upgrade of its package
+        would: SIGTERM by PID (SIGKILL after ``grace``), then start it again with the same
+        configuration. Running containers (their shims) are left alone: nothing of a
+        crashed run is cleaned up here. Returns seconds until it answers again.
+
+        Raises:
+            ValueError: ``name`` is not one of the two.
+            NodeError: it does not come back (with its log tail).
+        """
+        if name not in ("containerd", "kubelet"):
+            raise ValueError(f"restart_daemon: containerd or kubelet, not {name!r}")
+        started = time.monotonic()
+        self.processes.stop(name, grace=grace)
+        if name == "kubelet":
+            self._start_kubelet()
+            return time.monotonic() - started
+        env = dict(os.environ)
+        env["PATH"] = f"{self.node_binaries.directory}:{env.get('PATH', '/usr/bin:/bin')}"
+        config = self.workdir / "containerd" / "config.toml"
+        self._spawn(
+            "containerd", [str(self.node_binaries.containerd), "--config", str(config)], env
+        )
+        self._await(
+            "containerd", lambda: self.ctr("version", timeout=5).returncode == 0, timeout=30
+        )
+        return time.monotonic() - started
 
     def stop_daemons(self) -> None:
         """Stop every daemon but containerd, in reverse start order (the kubelet last of
@@ -357,6 +401,14 @@ oom_score = 0
                         "dataDir": str(self.workdir / "cni" / "ipam"),
                         "ranges": [[{"subnet": hostnet.NODE_SUBNET, "gateway": hostnet.NODE_IP}]],
                         "routes": [{"dst": "0.0.0.0/0"}],
+                    },
+                },
+                # no IPv6 in pods: no link-local path between pods around the IPv4 rules
+                {
+                    "type": "tuning",
+                    "sysctl": {
+                        "net.ipv6.conf.all.disable_ipv6": "1",
+                        "net.ipv6.conf.default.disable_ipv6": "1",
                     },
                 },
                 {"type": "portmap", "capabilities": {"portMappings": True}},
@@ -609,8 +661,15 @@ oom_score = 0
             timeout=60,
         )
 
+    def restart_netpol(self) -> None:
+        """Start the NetworkPolicy enforcer again (after it exited or was killed) and wait
+        until it has applied the cluster's policies. Raises NodeError."""
+        self.processes.stop("netpol")
+        self._start_netpol()
+
     def _start_netpol(self) -> None:
         ready = self.workdir / "netpol.ready"
+        ready.unlink(missing_ok=True)
         self._spawn(
             "netpol",
             [
@@ -620,6 +679,7 @@ oom_score = 0
                 f"--kubeconfig={self.cp.kubeconfig}",
                 f"--ready-file={ready}",
                 f"--node-dns={hostnet.NODE_IP}",  # CoreDNS runs on the node, bound there
+                f"--pod-subnet={hostnet.NODE_SUBNET}",  # pods it does not know: dropped
             ],
         )
         self._await("netpol", ready.exists, timeout=60)

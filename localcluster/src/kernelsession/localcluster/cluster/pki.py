@@ -2,7 +2,10 @@
 
 A cluster CA signs the API server's serving certificate and the admin client
 certificate (``O=system:masters``); a separate key pair signs service-account tokens.
-Everything is written as PEM files into one directory.
+As kubeadm does, etcd has a CA of its own: it signs etcd's serving and peer certificate
+and the one client certificate etcd accepts, the API server's (``apiserver-etcd-client``).
+No certificate of the cluster CA (admin, node, kubelet client) opens etcd.
+Everything is written as PEM files into one directory (keys mode 0600).
 """
 
 from __future__ import annotations
@@ -36,6 +39,12 @@ class ClusterPKI:
     node_key: Path
     kubelet_client_cert: Path
     kubelet_client_key: Path
+    etcd_ca_cert: Path
+    etcd_ca_key: Path
+    etcd_server_cert: Path
+    etcd_server_key: Path
+    etcd_client_cert: Path
+    etcd_client_key: Path
 
 
 def _write(path: Path, data: bytes, *, private: bool = False) -> Path:
@@ -66,7 +75,7 @@ def _issue(
     ca_name: x509.Name,
     ca_key: ec.EllipticCurvePrivateKey,
     *,
-    usage: x509.ObjectIdentifier,
+    usage: x509.ObjectIdentifier | list[x509.ObjectIdentifier],
     sans: list[x509.GeneralName] | None = None,
 ) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
@@ -93,37 +102,24 @@ def _issue(
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage(usage if isinstance(usage, list) else [usage]), critical=False
+        )
     )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     return builder.sign(ca_key, hashes.SHA256())
 
 
-def generate(
-    directory: Path,
-    *,
-    service_ip: str,
-    node_name: str = "local-node",
-    extra_ips: tuple[str, ...] = (),
-) -> ClusterPKI:
-    """Generate the CA, the API server's serving certificate, client certificates (admin,
-    the node ``system:node:<node_name>``, the API server's kubelet client) and the
-    service-account key pair.
-
-    ``service_ip`` (the ``kubernetes`` Service's cluster IP) and ``extra_ips`` (e.g. the
-    node IP the API server listens on) are added to the serving certificate's SANs.
-    Raises OSError when ``directory`` is not writable.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
+def _ca(name: x509.Name) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A self-signed CA key and certificate."""
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("kernelsession-local-ca")
-    ca_cert = (
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
         x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now)
         .not_valid_after(now + _VALIDITY)
@@ -142,11 +138,31 @@ def generate(
             ),
             critical=True,
         )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
     )
+    return key, cert
+
+
+def generate(
+    directory: Path,
+    *,
+    service_ip: str,
+    node_name: str = "local-node",
+    extra_ips: tuple[str, ...] = (),
+) -> ClusterPKI:
+    """Generate the CA, the API server's serving certificate, client certificates (admin,
+    the node ``system:node:<node_name>``, the API server's kubelet client) and the
+    service-account key pair.
+
+    ``service_ip`` (the ``kubernetes`` Service's cluster IP) and ``extra_ips`` (e.g. the
+    node IP the API server listens on) are added to the serving certificate's SANs.
+    Raises OSError when ``directory`` is not writable.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    ca_name = _name("kernelsession-local-ca")
+    ca_key, ca_cert = _ca(ca_name)
     serving_key = ec.generate_private_key(ec.SECP256R1())
     dns = [
         "localhost",
@@ -190,6 +206,28 @@ def generate(
         ca_key,
         usage=client,
     )
+    etcd_ca_name = _name("kernelsession-etcd-ca")
+    etcd_ca_key, etcd_ca = _ca(etcd_ca_name)
+    etcd_server_key = ec.generate_private_key(ec.SECP256R1())
+    etcd_server = _issue(  # serving and peer: etcd's peer port checks client certificates
+        _name("kernelsession-etcd"),
+        etcd_server_key,
+        etcd_ca_name,
+        etcd_ca_key,
+        usage=[ExtendedKeyUsageOID.SERVER_AUTH, client],
+        sans=[
+            x509.DNSName("localhost"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        ],
+    )
+    etcd_client_key = ec.generate_private_key(ec.SECP256R1())
+    etcd_client = _issue(
+        _name("kube-apiserver-etcd-client"),
+        etcd_client_key,
+        etcd_ca_name,
+        etcd_ca_key,
+        usage=client,
+    )
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = serialization.Encoding.PEM
     return ClusterPKI(
@@ -211,5 +249,17 @@ def generate(
         ),
         kubelet_client_key=_write(
             directory / "kubelet-client.key", _key_pem(kubelet_client_key), private=True
+        ),
+        etcd_ca_cert=_write(directory / "etcd-ca.crt", etcd_ca.public_bytes(pem)),
+        etcd_ca_key=_write(directory / "etcd-ca.key", _key_pem(etcd_ca_key), private=True),
+        etcd_server_cert=_write(directory / "etcd-server.crt", etcd_server.public_bytes(pem)),
+        etcd_server_key=_write(
+            directory / "etcd-server.key", _key_pem(etcd_server_key), private=True
+        ),
+        etcd_client_cert=_write(
+            directory / "apiserver-etcd-client.crt", etcd_client.public_bytes(pem)
+        ),
+        etcd_client_key=_write(
+            directory / "apiserver-etcd-client.key", _key_pem(etcd_client_key), private=True
         ),
     )

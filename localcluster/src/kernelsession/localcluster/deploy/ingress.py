@@ -12,15 +12,20 @@ controller answers its readiness probe::
         ingress.fetch("/", host="lab.test")  # (404, b"404 page not found\\n")
 
 What it installs, in namespace ``kernelsession-ingress`` (Pod Security ``restricted``):
-a ServiceAccount; a ClusterRole with exactly what the provider reads (list/watch of
-ingresses, ingressclasses, services, endpointslices, secrets and nodes: Traefik's
-cluster-scope informer watches nodes whenever IngressClasses are looked up) and writes
+a ServiceAccount; a ClusterRole with exactly what the provider needs (list/watch of
+ingresses, ingressclasses, services, endpointslices and nodes: Traefik's cluster-scope
+informer watches nodes whenever IngressClasses are looked up) and writes
 (``ingresses/status``: each Ingress it serves gets the Service's cluster IP as its load
-balancer address); the Deployment ``traefik`` (non-root uid 65532, all capabilities
-dropped, RuntimeDefault seccomp, read-only root file system, readiness and liveness on
-``/ping``); the ClusterIP Service ``traefik`` on port 80 at the fixed address
-:data:`SERVICE_IP` (``http://10.96.0.80``); and the IngressClass ``traefik``
-(controller ``traefik.io/ingress-controller``, the cluster's default class).
+balancer address), and no Secret at all: Traefik watches every Secret it may (for Ingress
+TLS, unused by the plain-HTTP entry point), so it reads the API server through a sidecar
+on 127.0.0.1 (:mod:`._ingress_apiproxy`, from the ConfigMap ``traefik-apiproxy``, run by
+the ``base`` image's python) that forwards everything else with Traefik's own token and
+answers requests for Secrets itself with nothing; the Deployment ``traefik`` (non-root
+uid 65532, all capabilities dropped, RuntimeDefault seccomp, read-only root file system,
+readiness and liveness on ``/ping``; the sidecar likewise); the ClusterIP Service
+``traefik`` on port 80 at the fixed address :data:`SERVICE_IP` (``http://10.96.0.80``);
+and the IngressClass ``traefik`` (controller ``traefik.io/ingress-controller``, the
+cluster's default class).
 
 Traefik contacts nothing outside the machine: no version check, no anonymous usage
 statistics, no plugins, no dashboard. Its ``web`` entry point has no read timeout (Traefik
@@ -40,6 +45,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kernelsession.localcluster.cluster import LocalCluster
@@ -52,6 +58,9 @@ CONTROLLER = "traefik.io/ingress-controller"
 SERVICE_PORT = 80
 WEB_PORT = 8000
 PING_PORT = 8080
+APIPROXY_PORT = 8001
+APIPROXY_CONFIGMAP = f"{NAME}-apiproxy"
+_APIPROXY_SOURCE = Path(__file__).with_name("_ingress_apiproxy.py")
 #: The Service's fixed cluster IP, in the static band of the local cluster's service range
 #: (like kube-dns's 10.96.0.10): the controller's address is known before it is installed,
 #: and Traefik publishes it in the status of every Ingress it serves.
@@ -87,26 +96,30 @@ def traefik_args(class_name: str = CLASS_NAME, service_ip: str = SERVICE_IP) -> 
         # each served Ingress gets the Service's cluster IP in status.loadBalancer (Traefik's
         # publishedService would publish only a ClusterIP Service's externalIPs)
         f"--providers.kubernetesingress.ingressEndpoint.ip={service_ip}",
+        # the API server through the sidecar that keeps Secrets out (see the module doc)
+        f"--providers.kubernetesingress.endpoint=http://127.0.0.1:{APIPROXY_PORT}",
     ]
 
 
 def ingress_manifests(
     image: str,
     *,
+    proxy_image: str,
     namespace: str = NAMESPACE,
     class_name: str = CLASS_NAME,
     service_ip: str = SERVICE_IP,
     default_class: bool = True,
 ) -> list[dict[str, Any]]:
-    """The objects that install Traefik (namespace, RBAC, Service, Deployment,
-    IngressClass), in apply order. Pure."""
+    """The objects that install Traefik (namespace, RBAC, the API proxy's ConfigMap,
+    Service, Deployment, IngressClass), in apply order. ``proxy_image``: an image with
+    ``python3`` for the API proxy sidecar. Pure (reads the proxy's source file)."""
     labels = {**COMMON_LABELS, **POD_LABELS}
     meta = {"name": NAME, "namespace": namespace, "labels": labels}
     cluster_name = f"{namespace}-{NAME}"
     rules = [
         {
             "apiGroups": [""],
-            "resources": ["services", "secrets", "nodes"],
+            "resources": ["services", "nodes"],
             "verbs": ["list", "watch"],
         },
         {
@@ -153,6 +166,19 @@ def ingress_manifests(
         # read-only)
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108
     }
+    proxy = {
+        "name": "apiproxy",
+        "image": proxy_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python3", "-I", "/etc/apiproxy/apiproxy.py"],
+        "env": [{"name": "PORT", "value": str(APIPROXY_PORT)}],
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "24Mi"},
+            "limits": {"memory": "128Mi"},
+        },
+        "securityContext": hardened,
+        "volumeMounts": [{"name": "apiproxy", "mountPath": "/etc/apiproxy", "readOnly": True}],
+    }
     class_meta: dict[str, Any] = {"name": class_name, "labels": labels}
     if default_class:
         class_meta["annotations"] = {"ingressclass.kubernetes.io/is-default-class": "true"}
@@ -188,6 +214,12 @@ def ingress_manifests(
         },
         {
             "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {**meta, "name": APIPROXY_CONFIGMAP},
+            "data": {"apiproxy.py": _APIPROXY_SOURCE.read_text()},
+        },
+        {
+            "apiVersion": "v1",
             "kind": "Service",
             "metadata": meta,
             "spec": {
@@ -218,8 +250,11 @@ def ingress_manifests(
                             "runAsGroup": 65532,
                             "seccompProfile": {"type": "RuntimeDefault"},
                         },
-                        "containers": [container],
-                        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}],
+                        "containers": [container, proxy],
+                        "volumes": [
+                            {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
+                            {"name": "apiproxy", "configMap": {"name": APIPROXY_CONFIGMAP}},
+                        ],
                     },
                 },
             },
@@ -318,8 +353,11 @@ def install_ingress(
     started = time.monotonic()
     image = ensure_ingress_image(build_missing=build_missing, log=log)
     cluster.import_images([image])
+    proxy_image = cluster.image_refs.get("base")
+    if proxy_image is None:
+        raise IngressError("no `base` image in the cluster for the ingress API proxy")
     try:
-        cluster.apply(ingress_manifests(image.ref))
+        cluster.apply(ingress_manifests(image.ref, proxy_image=proxy_image))
     except subprocess.CalledProcessError as exc:
         raise IngressError(f"applying the ingress controller failed: {exc.stderr}") from exc
     remaining = max(1.0, timeout - (time.monotonic() - started))

@@ -1,6 +1,7 @@
 """The operator on the local cluster, run as it runs in a real one.
 
-``install_manifests`` applies the namespaces, the CRD and the RBAC from ``manifests/``;
+``install_manifests`` applies the CRDs (``manifests/crds``), the namespaces and the RBAC
+from ``manifests/``;
 ``OperatorProcess`` runs ``python -m kernelsession.operator`` as a local process
 authenticated as the ``kernelsession-operator`` service account (a TokenRequest token),
 so every request it makes is authorised by ``manifests/rbac.yaml`` and nothing more.
@@ -17,7 +18,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-from kernelsession.client.resources import CRD_NAME
+from kernelsession.client.resources import CRD_NAME, GROUP
 from kernelsession.client.testing import free_port
 from kernelsession.localcluster.building.binaries import repo_root
 from kernelsession.localcluster.cluster import LocalCluster
@@ -30,6 +31,11 @@ from kernelsession.localcluster.processes import (
 
 OPERATOR_NAMESPACE = "kernelsession-system"
 OPERATOR_ACCOUNT = "kernelsession-operator"
+LABS_NAMESPACE = "samples/labs-namespace.yaml"
+"""The shared ``labs`` namespace, applied apart from ``manifests/`` (which leaves it on
+``kubectl delete -k``), relative to ``manifests/``."""
+CRD_NAMES = (CRD_NAME, f"labprofiles.{GROUP}")
+"""Every CRD in ``manifests/crds`` (KernelSession, LabProfile)."""
 
 
 def manifests_dir() -> Path:
@@ -39,22 +45,45 @@ def manifests_dir() -> Path:
         FileNotFoundError: not running from a checkout.
     """
     root = repo_root()
-    if root is None or not (root / "manifests" / "crd.yaml").is_file():
+    if root is None or not (root / "manifests" / "crds" / "kustomization.yaml").is_file():
         raise FileNotFoundError("manifests/ not found: run from a kernelsession checkout")
     return root / "manifests"
 
 
+def install_crds(cluster: LocalCluster, directory: Path | None = None) -> None:
+    """``kubectl apply -k manifests/crds`` (they install apart from the operator) and wait
+    until every CRD is established.
+
+    Raises:
+        RuntimeError: the API server refused a CRD (the message is kubectl's).
+        subprocess.CalledProcessError: kubectl failed waiting for them.
+    """
+    directory = directory or manifests_dir()
+    crds = directory / "crds"
+    applied = cluster.kubectl(
+        "apply", "--server-side", "--force-conflicts", "-k", str(crds), check=False
+    )
+    if applied.returncode != 0:
+        raise RuntimeError(f"kubectl apply -k {crds}: {applied.stderr.strip()}")
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        *(f"crd/{name}" for name in CRD_NAMES),
+        "--timeout=30s",
+    )
+
+
 def install_manifests(cluster: LocalCluster, directory: Path | None = None) -> None:
-    """Apply namespaces, CRD, RBAC and the admission policies (not the Deployment) and
-    wait for the CRD.
+    """Apply the CRDs, namespaces, RBAC and the admission policies (not the Deployment)
+    and wait for the CRDs.
 
     Raises:
         subprocess.CalledProcessError: kubectl failed (its stderr says why).
     """
     directory = directory or manifests_dir()
-    for name in ("namespace.yaml", "crd.yaml", "rbac.yaml", "admission.yaml"):
+    install_crds(cluster, directory)
+    for name in (LABS_NAMESPACE, "namespace.yaml", "rbac.yaml", "admission.yaml"):
         cluster.apply(directory / name)
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=30s")
 
 
 class OperatorProcess:

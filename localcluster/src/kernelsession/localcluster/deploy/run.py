@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         timings = cluster.start()
         say(timings.summary())
         print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
-        say("kubectl apply -k manifests/ (namespaces, CRD, RBAC, the operator Deployment)")
+        say("kubectl apply -k manifests/crds, then -k manifests/ (namespaces, RBAC, the operator)")
         t = time.monotonic()
         if args.ingress:
             ingress = install_ingress(cluster)

@@ -55,6 +55,11 @@ class NodeRecord:
     sysctls: dict[str, str] = field(default_factory=dict)
     absent_paths: list[str] = field(default_factory=list)
     nft_tables: list[str] = field(default_factory=list)
+    routes_before: list[str] = field(default_factory=list)
+    """Routes for exactly the pod and service ranges before the node replaced them."""
+    chains_before: list[str] = field(default_factory=list)
+    """``TOOL TABLE CHAIN`` of the kubelet's and the CNI plugins' chains (names other
+    programs share) that existed before the node started: cleanup leaves them."""
 
     def save(self) -> None:
         RUN_DIR.mkdir(parents=True, exist_ok=True)
@@ -123,27 +128,36 @@ def _kill_cgroup_processes() -> None:
                     os.kill(int(pid), signal.SIGKILL)
 
 
-def _remove_iptables_leftovers() -> None:
+def shared_chains() -> list[str]:
+    """``TOOL TABLE CHAIN`` of the chains whose names the node shares with other programs
+    (the kubelet's, the CNI plugins' ``CNI-*``) that exist now."""
+    found: list[str] = []
     for tool in ("iptables", "ip6tables"):
-        for hook in ("INPUT", "OUTPUT"):
-            while (
-                run_captured([tool, "-w", "5", "-D", hook, "-j", "KUBE-FIREWALL"]).returncode == 0
-            ):
-                pass
         for table in ("mangle", "nat", "filter"):
-            for chain in KUBELET_CHAINS:
-                run_captured([tool, "-w", "5", "-t", table, "-F", chain])
-                run_captured([tool, "-w", "5", "-t", table, "-X", chain])
-        # CNI plugins' chains (portmap's CNI-HOSTPORT-*, bridge's CNI-*): jumps first
-        for table in ("nat", "filter"):
+            for line in run_captured([f"{tool}-save", "-t", table]).stdout.splitlines():
+                if line.startswith(":"):
+                    chain = line[1:].split()[0]
+                    if chain in KUBELET_CHAINS or chain.startswith("CNI-"):
+                        found.append(f"{tool} {table} {chain}")
+    return found
+
+
+def _remove_iptables_leftovers(chains_before: list[str]) -> None:
+    """Remove the kubelet's and the CNI plugins' chains that were not there before the
+    node started (``chains_before``), and the rules jumping to them; nothing else."""
+    ours = set(shared_chains()) - set(chains_before)
+    for tool in ("iptables", "ip6tables"):
+        for table in ("mangle", "nat", "filter"):
+            mine = [c.split()[2] for c in ours if c.startswith(f"{tool} {table} ")]
+            if not mine:
+                continue
             saved = run_captured([f"{tool}-save", "-t", table]).stdout.splitlines()
-            for line in saved:
-                if line.startswith("-A ") and " -j CNI-" in line:
-                    run_captured([tool, "-w", "5", "-t", table, *(["-D", *line.split()[1:]])])
-            chains = [ln[1:].split()[0] for ln in saved if ln.startswith(":CNI-")]
-            for chain in chains:
+            for line in saved:  # jumps first
+                if line.startswith("-A ") and any(line.endswith(f" -j {c}") for c in mine):
+                    run_captured([tool, "-w", "5", "-t", table, "-D", *line.split()[1:]])
+            for chain in mine:
                 run_captured([tool, "-w", "5", "-t", table, "-F", chain])
-            for chain in chains:
+            for chain in mine:
                 run_captured([tool, "-w", "5", "-t", table, "-X", chain])
 
 
@@ -209,18 +223,22 @@ def finish_host_cleanup(record: NodeRecord) -> list[str]:
     sysctls. Returns what could not be restored."""
     problems: list[str] = []
     _kill_cgroup_processes()
-    _unmount_under([record.workdir, record.containerd_root, "/var/lib/kubelet", "/run/netns"])
+    # only under the node's own directories (its pods' network namespaces are under
+    # containerd's state there): never another program's /run/netns or kubelet mounts
+    _unmount_under([record.workdir, record.containerd_root])
     if record.kube_proxy and Path(record.kube_proxy).exists():
         run_captured([record.kube_proxy, "--cleanup", "--v=0"])
-    _remove_iptables_leftovers()
+    _remove_iptables_leftovers(record.chains_before)
     from kernelsession.localcluster.host.netpol import (
         remove_rules,  # the enforcer's chains, also after a crash
     )
 
     remove_rules()
-    problems += hostnet.teardown()
+    problems += hostnet.teardown(record.routes_before)
     _remove_cgroups()
     for path in record.absent_paths:
+        if _mounts_under([path]):
+            continue  # something else mounted there meanwhile (a netns...): not ours
         if Path(path).is_dir():
             shutil.rmtree(path, ignore_errors=True)
         elif Path(path).exists():

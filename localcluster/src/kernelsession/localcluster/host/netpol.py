@@ -26,6 +26,20 @@ Where the chains hook:
   it is neither forwarded nor from a pod address, so neither chain matches it, and the
   pod's replies are established. As with kube-router and Calico.
 
+Failing closed:
+
+- With ``--pod-subnet``, ``KS-NETPOL`` sends every new connection from or to an address of
+  the node's pod subnet through ``KS-NETPOL-SRC`` / ``KS-NETPOL-DST``, which return only
+  for the pods the enforcer has rendered (and stand-ins) and drop the rest. A pod created
+  while the enforcer is down, or after its last successful ``iptables-restore`` (a failed
+  restore keeps the previous rules), reaches and is reached by no pod until the enforcer
+  has rendered its policies.
+- The rules stay when the enforcer exits or is killed: only the node's teardown
+  (:func:`remove_rules`) removes them.
+- Every second the enforcer compares the filter table with what it applied (its chains,
+  their rule counts, its jumps, the node's guards first in FORWARD and INPUT) and applies
+  again what someone else flushed or deleted.
+
 The cluster's DNS server is CoreDNS running on the node (bound to the node IP behind the
 ``kube-dns`` Service), not a pod. So that the usual "allow DNS" rule (pods labelled
 ``k8s-app: kube-dns`` in namespace ``kube-system``, port 53) means what it means on any
@@ -56,11 +70,17 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from kernelsession.localcluster.host import network as hostnet
+
 MAIN_CHAIN = "KS-NETPOL"
 INPUT_CHAIN = "KS-NETPOL-INPUT"
 POD_CHAIN_PREFIX = "KS-NPI-"
 EGRESS_CHAIN_PREFIX = "KS-NPE-"
 RULE_CHAIN_PREFIX = "KS-NPR-"
+KNOWN_SOURCE_CHAIN = "KS-NETPOL-SRC"
+KNOWN_DEST_CHAIN = "KS-NETPOL-DST"
+HEAL_INTERVAL = 1.0
+"""Seconds between two checks that the applied rules are still in the filter table."""
 HOOKS = (("FORWARD", MAIN_CHAIN), ("INPUT", INPUT_CHAIN))
 """(built-in chain, the enforcer's chain jumped to first from it)"""
 STAND_IN_ANNOTATION = "localcluster.kernelsession.dev/node-process"
@@ -332,11 +352,17 @@ def _selecting(policies: list[Obj], pod: Obj) -> list[Obj]:
 
 
 def render(
-    pods: Iterable[Obj], namespaces: Mapping[str, Obj], policies: Iterable[Obj]
+    pods: Iterable[Obj],
+    namespaces: Mapping[str, Obj],
+    policies: Iterable[Obj],
+    *,
+    pod_subnet: str | None = None,
 ) -> tuple[list[str], list[str]]:
     """The enforcer's chains for a cluster state.
 
-    ``pods`` may include stand-ins (:func:`node_dns_stand_in`). Returns (chain names,
+    ``pods`` may include stand-ins (:func:`node_dns_stand_in`). ``pod_subnet``: new
+    connections from or to an address in it that is not one of ``pods`` are dropped (fail
+    closed, see the module docstring); None: no such rule. Returns (chain names,
     ``iptables-restore --noflush`` lines for the filter table, without the
     ``*filter``/``COMMIT`` framing). Pure.
     """
@@ -354,6 +380,21 @@ def render(
     by_ip = [p for p in pods if not _is_stand_in(p)]
 
     main = [f"-A {MAIN_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"]
+    known_chains: list[str] = []
+    known_body: list[str] = []
+    if pod_subnet is not None:
+        known_chains = [KNOWN_SOURCE_CHAIN, KNOWN_DEST_CHAIN]
+        main += [
+            f"-A {MAIN_CHAIN} -s {pod_subnet} -j {KNOWN_SOURCE_CHAIN}",
+            f"-A {MAIN_CHAIN} -d {pod_subnet} -j {KNOWN_DEST_CHAIN}",
+        ]
+        known_ips = sorted(
+            {str(_pod_ip(p)) for p in pods}, key=lambda ip: ipaddress.IPv4Address(ip)
+        )
+        for chain, flag in ((KNOWN_SOURCE_CHAIN, "-s"), (KNOWN_DEST_CHAIN, "-d")):
+            known_body += [f"-A {chain} {flag} {ip}/32 -j RETURN" for ip in known_ips]
+            known_body.append(f"-A {chain} -j DROP")
+    egress_jumps_from = len(main)
     egress_chains: list[str] = []
     egress_body: list[str] = []
     for pod in by_ip:
@@ -415,18 +456,22 @@ def render(
                             ingress_body.append(" ".join(line.split()))
         ingress_body.append(f"-A {pod_chain} -j DROP")
 
+    chains = [MAIN_CHAIN, *known_chains, *chains[1:]]
     if not egress_chains:
-        return chains, main + ingress_body
+        return chains, main + known_body + ingress_body
     # What pods send to the node itself: only egress, never an ACCEPT (INPUT's own rules
     # still decide what they admit).
     node_input = [f"-A {INPUT_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"]
-    node_input += [line.replace(f"-A {MAIN_CHAIN} ", f"-A {INPUT_CHAIN} ", 1) for line in main[1:]]
+    node_input += [
+        line.replace(f"-A {MAIN_CHAIN} ", f"-A {INPUT_CHAIN} ", 1)
+        for line in main[egress_jumps_from:]
+    ]
     # main: established, egress jumps, then ingress jumps (from ingress_body)
     jumps = [line for line in ingress_body if line.startswith(f"-A {MAIN_CHAIN} ")]
     rest = [line for line in ingress_body if not line.startswith(f"-A {MAIN_CHAIN} ")]
     return (
         [MAIN_CHAIN, INPUT_CHAIN, *egress_chains, *chains[1:]],
-        [*main, *jumps, *node_input, *egress_body, *rest],
+        [*main, *jumps, *node_input, *known_body, *egress_body, *rest],
     )
 
 
@@ -455,9 +500,10 @@ def _unhook(hook: str, chain: str) -> None:
 
 def apply(chains: list[str], body: list[str]) -> None:
     """Install the rendered chains atomically, remove stale ones and the INPUT jump when no
-    pod is egress-isolated, then insert the jumps at the top of FORWARD (always) and INPUT
-    (while some pod is egress-isolated) where missing, at position 1: ahead of the jumps
-    kube-proxy and the kubelet installed when they started (before the enforcer).
+    pod is egress-isolated, then put the jumps at the top of FORWARD (always) and INPUT
+    (while some pod is egress-isolated), right after the node's guards
+    (:mod:`.hostnet`): ahead of the jumps kube-proxy and the kubelet install, whose
+    ``ESTABLISHED`` and masquerade-mark accepts would otherwise come first.
 
     Raises RuntimeError with iptables-restore's message.
     """
@@ -478,9 +524,47 @@ def apply(chains: list[str], body: list[str]) -> None:
         _iptables("-F", stale)
     for stale in set(_existing_chains()) - set(chains):
         _iptables("-X", stale)
+    saved = subprocess.run(
+        ["iptables-save", "-t", "filter"], capture_output=True, text=True, check=False
+    ).stdout
+    if any(" does not start with " in problem for problem in drifted(chains, body, saved)):
+        for hook, chain in HOOKS:  # first, then the node's guards go back ahead of them
+            if chain in chains:
+                hostnet.hook_first("iptables", hook, chain)
+        hostnet.keep_guards_first()
+
+
+def drifted(chains: list[str], body: list[str], saved: str) -> list[str]:
+    """What of an applied rendering (``chains``, ``body``) the filter table (``saved``:
+    ``iptables-save -t filter``) no longer has: a chain missing or with another number of
+    rules, a missing jump, a node guard no longer first in its hook. [] when intact. Pure.
+    """
+    declared: set[str] = set()
+    counts: dict[str, int] = {}
+    hooks: dict[str, list[str]] = {}
+    for line in saved.splitlines():
+        if line.startswith(":"):
+            declared.add(line[1:].split()[0])
+        elif line.startswith("-A "):
+            chain = line.split()[1]
+            counts[chain] = counts.get(chain, 0) + 1
+            hooks.setdefault(chain, []).append(line)
+    expected: dict[str, int] = {}
+    for line in body:
+        expected[line.split()[1]] = expected.get(line.split()[1], 0) + 1
+    problems = [
+        f"chain {c}: {counts.get(c, 0)} rules of {expected.get(c, 0)}"
+        for c in chains
+        if c not in declared or counts.get(c, 0) != expected.get(c, 0)
+    ]
+    guards = {hook: g for tool, hook, g in hostnet.GUARD_HOOKS if tool == "iptables"}
     for hook, chain in HOOKS:
-        if chain in chains and _iptables("-C", hook, "-j", chain).returncode != 0:
-            _iptables("-I", hook, "1", "-j", chain)
+        first = [f"-A {hook} -j {guards[hook]}"] if guards.get(hook) in declared else []
+        if chain in chains:
+            first.append(f"-A {hook} -j {chain}")
+        if hooks.get(hook, [])[: len(first)] != first:
+            problems.append(f"{hook} does not start with {', '.join(first)}")
+    return problems
 
 
 def remove_rules() -> None:
@@ -498,15 +582,49 @@ class Enforcer:
     """Watches the three kinds and re-renders on every change (debounced)."""
 
     def __init__(
-        self, kubeconfig: str, ready_file: Path | None, stand_ins: Iterable[Obj] = ()
+        self,
+        kubeconfig: str,
+        ready_file: Path | None,
+        stand_ins: Iterable[Obj] = (),
+        pod_subnet: str | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.ready_file = ready_file
         self.stand_ins = list(stand_ins)
+        self.pod_subnet = pod_subnet
         self.state: dict[str, dict[str, Obj]] = {"pods": {}, "namespaces": {}, "policies": {}}
         self.synced: set[str] = set()
         self.changed = asyncio.Event()
         self.last: tuple[list[str], list[str]] | None = None
+        self.repair = False
+
+    async def _heal(self) -> None:
+        """Every :data:`HEAL_INTERVAL` seconds: if the filter table lost part of what was
+        applied (someone flushed a chain, deleted a jump, moved a guard), apply again."""
+        while True:
+            await asyncio.sleep(HEAL_INTERVAL)
+            if self.last is None:
+                continue
+            saved = await asyncio.to_thread(
+                lambda: (
+                    subprocess.run(
+                        ["iptables-save", "-t", "filter"],
+                        capture_output=True,
+                        text=True,
+                        check=False,
+                    ).stdout
+                )
+            )
+            problems = drifted(*self.last, saved)
+            if problems:
+                print(
+                    f"netpol: rules changed by someone else ({'; '.join(problems[:5])}); "
+                    "applying again",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self.repair = True
+                self.changed.set()
 
     async def _watch(self, kind: str, api: Any, lister: str) -> None:
         from kubernetes_asyncio import watch
@@ -553,6 +671,7 @@ class Enforcer:
         core = client.CoreV1Api(api_client)
         net = client.NetworkingV1Api(api_client)
         tasks = [
+            asyncio.create_task(self._heal()),
             asyncio.create_task(self._watch("pods", core, "list_pod_for_all_namespaces")),
             asyncio.create_task(self._watch("namespaces", core, "list_namespace")),
             asyncio.create_task(
@@ -574,8 +693,10 @@ class Enforcer:
                     [*self.state["pods"].values(), *self.stand_ins],
                     namespaces,
                     self.state["policies"].values(),
+                    pod_subnet=self.pod_subnet,
                 )
-                if rendered != self.last:
+                if rendered != self.last or self.repair:
+                    self.repair = False
                     try:
                         started = time.monotonic()
                         apply(*rendered)
@@ -607,6 +728,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--ready-file", type=Path)
     parser.add_argument(
+        "--pod-subnet",
+        metavar="CIDR",
+        help="drop new connections from or to addresses in CIDR that are not known pods",
+    )
+    parser.add_argument(
         "--node-dns",
         metavar="IP",
         help="the node's CoreDNS listens on IP: policies see it as a kube-dns pod there",
@@ -620,11 +746,11 @@ def main(argv: list[str] | None = None) -> int:
         assert task is not None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
-        await Enforcer(args.kubeconfig, args.ready_file, stand_ins).run()
+        await Enforcer(args.kubeconfig, args.ready_file, stand_ins, args.pod_subnet).run()
 
     with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
         asyncio.run(serve())
-    remove_rules()
+    # the rules stay (fail closed): the node's teardown removes them (remove_rules)
     return 0
 
 

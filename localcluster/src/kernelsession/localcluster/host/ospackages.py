@@ -39,6 +39,12 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "libc6-dev",  # ... its static libc
         "ca-certificates",
     ),
+    "monitoring": (
+        # promtool: `make test` unit-tests the alerts in manifests/monitoring/ with
+        # `promtool test rules`. The package also ships a Prometheus server unit: on a host
+        # with systemd, apt starts it unless a policy-rc.d forbids it.
+        "prometheus",
+    ),
 }
 
 
