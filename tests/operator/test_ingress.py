@@ -17,6 +17,7 @@ from helpers import (
     LABS,
     OPERATOR_ENV,
     apply_session,
+    children,
     events_for,
     get_ks,
     lab_path,
@@ -157,10 +158,31 @@ def _is_controller(peer: dict[str, Any]) -> bool:
 def test_turning_ingresses_off_and_on(
     installed: LocalCluster, operator: InClusterOperator, session_name: str
 ) -> None:
+    """A settings change never restarts a running lab: turning Ingresses off deletes the
+    route at once, the lab keeps serving under its old path (UpToDate False) until its
+    next start (here: a resume), which serves it at ``/``; on again, the same."""
     apply_session(installed, session_name, {"user": "ingrid"})
-    wait_phase(installed, session_name, "Ready", timeout=120)
+    first = wait_phase(installed, session_name, "Ready", timeout=120)
     assert _ingress(installed, session_name) is not None
+    routed_url = first["url"]
+    assert routed_url.endswith(lab_path(session_name))
+    (routed_pod,) = children(installed, session_name)["Pod"]
     plain = {k: v for k, v in OPERATOR_ENV.items() if k not in INGRESS_ENV}
+
+    def resume(value: str) -> None:
+        installed.kubectl(
+            "-n",
+            LABS,
+            "annotate",
+            "ks",
+            session_name,
+            f"kernelsession.dev/resume={value}",
+            "--overwrite",
+        )
+
+    def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+        return next((c for c in status.get("conditions") or [] if c["type"] == kind), {})
+
     try:
         operator.reconfigure(plain)
         wait_for(
@@ -169,26 +191,44 @@ def test_turning_ingresses_off_and_on(
             what="the Ingress deleted",
         )
 
+        def kept_behind() -> dict[str, Any] | None:
+            status = get_ks(installed, session_name).get("status") or {}
+            behind = condition(status, "UpToDate").get("reason") == "TemplateChanged"
+            return status if behind and status.get("phase") == "Ready" else None
+
+        status = wait_for(kept_behind, timeout=60, what="the running lab kept, not up to date")
+        assert status["url"] == routed_url  # it still serves under its old path
+        assert "externalURL" not in status  # but no route leads there any more
+        (pod,) = children(installed, session_name)["Pod"]
+        assert pod["metadata"]["uid"] == routed_pod["metadata"]["uid"]
+        assert not _admits_controller(_policy(installed, session_name))
+        codes = _operator_calls(installed, "ingresses", "delete", session_name)
+        assert codes
+        assert all(c < 400 for c in codes), codes
+
+        resume("off")
+
         def served_at_root() -> dict[str, Any] | None:
             status = get_ks(installed, session_name).get("status") or {}
             url = f"http://{session_name}.{LABS}.svc.cluster.local:8888/"
             ok = status.get("phase") == "Ready" and status.get("url") == url
             return status if ok else None
 
-        status = wait_for(served_at_root, timeout=120, what="the lab Ready at /")
-        assert "externalURL" not in status
-        assert not _admits_controller(_policy(installed, session_name))
-        codes = _operator_calls(installed, "ingresses", "delete", session_name)
-        assert codes
-        assert all(c < 400 for c in codes), codes
+        status = wait_for(served_at_root, timeout=120, what="the lab Ready at / after a resume")
+        assert condition(status, "UpToDate").get("status") == "True"
     finally:
         operator.reconfigure(OPERATOR_ENV)
     external = f"http://{INGRESS_HOST}{lab_path(session_name)}"
+    wait_for(
+        lambda: _ingress(installed, session_name) is not None,
+        timeout=60,
+        what="the Ingress made again",
+    )
+    resume("on")
 
     def routed_again() -> bool:
         status = get_ks(installed, session_name).get("status") or {}
         return status.get("phase") == "Ready" and status.get("externalURL") == external
 
     wait_for(routed_again, timeout=120, what="the lab Ready behind its route again")
-    assert _ingress(installed, session_name) is not None
     assert _admits_controller(_policy(installed, session_name))

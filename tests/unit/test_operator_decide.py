@@ -718,6 +718,11 @@ def test_outdated_lab_keeps_its_own_base_path_when_ingresses_are_turned_on() -> 
     d = decide(obs(body, ROUTED, pods=(running,), activity=idle(1)), ROUTED)
     assert not deleted(d)
     assert status_of(d)["url"] == "http://127.0.1.2:8888/"
+    # its route's path is not where it serves: no external URL until its next start
+    assert "externalURL" not in status_of(d)
+    routed = pod(body, cfg=ROUTED)
+    d = decide(obs(body, ROUTED, pods=(routed,), activity=idle(1)), ROUTED)
+    assert status_of(d)["externalURL"].endswith("/labs/labs/alice/")
 
 
 def test_cull_of_a_lab_without_home_says_its_files_are_gone() -> None:

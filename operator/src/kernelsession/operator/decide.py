@@ -434,6 +434,11 @@ def _lab(p: Pass) -> Decision:
         requeue = cfg.home_interval
     else:
         requeue = cfg.starting_interval
+    # The route serves the path the operator's settings give; a lab started under other
+    # settings serves its own until its next start: no external URL that would not reach it.
+    external = builders.external_url(obs.body, cfg)
+    if pod is not None and pod.base_path != builders.base_path(obs.body, cfg):
+        external = None
     return p.finish(
         verdict,
         requeue=requeue,
@@ -441,7 +446,7 @@ def _lab(p: Pass) -> Decision:
         url=builders.lab_url(
             obs.body, cfg, pod.pod_ip if pod else None, base=pod.base_path if pod else None
         ),
-        external_url=builders.external_url(obs.body, cfg),
+        external_url=external,
         last_activity=last_activity,
         culled_time=culled_time,
         warned=warned,
