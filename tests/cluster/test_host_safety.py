@@ -5,6 +5,7 @@ name that is not the node's stops the start with a clear error and stays."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -49,6 +50,7 @@ def decoys() -> Iterator[list[str]]:
         ["blackhole", "198.18.0.0/24"],  # a test range nobody routes
     ]
     netns_dir_existed = Path("/run/netns").exists()
+    netns_was_mount = os.path.ismount("/run/netns")
     _run("ip", "netns", "add", netns)  # a network namespace, bind-mounted under /run/netns
     _run("iptables", "-w", "5", "-t", "nat", "-N", chain)
     _run(
@@ -80,8 +82,9 @@ def decoys() -> Iterator[list[str]]:
         )
         subprocess.run(["iptables", "-w", "5", "-t", "nat", "-X", chain], check=False)
         subprocess.run(["ip", "netns", "del", netns], check=False)
-        if not netns_dir_existed:  # `ip netns` made /run/netns a mount of its own
+        if not netns_was_mount:  # `ip netns` made /run/netns a mount of its own
             subprocess.run(["umount", "/run/netns"], check=False, capture_output=True)
+        if not netns_dir_existed:
             subprocess.run(["rmdir", "/run/netns"], check=False, capture_output=True)
 
 

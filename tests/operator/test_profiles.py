@@ -260,8 +260,19 @@ def test_the_owner_sees_and_changes_nothing_else(
 
 def test_the_owners_rights_in_their_namespace(installed: LocalCluster, carol: Tenant) -> None:
     def can(verb: str, resource: str) -> bool:
+        # kubectl auth can-i takes a subresource apart (`pods/log` alone is not one)
+        kind, _, sub = resource.partition("/")
+        extra = ("--subresource", sub) if sub else ()
         out = _as(
-            installed, carol.kubeconfig, "auth", "can-i", verb, resource, "-n", carol.namespace
+            installed,
+            carol.kubeconfig,
+            "auth",
+            "can-i",
+            verb,
+            kind,
+            *extra,
+            "-n",
+            carol.namespace,
         )
         return out.stdout.strip() == "yes"
 
