@@ -178,7 +178,9 @@ def _operator_peak_rss_kib(cluster: LocalCluster, operator: InClusterOperator) -
     """VmHWM (peak RSS) of the active operator's process, read on the node."""
     node = cluster.node
     assert node is not None
-    pod = operator.leader_pod()
+    # right after a rollout of the operator (an earlier test's settings change) the Lease
+    # may be between holders for a moment
+    pod = wait_for(operator.leader_pod, timeout=60, what="an active operator pod")
     container = pod["status"]["containerStatuses"][0]["containerID"].split("://")[-1]
     pid = node.task_pids()[container]
     status = Path(f"/proc/{pid}/status").read_text()

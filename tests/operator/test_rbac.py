@@ -260,7 +260,7 @@ def _profile_lifecycle(cluster: LocalCluster, user: str) -> None:
         items.append(cluster.get_json(f"namespace/{ns}"))
         return all(i["metadata"].get("labels", {}).get(label) == user for i in items)
 
-    wait_for(relabelled, timeout=30, what=f"{ns}'s objects relabelled")
+    wait_for(relabelled, timeout=90, what=f"{ns}'s objects relabelled")
     session = {
         "apiVersion": "kernelsession.dev/v1alpha1",
         "kind": "KernelSession",
