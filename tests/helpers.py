@@ -189,7 +189,14 @@ def set_labs_policy(cluster: LocalCluster, data: dict[str, str]) -> None:
     )
 
 
-def user_kubeconfig(cluster: LocalCluster, user: str, groups: list[str], path: Path) -> Path:
+def user_kubeconfig(
+    cluster: LocalCluster,
+    user: str,
+    groups: list[str] | tuple[str, ...],
+    path: Path,
+    *,
+    namespace: str = LABS,
+) -> Path:
     """A kubeconfig authenticating as Kubernetes user ``user`` in ``groups`` with an x509
     client certificate signed by the cluster's CA (what the CSR API's
     kube-apiserver-client signer issues): a real identity, for kubectl and for the
@@ -243,7 +250,7 @@ def user_kubeconfig(cluster: LocalCluster, user: str, groups: list[str], path: P
         user=user,
         client_cert=cert_file,
         client_key=key_file,
-        namespace=LABS,
+        namespace=namespace,
     )
 
 
