@@ -138,18 +138,17 @@ def test_teardown_and_crash_cleanup_leave_what_is_not_the_nodes(
 @pytest.mark.exclusive_node
 def test_a_bridge_that_is_not_the_nodes_stops_the_start(exclusive_node: None) -> None:
     before = hoststate.snapshot()
-    _run("ip", "link", "add", BRIDGE, "type", "dummy")
+    # someone else's bridge of that name (a bridge: the one link type every node has)
+    _run("ip", "link", "add", BRIDGE, "type", "bridge")
     try:
         cluster = LocalCluster()
         with pytest.raises(NodeError, match=f"{BRIDGE} exists"):
             cluster.start()
         assert Path(f"/sys/class/net/{BRIDGE}").exists()  # left as it was
-        assert (
-            "dummy"
-            in subprocess.run(
-                ["ip", "-d", "link", "show", BRIDGE], capture_output=True, text=True
-            ).stdout
-        )
+        shown = subprocess.run(
+            ["ip", "-d", "addr", "show", BRIDGE], capture_output=True, text=True
+        ).stdout
+        assert "bridge" in shown and "inet " not in shown  # not given the node's address
     finally:
         subprocess.run(["ip", "link", "del", BRIDGE], check=False)
     assert hoststate.diff(before, hoststate.snapshot()) == []
