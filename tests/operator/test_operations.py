@@ -225,7 +225,9 @@ async def test_trickling_and_flooding_labs_do_not_hold_the_operator(
 
         def says(name: str, text: str) -> bool:
             status = get_ks(installed, name).get("status") or {}
-            return text in str(status.get("message"))
+            if text not in str(status.get("message")):  # not yet: the failure shows it
+                raise AssertionError(f"status: {status}")
+            return True
 
         wait_for(lambda: says(names["trickle"], "no complete answer"), 120, what="trickle")
         wait_for(lambda: says(names["flood"], "larger than"), 120, what="flood")
