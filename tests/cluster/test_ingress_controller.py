@@ -179,8 +179,14 @@ def test_controller_runs_hardened_with_least_privilege(
     if cluster.audit_log is not None:
         from kernelsession.localcluster.cluster import audit
 
-        mine = audit.read(cluster.audit_log, user=account)
-        assert any(e.resource == "ingresses" for e in mine)  # it does read the API
+        log = cluster.audit_log
+
+        def reads_ingresses() -> list[audit.Entry]:
+            # Traefik's pod turns Ready before its informers have listed: wait for them
+            mine = audit.read(log, user=account)
+            return mine if any(e.resource == "ingresses" for e in mine) else []
+
+        mine = wait_for(reads_ingresses, timeout=60, what="Traefik's reads in the audit log")
         assert not [e for e in mine if e.resource.startswith("secrets")]
     assert not can("update", "ingresses", "-n", "labs")
     assert not can("create", "pods", "-n", ing.namespace)

@@ -5,7 +5,7 @@ An admin applies a profile; the operator makes the owner's namespace and keeps i
 shape; the owner runs a lab there end to end (``kernelsession exec``, ``open``); the
 owner sees nothing of other namespaces; the quota refuses a session over the count at
 apply and keeps a lab over its CPU Pending/QuotaExceeded; deleting a profile removes the
-owner's access and suspends the labs (Retain: namespace and homes stay) or removes the
+owner's access and stops the labs (Retain: namespace and homes stay) or removes the
 namespace (Delete).
 """
 
@@ -26,6 +26,7 @@ from headless import stop_process_tree
 from helpers import hardened_pod, wait_for
 from identities import user_kubeconfig
 
+from kernelsession.client.resources import STOPPED_ANNOTATION
 from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.deploy import InClusterOperator
 from kernelsession.operator import profiles
@@ -430,9 +431,20 @@ def test_deleting_a_retained_profile_stops_labs_and_keeps_homes(
     )  # fmt: skip
     assert created.returncode == 0, created.stderr
     _wait_phase(installed, ns, name, "Ready")
+    generation = _ks(installed, ns, name)["metadata"]["generation"]
     installed.kubectl("delete", "labprofile", tenant.name, "--timeout=60s")
-    _wait_phase(installed, ns, name, "Suspended")
-    assert _ks(installed, ns, name)["spec"]["suspend"] is True
+    status = _wait_phase(installed, ns, name, "Suspended", "ProfileDeleted")
+    assert tenant.name in status["message"]
+    session = _ks(installed, ns, name)
+    # stopped by an annotation: the user's spec is never written by the operator
+    assert not session["spec"].get("suspend")
+    assert session["metadata"]["generation"] == generation
+    assert session["metadata"]["annotations"][STOPPED_ANNOTATION] == tenant.name
+    wait_for(
+        lambda: not installed.kubectl("-n", ns, "get", "pods", "-o", "name").stdout.strip(),
+        timeout=60,
+        what="the lab pod gone",
+    )
     denied = _as(installed, kubeconfig, "-n", ns, "get", "ks")
     assert denied.returncode != 0
     assert "Forbidden" in denied.stderr
@@ -440,6 +452,13 @@ def test_deleting_a_retained_profile_stops_labs_and_keeps_homes(
     assert namespace["status"]["phase"] == "Active"
     claim = installed.get_json("-n", ns, f"pvc/{name}-home")
     assert claim["status"]["phase"] == "Bound"
+    # the admin re-creates the profile: the owner's access and the lab come back
+    tenant = Tenant(installed, user, kubeconfig)
+    _wait_phase(installed, ns, name, "Ready")
+    annotations = _ks(installed, ns, name)["metadata"].get("annotations") or {}
+    assert STOPPED_ANNOTATION not in annotations
+    assert _as(installed, kubeconfig, "-n", ns, "get", "ks").returncode == 0
+    tenant.delete()
     installed.kubectl("delete", "namespace", ns, "--wait=false")
 
 

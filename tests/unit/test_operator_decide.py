@@ -325,6 +325,30 @@ def test_unsuspend_starts_the_lab_again() -> None:
     assert "Resumed" in emitted(d)
 
 
+def test_a_deleted_profile_stops_the_lab_without_its_spec() -> None:
+    """The annotation the profile controller puts on a session whose LabProfile was
+    deleted (Retain) stops the lab like spec.suspend; taking it away starts it again."""
+    stopped = {naming.STOPPED_ANNOTATION: "erin"}
+    body = session({"home": {"size": "1Gi"}}, {"phase": "Ready"}, annotations=stopped)
+    p = pod(body)
+    d = decide(obs(body, pods=(p,)), CFG)
+    assert deleted(d) == [p.name]
+    assert not d.of(Create)
+    s = status_of(d)
+    assert (s["phase"], s["reason"]) == (st.SUSPENDED, "ProfileDeleted")
+    assert "LabProfile erin was deleted" in s["message"]
+    assert "home volume are kept" in s["message"]
+    assert emitted(d) == ["Suspended"]
+
+    settled = session({"home": {"size": "1Gi"}}, dict(s), annotations=stopped)
+    assert decide(obs(settled), CFG).actions == ()
+
+    back = decide(obs(session({}, dict(s))), CFG)
+    assert kinds(back) == ["Pod"]
+    assert status_of(back)["phase"] == st.PENDING
+    assert "Resumed" in emitted(back)
+
+
 def test_suspend_then_resume_keeps_the_same_pod_name() -> None:
     """Same spec and token Secret: the same pod (hash) comes back, token unchanged."""
     (first,) = decide(obs(session()), CFG).of(Create)

@@ -39,6 +39,7 @@ __all__ = [
     "SESSION_LABEL",
     "SHORT_NAME",
     "SPEC_HASH_LABEL",
+    "STOPPED_ANNOTATION",
     "TOKEN_KEY",
     "USER_LABEL",
     "VERSION",
@@ -85,6 +86,10 @@ HASH_LABEL = f"{GROUP}/pod-hash"
 SPEC_HASH_LABEL = f"{GROUP}/spec-hash"
 #: Set (to any new value, e.g. the time) to start a Culled or timed-out lab again.
 RESUME_ANNOTATION = f"{GROUP}/resume"
+#: Set by the operator when an admin's act stopped the lab (its LabProfile was deleted
+#: with ``deletionPolicy: Retain``; the value names the profile): the lab stays stopped,
+#: phase Suspended, while the annotation is there. The session's spec is never written.
+STOPPED_ANNOTATION = f"{GROUP}/stopped-by"
 #: Where ``spec.home`` is mounted unless ``spec.home.mountPath`` says otherwise.
 DEFAULT_HOME_MOUNT = "/home/jovyan"
 
@@ -149,6 +154,8 @@ class Reason(StrEnum):
     IDLE_TIMEOUT = "IdleTimeout"
     MAX_AGE = "MaxAge"
     SUSPENDED = "Suspended"
+    PROFILE_DELETED = "ProfileDeleted"
+    """The namespace's LabProfile was deleted (Retain): the lab is stopped, files kept."""
     DELETING = "Deleting"
 
 

@@ -45,7 +45,13 @@ from kernelsession.operator.actions import (
     WriteStatus,
 )
 from kernelsession.operator.config import Settings
-from kernelsession.operator.observe import ChildView, Observation, resume_asked, spec_changed
+from kernelsession.operator.observe import (
+    ChildView,
+    Observation,
+    resume_asked,
+    spec_changed,
+    stopped_by,
+)
 from kernelsession.operator.podview import PodView
 from kernelsession.operator.quotas import QUOTA_EXCEEDED, quota_message, quota_refusal
 
@@ -177,21 +183,35 @@ def _deleting(p: Pass) -> Decision | None:
 
 
 def _suspended(p: Pass) -> Decision | None:
+    """``spec.suspend`` (the user's) or the stop an admin's act put on the session (its
+    LabProfile deleted: :data:`naming.STOPPED_ANNOTATION`)."""
     obs, spec, current = p.obs, p.obs.spec, p.obs.status
-    if not spec.get("suspend"):
+    profile = stopped_by(obs.body)
+    if not spec.get("suspend") and profile is None:
         return None
-    message = "The lab is stopped (spec.suspend is true); " + (
+    kept = (
         "its token, Service and home volume are kept."
         if spec.get("home") is not None
         else "its token and Service are kept (files outside a spec.home volume are not)."
     )
-    verdict = st.Verdict(
-        st.SUSPENDED,
-        Reason.SUSPENDED,
-        message + UNSUSPEND_HINT.format(name=obs.name, ns=obs.namespace),
-    )
+    if profile is not None:
+        why = f"its LabProfile {profile} was deleted"
+        verdict = st.Verdict(
+            st.SUSPENDED,
+            Reason.PROFILE_DELETED,
+            f"The lab is stopped ({why}); {kept} It starts again when an admin re-creates "
+            "the profile.",
+        )
+    else:
+        why = "spec.suspend is true"
+        verdict = st.Verdict(
+            st.SUSPENDED,
+            Reason.SUSPENDED,
+            f"The lab is stopped ({why}); {kept}"
+            + UNSUSPEND_HINT.format(name=obs.name, ns=obs.namespace),
+        )
     if current.get("phase") != st.SUSPENDED:
-        p.events.append(Emit("Suspended", "Stopped the lab (spec.suspend is true)."))
+        p.events.append(Emit("Suspended", f"Stopped the lab ({why})."))
     p.token_name = naming.token_secret_name(obs.name) if current.get("tokenSecretName") else None
     return p.finish(verdict, requeue=p.cfg.cull_interval, actions=p.delete_live())
 
@@ -212,6 +232,8 @@ def _sticky(p: Pass) -> Decision | None:
     p.warned_before = obs.warned and not (asked or (sticky and changed))
     if asked:
         p.events.append(Emit("Resumed", "Starting the lab again on request."))
+    elif current.get("reason") == Reason.PROFILE_DELETED:
+        p.events.append(Emit("Resumed", "Starting the lab again (its LabProfile is back)."))
     elif current.get("phase") == st.SUSPENDED:
         p.events.append(Emit("Resumed", "Starting the lab again (spec.suspend is false)."))
     if asked:

@@ -159,11 +159,18 @@ def wants_lab(body: Mapping[str, Any]) -> bool:
     meta = body["metadata"]
     spec = body.get("spec") or {}
     status = body.get("status") or {}
-    if meta.get("deletionTimestamp") or spec.get("suspend"):
+    if meta.get("deletionTimestamp") or spec.get("suspend") or stopped_by(body):
         return False
     if status.get("reason") not in st.STICKY_REASONS:
         return True
     return resume_asked(body) or spec_changed(body)
+
+
+def stopped_by(body: Mapping[str, Any]) -> str | None:
+    """The LabProfile whose deletion stopped this lab (:data:`naming.STOPPED_ANNOTATION`),
+    or None."""
+    value = (body["metadata"].get("annotations") or {}).get(naming.STOPPED_ANNOTATION)
+    return str(value) if value else None
 
 
 def resume_asked(body: Mapping[str, Any]) -> bool:

@@ -6,7 +6,8 @@ A pass observes (the profile and the indexed namespace objects), decides
 was edited (with a resourceVersion precondition, and a ``Restored`` Event), and writes
 the status. The operator manages the profile's finalizer itself (no kopf progress
 annotations, nothing written by a standby): deleting a profile first removes the
-owner's RoleBinding, then suspends their labs, then lets the profile go.
+owner's RoleBinding, then stops their labs (an annotation on each session, never its
+spec), then lets the profile go.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from typing import Any
 import kopf
 import structlog
 
-from kernelsession.operator import naming, profiles
+from kernelsession.operator import naming, policy, profiles
 from kernelsession.operator.errors import RetryLater
 from kernelsession.operator.kube import ChildRejected
+from kernelsession.operator.observe import stopped_by
 from kernelsession.operator.profilekube import ProfileKube
 from kernelsession.operator.profileplan import ObjectKey, Plan, Step, plan, retire
 from kernelsession.operator.profileplan import status_patch as make_status_patch
@@ -154,6 +156,8 @@ async def reconcile(rt: Runtime, state: Profiles, body: Mapping[str, Any]) -> No
         state.by_namespace[result.namespace] = name
     if result.ready:
         result = await _act(api, body, result)
+    if result.ready:
+        await _restart_stopped(rt, api, name, result.namespace)
     status = make_status_patch(body, result, now_utc())
     if status is not None:
         await api.patch_profile(name, {"status": status}, status=True)
@@ -258,7 +262,7 @@ def _managed(obj: Mapping[str, Any]) -> bool:
 
 async def _retire(rt: Runtime, api: ProfileKube, body: Mapping[str, Any]) -> None:
     """The profile is being deleted: the owner loses access first, then their labs stop
-    (suspended: pods deleted, token Secrets, Services and homes kept)."""
+    (stopped: pods deleted, token Secrets, Services and homes kept)."""
     namespace, step = retire(body, rt.settings)
     name = body["metadata"]["name"]
     kind, ns, obj = step.key
@@ -269,20 +273,28 @@ async def _retire(rt: Runtime, api: ProfileKube, body: Mapping[str, Any]) -> Non
     stopped = 0
     for state in list(rt.sessions):
         session_ns, session = state.key
-        spec = state.body.get("spec") or {}
         if (
             session_ns == namespace
-            and not spec.get("suspend")
-            and await api.suspend_session(session_ns, session)
+            and stopped_by(state.body) != name
+            and await api.stop_session(session_ns, session, name)
         ):
             stopped += 1
-    log.info("labprofile retired", profile=name, namespace=namespace, suspended=stopped)
+    log.info("labprofile retired", profile=name, namespace=namespace, stopped=stopped)
     await api.event(
         body,
         "Retired",
-        f"Removed {kind} {obj} and suspended {stopped} lab(s); namespace {namespace} and its "
+        f"Removed {kind} {obj} and stopped {stopped} lab(s); namespace {namespace} and its "
         "home volumes stay (deletionPolicy Retain)",
     )
+
+
+async def _restart_stopped(rt: Runtime, api: ProfileKube, name: str, namespace: str) -> None:
+    """The profile is back in shape: labs its earlier deletion stopped may start again."""
+    for state in list(rt.sessions):
+        session_ns, session = state.key
+        if session_ns == namespace and stopped_by(state.body) == name:
+            await api.stop_session(session_ns, session, None)
+            log.info("labprofile lab released", profile=name, session=session)
 
 
 # -- kopf handlers ---------------------------------------------------------------------
@@ -357,7 +369,7 @@ _NAMES = {
     "RoleBinding": {profiles.OWNER_BINDING, *profiles.OPERATOR_ROLES},
     "ResourceQuota": {profiles.QUOTA_NAME},
     "LimitRange": {profiles.LIMITS_NAME},
-    "ConfigMap": {profiles.POLICY_CONFIGMAP},
+    "ConfigMap": {policy.CONFIGMAP},
     "NetworkPolicy": {profiles.DEFAULT_POLICY_NAME},
 }
 

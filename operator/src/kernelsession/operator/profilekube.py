@@ -1,6 +1,6 @@
 """The API calls of the LabProfile controller (kubernetes_asyncio): the namespace and its
 objects (create, read, merge-patch with a resourceVersion precondition, delete), the
-profile's status and finalizer, Events about a profile, and suspending a session."""
+profile's status and finalizer, Events about a profile, and stopping a session."""
 
 from __future__ import annotations
 
@@ -162,9 +162,10 @@ class ProfileKube:
             raise
         return True
 
-    async def suspend_session(self, namespace: str, name: str) -> bool:
-        """``spec.suspend: true`` on a session (its lab stops; its home stays); False when
-        the session is gone."""
+    async def stop_session(self, namespace: str, name: str, profile: str | None) -> bool:
+        """Put (``profile``: the deleted LabProfile's name) or take away (None) the
+        :data:`naming.STOPPED_ANNOTATION` of a session: its lab stops, or may start again;
+        its spec, token and home stay. False when the session is gone."""
         self._kube.check_fence()  # no write leaves a replica that does not lead
         try:
             await cast(Any, self.custom).patch_namespaced_custom_object(
@@ -173,7 +174,7 @@ class ProfileKube:
                 namespace,
                 naming.PLURAL,
                 name,
-                {"spec": {"suspend": True}},
+                {"metadata": {"annotations": {naming.STOPPED_ANNOTATION: profile}}},
                 _content_type=MERGE_PATCH,
             )
         except ApiException as exc:

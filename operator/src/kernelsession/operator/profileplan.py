@@ -124,7 +124,7 @@ def _owner(profile: Mapping[str, Any]) -> str:
 
 def retire(profile: Mapping[str, Any], settings: Settings) -> tuple[str, Step]:
     """On deletion: (the namespace, the step removing the owner's access). The labs are
-    suspended after it; the namespace stays under Retain and goes with the profile (the
+    stopped after it; the namespace stays under Retain and goes with the profile (the
     garbage collector, through its ownerReference) under Delete."""
     return (
         profiles.namespace_for(profile, settings),

@@ -15,12 +15,12 @@ import fnmatch
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, cast
 
 import kopf
 
-from kernelsession.operator import naming
+from kernelsession.operator import naming, policy
 from kernelsession.operator.config import Settings
 
 Body = Mapping[str, Any]
@@ -33,7 +33,6 @@ PROFILE_LABEL = f"{naming.GROUP}/profile"
 OWNER_KIND_LABEL = f"{naming.GROUP}/owner-kind"
 OWNER_LABEL = f"{naming.GROUP}/owner"
 OWNER_ANNOTATION = f"{naming.GROUP}/owner"
-POLICY_CONFIGMAP = "kernelsession-policy"
 QUOTA_NAME = "kernelsession-quota"
 LIMITS_NAME = "kernelsession-limits"
 DEFAULT_POLICY_NAME = "kernelsession-default-deny"
@@ -257,7 +256,7 @@ def policy_configmap(profile: Body, settings: Settings) -> Manifest:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": POLICY_CONFIGMAP,
+            "name": policy.CONFIGMAP,
             "namespace": namespace_for(profile, settings),
             "labels": _labels(profile),
         },
@@ -294,29 +293,13 @@ def desired(profile: Body, settings: Settings) -> list[Manifest]:
 
 
 # -- drift ---------------------------------------------------------------------------
-_QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eE][+-]?[0-9]+|[a-zA-Z]*)$")
-_SUFFIX: dict[str, Decimal] = {
-    "": Decimal(1), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
-    "k": Decimal(10**3), "M": Decimal(10**6), "G": Decimal(10**9), "T": Decimal(10**12),
-    "P": Decimal(10**15), "E": Decimal(10**18), "Ki": Decimal(2**10), "Mi": Decimal(2**20),
-    "Gi": Decimal(2**30), "Ti": Decimal(2**40), "Pi": Decimal(2**50), "Ei": Decimal(2**60),
-}  # fmt: skip
-
-
 def quantity(value: Any) -> Decimal | str:
-    """A Kubernetes quantity as a number (``"1Gi"`` == ``"1024Mi"``); the text itself when
-    it is not one (so it still compares)."""
-    text = str(value).strip()
-    match = _QUANTITY.match(text)
-    if not match:
-        return text
-    number, suffix = match.groups()
+    """A Kubernetes quantity as a number (``"1Gi"`` == ``"1024Mi"``, :func:`policy.quantity`);
+    the text itself when it is not one (so it still compares)."""
     try:
-        if suffix[:1] in ("e", "E"):
-            return Decimal(number + suffix)
-        return Decimal(number) * _SUFFIX[suffix]
-    except (InvalidOperation, KeyError):
-        return text
+        return policy.quantity(value)
+    except ValueError:
+        return str(value).strip()
 
 
 def _above(value: Any, bound: Any) -> bool:
