@@ -163,6 +163,8 @@ OPERATOR_ENV = {
 TEST_POLICY = {
     "nodeSelector": "gpu=a100\npool=gpu",  # test_failures, test_suspend_home: Unschedulable
     "secrets": "nope",  # test_failures: a Secret that does not exist (ConfigError)
+    # test_operations: the misbehaving labs' server config, which their user may not `get`
+    "configMaps": "ks-misbehave",
     # service accounts of labs stand for the user of their name (test_open: the sample
     # Role as a service account opens its own lab)
     "userMapping": "stripPrefix=system:serviceaccount:labs:",

@@ -30,6 +30,7 @@ from helpers import (
     wait_phase,
 )
 
+from kernelsession.client.resources import STOPPED_ANNOTATION
 from kernelsession.localcluster.cluster import LocalCluster, audit
 from kernelsession.localcluster.deploy import InClusterOperator
 from kernelsession.localcluster.deploy.operator_process import (
@@ -228,7 +229,7 @@ def lifecycle(installed: LocalCluster, operator: InClusterOperator) -> Iterator[
 def _profile_lifecycle(cluster: LocalCluster, user: str) -> None:
     """A LabProfile made, every object of its namespace relabelled by hand (read back and
     repaired), a session there, the profile deleted (owner's access removed, lab
-    suspended, profile released); then the retained namespace is deleted."""
+    stopped, profile released); then the retained namespace is deleted."""
     profile = {
         "apiVersion": "kernelsession.dev/v1alpha1",
         "kind": "LabProfile",
@@ -276,7 +277,9 @@ def _profile_lifecycle(cluster: LocalCluster, user: str) -> None:
         what="the profile's session seen",
     )
     cluster.kubectl("delete", "labprofile", user, "--timeout=60s")
-    assert cluster.get_json("-n", ns, "ks/work")["spec"]["suspend"] is True
+    stopped = cluster.get_json("-n", ns, "ks/work")
+    assert stopped["metadata"]["annotations"][STOPPED_ANNOTATION] == user
+    assert not stopped["spec"].get("suspend")  # the operator never writes a session's spec
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
 
 
