@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kernelsession.operator import builders, naming
+from kernelsession.operator import builders, labpod, naming
 from kernelsession.operator import status as st
 from kernelsession.operator.actions import (
     Create,
@@ -61,7 +61,7 @@ def session(
 
 
 def desired_name(body: dict[str, Any], cfg: Settings = CFG) -> str:
-    return str(builders.lab_pod(body, cfg, UID)["metadata"]["name"])
+    return str(labpod.lab_pod(body, cfg, UID)["metadata"]["name"])
 
 
 def pod(
@@ -97,7 +97,7 @@ def pod(
     }
     if deleting:
         meta["deletionTimestamp"] = st.fmt_time(NOW)
-    manifest = builders.lab_pod(body, cfg, UID)
+    manifest = labpod.lab_pod(body, cfg, UID)
     labels = dict(manifest["metadata"]["labels"])
     if spec_hash is None:
         labels.pop(naming.SPEC_HASH_LABEL)
@@ -148,7 +148,7 @@ def obs(body: dict[str, Any], cfg: Settings = CFG, **kw: Any) -> Observation:
     fields = base | kw
     if fields["token_uid"] is not None and "desired_pod" not in fields:
         # observe() computes the desired pod once the token Secret exists
-        fields["desired_pod"] = builders.lab_pod(body, cfg, fields["token_uid"])
+        fields["desired_pod"] = labpod.lab_pod(body, cfg, fields["token_uid"])
     return Observation(**fields)
 
 
@@ -803,3 +803,27 @@ def test_the_new_pod_is_created_once_the_old_one_is_gone() -> None:
     going = pod(body, name="alice-lab-old", deleting=True)
     assert not kinds(decide(obs(body, pods=(going,)), CFG))
     assert kinds(decide(obs(body, pods=()), CFG)) == ["Pod"]
+
+
+# -- the lab pod, chosen once in the observation -------------------------------------
+def test_observation_chooses_the_lab_pod_the_probe_and_the_gates_share() -> None:
+    body = session(status={"phase": "Ready"})
+    running = pod(body, cfg=OLD)  # an outdated template, the same spec
+    seen = obs(body, pods=(running,))
+    assert (seen.labs.current, seen.labs.outdated) == (running, True)
+    resumed = session(
+        status={"phase": "Ready", "resumeRequest": "1"},
+        annotations={naming.RESUME_ANNOTATION: "2"},
+    )
+    asked = obs(resumed, pods=(running,))
+    assert asked.labs.current is None  # a resume starts the new template
+    assert asked.labs.stale == (running,)
+    assert asked.lab_pods(restart=False).current == running  # it still runs meanwhile
+
+
+def test_before_the_token_every_pod_is_stale() -> None:
+    body = session()
+    leftover = pod(body)
+    seen = obs(body, pods=(leftover,), token_uid=None)
+    assert seen.desired_pod is None
+    assert (seen.labs.current, seen.labs.stale) == (None, (leftover,))
