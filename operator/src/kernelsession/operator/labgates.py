@@ -12,7 +12,11 @@ from kernelsession.operator import builders, culling, naming, rollout
 from kernelsession.operator import status as st
 from kernelsession.operator.actions import Create, Decision, DeletePod, Emit
 from kernelsession.operator.gatepass import Pass
+from kernelsession.operator.observe import asks_lab
 from kernelsession.operator.podview import PodView
+
+DEADLINE_MARGIN = 0.1
+"""Seconds past a start timeout or grace at which its pass is due (the clock's ticks)."""
 
 RESUME_HINT = (
     " To start it again: kubectl annotate ks/{name} -n {ns} "
@@ -117,12 +121,7 @@ def lab(p: Pass) -> Decision:
     if verdict.phase == st.FAILED and verdict.reason == Reason.START_TIMEOUT and mine is not None:
         p.actions.append(DeletePod(mine.name))
         pod = None
-    if verdict.ready or verdict.phase == st.CULLED:
-        requeue = cfg.cull_interval
-    elif verdict.reason == Reason.HOME_PENDING:
-        requeue = cfg.home_interval
-    else:
-        requeue = cfg.starting_interval
+    requeue = _requeue(p, verdict, mine, start_timeout)
     # The route serves the path the operator's settings give; a lab started under other
     # settings serves its own until its next start: no external URL that would not reach it.
     external = builders.external_url(obs.body, cfg)
@@ -141,3 +140,32 @@ def lab(p: Pass) -> Decision:
         warned=warned,
         up_to_date=None if pod is None else not outdated,
     )
+
+
+def _requeue(p: Pass, verdict: st.Verdict, pod: PodView | None, start_timeout: int) -> float:
+    """When to look again unless something wakes the session sooner.
+
+    A Ready (or culled) lab: every cull interval (its activity). A lab whose pod is Ready
+    but whose API did not answer yet: soon (``starting_interval``), nothing else would
+    tell. Any other lab not Ready follows its pod by watch (created, scheduled, started,
+    Ready, restarted, gone: each event wakes its session): it is looked at by the clock
+    only when its start timeout or unschedulable grace falls due, and every
+    ``starting_recheck`` should an event be missed.
+    """
+    cfg, now = p.cfg, p.obs.now
+    if verdict.ready or verdict.phase == st.CULLED:
+        return cfg.cull_interval
+    if verdict.reason == Reason.HOME_PENDING:
+        return cfg.home_interval
+    if asks_lab(pod) and verdict.phase != st.FAILED:
+        return cfg.starting_interval
+    created = st.parse_time(pod.created) if pod is not None else None
+    due: list[float] = []  # seconds until a deadline that changes the verdict by itself
+    if created is not None and verdict.phase != st.FAILED:
+        due.append((created - now).total_seconds() + start_timeout)
+    if pod is not None and verdict.reason == Reason.WAITING_FOR_CAPACITY:
+        since = st.parse_time(pod.unschedulable_since) or created
+        if since is not None:
+            due.append((since - now).total_seconds() + cfg.unschedulable_grace)
+    # a moment past the deadline, so that the pass looking then sees it passed
+    return min([cfg.starting_recheck, *(d + DEADLINE_MARGIN for d in due if d > 0)])

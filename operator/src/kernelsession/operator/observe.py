@@ -34,6 +34,10 @@ TOKEN_RECHECK_INTERVALS = 10
 FRESH_TOKEN_AGE = 30.0
 # A refused child is not asked for again for this long (the API would refuse it again).
 REJECTION_MEMORY = 60.0
+# Before saying Ready the Service is tried in attempts this short, each on a new
+# connection, for at most this long (kube-proxy may not have programmed it yet).
+SERVICE_ATTEMPT = 0.25
+SERVICE_WITHIN = 3.0
 
 
 class StaleToken(Exception):
@@ -180,6 +184,13 @@ def wants_lab(body: Mapping[str, Any]) -> bool:
     if status.get("reason") not in st.STICKY_REASONS:
         return True
     return resume_asked(body) or spec_changed(body)
+
+
+def asks_lab(pod: PodView | None) -> bool:
+    """Whether a pass asks the lab's API (pure). Only once its pod is Ready: until then
+    the kubelet's readiness probe asks it (``GET /api``), and the pod's events (Ready
+    among them) wake the session; a pass about a pod that is not Ready asks nothing."""
+    return pod is not None and bool(pod.pod_ip) and pod.running and pod.ready and not pod.deleting
 
 
 def resume_asked(body: Mapping[str, Any]) -> bool:
@@ -367,7 +378,7 @@ async def _probe(
 ) -> tuple[labapi.LabActivity | None, str | None]:
     """Ask the session's lab pod how active it is (``Observation.labs``: the desired
     pod, or an outdated one kept running)."""
-    if pod is None or not pod.pod_ip or not pod.running or pod.deleting:
+    if pod is None or not asks_lab(pod):
         return None, None
     # The operator probes the pod itself (the NetworkPolicy admits it); clients use the URL.
     url = f"http://{pod.pod_ip}:{rt.settings.lab_port}{pod.base_path}"
@@ -382,8 +393,11 @@ async def _probe(
             and (status.get("phase") != st.READY or status.get("podName") != pod.name)
         ):
             # Before saying Ready: the URL clients get (the Service) reaches this lab, so
-            # Ready never precedes the Service's endpoints and kube-proxy's rules.
-            await labapi.activity(rt.http, service, token.token, deadline=deadline)
+            # Ready never precedes the Service's endpoints and kube-proxy's rules (short
+            # attempts: a connection made before the rules are there would hang).
+            await labapi.reaches(
+                rt.http, service, token.token, attempt=SERVICE_ATTEMPT, within=SERVICE_WITHIN
+            )
     except labapi.LabUnreachable as exc:
         if exc.token_refused:
             state.token = None  # re-read the Secret on the next pass
