@@ -233,6 +233,8 @@ class Scale:
     creation: Counter[str]
     conflicts: Counter[str]
     spawn: list[float]
+    reconciles: float
+    """The operator's passes (its reconciles metric) from the apply until all were Ready."""
 
 
 async def _scale(cluster: LocalCluster, op: InClusterOperator, times: Times, n: int) -> Scale:
@@ -246,6 +248,7 @@ async def _scale(cluster: LocalCluster, op: InClusterOperator, times: Times, n: 
     node0 = node.cpu()
     rss0 = operator.memory_info().rss
     node_rss0 = node.daemons_rss()
+    passes0 = metric_value(op.metrics(), "kernelsession_reconciles_total")
     with Sampler(operator, node) as sampler:
         t0 = time.monotonic()
         await _kubectl(
@@ -264,6 +267,7 @@ async def _scale(cluster: LocalCluster, op: InClusterOperator, times: Times, n: 
         )
         seconds = time.monotonic() - t0
         node1 = node.cpu()
+    passes = metric_value(op.metrics(), "kernelsession_reconciles_total") - passes0
     ready = sum(name in times.session_ready for name in names)
     entries = operator_requests(cluster, offset)
     return Scale(
@@ -286,6 +290,7 @@ async def _scale(cluster: LocalCluster, op: InClusterOperator, times: Times, n: 
             for name in names
             if name in times.session_ready
         ],
+        reconciles=passes,
     )
 
 
@@ -368,7 +373,8 @@ async def _run(args: argparse.Namespace, cluster: LocalCluster, op: InClusterOpe
             f"  operator: {scale.operator_cpu:.1f} CPU s "
             f"({scale.operator_cpu / max(scale.ready, 1) * 1000:.0f} ms/session), "
             f"peak RSS {scale.operator_peak_rss / 2**20:.0f} MiB "
-            f"(before {scale.operator_rss_before / 2**20:.0f} MiB)"
+            f"(before {scale.operator_rss_before / 2**20:.0f} MiB); "
+            f"{scale.reconciles / n:.1f} passes per session"
         )
         labs = max(scale.ready, 1)
         print(

@@ -1,4 +1,5 @@
-"""Pure builders: children of a session, their ownership, labels and hardening."""
+"""Pure builders: children of a session, their ownership, labels and hardening (builders,
+labpod, homeclaim)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kernelsession.operator import builders, naming
+from kernelsession.operator import builders, homeclaim, labpod, naming
 from kernelsession.operator.config import IngressSettings, Settings
 
 SESSION: dict[str, Any] = {
@@ -48,7 +49,7 @@ def test_new_tokens_are_long_and_distinct() -> None:
 
 
 def test_pod_is_hardened_and_gets_token_by_reference() -> None:
-    pod = builders.lab_pod(SESSION, Settings(), "secret-uid")
+    pod = labpod.lab_pod(SESSION, Settings(), "secret-uid")
     _owner_ok(pod)
     spec = pod["spec"]
     assert spec["automountServiceAccountToken"] is False
@@ -70,15 +71,15 @@ def test_pod_is_hardened_and_gets_token_by_reference() -> None:
 
 
 def test_pod_name_is_stable_and_changes_with_spec() -> None:
-    a = builders.lab_pod(SESSION, Settings(), "u")["metadata"]["name"]
-    b = builders.lab_pod(SESSION, Settings(), "u")["metadata"]["name"]
+    a = labpod.lab_pod(SESSION, Settings(), "u")["metadata"]["name"]
+    b = labpod.lab_pod(SESSION, Settings(), "u")["metadata"]["name"]
     assert a == b
     assert a.startswith("alice-lab-")
     changed = {**SESSION, "spec": {"user": "alice", "image": "other:1"}}
-    assert builders.lab_pod(changed, Settings(), "u")["metadata"]["name"] != a
-    assert builders.lab_pod(SESSION, Settings(), "new-secret")["metadata"]["name"] != a
+    assert labpod.lab_pod(changed, Settings(), "u")["metadata"]["name"] != a
+    assert labpod.lab_pod(SESSION, Settings(), "new-secret")["metadata"]["name"] != a
     culling_only = {**SESSION, "spec": {"user": "alice", "culling": {"idleTimeoutSeconds": 5}}}
-    assert builders.lab_pod(culling_only, Settings(), "u")["metadata"]["name"] == a
+    assert labpod.lab_pod(culling_only, Settings(), "u")["metadata"]["name"] == a
 
 
 def test_user_env_and_scheduling_fields_pass_through() -> None:
@@ -90,7 +91,7 @@ def test_user_env_and_scheduling_fields_pass_through() -> None:
         "podLabels": {"team": "x", naming.SESSION_LABEL: "spoofed", naming.CLIENT_LABEL: "true"},
         "resources": {"requests": {"cpu": "1"}},
     }
-    pod = builders.lab_pod({**SESSION, "spec": spec}, Settings(), "u")
+    pod = labpod.lab_pod({**SESSION, "spec": spec}, Settings(), "u")
     (c,) = pod["spec"]["containers"]
     assert {"name": "A", "value": "1"} in c["env"]
     assert c["resources"] == {"requests": {"cpu": "1"}}
@@ -129,24 +130,24 @@ def test_lab_url(mode: str, ip: str | None, expected: str | None) -> None:
 
 
 def test_home_claim_is_retained_by_default_owned_with_delete_labelled_and_sized() -> None:
-    assert builders.home_claim(SESSION) is None
+    assert homeclaim.home_claim(SESSION) is None
     home = {"size": "5Gi", "storageClassName": "x"}
     body = SESSION | {"spec": {"user": "alice", "home": home}}
-    claim = builders.home_claim(body)
+    claim = homeclaim.home_claim(body)
     assert claim is not None
     assert "ownerReferences" not in claim["metadata"]  # the garbage collector leaves it
     assert claim["metadata"]["labels"][naming.USER_LABEL] == "alice"
     assert claim["metadata"]["labels"][naming.SESSION_LABEL] == SESSION["metadata"]["name"]
     assert claim["metadata"]["namespace"] == SESSION["metadata"]["namespace"]
     deleted = SESSION | {"spec": {"user": "alice", "home": home | {"reclaimPolicy": "Delete"}}}
-    owned = builders.home_claim(deleted)
+    owned = homeclaim.home_claim(deleted)
     assert owned is not None
     _owner_ok(owned)
     assert claim["metadata"]["name"] == "alice-home"
     assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
     assert claim["spec"]["storageClassName"] == "x"
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
-    default = builders.home_claim(SESSION | {"spec": {"user": "alice", "home": {}}})
+    default = homeclaim.home_claim(SESSION | {"spec": {"user": "alice", "home": {}}})
     assert default is not None
     assert "storageClassName" not in default["spec"]  # the cluster's default class
 
@@ -156,7 +157,7 @@ def test_home_claim_is_retained_by_default_owned_with_delete_labelled_and_sized(
 )
 def test_pod_mounts_home_with_fs_group(home: dict[str, Any], path: str) -> None:
     body = SESSION | {"spec": {"user": "alice", "home": home}}
-    spec = builders.pod_spec(body, Settings())
+    spec = labpod.pod_spec(body, Settings())
     (mount,) = spec["containers"][0]["volumeMounts"]
     assert mount == {"name": naming.HOME_VOLUME, "mountPath": path}
     (volume,) = spec["volumes"]
@@ -167,7 +168,7 @@ def test_pod_mounts_home_with_fs_group(home: dict[str, Any], path: str) -> None:
 
 def test_pod_without_home_is_unchanged() -> None:
     """Sessions that do not ask for a home keep their pod (and its name) on upgrade."""
-    spec = builders.pod_spec(SESSION, Settings())
+    spec = labpod.pod_spec(SESSION, Settings())
     assert "volumes" not in spec
     assert "volumeMounts" not in spec["containers"][0]
     assert "fsGroupChangePolicy" not in spec["securityContext"]
@@ -176,7 +177,7 @@ def test_pod_without_home_is_unchanged() -> None:
 def test_liveness_waits_for_the_startup_probe_over_the_start_timeout() -> None:
     """A slow start (a busy node) is never restarted by liveness: the startup probe allows
     the session's start timeout, then liveness takes over."""
-    from kernelsession.operator.builders import pod_spec
+    from kernelsession.operator.labpod import pod_spec
 
     body = {
         "metadata": {"name": "s", "namespace": "labs"},
@@ -202,7 +203,7 @@ def test_without_ingress_settings_there_is_no_ingress_and_no_base_url() -> None:
     assert builders.ingress(SESSION, cfg) is None
     assert builders.external_url(SESSION, cfg) is None
     assert builders.base_path(SESSION, cfg) == "/"
-    container = builders.pod_spec(SESSION, cfg)["containers"][0]
+    container = labpod.pod_spec(SESSION, cfg)["containers"][0]
     assert not [a for a in container["args"] if "base_url" in a]
     assert container["readinessProbe"]["httpGet"]["path"] == "/api"
 
@@ -237,7 +238,7 @@ def test_minimal_ingress_has_no_class_host_or_tls() -> None:
 
 def test_the_lab_serves_under_the_ingress_path_everywhere() -> None:
     cfg = Settings(ingress=INGRESS, url_mode="service")
-    container = builders.pod_spec(SESSION, cfg)["containers"][0]
+    container = labpod.pod_spec(SESSION, cfg)["containers"][0]
     assert "--ServerApp.base_url=/labs/labs/alice/" in container["args"]
     for probe in ("readinessProbe", "startupProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["path"] == "/labs/labs/alice/api"
@@ -279,17 +280,17 @@ def test_claim_owner_patch_follows_the_reclaim_policy() -> None:
     uid = SESSION["metadata"]["uid"]
     retain = SESSION | {"spec": {"user": "alice", "home": {}}}
     delete = SESSION | {"spec": {"user": "alice", "home": {"reclaimPolicy": "Delete"}}}
-    assert builders.claim_owner_patch(retain, (), "5") is None
-    drop = builders.claim_owner_patch(retain, (uid,), "5")
+    assert homeclaim.claim_owner_patch(retain, (), "5") is None
+    drop = homeclaim.claim_owner_patch(retain, (uid,), "5")
     assert drop == {"metadata": {"ownerReferences": None, "resourceVersion": "5"}}
-    assert builders.claim_owner_patch(delete, (uid,), "5") is None
-    add = builders.claim_owner_patch(delete, (), "5")
+    assert homeclaim.claim_owner_patch(delete, (uid,), "5") is None
+    add = homeclaim.claim_owner_patch(delete, (), "5")
     assert add is not None
     assert [o["uid"] for o in add["metadata"]["ownerReferences"]] == [uid]
 
 
 def test_spec_hash_ignores_what_needs_no_new_pod() -> None:
-    base = builders.spec_hash(SESSION, "u")
+    base = labpod.spec_hash(SESSION, "u")
     calm = SESSION | {
         "spec": {
             **SESSION["spec"],
@@ -298,7 +299,7 @@ def test_spec_hash_ignores_what_needs_no_new_pod() -> None:
             "suspend": False,
         }
     }
-    assert builders.spec_hash(calm, "u") == base
-    assert builders.spec_hash(SESSION, "other-token") != base
+    assert labpod.spec_hash(calm, "u") == base
+    assert labpod.spec_hash(SESSION, "other-token") != base
     image = SESSION | {"spec": {**SESSION["spec"], "image": "x:2"}}
-    assert builders.spec_hash(image, "u") != base
+    assert labpod.spec_hash(image, "u") != base

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kernelsession.operator import builders, naming
+from kernelsession.operator import builders, labpod, naming
 from kernelsession.operator import status as st
 from kernelsession.operator.actions import (
     Create,
@@ -25,7 +25,7 @@ from kernelsession.operator.actions import (
 from kernelsession.operator.config import IngressSettings, Settings
 from kernelsession.operator.decide import decide
 from kernelsession.operator.labapi import KernelActivity, LabActivity
-from kernelsession.operator.observe import ChildView, ClaimView, HomeView, Observation
+from kernelsession.operator.observe import ChildView, ClaimView, HomeView, Observation, asks_lab
 from kernelsession.operator.podview import read_pod
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
@@ -61,7 +61,7 @@ def session(
 
 
 def desired_name(body: dict[str, Any], cfg: Settings = CFG) -> str:
-    return str(builders.lab_pod(body, cfg, UID)["metadata"]["name"])
+    return str(labpod.lab_pod(body, cfg, UID)["metadata"]["name"])
 
 
 def pod(
@@ -97,7 +97,7 @@ def pod(
     }
     if deleting:
         meta["deletionTimestamp"] = st.fmt_time(NOW)
-    manifest = builders.lab_pod(body, cfg, UID)
+    manifest = labpod.lab_pod(body, cfg, UID)
     labels = dict(manifest["metadata"]["labels"])
     if spec_hash is None:
         labels.pop(naming.SPEC_HASH_LABEL)
@@ -148,7 +148,7 @@ def obs(body: dict[str, Any], cfg: Settings = CFG, **kw: Any) -> Observation:
     fields = base | kw
     if fields["token_uid"] is not None and "desired_pod" not in fields:
         # observe() computes the desired pod once the token Secret exists
-        fields["desired_pod"] = builders.lab_pod(body, cfg, fields["token_uid"])
+        fields["desired_pod"] = labpod.lab_pod(body, cfg, fields["token_uid"])
     return Observation(**fields)
 
 
@@ -184,7 +184,7 @@ def test_token_exists_creates_the_pod_pending() -> None:
     assert kinds(d) == ["Pod"]
     assert status_of(d)["phase"] == st.PENDING
     assert status_of(d)["reason"] == "Creating"
-    assert d.requeue_after == CFG.starting_interval
+    assert d.requeue_after == CFG.starting_recheck  # the new pod's events wake it
 
 
 def test_ready_lab_writes_ready_with_spawn_time_and_event() -> None:
@@ -211,6 +211,59 @@ def test_pod_not_answering_yet_is_starting() -> None:
     body = session()
     d = decide(obs(body, pods=(pod(body, ready=False),), probe_error="ConnectError"), CFG)
     assert (status_of(d)["phase"], status_of(d)["reason"]) == (st.STARTING, "LabStarting")
+
+
+# -- a starting lab is followed by its pod's events, not by polling ------------------
+def test_the_lab_api_is_asked_only_once_its_pod_is_ready() -> None:
+    body = session()
+    assert asks_lab(pod(body))
+    assert not asks_lab(pod(body, ready=False))  # the kubelet's probe asks it meanwhile
+    assert not asks_lab(pod(body, ready=False, phase="Pending"))
+    assert not asks_lab(pod(body, deleting=True))
+    assert not asks_lab(None)
+
+
+def test_a_lab_whose_pod_is_not_ready_is_looked_at_again_only_as_a_fallback() -> None:
+    body = session()
+    d = decide(obs(body, pods=(pod(body, ready=False),)), CFG)
+    assert (status_of(d)["phase"], status_of(d)["reason"]) == (st.STARTING, "LabStarting")
+    assert d.requeue_after == CFG.starting_recheck  # the pod's Ready event wakes it
+
+
+def test_a_lab_whose_pod_is_ready_but_does_not_answer_is_asked_again_soon() -> None:
+    body = session()
+    d = decide(obs(body, pods=(pod(body),), probe_error="no answer within 0.25s"), CFG)
+    assert (status_of(d)["phase"], status_of(d)["reason"]) == (st.STARTING, "LabStarting")
+    assert "0.25s" in status_of(d)["message"]
+    assert d.requeue_after == CFG.starting_interval  # no event would tell
+
+
+def test_a_starting_lab_is_looked_at_when_its_start_timeout_falls_due() -> None:
+    body = session({"startTimeoutSeconds": 15})
+    starting = pod(body, ready=False, created=NOW - timedelta(seconds=10))
+    d = decide(obs(body, pods=(starting,)), CFG)
+    assert status_of(d)["reason"] == "LabStarting"
+    assert 5 < d.requeue_after < CFG.starting_recheck  # just past the 15 s
+    later = replace(obs(body, pods=(starting,)), now=NOW + timedelta(seconds=d.requeue_after))
+    assert status_of(decide(later, CFG))["reason"] == "StartTimeout"
+
+
+def test_an_unschedulable_lab_is_looked_at_when_its_grace_ends() -> None:
+    body = session()
+    waiting = pod(body, ready=False, unschedulable=UNSCHED, since=NOW - timedelta(seconds=110))
+    d = decide(obs(body, pods=(waiting,)), CFG)
+    assert status_of(d)["reason"] == "WaitingForCapacity"
+    assert 10 < d.requeue_after < CFG.starting_recheck  # just past the 120 s grace
+    later = replace(obs(body, pods=(waiting,)), now=NOW + timedelta(seconds=d.requeue_after))
+    assert status_of(decide(later, CFG))["reason"] == "Unschedulable"
+
+
+def test_a_failed_lab_is_not_polled() -> None:
+    body = session({"image": "nope:1"})
+    failing = pod(body, ready=False, phase="Failed")
+    d = decide(obs(body, pods=(failing,)), CFG)
+    assert status_of(d)["phase"] == st.FAILED
+    assert d.requeue_after == CFG.starting_recheck
 
 
 def test_spec_change_rolls_the_pod() -> None:
@@ -515,7 +568,7 @@ def test_new_pod_starting_beside_the_old_one_is_rolling() -> None:
     assert (status_of(d)["phase"], status_of(d)["reason"]) == (st.STARTING, "Rolling")
     assert deleted(d) == ["alice-lab-old"]
     assert not kinds(d)  # the new pod exists
-    assert d.requeue_after == CFG.starting_interval
+    assert d.requeue_after == CFG.starting_recheck  # its events (Ready) wake the session
 
 
 def test_desired_pod_still_terminating_is_waited_for() -> None:
@@ -827,3 +880,27 @@ def test_the_new_pod_is_created_once_the_old_one_is_gone() -> None:
     going = pod(body, name="alice-lab-old", deleting=True)
     assert not kinds(decide(obs(body, pods=(going,)), CFG))
     assert kinds(decide(obs(body, pods=()), CFG)) == ["Pod"]
+
+
+# -- the lab pod, chosen once in the observation -------------------------------------
+def test_observation_chooses_the_lab_pod_the_probe_and_the_gates_share() -> None:
+    body = session(status={"phase": "Ready"})
+    running = pod(body, cfg=OLD)  # an outdated template, the same spec
+    seen = obs(body, pods=(running,))
+    assert (seen.labs.current, seen.labs.outdated) == (running, True)
+    resumed = session(
+        status={"phase": "Ready", "resumeRequest": "1"},
+        annotations={naming.RESUME_ANNOTATION: "2"},
+    )
+    asked = obs(resumed, pods=(running,))
+    assert asked.labs.current is None  # a resume starts the new template
+    assert asked.labs.stale == (running,)
+    assert asked.lab_pods(restart=False).current == running  # it still runs meanwhile
+
+
+def test_before_the_token_every_pod_is_stale() -> None:
+    body = session()
+    leftover = pod(body)
+    seen = obs(body, pods=(leftover,), token_uid=None)
+    assert seen.desired_pod is None
+    assert (seen.labs.current, seen.labs.stale) == (None, (leftover,))

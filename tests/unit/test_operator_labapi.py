@@ -143,3 +143,47 @@ async def test_a_declared_huge_body_is_not_read(http: httpx.AsyncClient) -> None
     async with _serve(declared_huge) as huge:
         with pytest.raises(labapi.LabUnreachable, match="limit"):
             await labapi.activity(http, huge.url(), "t", deadline=5.0)
+
+
+async def test_a_path_that_hangs_at_first_is_reached_by_a_new_attempt(
+    http: httpx.AsyncClient,
+) -> None:
+    """Like a Service before kube-proxy's rules: the first connection hangs; the check
+    gives that attempt up and a new connection gets the answer."""
+    connections: list[int] = []
+
+    async def hangs_first(state: Server, writer: asyncio.StreamWriter, path: str) -> None:
+        connections.append(id(writer))
+        if len(set(connections)) == 1:
+            await asyncio.sleep(30)  # never answers this connection
+        await healthy(state, writer, path)
+
+    async with _serve(hangs_first) as lab:
+        await labapi.reaches(http, lab.url(), "t", attempt=0.2, within=5.0)
+        assert len(set(connections)) == 2
+
+
+async def silent(state: Server, writer: asyncio.StreamWriter, path: str) -> None:
+    state.sent += 1  # attempts seen
+    await asyncio.sleep(30)
+
+
+async def test_a_path_never_reached_fails_after_its_attempts(http: httpx.AsyncClient) -> None:
+    async with _serve(silent) as lab, _serve(healthy) as good:
+        with pytest.raises(labapi.LabUnreachable, match=r"within 0\.1s"):
+            await labapi.reaches(http, lab.url(), "t", attempt=0.1, within=0.5)
+        assert lab.sent > 1  # each attempt a new connection
+        await labapi.reaches(http, good.url(), "t", attempt=0.1, within=0.5)
+
+
+async def test_a_refused_token_fails_at_once(http: httpx.AsyncClient) -> None:
+    async def refuses(state: Server, writer: asyncio.StreamWriter, path: str) -> None:
+        state.sent += 1
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    async with _serve(refuses) as lab:
+        with pytest.raises(labapi.LabUnreachable) as refused:
+            await labapi.reaches(http, lab.url(), "t", attempt=0.1, within=5.0)
+        assert refused.value.token_refused
+        assert lab.sent == 1

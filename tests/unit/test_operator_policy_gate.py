@@ -9,7 +9,7 @@ from typing import Any
 
 from test_operator_decide import CFG, UID, obs, pod, session
 
-from kernelsession.operator import builders, policy
+from kernelsession.operator import labpod, policy
 from kernelsession.operator.actions import Create, DeletePod, GrantTokenAccess
 from kernelsession.operator.decide import decide
 from kernelsession.operator.observe import PolicyView
@@ -83,6 +83,6 @@ def test_a_malformed_configmap_refuses_new_starts_naming_the_key() -> None:
 
 def test_lab_pod_never_carries_a_kernelsession_label_from_pod_labels() -> None:
     body = session({"podLabels": {"kernelsession.dev/client": "true", "team": "a"}})
-    labels = builders.lab_pod(body, CFG, UID)["metadata"]["labels"]
+    labels = labpod.lab_pod(body, CFG, UID)["metadata"]["labels"]
     assert "kernelsession.dev/client" not in labels
     assert labels["team"] == "a"

@@ -55,3 +55,18 @@ def test_one_pop_forgets_everything_about_a_session() -> None:
     assert not fresh.recently_created("a-lab-2", 60)
     assert not fresh.warned
     assert fresh.rejected == {}
+
+
+def test_the_echo_of_our_own_status_write_is_no_news() -> None:
+    """A status write's answer is remembered; its watch event then wakes no pass."""
+    sessions = Sessions()
+    key = ("labs", "a")
+    assert sessions.is_news(key, body("100", "Pending"))  # a session not known yet
+    sessions.remember(key, body("100", "Pending"))
+    sessions.remember(key, body("105", "Starting"))  # our write's answer
+    assert not sessions.is_news(key, body("105", "Starting"))  # its watch event
+    assert not sessions.is_news(key, body("101", "Pending"))  # an event queued before
+    assert sessions.is_news(key, body("110", "Starting"))  # someone else's change
+    assert sessions.is_news(key, body("x", "Starting"))  # opaque: cannot tell
+    other = {"metadata": {"resourceVersion": "90", "uid": "another"}, "status": {}}
+    assert sessions.is_news(key, other)  # another session of that name

@@ -1,5 +1,6 @@
-"""Pure builders of a session's children: Secret, Pod, Service, NetworkPolicy, home PVC
-and Ingress.
+"""Pure builders of a session's children: token Secret and its readers' Role, Service,
+NetworkPolicy and Ingress, and the URLs clients reach the lab by. The lab pod's template
+is :mod:`labpod`'s, the home volume's claim :mod:`homeclaim`'s.
 
 Each takes the session body and the operator settings and returns a manifest dict
 owned by the session (ownerReferences via ``kopf.adopt``), so deleting the session
@@ -10,8 +11,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import hashlib
-import json
 import secrets
 from collections.abc import Mapping
 from typing import Any, cast
@@ -35,7 +34,7 @@ def _spec(body: Body) -> Mapping[str, Any]:
     return spec
 
 
-def _owned(body: Body, manifest: Manifest) -> Manifest:
+def owned(body: Body, manifest: Manifest) -> Manifest:
     """Make the session the controller owner of ``manifest``, in its namespace."""
     owner = {
         "apiVersion": f"{naming.GROUP}/{naming.VERSION}",
@@ -49,6 +48,12 @@ def _owned(body: Body, manifest: Manifest) -> Manifest:
     }
     kopf.adopt(manifest, owner=cast(kopf.Body, owner))
     return manifest
+
+
+def session_owner(body: Body) -> dict[str, Any]:
+    """The ownerReference that makes a child go with the session (the garbage collector)."""
+    reference = owned(body, {"metadata": {}})
+    return dict(reference["metadata"]["ownerReferences"][0])
 
 
 def labels_for(body: Body) -> dict[str, str]:
@@ -68,7 +73,7 @@ def new_token() -> str:
 def token_secret(body: Body, token: str) -> Manifest:
     """The immutable Secret holding the lab token under key ``token``."""
     name = _meta(body)["name"]
-    return _owned(
+    return owned(
         body,
         {
             "apiVersion": "v1",
@@ -91,7 +96,7 @@ def token_reader(body: Body, subjects: list[str]) -> tuple[Manifest, Manifest]:
     session = _meta(body)["name"]
     name = naming.token_reader_name(session)
     labels = labels_for(body) | {naming.COMPONENT_LABEL: "token"}
-    role = _owned(
+    role = owned(
         body,
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -107,7 +112,7 @@ def token_reader(body: Body, subjects: list[str]) -> tuple[Manifest, Manifest]:
             ],
         },
     )
-    binding = _owned(
+    binding = owned(
         body,
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -133,179 +138,10 @@ def base_path(body: Body, settings: Settings) -> str:
     return ingress.path.format(namespace=meta["namespace"], name=meta["name"])
 
 
-def lab_args(settings: Settings, base: str = "/") -> list[str]:
-    """Arguments of ``jupyter server``: listen on the pod IP, token from the environment,
-    served under ``base``."""
-    return [
-        "server",
-        # all of the pod's addresses: the pod IP (Service, probes) and its loopback,
-        # where `kubectl port-forward` (and `kernelsession open`) connect
-        "--ServerApp.ip=0.0.0.0",
-        f"--ServerApp.port={settings.lab_port}",
-        "--ServerApp.port_retries=0",
-        "--ServerApp.open_browser=False",
-        "--ServerApp.allow_remote_access=True",
-        # Programmatic clients read large outputs: never drop IOPub messages.
-        "--ServerApp.iopub_data_rate_limit=0",
-        "--ServerApp.iopub_msg_rate_limit=0",
-        *([f"--ServerApp.base_url={base}"] if base != "/" else []),
-        *settings.lab_extra_args,
-    ]
-
-
-def pod_spec(body: Body, settings: Settings) -> dict[str, Any]:
-    """The lab pod's ``spec``: hardened, token via secretKeyRef, no service-account token."""
-    spec = _spec(body)
-    start_timeout = int(spec.get("startTimeoutSeconds") or settings.default_start_timeout)
-    name = _meta(body)["name"]
-    env: list[dict[str, Any]] = [
-        {
-            "name": "JUPYTER_TOKEN",
-            "valueFrom": {
-                "secretKeyRef": {"name": naming.token_secret_name(name), "key": naming.TOKEN_KEY}
-            },
-        },
-        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": "KERNELSESSION_USER", "value": spec["user"]},
-    ]
-    env.extend(copy.deepcopy(list(spec.get("env") or [])))
-    base = base_path(body, settings)
-    probe_get = {"path": f"{base}api", "port": settings.lab_port, "scheme": "HTTP"}
-    container: dict[str, Any] = {
-        "name": "lab",
-        "image": spec.get("image") or settings.default_image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["jupyter"],
-        "args": lab_args(settings, base),
-        "env": env,
-        "ports": [
-            {"name": naming.LAB_PORT_NAME, "containerPort": settings.lab_port, "protocol": "TCP"}
-        ],
-        "resources": copy.deepcopy(dict(spec.get("resources") or settings.default_resources)),
-        "readinessProbe": {
-            "httpGet": probe_get,
-            "periodSeconds": 2,
-            "timeoutSeconds": 2,
-            "failureThreshold": 3,
-        },
-        # Liveness starts only once the lab has answered: a lab that starts slowly (a busy
-        # node starting many labs) is never restarted for it; the operator's own
-        # startTimeoutSeconds decides when a start has failed.
-        "startupProbe": {
-            "httpGet": dict(probe_get),
-            "periodSeconds": 2,
-            "timeoutSeconds": 2,
-            "failureThreshold": max(1, -(-start_timeout // 2)),
-        },
-        "livenessProbe": {
-            "httpGet": dict(probe_get),
-            "periodSeconds": 10,
-            "timeoutSeconds": 5,
-            "failureThreshold": 6,
-        },
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "privileged": False,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    mounts = copy.deepcopy(list(spec.get("volumeMounts") or []))
-    home = spec.get("home")
-    if home is not None:
-        mounts.append({"name": naming.HOME_VOLUME, "mountPath": home_mount_path(spec)})
-    if mounts:
-        container["volumeMounts"] = mounts
-    result: dict[str, Any] = {
-        "containers": [container],
-        "restartPolicy": "Always",
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": 10,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": settings.run_as_user,
-            "runAsGroup": settings.run_as_group,
-            "fsGroup": settings.run_as_group,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-    }
-    if home is not None:
-        # The volume's files belong to the lab's group; only fix them when the root differs.
-        result["securityContext"]["fsGroupChangePolicy"] = "OnRootMismatch"
-    for key in ("nodeSelector", "tolerations", "volumes"):
-        if spec.get(key):
-            result[key] = copy.deepcopy(spec[key])
-    if home is not None:
-        result.setdefault("volumes", []).append(
-            {
-                "name": naming.HOME_VOLUME,
-                "persistentVolumeClaim": {"claimName": naming.home_claim_name(name)},
-            }
-        )
-    return result
-
-
-def pod_hash(spec: Mapping[str, Any], token_secret_uid: str) -> str:
-    """Short digest of everything that needs a new pod when it changes."""
-    blob = json.dumps({"spec": spec, "secret": token_secret_uid}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:8]
-
-
-# Session fields that never need a new pod: the running lab keeps going when they change.
-_NOT_IN_POD = frozenset({"culling", "suspend", "startTimeoutSeconds"})
-
-
-def spec_hash(body: Body, token_secret_uid: str) -> str:
-    """Short digest of the session's own wishes for its pod (its spec, not the operator's
-    defaults or code): a lab is replaced when this changes, never when only the operator's
-    template does (that applies at the next start, or under ``KERNELSESSION_ROLLOUT``)."""
-    spec = {k: v for k, v in _spec(body).items() if k not in _NOT_IN_POD}
-    home = dict(spec.get("home") or {})
-    if home:
-        home.pop("reclaimPolicy", None)
-        spec["home"] = home
-    return pod_hash(spec, token_secret_uid)
-
-
-def lab_pod(body: Body, settings: Settings, token_secret_uid: str) -> Manifest:
-    """The lab Pod; its name carries a hash of its spec, so a re-run never duplicates it.
-    Labelled with :func:`spec_hash` (which pods still do what the session asks)."""
-    spec = pod_spec(body, settings)
-    digest = pod_hash(spec, token_secret_uid)
-    # Labels under kernelsession.dev/ are the operator's: a lab pod never carries one it
-    # did not set (above all kernelsession.dev/client, which would admit it to every lab).
-    extra = {
-        k: v
-        for k, v in (_spec(body).get("podLabels") or {}).items()
-        if not k.startswith(f"{naming.GROUP}/")
-    }
-    labels = (
-        extra
-        | labels_for(body)
-        | {
-            naming.COMPONENT_LABEL: "lab",
-            naming.HASH_LABEL: digest,
-            naming.SPEC_HASH_LABEL: spec_hash(body, token_secret_uid),
-        }
-    )
-    return _owned(
-        body,
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": naming.pod_name(_meta(body)["name"], digest), "labels": labels},
-            "spec": spec,
-        },
-    )
-
-
 def service(body: Body, settings: Settings) -> Manifest:
     """ClusterIP Service in front of the lab, port 8888."""
     name = _meta(body)["name"]
-    return _owned(
+    return owned(
         body,
         {
             "apiVersion": "v1",
@@ -356,7 +192,7 @@ def network_policy(body: Body, settings: Settings) -> Manifest:
                 "podSelector": {"matchLabels": dict(settings.ingress.controller_labels)},
             }
         )
-    return _owned(
+    return owned(
         body,
         {
             "apiVersion": "networking.k8s.io/v1",
@@ -377,75 +213,6 @@ def network_policy(body: Body, settings: Settings) -> Manifest:
             },
         },
     )
-
-
-DEFAULT_HOME_SIZE = "1Gi"
-
-
-def home_mount_path(spec: Mapping[str, Any]) -> str:
-    home: Mapping[str, Any] = spec.get("home") or {}
-    return str(home.get("mountPath") or naming.DEFAULT_HOME_MOUNT)
-
-
-def reclaim_policy(spec: Mapping[str, Any]) -> str:
-    """``spec.home.reclaimPolicy``: ``Retain`` (default) or ``Delete``."""
-    home: Mapping[str, Any] = spec.get("home") or {}
-    return "Delete" if home.get("reclaimPolicy") == "Delete" else "Retain"
-
-
-def session_owner(body: Body) -> dict[str, Any]:
-    """The ownerReference that makes a child go with the session (the garbage collector)."""
-    owned = _owned(body, {"metadata": {}})
-    return dict(owned["metadata"]["ownerReferences"][0])
-
-
-def home_claim(body: Body) -> Manifest | None:
-    """The session's home PersistentVolumeClaim (None when ``spec.home`` is unset).
-
-    Culling, suspending and restarting the lab never touch it. With ``reclaimPolicy:
-    Retain`` (the default) it has no owner and outlives the session (labelled with its
-    user and session: a new session of that name and user mounts it again); with
-    ``Delete`` the session owns it and it goes with the session.
-    """
-    spec = _spec(body)
-    home: Mapping[str, Any] | None = spec.get("home")
-    if home is None:
-        return None
-    claim_spec: dict[str, Any] = {
-        "accessModes": ["ReadWriteOnce"],
-        "resources": {"requests": {"storage": str(home.get("size") or DEFAULT_HOME_SIZE)}},
-    }
-    if home.get("storageClassName"):
-        claim_spec["storageClassName"] = home["storageClassName"]
-    name = _meta(body)["name"]
-    claim: Manifest = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {
-            "name": naming.home_claim_name(name),
-            "namespace": _meta(body)["namespace"],
-            "labels": labels_for(body) | {naming.COMPONENT_LABEL: "home"},
-        },
-        "spec": claim_spec,
-    }
-    return _owned(body, claim) if reclaim_policy(spec) == "Delete" else claim
-
-
-def claim_owner_patch(
-    body: Body, owners: tuple[str, ...], resource_version: str
-) -> dict[str, Any] | None:
-    """A merge patch giving the home claim the owners its reclaim policy asks for (the
-    session for ``Delete``, none for ``Retain``); None when it has them already."""
-    uid = str(_meta(body)["uid"])
-    if reclaim_policy(_spec(body)) == "Delete":
-        wanted: list[dict[str, Any]] | None = [session_owner(body)]
-        if owners == (uid,):
-            return None
-    else:
-        wanted = None
-        if not owners:
-            return None
-    return {"metadata": {"ownerReferences": wanted, "resourceVersion": resource_version}}
 
 
 def lab_url(
@@ -512,7 +279,7 @@ def ingress(body: Body, settings: Settings) -> Manifest | None:
     }
     if cfg.annotations:
         metadata["annotations"] = dict(cfg.annotations)
-    return _owned(
+    return owned(
         body,
         {
             "apiVersion": "networking.k8s.io/v1",

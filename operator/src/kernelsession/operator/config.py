@@ -90,7 +90,13 @@ class Settings:
     cull_connected: bool = False
     """Whether an idle kernel with open connections may be culled (jupyter-server's default: no)."""
     starting_interval: float = 1.0
-    """Seconds between checks of a lab that is not Ready yet."""
+    """Seconds between checks of a lab whose pod is Ready but whose API does not answer
+    (with the token, through its Service) yet."""
+    starting_recheck: float = 30.0
+    """Seconds between checks of a starting lab whose pod is not Ready: the pod's own
+    events (scheduled, started, Ready, restarted) wake its session at once; this is the
+    fallback should one be missed (the start timeout and the unschedulable grace are
+    looked at when they fall due)."""
     probe_timeout: float = 5.0
     unschedulable_grace: int = 120
     """Seconds an unschedulable lab waits for capacity (cluster autoscalers) before Failed."""
@@ -313,6 +319,7 @@ def from_env(
         cull_warning=_int(env, "CULL_WARNING", d.cull_warning),
         cull_connected=_bool(env, "CULL_CONNECTED", d.cull_connected),
         starting_interval=_float(env, "STARTING_INTERVAL", d.starting_interval),
+        starting_recheck=_float(env, "STARTING_RECHECK", d.starting_recheck),
         probe_timeout=_float(env, "PROBE_TIMEOUT", d.probe_timeout),
         unschedulable_grace=_int(env, "UNSCHEDULABLE_GRACE", d.unschedulable_grace),
         home_interval=_float(env, "HOME_INTERVAL", d.home_interval),

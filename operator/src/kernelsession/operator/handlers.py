@@ -248,8 +248,9 @@ async def session_event(
             kwargs["lab_claims"],
             kwargs["lab_ingresses"],
         )
+    news = rt.sessions.is_news(key, dict(body))
     state = rt.sessions.remember(key, dict(body))
-    if state.running:
-        state.wake.set()
-    else:
+    if not state.running:
         supervisor.start(rt, state)
+    elif news:  # not the echo of this operator's own status write: no pass for that
+        state.wake.set()

@@ -109,6 +109,40 @@ async def probe(http: httpx.AsyncClient, base_url: str, token: str) -> Mapping[s
     return data
 
 
+async def reaches(
+    http: httpx.AsyncClient, base_url: str, token: str, *, attempt: float, within: float
+) -> None:
+    """``GET api/status`` through a path that may not be there yet, in short attempts
+    each on a new connection, until one answers or ``within`` seconds have passed.
+
+    A Service whose rules kube-proxy has not programmed yet drops the packets: one
+    connection would hang in TCP's SYN retransmits (1 s, then 3 s) long after the rules
+    are there; a new attempt every ``attempt`` seconds gets through within ``attempt`` of
+    them.
+
+    Raises:
+        LabUnreachable: no attempt answered (the last one's error); at once when the lab
+            answered with an error status (e.g. 403: the token is refused).
+    """
+    loop = asyncio.get_running_loop()
+    end = loop.time() + within
+    while True:
+        started = loop.time()
+        try:
+            async with asyncio.timeout(max(0.0, min(attempt, end - started))):
+                await probe(http, base_url, token)
+            return
+        except TimeoutError:
+            error = LabUnreachable(f"no answer from {base_url}api within {attempt:g}s")
+        except LabUnreachable as exc:
+            if exc.status is not None:
+                raise
+            error = exc
+        if loop.time() >= end:
+            raise error
+        await asyncio.sleep(max(0.0, min(started + attempt, end) - loop.time()))
+
+
 def parse_activity(status: Mapping[str, Any], kernels: list[Mapping[str, Any]]) -> LabActivity:
     """Build :class:`LabActivity` from the two API answers (pure)."""
     return LabActivity(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from kernelsession.operator import builders, labapi, naming, policy, rollout
+from kernelsession.operator import builders, labapi, labpod, naming, policy, rollout
 from kernelsession.operator import status as st
 from kernelsession.operator.errors import PermanentError
 from kernelsession.operator.podview import PodView, read_pod
@@ -33,6 +34,10 @@ TOKEN_RECHECK_INTERVALS = 10
 FRESH_TOKEN_AGE = 30.0
 # A refused child is not asked for again for this long (the API would refuse it again).
 REJECTION_MEMORY = 60.0
+# Before saying Ready the Service is tried in attempts this short, each on a new
+# connection, for at most this long (kube-proxy may not have programmed it yet).
+SERVICE_ATTEMPT = 0.25
+SERVICE_WITHIN = 3.0
 
 
 class StaleToken(Exception):
@@ -153,6 +158,21 @@ class Observation:
         status: Mapping[str, Any] = self.body.get("status") or {}
         return status
 
+    @functools.cached_property
+    def labs(self) -> rollout.LabPods:
+        """The session's lab pod (the desired one, or an outdated one kept running) and
+        the pods to delete, the resume annotation asking for a fresh start."""
+        return self.lab_pods(restart=resume_asked(self.body))
+
+    def lab_pods(self, *, restart: bool) -> rollout.LabPods:
+        """:func:`rollout.choose` against the desired pod (every pod stale until the
+        desired pod is known, i.e. before the token Secret exists)."""
+        if self.desired_pod is None:
+            return rollout.LabPods(None, self.pods)
+        meta = self.desired_pod["metadata"]
+        digest = str(meta["labels"][naming.SPEC_HASH_LABEL])
+        return rollout.choose(self.pods, str(meta["name"]), digest, restart=restart)
+
 
 def wants_lab(body: Mapping[str, Any]) -> bool:
     """Whether the session should have a running lab now (pure; shared with decide)."""
@@ -171,6 +191,13 @@ def stopped_by(body: Mapping[str, Any]) -> str | None:
     or None."""
     value = (body["metadata"].get("annotations") or {}).get(naming.STOPPED_ANNOTATION)
     return str(value) if value else None
+
+
+def asks_lab(pod: PodView | None) -> bool:
+    """Whether a pass asks the lab's API (pure). Only once its pod is Ready: until then
+    the kubelet's readiness probe asks it (``GET /api``), and the pod's events (Ready
+    among them) wake the session; a pass about a pod that is not Ready asks nothing."""
+    return pod is not None and bool(pod.pod_ip) and pod.running and pod.ready and not pod.deleting
 
 
 def resume_asked(body: Mapping[str, Any]) -> bool:
@@ -242,20 +269,15 @@ async def observe(
     if token is None:
         return obs
     try:
-        desired = builders.lab_pod(body, rt.settings, token.uid)
+        desired = labpod.lab_pod(body, rt.settings, token.uid)
     except KeyError as exc:  # the schema requires spec.user; defensive
         raise PermanentError(f"spec is missing {exc}") from None
+    obs = dataclasses.replace(obs, token_uid=token.uid, desired_pod=desired)
     home = await _home(rt, state, claim_view) if body.get("spec", {}).get("home") else None
     rules = await _rules(rt, state, body, fresh=not live)
-    activity, probe_error = await _probe(rt, state, body, token, pod_views, desired)
+    activity, probe_error = await _probe(rt, state, body, token, obs.labs.current)
     return dataclasses.replace(
-        obs,
-        token_uid=token.uid,
-        desired_pod=desired,
-        home=home,
-        activity=activity,
-        probe_error=probe_error,
-        rules=rules,
+        obs, home=home, activity=activity, probe_error=probe_error, rules=rules
     )
 
 
@@ -359,18 +381,11 @@ async def _probe(
     state: SessionState,
     body: Mapping[str, Any],
     token: TokenRecord,
-    pods: tuple[PodView, ...],
-    desired: Mapping[str, Any],
+    pod: PodView | None,
 ) -> tuple[labapi.LabActivity | None, str | None]:
-    """Ask the session's lab pod how active it is: ``desired`` (the one the spec asks
-    for), or an outdated one kept running (:func:`rollout.choose`)."""
-    pod = rollout.choose(
-        pods,
-        str(desired["metadata"]["name"]),
-        builders.spec_hash(body, token.uid),
-        restart=resume_asked(body),
-    ).current
-    if pod is None or not pod.pod_ip or not pod.running or pod.deleting:
+    """Ask the session's lab pod how active it is (``Observation.labs``: the desired
+    pod, or an outdated one kept running)."""
+    if pod is None or not asks_lab(pod):
         return None, None
     # The operator probes the pod itself (the NetworkPolicy admits it); clients use the URL.
     url = f"http://{pod.pod_ip}:{rt.settings.lab_port}{pod.base_path}"
@@ -385,8 +400,11 @@ async def _probe(
             and (status.get("phase") != st.READY or status.get("podName") != pod.name)
         ):
             # Before saying Ready: the URL clients get (the Service) reaches this lab, so
-            # Ready never precedes the Service's endpoints and kube-proxy's rules.
-            await labapi.activity(rt.http, service, token.token, deadline=deadline)
+            # Ready never precedes the Service's endpoints and kube-proxy's rules (short
+            # attempts: a connection made before the rules are there would hang).
+            await labapi.reaches(
+                rt.http, service, token.token, attempt=SERVICE_ATTEMPT, within=SERVICE_WITHIN
+            )
     except labapi.LabUnreachable as exc:
         if exc.token_refused:
             state.token = None  # re-read the Secret on the next pass

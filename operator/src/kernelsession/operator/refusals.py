@@ -6,7 +6,7 @@ import posixpath
 from collections.abc import Mapping
 from typing import Any
 
-from kernelsession.operator import builders, naming
+from kernelsession.operator import homeclaim, naming
 
 
 def refusals(spec: Mapping[str, Any]) -> list[str]:
@@ -14,7 +14,7 @@ def refusals(spec: Mapping[str, Any]) -> list[str]:
     problems: list[str] = []
     if spec.get("home") is None:
         return problems
-    home = posixpath.normpath(builders.home_mount_path(spec))
+    home = posixpath.normpath(homeclaim.home_mount_path(spec))
     for i, mount in enumerate(spec.get("volumeMounts") or []):
         other = posixpath.normpath(str(mount.get("mountPath") or ""))
         if other == home:

@@ -2,7 +2,7 @@
 
 A lab pod is named after a hash of its whole template (the session's spec and the
 operator's defaults and code) and labelled with a hash of the session's spec alone
-(:func:`builders.spec_hash`). A running pod whose spec hash still matches is the
+(:func:`labpod.spec_hash`). A running pod whose spec hash still matches is the
 session's lab even when the operator's template moved on (an upgrade, a settings
 change): it keeps running, marked outdated (status condition ``UpToDate`` False,
 ``TemplateChanged``), and the new template applies at its next start: after a spec

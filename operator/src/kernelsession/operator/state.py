@@ -119,6 +119,17 @@ class Sessions:
             state.remember(body)
         return state
 
+    def is_news(self, key: Key, body: dict[str, Any]) -> bool:
+        """Whether ``body`` tells this replica anything: a session it does not know (or
+        another one of that name), or a newer resourceVersion. The watch's echo of this
+        process's own status write is not news: the write's answer was remembered (with
+        its resourceVersion) when it was made, so it wakes no pass."""
+        state = self._by_key.get(key)
+        if state is None or _uid(body) != _uid(state.body):
+            return True
+        version = _version(body)
+        return version < 0 or version > _version(state.body)
+
     def get(self, key: Key) -> SessionState | None:
         return self._by_key.get(key)
 
