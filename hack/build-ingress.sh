@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the local cluster's ingress controller, Traefik v3, from the Go module proxy into $1
 # (a cache directory outside the repo). The pinned version comes from the environment (set by
-# kernelsession.localcluster.building.binaries, the one place that decides versions).
+# kernelsession.localcluster.building.ingressbinaries, which pins it).
 #
 # Traefik's go.mod carries directives that Go ignores in a dependency: replaces by forks
 # (gorilla/mux, go-http-auth...) and excludes. The wrapper module below copies them, with

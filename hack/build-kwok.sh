@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # Build KWOK (sigs.k8s.io/kwok, the `kwok` controller that runs fake nodes) from the Go module
 # proxy into $1 (a cache directory outside the repo). The pinned version comes from the
-# environment (set by kernelsession.localcluster.building.binaries, the one place that decides
-# versions). KWOK builds against newer Kubernetes libraries than the local cluster's, so it has
-# its own module graph: a wrapper module that requires KWOK with KWOK's exact dependency
-# versions (its go.mod has no replaces or excludes). Only `make bench` (the scale section)
-# builds it.
+# environment (set by kernelsession.localcluster.building.kwok, which pins it). KWOK builds
+# against newer Kubernetes libraries than the local cluster's, so it has its own module
+# graph: a wrapper module that requires KWOK with KWOK's exact dependency versions (its
+# go.mod has no replaces or excludes). Only `make bench` (the scale section) builds it.
 set -euo pipefail
 out=${1:?usage: build-kwok.sh OUTDIR}
 kwok=${KS_KWOK_VERSION:?}

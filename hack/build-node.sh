@@ -2,8 +2,8 @@
 # Build the node's non-Kubernetes daemons from the Go module proxy into $1 (a cache directory
 # outside the repo): containerd (daemon, ctr, the runc shim), CoreDNS and
 # local-path-provisioner (the default StorageClass's dynamic provisioner). Pinned versions
-# come from the environment (set by kernelsession.localcluster.building.binaries, the one place that
-# decides them). The three are separate modules and build side by side.
+# come from the environment (set by kernelsession.localcluster.building.nodebinaries, which pins
+# them). The three are separate modules and build side by side.
 set -euo pipefail
 out=${1:?usage: build-node.sh OUTDIR}
 containerd=${KS_CONTAINERD_VERSION:?}

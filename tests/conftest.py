@@ -47,7 +47,7 @@ from helpers import LABS, OPERATOR_ENV, TEST_POLICY, set_labs_policy, wait_for
 from helpers import sa_kubeconfig as _sa_kubeconfig
 
 from kernelsession.client import KernelSessionClient
-from kernelsession.localcluster.building.binaries import BinariesUnavailableError
+from kernelsession.localcluster.building.gobuild import BinariesUnavailableError
 from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.deploy import InClusterOperator
 from kernelsession.localcluster.deploy.ingress import IngressController, install_ingress

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from kernelsession.localcluster.cluster import LocalCluster
-from kernelsession.localcluster.cluster.node import NodeError
+from kernelsession.localcluster.cluster.nodehost import NodeError
 from kernelsession.localcluster.host import state as hoststate
 from kernelsession.localcluster.host.network import BRIDGE, SERVICE_RANGE
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from kernelsession.client.testing import free_port
-from kernelsession.localcluster.building import binaries, images, oci
+from kernelsession.localcluster.building import gobuild, images, nodebinaries, oci
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -261,8 +261,8 @@ def _containerd_dirs() -> list[str]:
     ``KERNELSESSION_TEST_CONTAINERD`` (``:``-separated)."""
     found = shutil.which("containerd")
     dirs = [str(Path(found).parent)] if found else []
-    with contextlib.suppress(binaries.BinariesUnavailableError):  # the node's containerd 2.x
-        dirs.append(str(binaries.ensure_node(build_missing=False, log=False).directory))
+    with contextlib.suppress(gobuild.BinariesUnavailableError):  # the node's containerd 2.x
+        dirs.append(str(nodebinaries.ensure_node(build_missing=False, log=False).directory))
     extra = os.environ.get("KERNELSESSION_TEST_CONTAINERD", "")
     dirs += [d for d in extra.split(":") if d and d not in dirs]
     return dirs or ["(none)"]

@@ -15,7 +15,7 @@ import pytest
 from helpers import hardened_pod, wait_for
 
 from kernelsession.localcluster.cluster import LocalCluster
-from kernelsession.localcluster.cluster.node import NodeBusyError
+from kernelsession.localcluster.cluster.nodehost import NodeBusyError
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 

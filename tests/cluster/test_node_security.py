@@ -29,7 +29,7 @@ from helpers import hardened_pod, wait_for
 
 from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.host import network as hostnet
-from kernelsession.localcluster.host.netpol import KNOWN_SOURCE_CHAIN, MAIN_CHAIN
+from kernelsession.localcluster.host.netpol.rules import KNOWN_SOURCE_CHAIN, MAIN_CHAIN
 from kernelsession.localcluster.host.network import DNS_SERVICE_IP, NODE_IP
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]

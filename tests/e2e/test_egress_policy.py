@@ -25,7 +25,11 @@ from helpers import WaitTimeoutError, hardened_pod, wait_for
 
 from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.host import state as hoststate
-from kernelsession.localcluster.host.netpol import EGRESS_CHAIN_PREFIX, INPUT_CHAIN, MAIN_CHAIN
+from kernelsession.localcluster.host.netpol.rules import (
+    EGRESS_CHAIN_PREFIX,
+    INPUT_CHAIN,
+    MAIN_CHAIN,
+)
 from kernelsession.localcluster.host.network import DNS_SERVICE_IP, NODE_IP
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]

@@ -33,6 +33,7 @@ from helpers import LABS, apply_session, children, lab_path, wait_for, wait_phas
 from prometheus_client.parser import text_string_to_metric_families
 
 from kernelsession.localcluster.cluster import LocalCluster
+from kernelsession.localcluster.deploy.rollout import wait_rollout
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 SAMPLE = Path(__file__).parents[2] / "manifests" / "samples" / "prober.yaml"
@@ -118,8 +119,13 @@ def test_prober_deployment_sample_success_failure_success(
     wait_phase(installed, session_name, "Ready", timeout=120)
     installed.apply(prober_objects(installed, session_name))
     try:
-        installed.kubectl(
-            "-n", LABS, "rollout", "status", f"deploy/{PROBER}", "--timeout=180s", timeout=200
+        wait_rollout(
+            installed,
+            LABS,
+            PROBER,
+            selector=f"app.kubernetes.io/name={PROBER}",
+            timeout=180,
+            what="the prober sample",
         )
         ip = installed.get_json("-n", LABS, f"svc/{PROBER}")["spec"]["clusterIP"]
         url = f"http://{ip}:9100/metrics"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kernelsession.localcluster.building import binaries, images, oci
+from kernelsession.localcluster.building import gobuild, images, ingressbinaries, oci
 from kernelsession.localcluster.deploy import ingress
 
 IMAGE = "localhost/kernelsession/traefik:0123456789abcdef"
@@ -208,14 +208,14 @@ def test_missing_ingress_binary_error_names_the_fix(
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("KERNELSESSION_INGRESS_ASSETS", str(tmp_path / "nowhere"))
-    with pytest.raises(binaries.BinariesUnavailableError) as info:
-        binaries.ensure_ingress(build_missing=False, log=False)
+    with pytest.raises(gobuild.BinariesUnavailableError) as info:
+        ingressbinaries.ensure_ingress(build_missing=False, log=False)
     message = str(info.value)
-    assert binaries.TRAEFIK_VERSION in message
+    assert ingressbinaries.TRAEFIK_VERSION in message
     assert "make ingress-binaries" in message
     assert "KERNELSESSION_INGRESS_ASSETS" in message
     assert str(tmp_path / "nowhere") in message
-    assert binaries.TRAEFIK_VERSION in str(binaries.ingress_cache_dir())
+    assert ingressbinaries.TRAEFIK_VERSION in str(ingressbinaries.ingress_cache_dir())
 
 
 def test_ingress_assets_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -225,7 +225,7 @@ def test_ingress_assets_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     (assets / "traefik").write_bytes(b"")
     (assets / "traefik").chmod(0o755)
     monkeypatch.setenv("KERNELSESSION_INGRESS_ASSETS", str(assets))
-    found = binaries.ensure_ingress(build_missing=False, log=False)
+    found = ingressbinaries.ensure_ingress(build_missing=False, log=False)
     assert found.traefik == assets.resolve() / "traefik"
 
 

@@ -10,16 +10,18 @@ from typing import Any
 
 import pytest
 
-from kernelsession.localcluster.host.netpol import (
+from kernelsession.localcluster.host.netpol.policy import (
+    block_ranges,
+    node_dns_stand_in,
+    policy_types,
+    selector_matches,
+)
+from kernelsession.localcluster.host.netpol.rules import (
     EGRESS_CHAIN_PREFIX,
     INPUT_CHAIN,
     MAIN_CHAIN,
     POD_CHAIN_PREFIX,
-    block_ranges,
-    node_dns_stand_in,
-    policy_types,
     render,
-    selector_matches,
 )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from test_netpol import DENY, EGRESS_NAMESPACES, EGRESS_PODS, IP, _walk, egress, pod
 
-from kernelsession.localcluster.host.netpol import (
+from kernelsession.localcluster.host.netpol.rules import (
     INPUT_CHAIN,
     KNOWN_DEST_CHAIN,
     KNOWN_SOURCE_CHAIN,

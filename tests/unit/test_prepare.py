@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kernelsession.localcluster.building import binaries, prepare
+from kernelsession.localcluster.building import binaries, ingressbinaries, nodebinaries, prepare
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -131,18 +131,18 @@ def test_the_ingress_controller_is_a_part_of_its_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.delenv(binaries.INGRESS_ASSETS_ENV, raising=False)
+    monkeypatch.delenv(ingressbinaries.INGRESS_ASSETS_ENV, raising=False)
     assert prepare.GROUPS["ingress"] == ("ingress",)
     assert "ingress" not in prepare.GROUPS["binaries"]  # `make setup` never builds it
     assert prepare.commands()["ingress"][-2:] == ["ensure", "--ingress"]
     assert prepare.cached_lines("ingress") is None
-    bin_dir = binaries.ingress_cache_dir() / "bin"
+    bin_dir = ingressbinaries.ingress_cache_dir() / "bin"
     bin_dir.mkdir(parents=True)
     (bin_dir / "traefik").write_text("#!/bin/sh\n")
     os.chmod(bin_dir / "traefik", 0o755)
     lines = prepare.cached_lines("ingress")
     assert lines is not None
-    assert binaries.TRAEFIK_VERSION in lines[0]
+    assert ingressbinaries.TRAEFIK_VERSION in lines[0]
 
 
 def _script_env(tmp_path: Path, fake_go: str) -> dict[str, str]:
@@ -195,7 +195,7 @@ done
 def test_build_node_builds_its_parts_side_by_side(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = subprocess.run(
-        ["bash", str(REPO / binaries.NODE_BUILD_SCRIPT), str(out)],
+        ["bash", str(REPO / nodebinaries.NODE_BUILD_SCRIPT), str(out)],
         env=_script_env(tmp_path, FAKE_GO),
         capture_output=True,
         text=True,
@@ -203,7 +203,7 @@ def test_build_node_builds_its_parts_side_by_side(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ran alone" not in result.stdout + result.stderr  # each build met the others
-    assert binaries.NodeBinaries.complete(out)
+    assert nodebinaries.NodeBinaries.complete(out)
     for label in ("containerd v9", "coredns v8", "local-path-provisioner v7"):
         assert f"built: {label} in " in result.stdout
 
@@ -212,7 +212,7 @@ def test_build_node_reports_the_failing_part_with_its_output(tmp_path: Path) -> 
     fail = 'case "$*" in *coredns*) echo "no luck"; exit 1;; esac\n'
     failing = FAKE_GO.replace(RENDEZVOUS, fail)
     result = subprocess.run(
-        ["bash", str(REPO / binaries.NODE_BUILD_SCRIPT), str(tmp_path / "out")],
+        ["bash", str(REPO / nodebinaries.NODE_BUILD_SCRIPT), str(tmp_path / "out")],
         env=_script_env(tmp_path, failing),
         capture_output=True,
         text=True,

@@ -19,10 +19,10 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from kernelsession.localcluster.building.binaries import BinariesUnavailableError
+from kernelsession.localcluster.building.gobuild import BinariesUnavailableError
 from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.cluster.controlplane import ControlPlaneError
-from kernelsession.localcluster.cluster.node import NodeLock
+from kernelsession.localcluster.cluster.nodehost import NodeLock
 from kernelsession.localcluster.host import state as hoststate
 from kernelsession.localcluster.host.crash import cleanup_crashed
 

@@ -13,10 +13,11 @@ Lookup order for a directory holding ``etcd``, ``kube-apiserver`` and
 4. otherwise they are built from the Go module proxy with ``hack/build-controlplane.sh``
    into a temporary directory next to the cache entry, which is then renamed atomically.
 
-The node's daemons (:func:`ensure_node`) and the optional ingress controller
-(:func:`ensure_ingress`: Traefik, only when asked for) have their own cache entries.
+The node's daemons (:mod:`.nodebinaries`) and the optional ingress controller
+(:mod:`.ingressbinaries`: Traefik, only when asked for) have their own modules and cache
+entries; :mod:`.gobuild` builds them all. This module's CLI finds or builds any of them:
 
-CLI: ``python -m kernelsession.localcluster.building.binaries ensure`` (used by ``make binaries``),
+``python -m kernelsession.localcluster.building.binaries ensure`` (used by ``make binaries``),
 ``python -m kernelsession.localcluster.building.binaries ensure --ingress`` (only the ingress
 controller; ``make ingress-binaries``) and ``python -m kernelsession.localcluster.building.binaries
 path``.
@@ -25,26 +26,23 @@ path``.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import shutil
-import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kernelsession.localcluster.building.gobuild import (
+    BinariesUnavailableError,
+    build_into,
+    cache_root,
+    repo_root,
+)
+from kernelsession.localcluster.building.ingressbinaries import TRAEFIK_VERSION, ensure_ingress
+from kernelsession.localcluster.building.nodebinaries import describe_node, ensure_node
+
 K8S_VERSION = "v1.35.4"
 ETCD_VERSION = "v3.6.8"
-CONTAINERD_VERSION = "v2.2.9"
-COREDNS_VERSION = "v1.13.1"
-LOCAL_PATH_VERSION = "v0.0.30"
-#: The local cluster's optional ingress controller (``ensure_ingress``; not in ``make setup``).
-#: The newest v3 whose every dependency the Go module proxy serves: v3.7.x pins lego v5
-#: (ACME), and the proxy refuses lego v5.4.1, the DNS-provider SDK versions lego v5.3.1
-#: needs and the go-http-auth fork v3.7 builds with (403 "not available").
-TRAEFIK_VERSION = "v3.6.12"
 
 REQUIRED = (
     "etcd",
@@ -55,27 +53,8 @@ REQUIRED = (
     "kube-proxy",
 )
 BUILD_SCRIPT = Path("hack") / "build-controlplane.sh"
-NODE_BUILD_SCRIPT = Path("hack") / "build-node.sh"
-NODE_REQUIRED = (
-    "containerd",
-    "ctr",
-    "containerd-shim-runc-v2",
-    "coredns",
-    "local-path-provisioner",
-)
 #: What ``ensure --only`` takes: the two caches, each built by its own script.
 PARTS = ("controlplane", "node")
-INGRESS_BUILD_SCRIPT = Path("hack") / "build-ingress.sh"
-INGRESS_REQUIRED = ("traefik",)
-INGRESS_ASSETS_ENV = "KERNELSESSION_INGRESS_ASSETS"
-# From Debian packages (installed by `make setup`): runc and the CNI plugins.
-RUNC = Path("/usr/sbin/runc")
-CNI_BIN_DIR = Path("/usr/lib/cni")
-CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap", "tuning")
-
-
-class BinariesUnavailableError(RuntimeError):
-    """The control-plane binaries are neither present nor buildable on this machine."""
 
 
 @dataclass(frozen=True)
@@ -120,14 +99,6 @@ class Binaries:
         )
 
 
-def repo_root() -> Path | None:
-    """Return the source checkout holding ``hack/build-controlplane.sh``, if there is one."""
-    for parent in Path(__file__).resolve().parents:
-        if (parent / BUILD_SCRIPT).is_file():
-            return parent
-    return None
-
-
 def version_key() -> str:
     """The cache key naming the pinned versions, e.g. ``k8s-v1.35.4-etcd-v3.6.8``."""
     return f"k8s-{K8S_VERSION}-etcd-{ETCD_VERSION}"
@@ -135,8 +106,7 @@ def version_key() -> str:
 
 def cache_dir() -> Path:
     """The cache entry for the pinned versions (its ``bin`` subdirectory holds binaries)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "kernelsession" / "controlplane" / version_key()
+    return cache_root() / "controlplane" / version_key()
 
 
 def candidates() -> list[tuple[str, Path]]:
@@ -179,56 +149,6 @@ def _unavailable(reason: str) -> BinariesUnavailableError:
     )
 
 
-def _build_into(
-    entry: Path,
-    script: Path,
-    env: dict[str, str],
-    complete: Callable[[Path], bool],
-    what: str,
-    *,
-    log: bool,
-) -> Path:
-    """Run ``script TMPDIR`` under a lock in ``entry`` and rename TMPDIR to ``entry/bin``.
-
-    Returns ``entry/bin``. Raises RuntimeError (with the log tail) when the build fails.
-    """
-    entry.mkdir(parents=True, exist_ok=True)
-    with open(entry / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if complete(entry / "bin"):  # another process built them while we waited
-            return entry / "bin"
-        tmp = entry / f"bin.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        if log:
-            print(
-                f"kernelsession: building {what} from the Go module proxy into "
-                f"{entry / 'bin'} (first time only; this takes several minutes)...",
-                file=sys.stderr,
-                flush=True,
-            )
-        started = time.monotonic()
-        result = subprocess.run(
-            ["bash", str(script), str(tmp)],
-            env=dict(os.environ, **env),
-            stdout=sys.stderr if log else subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            check=False,
-        )
-        elapsed = time.monotonic() - started
-        if result.returncode != 0 or not complete(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-            tail = "" if log else "\n" + "\n".join((result.stdout or "").splitlines()[-30:])
-            raise RuntimeError(
-                f"the build failed after {elapsed:.0f}s (exit {result.returncode}){tail}"
-            )
-        shutil.rmtree(entry / "bin", ignore_errors=True)
-        os.replace(tmp, entry / "bin")
-        if log:
-            print(f"kernelsession: built {what} in {elapsed:.0f}s", file=sys.stderr)
-        return entry / "bin"
-
-
 def build(*, log: bool = True) -> Binaries:
     """Build the pinned binaries into the cache and return them.
 
@@ -245,7 +165,7 @@ def build(*, log: bool = True) -> Binaries:
         raise _unavailable("no `go` on PATH to build them")
     env = {"KS_K8S_VERSION": K8S_VERSION, "KS_ETCD_VERSION": ETCD_VERSION}
     try:
-        directory = _build_into(
+        directory = build_into(
             cache_dir(),
             root / BUILD_SCRIPT,
             env,
@@ -272,172 +192,6 @@ def ensure(*, build_missing: bool = True, log: bool = True) -> Binaries:
     if not build_missing:
         raise _unavailable("none of the searched directories holds them")
     return build(log=log)
-
-
-@dataclass(frozen=True)
-class NodeBinaries:
-    """The node's daemons besides the Kubernetes ones: containerd (+ ctr, the runc shim),
-    CoreDNS, runc and the CNI plugins."""
-
-    directory: Path
-    runc: Path
-    cni_bin_dir: Path
-
-    @property
-    def containerd(self) -> Path:
-        return self.directory / "containerd"
-
-    @property
-    def ctr(self) -> Path:
-        return self.directory / "ctr"
-
-    @property
-    def coredns(self) -> Path:
-        return self.directory / "coredns"
-
-    @property
-    def local_path_provisioner(self) -> Path:
-        return self.directory / "local-path-provisioner"
-
-    @staticmethod
-    def complete(directory: Path) -> bool:
-        return all(os.access(directory / name, os.X_OK) for name in NODE_REQUIRED)
-
-
-def node_cache_dir() -> Path:
-    """Cache entry of the node daemons for the pinned versions."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    key = (
-        f"containerd-{CONTAINERD_VERSION}-coredns-{COREDNS_VERSION}-localpath-{LOCAL_PATH_VERSION}"
-    )
-    return Path(base) / "kernelsession" / "node" / key
-
-
-def ensure_node(*, build_missing: bool = True, log: bool = True) -> NodeBinaries:
-    """Find (``$KERNELSESSION_NODE_ASSETS``, then the cache) or build containerd and CoreDNS;
-    check runc and the CNI plugins.
-
-    Raises:
-        BinariesUnavailableError: something is missing and cannot be built; the message
-            names it and how to provide it.
-    """
-    missing = [str(RUNC)] if not os.access(RUNC, os.X_OK) else []
-    missing += [
-        str(CNI_BIN_DIR / p) for p in CNI_PLUGINS if not os.access(CNI_BIN_DIR / p, os.X_OK)
-    ]
-    if missing:
-        raise BinariesUnavailableError(
-            f"node components missing: {', '.join(missing)}; install the Debian packages "
-            "`runc containernetworking-plugins` (`make setup` does, as root)"
-        )
-    dirs = [Path(d) for d in [os.environ.get("KERNELSESSION_NODE_ASSETS")] if d]
-    dirs.append(node_cache_dir() / "bin")
-    for directory in dirs:
-        if NodeBinaries.complete(directory):
-            return NodeBinaries(directory.resolve(), RUNC, CNI_BIN_DIR)
-    root = repo_root()
-    searched = ", ".join(str(d) for d in dirs)
-    if not build_missing or root is None or shutil.which("go") is None:
-        raise BinariesUnavailableError(
-            f"containerd {CONTAINERD_VERSION} and CoreDNS {COREDNS_VERSION} "
-            f"({', '.join(NODE_REQUIRED)}) are not in {searched}; run `make binaries` "
-            "(needs Go and the Go module proxy) or set KERNELSESSION_NODE_ASSETS to a "
-            "directory holding them"
-        )
-    env = {
-        "KS_CONTAINERD_VERSION": CONTAINERD_VERSION,
-        "KS_COREDNS_VERSION": COREDNS_VERSION,
-        "KS_LOCAL_PATH_VERSION": LOCAL_PATH_VERSION,
-    }
-    try:
-        directory = _build_into(
-            node_cache_dir(),
-            root / NODE_BUILD_SCRIPT,
-            env,
-            NodeBinaries.complete,
-            f"containerd {CONTAINERD_VERSION} and CoreDNS {COREDNS_VERSION}",
-            log=log,
-        )
-    except RuntimeError as exc:
-        raise BinariesUnavailableError(f"node components: {exc}") from exc
-    return NodeBinaries(directory.resolve(), RUNC, CNI_BIN_DIR)
-
-
-@dataclass(frozen=True)
-class IngressBinaries:
-    """The local cluster's ingress controller: a static ``traefik`` executable."""
-
-    directory: Path
-
-    @property
-    def traefik(self) -> Path:
-        return self.directory / "traefik"
-
-    @staticmethod
-    def complete(directory: Path) -> bool:
-        return all(os.access(directory / name, os.X_OK) for name in INGRESS_REQUIRED)
-
-
-def ingress_cache_dir() -> Path:
-    """Cache entry of the ingress controller for the pinned version
-    (``$XDG_CACHE_HOME/kernelsession/ingress/traefik-<v>``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "kernelsession" / "ingress" / f"traefik-{TRAEFIK_VERSION}"
-
-
-def find_ingress() -> IngressBinaries | None:
-    """The ingress binaries in ``$KERNELSESSION_INGRESS_ASSETS`` or the cache, or None
-    (builds nothing)."""
-    dirs = [Path(d) for d in [os.environ.get(INGRESS_ASSETS_ENV)] if d]
-    dirs.append(ingress_cache_dir() / "bin")
-    for directory in dirs:
-        if IngressBinaries.complete(directory):
-            return IngressBinaries(directory.resolve())
-    return None
-
-
-def ensure_ingress(*, build_missing: bool = True, log: bool = True) -> IngressBinaries:
-    """Find (``$KERNELSESSION_INGRESS_ASSETS``, then the cache) or build Traefik
-    (:data:`TRAEFIK_VERSION`, from the Go module proxy with ``hack/build-ingress.sh``).
-
-    Raises:
-        BinariesUnavailableError: it is missing and cannot be built; the message names what
-            is missing, where it was looked for and how to provide it.
-    """
-    found = find_ingress()
-    if found is not None:
-        return found
-    root = repo_root()
-    assets = os.environ.get(INGRESS_ASSETS_ENV)
-    searched = f"${INGRESS_ASSETS_ENV}={assets}, " if assets else ""
-    searched += str(ingress_cache_dir() / "bin")
-    why = ""
-    if not build_missing:
-        why = "building it was not asked for"
-    elif root is None:
-        why = "there is no source checkout with hack/build-ingress.sh to build it"
-    elif shutil.which("go") is None:
-        why = "there is no `go` on PATH to build it"
-    if why:
-        raise BinariesUnavailableError(
-            f"the ingress controller, Traefik {TRAEFIK_VERSION} (executable `traefik`), is "
-            f"not in {searched} and {why}; run `make ingress-binaries` (needs Go >= 1.26 and "
-            f"the Go module proxy; builds it once into {ingress_cache_dir() / 'bin'}) or set "
-            f"{INGRESS_ASSETS_ENV} to a directory holding a static `traefik` {TRAEFIK_VERSION}"
-        )
-    assert root is not None
-    try:
-        directory = _build_into(
-            ingress_cache_dir(),
-            root / INGRESS_BUILD_SCRIPT,
-            {"KS_TRAEFIK_VERSION": TRAEFIK_VERSION},
-            IngressBinaries.complete,
-            f"Traefik {TRAEFIK_VERSION}",
-            log=log,
-        )
-    except RuntimeError as exc:
-        raise BinariesUnavailableError(f"the ingress controller (Traefik): {exc}") from exc
-    return IngressBinaries(directory.resolve())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -489,14 +243,6 @@ def describe_controlplane(binaries: Binaries) -> str:
     return (
         f"control plane: Kubernetes {K8S_VERSION}, etcd {ETCD_VERSION} in "
         f"{binaries.directory} (kubectl: {binaries.kubectl})"
-    )
-
-
-def describe_node(node: NodeBinaries) -> str:
-    """One line naming the node daemons' versions and where they are."""
-    return (
-        f"node: containerd {CONTAINERD_VERSION}, CoreDNS {COREDNS_VERSION} in "
-        f"{node.directory}; runc {node.runc}; CNI plugins in {node.cni_bin_dir}"
     )
 
 

@@ -17,7 +17,7 @@ image it is built FROM). An image is rebuilt only when an input changes.
 One optional image, built only when asked for (:func:`ensure_ingress_image`; the local
 cluster's ingress controller, see :mod:`.ingress`):
 
-- ``traefik``: the static ``traefik`` binary (:func:`.binaries.ensure_ingress`) with a
+- ``traefik``: the static ``traefik`` binary (:func:`.ingressbinaries.ensure_ingress`) with a
   minimal ``/etc/passwd`` and ``/etc/group`` for its non-root uid, alone in a single-layer
   image like ``pause``.
 
@@ -167,14 +167,17 @@ def ensure_images(*, log: bool = True, rebuild: Iterable[str] = ()) -> Images:
 
 def ensure_ingress_image(*, build_missing: bool = True, log: bool = True) -> Image:
     """The ingress controller's image (``localhost/kernelsession/traefik:<hash>``), from the
-    cache or built from the Traefik binary (which :func:`.binaries.ensure_ingress` finds or,
+    cache or built from the Traefik binary (which :func:`.ingressbinaries.ensure_ingress` finds or,
     with ``build_missing``, builds from the Go module proxy). Needs no root.
 
     Raises:
         BinariesUnavailableError: the Traefik binary is missing and cannot be built.
         ImagesUnavailableError: the image build failed.
     """
-    from kernelsession.localcluster.building.binaries import TRAEFIK_VERSION, ensure_ingress
+    from kernelsession.localcluster.building.ingressbinaries import (
+        TRAEFIK_VERSION,
+        ensure_ingress,
+    )
 
     binary = ensure_ingress(build_missing=build_missing, log=log).traefik
     tag = traefik_hash(binary, TRAEFIK_VERSION)
@@ -350,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.command == "ingress":
-        from kernelsession.localcluster.building.binaries import BinariesUnavailableError
+        from kernelsession.localcluster.building.gobuild import BinariesUnavailableError
 
         try:
             img = ensure_ingress_image()

@@ -18,9 +18,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from kernelsession.localcluster.building.binaries import (
+from kernelsession.localcluster.building.gobuild import (
     BinariesUnavailableError,
-    _build_into,
+    build_into,
+    cache_root,
+    first_complete,
     repo_root,
 )
 
@@ -48,18 +50,13 @@ class KwokBinaries:
 
 def kwok_cache_dir() -> Path:
     """Cache entry of KWOK for the pinned version."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "kernelsession" / "kwok" / f"kwok-{KWOK_VERSION}"
+    return cache_root() / "kwok" / f"kwok-{KWOK_VERSION}"
 
 
 def find_kwok() -> KwokBinaries | None:
     """KWOK in ``$KERNELSESSION_KWOK_ASSETS`` or the cache, or None (builds nothing)."""
-    dirs = [Path(d) for d in [os.environ.get(KWOK_ASSETS_ENV)] if d]
-    dirs.append(kwok_cache_dir() / "bin")
-    for directory in dirs:
-        if KwokBinaries.complete(directory):
-            return KwokBinaries(directory.resolve())
-    return None
+    found = first_complete(KWOK_ASSETS_ENV, kwok_cache_dir(), KwokBinaries.complete)
+    return None if found is None else KwokBinaries(found)
 
 
 def describe_kwok(found: KwokBinaries) -> str:
@@ -93,7 +90,7 @@ def ensure_kwok(*, build_missing: bool = True, log: bool = True) -> KwokBinaries
         )
     assert root is not None
     try:
-        directory = _build_into(
+        directory = build_into(
             kwok_cache_dir(),
             root / KWOK_BUILD_SCRIPT,
             {"KS_KWOK_VERSION": KWOK_VERSION},

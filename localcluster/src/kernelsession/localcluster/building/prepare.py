@@ -24,7 +24,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from kernelsession.localcluster.building import binaries, images, kwok
+from kernelsession.localcluster.building import (
+    binaries,
+    gobuild,
+    images,
+    ingressbinaries,
+    kwok,
+    nodebinaries,
+)
 
 #: The groups ``make`` asks for, and the parts (processes) each consists of.
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -69,15 +76,15 @@ def cached_lines(part: str) -> list[str] | None:
         return None if found is None else [binaries.describe_controlplane(found)]
     if part == "node":
         try:
-            node = binaries.ensure_node(build_missing=False)
-        except binaries.BinariesUnavailableError:
+            node = nodebinaries.ensure_node(build_missing=False)
+        except gobuild.BinariesUnavailableError:
             return None
-        return [binaries.describe_node(node)]
+        return [nodebinaries.describe_node(node)]
     if part == "ingress":
-        ingress = binaries.find_ingress()
+        ingress = ingressbinaries.find_ingress()
         if ingress is None:
             return None
-        return [f"ingress: Traefik {binaries.TRAEFIK_VERSION} in {ingress.directory}"]
+        return [f"ingress: Traefik {ingressbinaries.TRAEFIK_VERSION} in {ingress.directory}"]
     if part == "kwok":
         fake_nodes = kwok.find_kwok()
         return None if fake_nodes is None else [kwok.describe_kwok(fake_nodes)]

@@ -26,9 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from kernelsession.localcluster.building.binaries import Binaries, NodeBinaries, ensure, ensure_node
+from kernelsession.localcluster.building.binaries import Binaries, ensure
+from kernelsession.localcluster.building.nodebinaries import NodeBinaries, ensure_node
 from kernelsession.localcluster.cluster.controlplane import ControlPlane, Timings, write_kubeconfig
-from kernelsession.localcluster.cluster.node import NODE_NAME, Node, NodeTimings
+from kernelsession.localcluster.cluster.node import Node, NodeTimings
+from kernelsession.localcluster.cluster.nodeconfig import NODE_NAME
 from kernelsession.localcluster.host import network as hostnet
 
 if TYPE_CHECKING:

@@ -1,12 +1,10 @@
 """The real node: containerd + runc, the kubelet, kube-proxy, CoreDNS and the NetworkPolicy
 enforcer, on this machine's kernel.
 
-One node per machine: the kubelet's ports, its cgroups (``kubepods``), iptables chains
-and a few host paths are global. :class:`NodeLock` takes ``/run/kernelsession/node.lock``
-(a second start fails with :class:`NodeBusyError` naming the running one) and keeps a
-record (``node.json`` beside it, :mod:`kernelsession.localcluster.host.crash`) of what was
-started and how the host looked before, so that the next start after a crash (SIGKILL,
-power cut of the process tree) removes what the crashed run left: ``cleanup_crashed``.
+One node per machine: :mod:`.nodehost` has the lock, the crash record (every daemon is
+recorded as it starts) and the host's preparation and restoration; :mod:`.nodeconfig`
+renders the daemons' configuration files; :mod:`.addons` has CoreDNS's and local-path's
+objects. This module starts, restarts and stops the daemons.
 
 Teardown (:meth:`Node.stop`, also after a failed start) stops the kubelet, kills and
 removes every container through containerd, stops the daemons by PID, runs
@@ -18,94 +16,36 @@ bridge and routes, host paths that did not exist before, and restores the sysctl
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import yaml
 
 from kernelsession.client.testing import free_port
-from kernelsession.localcluster.building.binaries import Binaries, NodeBinaries
+from kernelsession.localcluster.building.binaries import Binaries
 from kernelsession.localcluster.building.images import ImagesUnavailableError, import_archives
-from kernelsession.localcluster.cluster import addons
-from kernelsession.localcluster.cluster.controlplane import (
-    ControlPlane,
-    ControlPlaneError,
-    write_kubeconfig,
-)
+from kernelsession.localcluster.building.nodebinaries import NodeBinaries
+from kernelsession.localcluster.cluster import addons, nodeconfig, nodehost
+from kernelsession.localcluster.cluster.controlplane import ControlPlane, write_kubeconfig
+from kernelsession.localcluster.cluster.nodeconfig import CLUSTER_DOMAIN, NODE_NAME
+from kernelsession.localcluster.cluster.nodehost import NodeError, NodeLock, containerd_root
 from kernelsession.localcluster.host import network as hostnet
-from kernelsession.localcluster.host import state as hoststate
 from kernelsession.localcluster.host.crash import (
     CONTAINERD_NAMESPACE,
-    LOCK_FILE,
-    RECORD_FILE,
-    RUN_DIR,
     NodeRecord,
-    cleanup_crashed,
     containerd_cleanup,
-    finish_host_cleanup,
     kill_recorded,
-    proc_start_time,
     run_captured,
-    shared_chains,
 )
 from kernelsession.localcluster.processes import (
     ProcessGroup,
     http_ok,
 )
-
-NODE_NAME = "local-node"
-CLUSTER_DOMAIN = "cluster.local"
-
-
-class NodeError(ControlPlaneError):
-    """A node component failed to start or become ready."""
-
-
-class NodeBusyError(NodeError):
-    """Another kernelsession node runs on this machine."""
-
-
-def containerd_root() -> Path:
-    """containerd's content and snapshot store: kept between runs (images are imported
-    once), under the cache like the binaries."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "kernelsession" / "node" / "containerd-root"
-
-
-class NodeLock:
-    """``flock`` on ``/run/kernelsession/node.lock`` held while a node runs."""
-
-    def __init__(self) -> None:
-        self._file: IO[str] | None = None
-
-    def acquire(self) -> None:
-        """Raises NodeBusyError when another live process holds it."""
-        RUN_DIR.mkdir(parents=True, exist_ok=True)
-        handle = open(LOCK_FILE, "a+")  # noqa: SIM115 - held until release()
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            record = NodeRecord.load()
-            where = f" (process {record.owner_pid}, work dir {record.workdir})" if record else ""
-            raise NodeBusyError(
-                f"a kernelsession node is already running on this machine{where}; one node "
-                "per machine: stop it first (Ctrl-C in its `make run`, or let its tests end)"
-            ) from None
-        self._file = handle
-
-    def release(self) -> None:
-        if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
 
 
 @dataclass
@@ -203,37 +143,10 @@ class Node:
         """Take the node lock, clean up after a crashed node, record the host's state and
         set up the bridge and routes. Call before the control plane starts (it listens
         on the node IP). Raises NodeBusyError, NodeError."""
-        if os.geteuid() != 0:
-            raise NodeError("the local node needs root (containerd, the kubelet, iptables)")
+        nodehost.require_root()
         self.lock.acquire()
         try:
-            cleanup_crashed(sys.stderr)
-            if hostnet.bridge_exists():
-                raise NodeError(
-                    f"a network interface named {hostnet.BRIDGE} exists and no crashed node "
-                    "left a record of it: it is not this node's. Remove it if it is a "
-                    f"leftover (`ip link del {hostnet.BRIDGE}`), then start again."
-                )
-            before = hoststate.snapshot()
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            self.record = NodeRecord(
-                owner_pid=os.getpid(),
-                workdir=str(self.workdir),
-                containerd_root=str(containerd_root()),
-                ctr=str(self.node_binaries.ctr),
-                containerd=str(self.node_binaries.containerd),
-                kube_proxy=str(self.binaries.kube_proxy),
-                sysctls=before.sysctls,
-                absent_paths=[p for p in hoststate.HOST_PATHS if not Path(p).exists()],
-                nft_tables=before.nft_tables,
-                routes_before=hostnet.routes_before(),
-                chains_before=shared_chains(),
-            )
-            self.record.save()
-            try:
-                hostnet.setup()
-            except hostnet.HostNetworkError as exc:
-                raise NodeError(str(exc)) from exc
+            self.record = nodehost.prepare(self.workdir, self.binaries, self.node_binaries)
         except BaseException:
             self.lock.release()
             raise
@@ -278,8 +191,7 @@ class Node:
             self.processes.stop("containerd")
             kill_recorded(shims)
         self.processes.stop_all()
-        problems = finish_host_cleanup(self.record)
-        RECORD_FILE.unlink(missing_ok=True)
+        problems = nodehost.restore(self.record)
         self.record = None
         self.lock.release()
         return problems
@@ -300,16 +212,8 @@ class Node:
         self.processes.stop(name, grace=grace)
         if name == "kubelet":
             self._start_kubelet()
-            return time.monotonic() - started
-        env = dict(os.environ)
-        env["PATH"] = f"{self.node_binaries.directory}:{env.get('PATH', '/usr/bin:/bin')}"
-        config = self.workdir / "containerd" / "config.toml"
-        self._spawn(
-            "containerd", [str(self.node_binaries.containerd), "--config", str(config)], env
-        )
-        self._await(
-            "containerd", lambda: self.ctr("version", timeout=5).returncode == 0, timeout=30
-        )
+        else:
+            self._run_containerd(self.workdir / "containerd" / "config.toml")
         return time.monotonic() - started
 
     def stop_daemons(self) -> None:
@@ -322,8 +226,7 @@ class Node:
         components through its ``processes.on_start``), so that the next start stops it
         if this process dies without a teardown."""
         assert self.record is not None
-        self.record.pids[name] = [str(proc.pid), proc_start_time(proc.pid) or ""]
-        self.record.save()
+        nodehost.record_process(self.record, name, proc)
 
     # -- helpers ----------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
@@ -332,6 +235,12 @@ class Node:
     def _await(self, name: str, check: Any, timeout: float | None = None) -> None:
         self.processes.await_ready(name, check, timeout)
 
+    def _env(self) -> dict[str, str]:
+        """This process's environment with the node's binaries first on PATH."""
+        env = dict(os.environ)
+        env["PATH"] = f"{self.node_binaries.directory}:{env.get('PATH', '/usr/bin:/bin')}"
+        return env
+
     def _write(self, relative: str, text: str) -> Path:
         path = self.workdir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -339,100 +248,40 @@ class Node:
         return path
 
     # -- containerd ---------------------------------------------------------------------
-    def _containerd_config(self) -> str:
-        state = self.workdir / "containerd"
-        runtime = '[plugins."io.containerd.cri.v1.runtime"'
-        return f"""version = 3
-root = "{containerd_root()}"
-state = "{state / "state"}"
-oom_score = 0
-
-[grpc]
-  address = "{self.containerd_address}"
-
-[ttrpc]
-  address = "{self.containerd_address}.ttrpc"
-
-[debug]
-  level = "warn"
-
-[plugins]
-  [plugins."io.containerd.cri.v1.images"]
-    snapshotter = "overlayfs"
-    [plugins."io.containerd.cri.v1.images".pinned_images]
-      sandbox = "{self.sandbox_image}"
-  [plugins."io.containerd.cri.v1.runtime"]
-    enable_selinux = false
-    disable_apparmor = true
-    restrict_oom_score_adj = true
-    netns_mounts_under_state_dir = true
-    max_container_log_line_size = 16384
-    {runtime}.containerd]
-      default_runtime_name = "runc"
-      {runtime}.containerd.runtimes.runc]
-        runtime_type = "io.containerd.runc.v2"
-        {runtime}.containerd.runtimes.runc.options]
-          BinaryName = "{self.node_binaries.runc}"
-          SystemdCgroup = false
-          Root = "{state / "runc"}"
-    {runtime}.cni]
-      bin_dirs = ["{self.node_binaries.cni_bin_dir}"]
-      conf_dir = "{self.workdir / "cni" / "net.d"}"
-      max_conf_num = 1
-  [plugins."io.containerd.internal.v1.opt"]
-    path = "{state / "opt"}"
-  [plugins."io.containerd.nri.v1.nri"]
-    disable = true
-"""
-
-    def _cni_config(self) -> str:
-        conf = {
-            "cniVersion": "1.0.0",
-            "name": "kernelsession",
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": hostnet.BRIDGE,
-                    "isGateway": True,
-                    "ipMasq": False,
-                    "hairpinMode": True,
-                    "ipam": {
-                        "type": "host-local",
-                        "dataDir": str(self.workdir / "cni" / "ipam"),
-                        "ranges": [[{"subnet": hostnet.NODE_SUBNET, "gateway": hostnet.NODE_IP}]],
-                        "routes": [{"dst": "0.0.0.0/0"}],
-                    },
-                },
-                # no IPv6 in pods: no link-local path between pods around the IPv4 rules
-                {
-                    "type": "tuning",
-                    "sysctl": {
-                        "net.ipv6.conf.all.disable_ipv6": "1",
-                        "net.ipv6.conf.default.disable_ipv6": "1",
-                    },
-                },
-                {"type": "portmap", "capabilities": {"portMappings": True}},
-            ],
-        }
-        return json.dumps(conf, indent=1)
-
     def _start_containerd(self) -> None:
         containerd_root().mkdir(parents=True, exist_ok=True)
-        config = self._write("containerd/config.toml", self._containerd_config())
-        self._write("cni/net.d/10-kernelsession.conflist", self._cni_config())
+        state = self.workdir / "containerd"
+        config = self._write(
+            "containerd/config.toml",
+            nodeconfig.containerd_config(
+                root=containerd_root(),
+                state=state,
+                address=self.containerd_address,
+                sandbox_image=self.sandbox_image,
+                runc=self.node_binaries.runc,
+                cni_bin_dir=self.node_binaries.cni_bin_dir,
+                cni_conf_dir=self.workdir / "cni" / "net.d",
+            ),
+        )
+        self._write(
+            "cni/net.d/10-kernelsession.conflist",
+            nodeconfig.cni_config(self.workdir / "cni" / "ipam"),
+        )
         assert self.record is not None
         self.record.containerd_config = str(config)
         self.record.containerd_address = str(self.containerd_address)
-        env = dict(os.environ)
-        env["PATH"] = f"{self.node_binaries.directory}:{env.get('PATH', '/usr/bin:/bin')}"
+        self._run_containerd(config)
+        # a crashed run's containers (the root persists between runs)
+        kill_recorded(containerd_cleanup(str(self.node_binaries.ctr), str(self.containerd_address)))
+
+    def _run_containerd(self, config: Path) -> None:
+        """Start containerd with ``config`` and wait until ``ctr`` reaches it."""
         self._spawn(
-            "containerd", [str(self.node_binaries.containerd), "--config", str(config)], env
+            "containerd", [str(self.node_binaries.containerd), "--config", str(config)], self._env()
         )
         self._await(
             "containerd", lambda: self.ctr("version", timeout=5).returncode == 0, timeout=30
         )
-        # a crashed run's containers (the root persists between runs)
-        kill_recorded(containerd_cleanup(str(self.node_binaries.ctr), str(self.containerd_address)))
 
     def _import_images(self) -> None:
         present = set(self.ctr("images", "ls", "-q").stdout.split())
@@ -470,69 +319,6 @@ oom_score = 0
             raise NodeError(f"importing images into containerd failed: {exc}") from None
 
     # -- kubelet --------------------------------------------------------------------------
-    def _kubelet_config(self) -> str:
-        self.kubelet_port = free_port()
-        self.kubelet_healthz_port = free_port()
-        sock = f"unix://{self.containerd_address}"
-        config = {
-            "apiVersion": "kubelet.config.k8s.io/v1beta1",
-            "kind": "KubeletConfiguration",
-            "containerRuntimeEndpoint": sock,
-            "imageServiceEndpoint": sock,
-            "cgroupDriver": "cgroupfs",
-            "failCgroupV1": False,
-            "failSwapOn": False,
-            "address": hostnet.NODE_IP,
-            "port": self.kubelet_port,
-            "readOnlyPort": 0,
-            "healthzBindAddress": "127.0.0.1",
-            "healthzPort": self.kubelet_healthz_port,
-            "authentication": {
-                "anonymous": {"enabled": False},
-                "webhook": {"enabled": True, "cacheTTL": "30s"},
-                "x509": {"clientCAFile": str(self.cp.ca_file)},
-            },
-            "authorization": {
-                "mode": "Webhook",
-                "webhook": {"cacheAuthorizedTTL": "30s", "cacheUnauthorizedTTL": "5s"},
-            },
-            "rotateCertificates": False,
-            "serverTLSBootstrap": False,
-            "podLogsDir": str(self.kubelet_root / "pod-logs"),
-            "volumePluginDir": str(self.kubelet_root / "volume-plugins"),
-            "clusterDomain": CLUSTER_DOMAIN,
-            "clusterDNS": [hostnet.DNS_SERVICE_IP],
-            "resolvConf": "/etc/resolv.conf",
-            "maxPods": self.max_pods,
-            "registerNode": True,
-            "cgroupsPerQOS": True,
-            "enforceNodeAllocatable": ["pods"],
-            "evictionHard": {
-                "memory.available": "100Mi",
-                "nodefs.available": "1%",
-                "nodefs.inodesFree": "1%",
-                "imagefs.available": "1%",
-                "imagefs.inodesFree": "1%",
-            },
-            "imageGCHighThresholdPercent": 99,
-            "imageGCLowThresholdPercent": 98,
-            "imageMinimumGCAge": "24h",
-            "serializeImagePulls": False,
-            "nodeStatusUpdateFrequency": "10s",
-            "syncFrequency": "10s",
-            "fileCheckFrequency": "20s",
-            "runtimeRequestTimeout": "2m",
-            "hairpinMode": "hairpin-veth",
-            "protectKernelDefaults": False,
-            # no CAP_SYS_RESOURCE here, and the open-files hard limit is 20000
-            "oomScoreAdj": 0,
-            "maxOpenFiles": 20000,
-            "localStorageCapacityIsolation": True,
-            "shutdownGracePeriod": "0s",
-            "logging": {"format": "text"},
-        }
-        return yaml.safe_dump(config, sort_keys=False)
-
     def _node_ready(self) -> bool:
         result = self.cp_kubectl(
             "get",
@@ -560,7 +346,19 @@ oom_score = 0
         root = self.kubelet_root
         for sub in ("root", "pki", "pod-logs", "volume-plugins"):
             (root / sub).mkdir(parents=True, exist_ok=True)
-        config = self._write("kubelet/config.yaml", self._kubelet_config())
+        self.kubelet_port = free_port()
+        self.kubelet_healthz_port = free_port()
+        config = self._write(
+            "kubelet/config.yaml",
+            nodeconfig.kubelet_config(
+                containerd_address=self.containerd_address,
+                port=self.kubelet_port,
+                healthz_port=self.kubelet_healthz_port,
+                ca_file=self.cp.ca_file,
+                kubelet_root=root,
+                max_pods=self.max_pods,
+            ),
+        )
         kubeconfig = write_kubeconfig(
             root / "node.kubeconfig",
             server=self.cp.server,
@@ -569,8 +367,6 @@ oom_score = 0
             client_cert=pki.node_cert,
             client_key=pki.node_key,
         )
-        env = dict(os.environ)
-        env["PATH"] = f"{self.node_binaries.directory}:{env.get('PATH', '/usr/bin:/bin')}"
         self._spawn(
             "kubelet",
             [
@@ -583,34 +379,19 @@ oom_score = 0
                 f"--cert-dir={root / 'pki'}",
                 "--v=1",
             ],
-            env,
+            self._env(),
         )
         self._await("kubelet", self._node_ready)
 
     # -- kube-proxy, CoreDNS, NetworkPolicy -------------------------------------------------
     def _start_kube_proxy(self) -> None:
         self.proxy_healthz_port = free_port()
-        config = {
-            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
-            "kind": "KubeProxyConfiguration",
-            "clientConnection": {"kubeconfig": str(self.cp.kubeconfig)},
-            "mode": "iptables",
-            "clusterCIDR": hostnet.POD_RANGE,
-            "hostnameOverride": NODE_NAME,
-            "bindAddress": "127.0.0.1",
-            "healthzBindAddress": f"127.0.0.1:{self.proxy_healthz_port}",
-            "metricsBindAddress": f"127.0.0.1:{free_port()}",
-            "nodePortAddresses": [f"{hostnet.NODE_IP}/32"],
-            # leave the host's conntrack tunables alone
-            "conntrack": {
-                "maxPerCore": 0,
-                "min": 0,
-                "tcpEstablishedTimeout": "0s",
-                "tcpCloseWaitTimeout": "0s",
-            },
-            "iptables": {"localhostNodePorts": False},
-        }
-        path = self._write("kube-proxy/config.yaml", yaml.safe_dump(config, sort_keys=False))
+        config = nodeconfig.kube_proxy_config(
+            kubeconfig=self.cp.kubeconfig,
+            healthz_port=self.proxy_healthz_port,
+            metrics_port=free_port(),
+        )
+        path = self._write("kube-proxy/config.yaml", config)
         self._spawn("kube-proxy", [str(self.binaries.kube_proxy), f"--config={path}", "--v=1"])
         self._await(
             "kube-proxy",

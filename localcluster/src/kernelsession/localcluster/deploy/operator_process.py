@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kernelsession.client.resources import CRD_NAME, GROUP
 from kernelsession.client.testing import free_port
-from kernelsession.localcluster.building.binaries import repo_root
+from kernelsession.localcluster.building.gobuild import repo_root
 from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.processes import (
     log_tail,

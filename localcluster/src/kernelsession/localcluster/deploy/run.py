@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from kernelsession.localcluster.building.binaries import BinariesUnavailableError
+from kernelsession.localcluster.building.gobuild import BinariesUnavailableError
 from kernelsession.localcluster.building.images import ImagesUnavailableError
 from kernelsession.localcluster.cluster import LocalCluster, default_images
 from kernelsession.localcluster.cluster.controlplane import ControlPlaneError

@@ -15,7 +15,6 @@ import base64
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -32,6 +31,7 @@ from kernelsession.localcluster.cluster import LocalCluster
 from kernelsession.localcluster.hollow import kwokconfig
 from kernelsession.localcluster.hollow.lab import HollowLab, entry_from_pod
 from kernelsession.localcluster.hollow.netns import HollowNetwork
+from kernelsession.localcluster.processes import start_logged, stop_process
 
 LAB_PORT = 8888
 
@@ -77,8 +77,7 @@ class HollowRun:
         )
         kubeconfig = tmp / "kubeconfig"
         kubeconfig.write_text(Path(self.cluster.kubeconfig).read_text())
-        log = open(tmp / "kwok.log", "wb")  # noqa: SIM115 (lives as long as the process)
-        self.kwok = subprocess.Popen(
+        self.kwok = start_logged(
             [
                 str(binary),
                 f"--kubeconfig={kubeconfig}",
@@ -86,9 +85,7 @@ class HollowRun:
                 f"--manage-nodes-with-label-selector={kwokconfig.NODE_LABEL}=true",
                 "--server-address=127.0.0.1:0",
             ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            tmp / "kwok.log",
         )
         cidrs = kwokconfig.node_cidrs(self.network.pod_range, len(self.node_names))
         self.cluster.apply(
@@ -178,13 +175,8 @@ class HollowRun:
             self.cluster.kubectl("uncordon", self.cluster.node_name)
         with contextlib.suppress(Exception):
             self.cluster.kubectl("delete", "node", *self.node_names, "--wait=false")
-        if self.kwok is not None and self.kwok.poll() is None:
-            os.killpg(self.kwok.pid, signal.SIGTERM)
-            try:
-                self.kwok.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.kwok.pid, signal.SIGKILL)
-                self.kwok.wait()
+        if self.kwok is not None:
+            stop_process(self.kwok)
         keep = os.environ.get("KERNELSESSION_KWOK_LOG")
         if keep and self.kwok_log.exists():
             shutil.copyfile(self.kwok_log, keep)

@@ -229,7 +229,7 @@ def finish_host_cleanup(record: NodeRecord) -> list[str]:
     if record.kube_proxy and Path(record.kube_proxy).exists():
         run_captured([record.kube_proxy, "--cleanup", "--v=0"])
     _remove_iptables_leftovers(record.chains_before)
-    from kernelsession.localcluster.host.netpol import (
+    from kernelsession.localcluster.host.netpol.iptables import (
         remove_rules,  # the enforcer's chains, also after a crash
     )
 
