@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 import tempfile
 import time
@@ -113,6 +114,25 @@ async def _at_rate(
         raise RuntimeError(f"{len(failed)} creates failed, first: {failed[0]!r}")
 
 
+async def _sample_load(samples: list[float], every: float = 5.0) -> None:
+    """Append the host's 1-minute load average every ``every`` seconds until cancelled."""
+    while True:
+        samples.append(os.getloadavg()[0])
+        await asyncio.sleep(every)  # a sampling period, not a wait
+
+
+async def _progress(times: Times, hollow: HollowRun, every: float = 30.0) -> None:
+    """Log how far the run is every ``every`` seconds (a long run is followed, not guessed)."""
+    while True:
+        await asyncio.sleep(every)  # a logging period, not a wait
+        _log(
+            f"scale: pods seen/Ready {len(times.pod_seen)}/{len(times.pod_ready)}, sessions "
+            f"seen/Ready {len(times.session_seen)}/{len(times.session_ready)}, hollow labs "
+            f"{len(hollow.lab.labs)} ({hollow.lab.requests} requests, {hollow.lab.refused} "
+            f"refused), load {os.getloadavg()[0]:.1f}"
+        )
+
+
 @contextlib.contextmanager
 def _logs_to_stderr(enabled: bool) -> Iterator[None]:
     if not enabled:
@@ -135,6 +155,8 @@ async def _run(
     core, custom = k8s.CoreV1Api(api), k8s.CustomObjectsApi(api)
     times = Times()
     watchers = [asyncio.create_task(watch_times(api, times, k)) for k in ("pods", "sessions")]
+    watchers.append(asyncio.create_task(_sample_load(figures.load_1m)))
+    watchers.append(asyncio.create_task(_progress(times, hollow)))
     deadline_for = n / rate + READY_GRACE
     try:
         # 1. baseline: plain pods on the same fake nodes
@@ -167,6 +189,7 @@ async def _run(
         assert log is not None
         offset = audit.size(log)
         cpu0 = cpu_seconds(operator)
+        figures.operator_rss_base_bytes = operator.memory_info().rss
         _log(f"scale: {n} sessions at {rate:g}/s")
         with Sampler(operator, NodeProcesses(cluster)) as sampler:
             await _at_rate(

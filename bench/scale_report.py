@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,8 @@ class ScaleFigures:
     plain_ready_s: list[float] = field(default_factory=list)
     operator_cpu_s: float = 0.0
     operator_rss_peak_bytes: int = 0
+    operator_rss_base_bytes: int = 0
+    """The operator's RSS just before the sessions were created (its idle size)."""
     creation_writes: int = 0
     creation_reads: int = 0
     creation_by_kind: dict[str, int] = field(default_factory=dict)
@@ -69,6 +72,8 @@ class ScaleFigures:
     delete_s: float = math.nan
     enforcer_rules: int = 0
     hollow_requests: int = 0
+    load_1m: list[float] = field(default_factory=list)
+    """The host's 1-minute load average, sampled through the run."""
     notes: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -93,12 +98,19 @@ class ScaleFigures:
             "plain_pods_ready": self.plain_ready,
             "plain_pod_p50_s": _round(p["p50"]),
             "plain_pod_p99_s": _round(p["p99"]),
+            "operator_cpu_s": _round(self.operator_cpu_s),
+            "operator_rss_base_mib": _round(self.operator_rss_base_bytes / 2**20),
+            "operator_rss_kib_per_session": _round(
+                max(self.operator_rss_peak_bytes - self.operator_rss_base_bytes, 0) / 1024 / n
+            ),
             "reads_per_session": _round(self.creation_reads / n),
             "creation_requests_by_kind": self.creation_by_kind,
             "steady_reads_per_min": _round(self.steady_reads / minutes),
             "delete_all_s": _round(self.delete_s),
             "enforcer_rules": self.enforcer_rules,
             "hollow_lab_requests": self.hollow_requests,
+            "load_1m_mean": _round(statistics.fmean(self.load_1m) if self.load_1m else math.nan),
+            "load_1m_max": _round(max(self.load_1m, default=math.nan)),
             "notes": self.notes,
         }
         return out
@@ -113,8 +125,10 @@ class ScaleFigures:
             f"p50 {s['p50']:.2f}s p95 {s['p95']:.2f}s p99 {s['p99']:.2f}s",
             f"  plain pods Ready {self.plain_ready}/{self.sessions}; create->Ready "
             f"p50 {p['p50']:.2f}s p95 {p['p95']:.2f}s p99 {p['p99']:.2f}s",
-            f"  operator: {j['operator_cpu_ms_per_session']} ms CPU per session, peak RSS "
-            f"{j['operator_rss_mib']} MiB",
+            f"  operator: {j['operator_cpu_ms_per_session']} ms CPU per session "
+            f"({j['operator_cpu_s']} s), peak RSS {j['operator_rss_mib']} MiB (idle "
+            f"{j['operator_rss_base_mib']} MiB, {j['operator_rss_kib_per_session']} KiB "
+            "per session)",
             f"  API per session created: {j['writes_per_session']} writes, "
             f"{j['reads_per_session']} reads",
         ]
@@ -127,6 +141,7 @@ class ScaleFigures:
             f"{j['steady_reads_per_min']} reads/min",
             f"  delete all: {self.delete_s:.1f}s; NetworkPolicy enforcer rules "
             f"{self.enforcer_rules}; hollow lab requests {self.hollow_requests}",
+            f"  host load (1 min) during the run: mean {j['load_1m_mean']}, max {j['load_1m_max']}",
             *(f"  note: {n}" for n in self.notes),
         ]
         return "\n".join(rows)

@@ -72,9 +72,11 @@ def test_json_line_is_last_line_with_required_keys() -> None:
         plain_ready_s=[3.9, 4.1, 4.4, 5.2],
         operator_cpu_s=0.2,
         operator_rss_peak_bytes=100 * 2**20,
+        operator_rss_base_bytes=60 * 2**20,
         creation_writes=32,
         steady_window_s=120,
         steady_writes=0,
+        load_1m=[2.0, 4.0, 9.0],
     )
     stdout = "== scale\n" + figures.table() + "\n" + json_line(figures) + "\n"
     data = parse_json_line(stdout)
@@ -88,12 +90,17 @@ def test_json_line_is_last_line_with_required_keys() -> None:
     assert data["operator_cpu_ms_per_session"] == 50
     assert data["writes_per_session"] == 8
     assert data["steady_writes_per_min"] == 0
+    assert data["operator_rss_base_mib"] == 60
+    assert data["operator_rss_kib_per_session"] == 10240  # (100 - 60) MiB / 4
+    assert data["load_1m_mean"] == 5
+    assert data["load_1m_max"] == 9
 
 
 def test_json_line_carries_nan_as_null() -> None:
     data = json.loads(json_line(ScaleFigures(sessions=3, rate=10, ready=0)))
     assert data["ready_p95_s"] is None
     assert data["steady_writes_per_min"] is None
+    assert data["load_1m_max"] is None
 
 
 def test_parse_json_line_refuses_non_object() -> None:
