@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -43,7 +44,16 @@ from bench.operator_costs import (
     operator_requests,
 )
 from bench.operator_watch import LABS, PLAIN_LABEL, SESSION_LABEL, Times, until, watch_times
-from bench.scale_report import ScaleFigures, by_kind, json_line, operator_writes
+from bench.scale_report import (
+    ScaleFigures,
+    api_calls,
+    by_kind,
+    epoch,
+    json_line,
+    operator_writes,
+    peak_rate,
+    seconds_to_first,
+)
 from kernelsession.client import resources
 from kernelsession.localcluster.building.kwok import ensure_kwok
 from kernelsession.localcluster.cluster import LocalCluster, audit
@@ -227,7 +237,11 @@ async def _run(
         figures.steady_reads = len(audit.reads(steady))
         figures.hollow_requests = hollow.lab.requests
 
-        # 4. delete all
+        # 4. leader takeover with N sessions; 5. culling of N idle labs
+        await _takeover(cluster, op, core, times, hollow, figures, names)
+        await _culling(cluster, times, hollow, figures, names)
+
+        # 6. delete all
         t0 = time.monotonic()
         await custom.delete_collection_namespaced_custom_object(
             resources.GROUP, resources.VERSION, LABS, resources.PLURAL
@@ -250,6 +264,87 @@ async def _run(
         await asyncio.gather(*watchers, return_exceptions=True)
         await api.close()
     return figures
+
+
+TAKEOVER_WINDOW = 60.0
+"""Seconds after the kill over which the next leader's writes are counted."""
+CULL_DEADLINE = 420.0
+"""Seconds the culling of all labs may take (the goal is 5 min)."""
+
+
+async def _takeover(
+    cluster: LocalCluster,
+    op: InClusterOperator,
+    core: k8s.CoreV1Api,
+    times: Times,
+    hollow: HollowRun,
+    figures: ScaleFigures,
+    names: list[str],
+) -> None:
+    """SIGKILL the leader's process and at once delete one lab pod: the next leader's
+    first decision is to create it again. Its writes in the first minute are counted."""
+    log = cluster.audit_log
+    assert log is not None
+    victim = names[0]
+    pods = await core.list_namespaced_pod(LABS, label_selector=f"{SESSION_LABEL}={victim}")
+    leader = operator_process(cluster, op)
+    offset = audit.size(log)
+    times.forget([victim])
+    killed = time.time()
+    t0 = time.monotonic()
+    leader.kill()  # SIGKILL to the leader container's own process (by PID)
+    for pod in pods.items:
+        await core.delete_namespaced_pod(pod.metadata.name, LABS, grace_period_seconds=0)
+    _log(f"scale: leader killed, lab pod of {victim} deleted")
+    await until(times, lambda: victim in times.pod_ready, t0 + 300)
+    figures.takeover_recreate_s = (
+        times.pod_seen[victim] - t0 if victim in times.pod_seen else float("nan")
+    )
+    remaining = t0 + TAKEOVER_WINDOW - time.monotonic()
+    if remaining > 0:
+        await asyncio.sleep(remaining)  # the fixed first-minute window, not a wait
+    entries = [
+        e
+        for e in operator_requests(cluster, offset)
+        if epoch(e.received or e.time) < killed + TAKEOVER_WINDOW
+    ]
+    writes = operator_writes(entries)
+    figures.takeover_first_write_s = seconds_to_first(writes, killed)
+    figures.takeover_writes_first_min = len(writes)
+    figures.takeover_leader = op.leader() or ""
+    _log(
+        f"scale: takeover: first write after {figures.takeover_first_write_s:.1f}s, "
+        f"{len(writes)} writes in the first minute, leader {figures.takeover_leader}"
+    )
+
+
+async def _culling(
+    cluster: LocalCluster,
+    times: Times,
+    hollow: HollowRun,
+    figures: ScaleFigures,
+    names: list[str],
+) -> None:
+    """Every lab idle for ten days at once: time until every session is Culled, and the
+    operator's request rate meanwhile."""
+    log = cluster.audit_log
+    assert log is not None
+    await until(times, lambda: len(hollow.lab.labs) >= len(names), time.monotonic() + 120)
+    offset = audit.size(log)
+    t0 = time.monotonic()
+    idle = hollow.lab.set_activity(
+        last_activity=datetime.now(UTC) - timedelta(days=10), execution_state="idle", connections=0
+    )
+    _log(f"scale: {idle} hollow labs idle for ten days")
+    await until(times, lambda: all(s in times.session_culled for s in names), t0 + CULL_DEADLINE)
+    culled = [times.session_culled[s] for s in names if s in times.session_culled]
+    figures.culled = len(culled)
+    figures.cull_s = max(culled) - t0 if culled else float("nan")
+    calls = api_calls(operator_requests(cluster, offset))
+    figures.cull_requests = len(calls)
+    figures.cull_writes = len(operator_writes(calls))
+    figures.cull_peak_rps = peak_rate(calls)
+    _log(f"scale: culled {figures.culled}/{len(names)} in {figures.cull_s:.1f}s")
 
 
 async def _hollow_run(
