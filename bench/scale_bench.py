@@ -355,7 +355,12 @@ async def _hollow_run(
         hollow.start_kwok()
         await hollow.start_lab()
         cluster.kubectl(
-            "wait", "--for=condition=Ready", "node", *hollow.node_names, "--timeout=120s"
+            "wait",
+            "--for=condition=Ready",
+            "node",
+            *hollow.node_names,
+            "--timeout=120s",
+            timeout=130,
         )
         return await _run(args, cluster, op, hollow)
     finally:
