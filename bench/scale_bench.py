@@ -121,7 +121,13 @@ async def _at_rate(
     results = await asyncio.gather(*tasks, return_exceptions=True)
     failed = [r for r in results if isinstance(r, BaseException)]
     if failed:
-        raise RuntimeError(f"{len(failed)} creates failed, first: {failed[0]!r}")
+        first = failed[0]
+        detail = (
+            f"{first.status} {first.reason}: {str(first.body)[:600]}"
+            if isinstance(first, k8s.ApiException)
+            else repr(first)
+        )
+        raise RuntimeError(f"{len(failed)} creates failed, first: {detail}")
 
 
 async def _sample_load(samples: list[float], every: float = 5.0) -> None:
