@@ -70,8 +70,12 @@ def _session(name: str) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": LABS},
         "spec": {
             "user": "bench",
-            "culling": {"idleTimeoutSeconds": 3600, "maxAgeSeconds": 0},
-            "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}},
+            # what the labs namespace's session rules demand: limits, a maximum age
+            "culling": {"idleTimeoutSeconds": 3600, "maxAgeSeconds": 86400},
+            "resources": {
+                "requests": {"cpu": "10m", "memory": "64Mi"},
+                "limits": {"cpu": "1", "memory": "1Gi"},
+            },
             "startTimeoutSeconds": 900,
         },
     }
