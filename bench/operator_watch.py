@@ -29,11 +29,18 @@ class Times:
     session_ready: dict[str, float] = field(default_factory=dict)
     pod_seen: dict[str, float] = field(default_factory=dict)
     pod_ready: dict[str, float] = field(default_factory=dict)
+    session_culled: dict[str, float] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def forget(self, names: Iterable[str]) -> None:
         for name in names:
-            for d in (self.session_seen, self.session_ready, self.pod_seen, self.pod_ready):
+            for d in (
+                self.session_seen,
+                self.session_ready,
+                self.pod_seen,
+                self.pod_ready,
+                self.session_culled,
+            ):
                 d.pop(name, None)
 
 
@@ -73,8 +80,11 @@ async def watch_times(api: k8s.ApiClient, times: Times, kind: str) -> None:
             else:
                 name = obj["metadata"]["name"]
                 times.session_seen.setdefault(name, now)
-                if resources.parse_status(obj).phase_enum is resources.Phase.READY:
+                phase = resources.parse_status(obj).phase_enum
+                if phase is resources.Phase.READY:
                     times.session_ready.setdefault(name, now)
+                elif phase is resources.Phase.CULLED:
+                    times.session_culled.setdefault(name, now)
             times.changed.set()
 
 

@@ -24,10 +24,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -42,12 +44,22 @@ from bench.operator_costs import (
     operator_requests,
 )
 from bench.operator_watch import LABS, PLAIN_LABEL, SESSION_LABEL, Times, until, watch_times
-from bench.scale_report import ScaleFigures, by_kind, json_line, operator_writes
+from bench.scale_report import (
+    ScaleFigures,
+    api_calls,
+    by_kind,
+    epoch,
+    json_line,
+    operator_writes,
+    peak_rate,
+    seconds_to_first,
+)
 from kernelsession.client import resources
 from kernelsession.localcluster.building.kwok import ensure_kwok
 from kernelsession.localcluster.cluster import LocalCluster, audit
 from kernelsession.localcluster.deploy import InClusterOperator
 from kernelsession.localcluster.hollow.run import HollowRun
+from kernelsession.operator.config import Settings
 
 READY_GRACE = 300.0
 
@@ -59,8 +71,12 @@ def _session(name: str) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": LABS},
         "spec": {
             "user": "bench",
-            "culling": {"idleTimeoutSeconds": 3600, "maxAgeSeconds": 0},
-            "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}},
+            # what the labs namespace's session rules demand: limits, a maximum age
+            "culling": {"idleTimeoutSeconds": 3600, "maxAgeSeconds": 86400},
+            "resources": {
+                "requests": {"cpu": "10m", "memory": "64Mi"},
+                "limits": {"cpu": "1", "memory": "1Gi"},
+            },
             "startTimeoutSeconds": 900,
         },
     }
@@ -110,7 +126,32 @@ async def _at_rate(
     results = await asyncio.gather(*tasks, return_exceptions=True)
     failed = [r for r in results if isinstance(r, BaseException)]
     if failed:
-        raise RuntimeError(f"{len(failed)} creates failed, first: {failed[0]!r}")
+        first = failed[0]
+        detail = (
+            f"{first.status} {first.reason}: {str(first.body)[:600]}"
+            if isinstance(first, k8s.ApiException)
+            else repr(first)
+        )
+        raise RuntimeError(f"{len(failed)} creates failed, first: {detail}")
+
+
+async def _sample_load(samples: list[float], every: float = 5.0) -> None:
+    """Append the host's 1-minute load average every ``every`` seconds until cancelled."""
+    while True:
+        samples.append(os.getloadavg()[0])
+        await asyncio.sleep(every)  # a sampling period, not a wait
+
+
+async def _progress(times: Times, hollow: HollowRun, every: float = 30.0) -> None:
+    """Log how far the run is every ``every`` seconds (a long run is followed, not guessed)."""
+    while True:
+        await asyncio.sleep(every)  # a logging period, not a wait
+        _log(
+            f"scale: pods seen/Ready {len(times.pod_seen)}/{len(times.pod_ready)}, sessions "
+            f"seen/Ready {len(times.session_seen)}/{len(times.session_ready)}, hollow labs "
+            f"{len(hollow.lab.labs)} ({hollow.lab.requests} requests, {hollow.lab.refused} "
+            f"refused), load {os.getloadavg()[0]:.1f}"
+        )
 
 
 @contextlib.contextmanager
@@ -131,10 +172,13 @@ async def _run(
 ) -> ScaleFigures:
     n, rate = args.sessions, args.rate
     figures = ScaleFigures(sessions=n, rate=rate, ready=0)
+    figures.api_qps = Settings().api_qps  # manifests/ leave the operator's default
     api = await k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
     core, custom = k8s.CoreV1Api(api), k8s.CustomObjectsApi(api)
     times = Times()
     watchers = [asyncio.create_task(watch_times(api, times, k)) for k in ("pods", "sessions")]
+    watchers.append(asyncio.create_task(_sample_load(figures.load_1m)))
+    watchers.append(asyncio.create_task(_progress(times, hollow)))
     deadline_for = n / rate + READY_GRACE
     try:
         # 1. baseline: plain pods on the same fake nodes
@@ -167,6 +211,7 @@ async def _run(
         assert log is not None
         offset = audit.size(log)
         cpu0 = cpu_seconds(operator)
+        figures.operator_rss_base_bytes = operator.memory_info().rss
         _log(f"scale: {n} sessions at {rate:g}/s")
         with Sampler(operator, NodeProcesses(cluster)) as sampler:
             await _at_rate(
@@ -204,7 +249,11 @@ async def _run(
         figures.steady_reads = len(audit.reads(steady))
         figures.hollow_requests = hollow.lab.requests
 
-        # 4. delete all
+        # 4. leader takeover with N sessions; 5. culling of N idle labs
+        await _takeover(cluster, op, core, times, hollow, figures, names)
+        await _culling(cluster, times, hollow, figures, names)
+
+        # 6. delete all
         t0 = time.monotonic()
         await custom.delete_collection_namespaced_custom_object(
             resources.GROUP, resources.VERSION, LABS, resources.PLURAL
@@ -229,6 +278,87 @@ async def _run(
     return figures
 
 
+TAKEOVER_WINDOW = 60.0
+"""Seconds after the kill over which the next leader's writes are counted."""
+CULL_DEADLINE = 420.0
+"""Seconds the culling of all labs may take (the goal is 5 min)."""
+
+
+async def _takeover(
+    cluster: LocalCluster,
+    op: InClusterOperator,
+    core: k8s.CoreV1Api,
+    times: Times,
+    hollow: HollowRun,
+    figures: ScaleFigures,
+    names: list[str],
+) -> None:
+    """SIGKILL the leader's process and at once delete one lab pod: the next leader's
+    first decision is to create it again. Its writes in the first minute are counted."""
+    log = cluster.audit_log
+    assert log is not None
+    victim = names[0]
+    pods = await core.list_namespaced_pod(LABS, label_selector=f"{SESSION_LABEL}={victim}")
+    leader = operator_process(cluster, op)
+    offset = audit.size(log)
+    times.forget([victim])
+    killed = time.time()
+    t0 = time.monotonic()
+    leader.kill()  # SIGKILL to the leader container's own process (by PID)
+    for pod in pods.items:
+        await core.delete_namespaced_pod(pod.metadata.name, LABS, grace_period_seconds=0)
+    _log(f"scale: leader killed, lab pod of {victim} deleted")
+    await until(times, lambda: victim in times.pod_ready, t0 + 300)
+    figures.takeover_recreate_s = (
+        times.pod_seen[victim] - t0 if victim in times.pod_seen else float("nan")
+    )
+    remaining = t0 + TAKEOVER_WINDOW - time.monotonic()
+    if remaining > 0:
+        await asyncio.sleep(remaining)  # the fixed first-minute window, not a wait
+    entries = [
+        e
+        for e in operator_requests(cluster, offset)
+        if epoch(e.received or e.time) < killed + TAKEOVER_WINDOW
+    ]
+    writes = operator_writes(entries)
+    figures.takeover_first_write_s = seconds_to_first(writes, killed)
+    figures.takeover_writes_first_min = len(writes)
+    figures.takeover_leader = op.leader() or ""
+    _log(
+        f"scale: takeover: first write after {figures.takeover_first_write_s:.1f}s, "
+        f"{len(writes)} writes in the first minute, leader {figures.takeover_leader}"
+    )
+
+
+async def _culling(
+    cluster: LocalCluster,
+    times: Times,
+    hollow: HollowRun,
+    figures: ScaleFigures,
+    names: list[str],
+) -> None:
+    """Every lab idle for ten days at once: time until every session is Culled, and the
+    operator's request rate meanwhile."""
+    log = cluster.audit_log
+    assert log is not None
+    await until(times, lambda: len(hollow.lab.labs) >= len(names), time.monotonic() + 120)
+    offset = audit.size(log)
+    t0 = time.monotonic()
+    idle = hollow.lab.set_activity(
+        last_activity=datetime.now(UTC) - timedelta(days=10), execution_state="idle", connections=0
+    )
+    _log(f"scale: {idle} hollow labs idle for ten days")
+    await until(times, lambda: all(s in times.session_culled for s in names), t0 + CULL_DEADLINE)
+    culled = [times.session_culled[s] for s in names if s in times.session_culled]
+    figures.culled = len(culled)
+    figures.cull_s = max(culled) - t0 if culled else float("nan")
+    calls = api_calls(operator_requests(cluster, offset))
+    figures.cull_requests = len(calls)
+    figures.cull_writes = len(operator_writes(calls))
+    figures.cull_peak_rps = peak_rate(calls)
+    _log(f"scale: culled {figures.culled}/{len(names)} in {figures.cull_s:.1f}s")
+
+
 async def _hollow_run(
     args: argparse.Namespace, cluster: LocalCluster, op: InClusterOperator
 ) -> ScaleFigures:
@@ -237,7 +367,12 @@ async def _hollow_run(
         hollow.start_kwok()
         await hollow.start_lab()
         cluster.kubectl(
-            "wait", "--for=condition=Ready", "node", *hollow.node_names, "--timeout=120s"
+            "wait",
+            "--for=condition=Ready",
+            "node",
+            *hollow.node_names,
+            "--timeout=120s",
+            timeout=130,
         )
         return await _run(args, cluster, op, hollow)
     finally:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from kernelsession.localcluster.cluster import audit
@@ -42,6 +44,37 @@ def operator_writes(entries: Iterable[audit.Entry]) -> list[audit.Entry]:
     ]
 
 
+def epoch(stamp: str) -> float:
+    """Seconds since the epoch of an audit timestamp (RFC 3339, ``Z``); NaN for ""."""
+    if not stamp:
+        return math.nan
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def api_calls(entries: Iterable[audit.Entry]) -> list[audit.Entry]:
+    """What counts against a client's request rate: every request but watches and those
+    on the operator's Lease (the election's own, never held back)."""
+    return [e for e in entries if e.verb != "watch" and e.resource != "leases"]
+
+
+def peak_rate(entries: Iterable[audit.Entry], bucket_s: float = 1.0) -> float:
+    """The most requests received in one ``bucket_s`` window (aligned on the epoch), per
+    second; 0 for none."""
+    buckets = Counter(
+        math.floor(t / bucket_s)
+        for t in (epoch(e.received or e.time) for e in entries)
+        if not math.isnan(t)
+    )
+    return max(buckets.values(), default=0) / bucket_s
+
+
+def seconds_to_first(entries: Iterable[audit.Entry], since: float) -> float:
+    """Seconds from ``since`` (epoch) to the first of ``entries`` received; NaN for none."""
+    stamps = [epoch(e.received or e.time) for e in entries]
+    stamps = [t for t in stamps if not math.isnan(t)]
+    return min(stamps) - since if stamps else math.nan
+
+
 def by_kind(entries: Iterable[audit.Entry]) -> dict[str, int]:
     """Requests per ``"VERB RESOURCE"``, most first."""
     counts = Counter(e.key for e in entries)
@@ -60,6 +93,8 @@ class ScaleFigures:
     plain_ready_s: list[float] = field(default_factory=list)
     operator_cpu_s: float = 0.0
     operator_rss_peak_bytes: int = 0
+    operator_rss_base_bytes: int = 0
+    """The operator's RSS just before the sessions were created (its idle size)."""
     creation_writes: int = 0
     creation_reads: int = 0
     creation_by_kind: dict[str, int] = field(default_factory=dict)
@@ -69,6 +104,23 @@ class ScaleFigures:
     delete_s: float = math.nan
     enforcer_rules: int = 0
     hollow_requests: int = 0
+    takeover_first_write_s: float = math.nan
+    """From SIGKILL of the leader to the first write of the next leader (its first
+    decision: one lab pod deleted at the kill is recreated)."""
+    takeover_recreate_s: float = math.nan
+    """From the kill to the deleted lab pod existing again."""
+    takeover_writes_first_min: int = 0
+    takeover_leader: str = ""
+    culled: int = 0
+    cull_s: float = math.nan
+    """From all labs going idle (hollow lab) to the last session Culled."""
+    cull_requests: int = 0
+    cull_writes: int = 0
+    cull_peak_rps: float = 0.0
+    api_qps: float = math.nan
+    """The operator's configured API rate (``KERNELSESSION_API_QPS``), when it has one."""
+    load_1m: list[float] = field(default_factory=list)
+    """The host's 1-minute load average, sampled through the run."""
     notes: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -93,12 +145,31 @@ class ScaleFigures:
             "plain_pods_ready": self.plain_ready,
             "plain_pod_p50_s": _round(p["p50"]),
             "plain_pod_p99_s": _round(p["p99"]),
+            "operator_cpu_s": _round(self.operator_cpu_s),
+            "operator_rss_base_mib": _round(self.operator_rss_base_bytes / 2**20),
+            "operator_rss_kib_per_session": _round(
+                max(self.operator_rss_peak_bytes - self.operator_rss_base_bytes, 0) / 1024 / n
+            ),
             "reads_per_session": _round(self.creation_reads / n),
             "creation_requests_by_kind": self.creation_by_kind,
             "steady_reads_per_min": _round(self.steady_reads / minutes),
             "delete_all_s": _round(self.delete_s),
             "enforcer_rules": self.enforcer_rules,
             "hollow_lab_requests": self.hollow_requests,
+            "takeover_first_decision_s": _round(self.takeover_first_write_s),
+            "takeover_recreate_s": _round(self.takeover_recreate_s),
+            "takeover_writes_per_session_first_min": _round(self.takeover_writes_first_min / n),
+            "takeover_leader": self.takeover_leader,
+            "culled": self.culled,
+            "cull_all_s": _round(self.cull_s),
+            "cull_requests_per_s_peak": _round(self.cull_peak_rps),
+            "cull_requests_per_s_mean": _round(
+                self.cull_requests / self.cull_s if self.cull_s > 0 else math.nan
+            ),
+            "cull_writes_per_session": _round(self.cull_writes / n),
+            "api_qps": _round(self.api_qps),
+            "load_1m_mean": _round(statistics.fmean(self.load_1m) if self.load_1m else math.nan),
+            "load_1m_max": _round(max(self.load_1m, default=math.nan)),
             "notes": self.notes,
         }
         return out
@@ -113,8 +184,10 @@ class ScaleFigures:
             f"p50 {s['p50']:.2f}s p95 {s['p95']:.2f}s p99 {s['p99']:.2f}s",
             f"  plain pods Ready {self.plain_ready}/{self.sessions}; create->Ready "
             f"p50 {p['p50']:.2f}s p95 {p['p95']:.2f}s p99 {p['p99']:.2f}s",
-            f"  operator: {j['operator_cpu_ms_per_session']} ms CPU per session, peak RSS "
-            f"{j['operator_rss_mib']} MiB",
+            f"  operator: {j['operator_cpu_ms_per_session']} ms CPU per session "
+            f"({j['operator_cpu_s']} s), peak RSS {j['operator_rss_mib']} MiB (idle "
+            f"{j['operator_rss_base_mib']} MiB, {j['operator_rss_kib_per_session']} KiB "
+            "per session)",
             f"  API per session created: {j['writes_per_session']} writes, "
             f"{j['reads_per_session']} reads",
         ]
@@ -127,6 +200,15 @@ class ScaleFigures:
             f"{j['steady_reads_per_min']} reads/min",
             f"  delete all: {self.delete_s:.1f}s; NetworkPolicy enforcer rules "
             f"{self.enforcer_rules}; hollow lab requests {self.hollow_requests}",
+            f"  takeover (leader SIGKILLed, one lab pod deleted): first decision after "
+            f"{j['takeover_first_decision_s']}s, pod back after {j['takeover_recreate_s']}s, "
+            f"{j['takeover_writes_per_session_first_min']} writes per session in the first "
+            f"minute (new leader {self.takeover_leader or '?'})",
+            f"  culling: {self.culled}/{self.sessions} idle labs culled in {j['cull_all_s']}s; "
+            f"requests/s peak {j['cull_requests_per_s_peak']} mean "
+            f"{j['cull_requests_per_s_mean']} (API QPS setting {j['api_qps']}); "
+            f"{j['cull_writes_per_session']} writes per session",
+            f"  host load (1 min) during the run: mean {j['load_1m_mean']}, max {j['load_1m_max']}",
             *(f"  note: {n}" for n in self.notes),
         ]
         return "\n".join(rows)
@@ -159,10 +241,14 @@ def parse_json_line(stdout: str) -> dict[str, Any]:
 
 __all__ = [
     "ScaleFigures",
+    "api_calls",
     "by_kind",
+    "epoch",
     "json_line",
     "operator_writes",
     "parse_json_line",
+    "peak_rate",
     "percentile",
+    "seconds_to_first",
     "spread",
 ]

@@ -127,3 +127,12 @@ def test_node_cidrs() -> None:
     assert node_cidrs("10.250.0.0/16", 2) == ["10.250.0.0/22", "10.250.4.0/22"]
     with pytest.raises(ValueError, match="fewer than"):
         node_cidrs("10.250.0.0/21", 3)
+
+
+def test_kwok_configuration_sets_what_a_file_gets_no_default_for() -> None:
+    from kernelsession.localcluster.hollow import kwokconfig
+
+    options = kwokconfig.configuration("10.250.0.0/16")["options"]
+    for key in ("podPlayStageParallelism", "nodePlayStageParallelism", "nodeLeaseParallelism"):
+        assert options[key] > 0  # KWOK v0.8.0 exits: "playStageParallelism must be > 0"
+    assert options["cidr"] == "10.250.0.0/16"

@@ -9,10 +9,14 @@ import pytest
 
 from bench.scale_report import (
     ScaleFigures,
+    api_calls,
+    epoch,
     json_line,
     operator_writes,
     parse_json_line,
+    peak_rate,
     percentile,
+    seconds_to_first,
 )
 from kernelsession.localcluster.cluster import audit
 
@@ -72,9 +76,11 @@ def test_json_line_is_last_line_with_required_keys() -> None:
         plain_ready_s=[3.9, 4.1, 4.4, 5.2],
         operator_cpu_s=0.2,
         operator_rss_peak_bytes=100 * 2**20,
+        operator_rss_base_bytes=60 * 2**20,
         creation_writes=32,
         steady_window_s=120,
         steady_writes=0,
+        load_1m=[2.0, 4.0, 9.0],
     )
     stdout = "== scale\n" + figures.table() + "\n" + json_line(figures) + "\n"
     data = parse_json_line(stdout)
@@ -88,12 +94,17 @@ def test_json_line_is_last_line_with_required_keys() -> None:
     assert data["operator_cpu_ms_per_session"] == 50
     assert data["writes_per_session"] == 8
     assert data["steady_writes_per_min"] == 0
+    assert data["operator_rss_base_mib"] == 60
+    assert data["operator_rss_kib_per_session"] == 10240  # (100 - 60) MiB / 4
+    assert data["load_1m_mean"] == 5
+    assert data["load_1m_max"] == 9
 
 
 def test_json_line_carries_nan_as_null() -> None:
     data = json.loads(json_line(ScaleFigures(sessions=3, rate=10, ready=0)))
     assert data["ready_p95_s"] is None
     assert data["steady_writes_per_min"] is None
+    assert data["load_1m_max"] is None
 
 
 def test_parse_json_line_refuses_non_object() -> None:
@@ -101,3 +112,53 @@ def test_parse_json_line_refuses_non_object() -> None:
         parse_json_line("table\n[1, 2]\n")
     with pytest.raises(ValueError, match="no output"):
         parse_json_line("\n")
+
+
+def _at(verb: str, resource: str, received: str) -> audit.Entry:
+    return audit.Entry(
+        verb, resource, "labs", "x", "", "u", 200, "ResponseComplete", received, received=received
+    )
+
+
+def test_request_rates_from_audit_times() -> None:
+    assert epoch("2026-12-05T05:00:01.500000Z") - epoch("2026-12-05T05:00:00Z") == 1.5
+    assert math.isnan(epoch(""))
+    entries = [
+        _at("delete", "pods", "2026-12-05T05:00:00.100000Z"),
+        _at("patch", "kernelsessions/status", "2026-12-05T05:00:00.900000Z"),
+        _at("create", "events", "2026-12-05T05:00:01.000000Z"),
+        _at("update", "leases", "2026-12-05T05:00:01.100000Z"),
+        _at("watch", "pods", "2026-12-05T05:00:01.200000Z"),
+    ]
+    calls = api_calls(entries)
+    assert [e.key for e in calls] == ["delete pods", "patch kernelsessions/status", "create events"]
+    assert peak_rate(calls) == 2  # two in the second 05:00:00
+    assert peak_rate(calls, bucket_s=2.0) == 1.5  # three in one 2-second window
+    assert peak_rate([]) == 0
+    since = epoch("2026-12-05T04:59:58Z")
+    assert seconds_to_first(calls, since) == pytest.approx(2.1)
+    assert math.isnan(seconds_to_first([], since))
+
+
+def test_takeover_and_culling_figures_in_the_json_line() -> None:
+    figures = ScaleFigures(
+        sessions=10,
+        rate=10,
+        ready=10,
+        takeover_first_write_s=12.5,
+        takeover_writes_first_min=5,
+        culled=10,
+        cull_s=40.0,
+        cull_requests=200,
+        cull_writes=30,
+        cull_peak_rps=20,
+    )
+    data = parse_json_line(json_line(figures))
+    assert data["takeover_first_decision_s"] == 12.5
+    assert data["takeover_writes_per_session_first_min"] == 0.5
+    assert data["culled"] == 10
+    assert data["cull_requests_per_s_mean"] == 5
+    assert data["cull_requests_per_s_peak"] == 20
+    assert data["cull_writes_per_session"] == 3
+    assert data["api_qps"] is None
+    assert "takeover" in figures.table()

@@ -21,6 +21,8 @@ import yaml
 NODE_LABEL = "kernelsession.dev/hollow"
 KWOK_API = "kwok.x-k8s.io/v1alpha1"
 CONFIG_API = "config.kwok.x-k8s.io/v1alpha1"
+PARALLELISM = 16
+"""Pod stages KWOK plays at once (its default, 4, when given by flag, is for a few pods)."""
 
 
 def node_cidrs(pod_range: str, count: int, prefix: int = 22) -> list[str]:
@@ -85,5 +87,10 @@ def configuration(pod_range: str) -> dict[str, Any]:
             "cidr": pod_range,
             "nodeIP": "10.244.0.1",
             "manageNodesWithLabelSelector": f"{NODE_LABEL}=true",
+            # A configuration file gets no defaults: KWOK v0.8.0 refuses to start with
+            # "playStageParallelism must be greater than 0" without these.
+            "podPlayStageParallelism": PARALLELISM,
+            "nodePlayStageParallelism": 4,
+            "nodeLeaseParallelism": 4,
         },
     }

@@ -13,9 +13,13 @@ before (host/state.py).
 
 The node's guard (``KS-NODE-GUARD``, host/network.py) drops pod traffic that leaves by
 any interface but the bridge. Forwarded traffic between the pods and the hollow range
-jumps first (FORWARD position 1) to chain ``KS-HOLLOW``, which sends it through the
+jumps to chain ``KS-HOLLOW`` from the top of the guard chain itself (from FORWARD
+position 1 when there is no guard, i.e. no node), which sends it through the
 NetworkPolicy enforcer's ``KS-NETPOL`` (so policies hold for hollow labs as for real
-ones) and accepts what that chain does not drop.
+ones) and accepts what that chain does not drop. Not from FORWARD when the guard is
+there: the node keeps its guard, then the enforcer's ``KS-NETPOL``, the first rules of
+FORWARD, and the enforcer re-applies its rules every second while they are not (it
+then puts them back ahead of any other jump, so the guard would drop hollow traffic).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from dataclasses import dataclass
 CLONE_NEWNET = 0x40000000
 CHAIN = "KS-HOLLOW"
 POLICY_CHAIN = "KS-NETPOL"
+GUARD_CHAIN = "KS-NODE-GUARD"
+"""The node's forward guard (host/network.py): the hooks go at its top when it exists."""
 
 
 class HollowNetworkError(RuntimeError):
@@ -101,6 +107,12 @@ class HollowNetwork:
             ["-s", self.pod_range, "-i", self.host_link],
         ]
 
+    def hook_commands(self, guard: bool) -> list[list[str]]:
+        """The ``iptables`` argument lists that hook :data:`CHAIN` (pure): at the top of
+        the node's guard chain when there is one (``guard``), else of FORWARD."""
+        hook = GUARD_CHAIN if guard else "FORWARD"
+        return [["-I", hook, "1", *match, "-j", CHAIN] for match in self.hooks()]
+
     def setup(self) -> None:
         """Create it (removing a leftover of an interrupted run first)."""
         self.teardown()
@@ -111,17 +123,18 @@ class HollowNetwork:
             if _iptables("-L", POLICY_CHAIN, "-n", check=False):
                 _iptables("-A", CHAIN, "-j", POLICY_CHAIN)
             _iptables("-A", CHAIN, "-j", "ACCEPT")
-            for match in self.hooks():
-                _iptables("-I", "FORWARD", "1", *match, "-j", CHAIN)
+            for args in self.hook_commands(_iptables("-L", GUARD_CHAIN, "-n", check=False)):
+                _iptables(*args)
         except HollowNetworkError:
             self.teardown()
             raise
 
     def teardown(self) -> None:
         """Remove the chain, the route and the namespace (idempotent)."""
-        for match in self.hooks():
-            while _iptables("-D", "FORWARD", *match, "-j", CHAIN, check=False):
-                pass
+        for hook in (GUARD_CHAIN, "FORWARD"):
+            for match in self.hooks():
+                while _iptables("-D", hook, *match, "-j", CHAIN, check=False):
+                    pass
         _iptables("-F", CHAIN, check=False)
         _iptables("-X", CHAIN, check=False)
         _ip("route", "del", self.pod_range, check=False)
