@@ -6,7 +6,7 @@ the guard back ahead of them, and the guard drops pod traffic to the hollow rang
 from __future__ import annotations
 
 from kernelsession.localcluster.hollow.netns import CHAIN, GUARD_CHAIN, HollowNetwork
-from kernelsession.localcluster.host.netpol import MAIN_CHAIN, drifted, render
+from kernelsession.localcluster.host.netpol.rules import MAIN_CHAIN, drifted, render
 from kernelsession.localcluster.host.network import INPUT_GUARD_CHAIN
 
 
