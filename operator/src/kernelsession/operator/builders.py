@@ -24,12 +24,14 @@ Body = Mapping[str, Any]
 Manifest = dict[str, Any]
 
 
-def _meta(body: Body) -> Mapping[str, Any]:
+def metadata_of(body: Body) -> Mapping[str, Any]:
+    """The session's ``metadata``."""
     meta: Mapping[str, Any] = body["metadata"]
     return meta
 
 
-def _spec(body: Body) -> Mapping[str, Any]:
+def spec_of(body: Body) -> Mapping[str, Any]:
+    """The session's ``spec`` (empty when it has none)."""
     spec: Mapping[str, Any] = body.get("spec") or {}
     return spec
 
@@ -40,9 +42,9 @@ def owned(body: Body, manifest: Manifest) -> Manifest:
         "apiVersion": f"{naming.GROUP}/{naming.VERSION}",
         "kind": naming.KIND,
         "metadata": {
-            "name": _meta(body)["name"],
-            "uid": _meta(body)["uid"],
-            "namespace": _meta(body)["namespace"],
+            "name": metadata_of(body)["name"],
+            "uid": metadata_of(body)["uid"],
+            "namespace": metadata_of(body)["namespace"],
             "labels": {},
         },
     }
@@ -57,7 +59,7 @@ def session_owner(body: Body) -> dict[str, Any]:
 
 
 def labels_for(body: Body) -> dict[str, str]:
-    return naming.child_labels(_meta(body)["name"], _spec(body)["user"])
+    return naming.child_labels(metadata_of(body)["name"], spec_of(body)["user"])
 
 
 def lab_selector(session: str) -> dict[str, str]:
@@ -72,7 +74,7 @@ def new_token() -> str:
 
 def token_secret(body: Body, token: str) -> Manifest:
     """The immutable Secret holding the lab token under key ``token``."""
-    name = _meta(body)["name"]
+    name = metadata_of(body)["name"]
     return owned(
         body,
         {
@@ -93,7 +95,7 @@ def token_reader(body: Body, subjects: list[str]) -> tuple[Manifest, Manifest]:
     """A Role reading only the session's token Secret, bound to the Kubernetes users that
     stand for ``spec.user`` (``subjects``): in a namespace shared by many people, each
     reads their own labs' tokens and no other (RBAC cannot say "Secrets of my sessions")."""
-    session = _meta(body)["name"]
+    session = metadata_of(body)["name"]
     name = naming.token_reader_name(session)
     labels = labels_for(body) | {naming.COMPONENT_LABEL: "token"}
     role = owned(
@@ -134,13 +136,13 @@ def base_path(body: Body, settings: Settings) -> str:
     ingress = settings.ingress
     if ingress is None:
         return "/"
-    meta = _meta(body)
+    meta = metadata_of(body)
     return ingress.path.format(namespace=meta["namespace"], name=meta["name"])
 
 
 def service(body: Body, settings: Settings) -> Manifest:
     """ClusterIP Service in front of the lab, port 8888."""
-    name = _meta(body)["name"]
+    name = metadata_of(body)["name"]
     return owned(
         body,
         {
@@ -171,7 +173,7 @@ def network_policy(body: Body, settings: Settings) -> Manifest:
     namespaceSelector: a tenant's clients never reach another tenant's labs), from the
     operator, and from the ingress controller's pods when the operator creates an Ingress
     per session."""
-    name = _meta(body)["name"]
+    name = metadata_of(body)["name"]
     peers: list[dict[str, Any]] = [
         {"podSelector": {"matchLabels": {naming.CLIENT_LABEL: "true"}}},
         {
@@ -220,7 +222,7 @@ def lab_url(
 ) -> str | None:
     """Base URL of the lab for clients in this deployment (ends with ``/``); ``base``:
     the base path the running pod serves (an outdated pod keeps its own)."""
-    meta = _meta(body)
+    meta = metadata_of(body)
     base = base or base_path(body, settings)
     if settings.url_mode == "service":
         svc = naming.service_name(meta["name"])
@@ -245,7 +247,7 @@ def ingress(body: Body, settings: Settings) -> Manifest | None:
     cfg = settings.ingress
     if cfg is None:
         return None
-    name = _meta(body)["name"]
+    name = metadata_of(body)["name"]
     rule: dict[str, Any] = {
         "http": {
             "paths": [

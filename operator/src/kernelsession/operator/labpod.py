@@ -14,19 +14,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from kernelsession.operator import naming
-from kernelsession.operator.builders import Body, Manifest, base_path, labels_for, owned
+from kernelsession.operator.builders import (
+    Body,
+    Manifest,
+    base_path,
+    labels_for,
+    metadata_of,
+    owned,
+    spec_of,
+)
 from kernelsession.operator.config import Settings
 from kernelsession.operator.homeclaim import home_mount_path
-
-
-def _meta(body: Body) -> Mapping[str, Any]:
-    meta: Mapping[str, Any] = body["metadata"]
-    return meta
-
-
-def _spec(body: Body) -> Mapping[str, Any]:
-    spec: Mapping[str, Any] = body.get("spec") or {}
-    return spec
 
 
 def lab_args(settings: Settings, base: str = "/") -> list[str]:
@@ -51,9 +49,9 @@ def lab_args(settings: Settings, base: str = "/") -> list[str]:
 
 def pod_spec(body: Body, settings: Settings) -> dict[str, Any]:
     """The lab pod's ``spec``: hardened, token via secretKeyRef, no service-account token."""
-    spec = _spec(body)
+    spec = spec_of(body)
     start_timeout = int(spec.get("startTimeoutSeconds") or settings.default_start_timeout)
-    name = _meta(body)["name"]
+    name = metadata_of(body)["name"]
     env: list[dict[str, Any]] = [
         {
             "name": "JUPYTER_TOKEN",
@@ -158,7 +156,7 @@ def spec_hash(body: Body, token_secret_uid: str) -> str:
     """Short digest of the session's own wishes for its pod (its spec, not the operator's
     defaults or code): a lab is replaced when this changes, never when only the operator's
     template does (that applies at the next start, or under ``KERNELSESSION_ROLLOUT``)."""
-    spec = {k: v for k, v in _spec(body).items() if k not in _NOT_IN_POD}
+    spec = {k: v for k, v in spec_of(body).items() if k not in _NOT_IN_POD}
     home = dict(spec.get("home") or {})
     if home:
         home.pop("reclaimPolicy", None)
@@ -175,7 +173,7 @@ def lab_pod(body: Body, settings: Settings, token_secret_uid: str) -> Manifest:
     # did not set (above all kernelsession.dev/client, which would admit it to every lab).
     extra = {
         k: v
-        for k, v in (_spec(body).get("podLabels") or {}).items()
+        for k, v in (spec_of(body).get("podLabels") or {}).items()
         if not k.startswith(f"{naming.GROUP}/")
     }
     labels = (
@@ -192,7 +190,10 @@ def lab_pod(body: Body, settings: Settings, token_secret_uid: str) -> Manifest:
         {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": naming.pod_name(_meta(body)["name"], digest), "labels": labels},
+            "metadata": {
+                "name": naming.pod_name(metadata_of(body)["name"], digest),
+                "labels": labels,
+            },
             "spec": spec,
         },
     )
