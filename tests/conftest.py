@@ -57,6 +57,9 @@ from kernelsession.localcluster.host import state as hoststate
 #: Under CI (``CI=true``, as CI services set it) a skipped test fails the run: a test
 #: that cannot run there proves nothing, and a skip is easy to miss in a green run.
 SKIP_FAILS = os.environ.get("CI", "").lower() == "true"
+#: A failed test that used the shared operator shows this many lines of its log.
+OPERATOR_LOG_LINES = 400
+_OPERATOR = pytest.StashKey[InClusterOperator]()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -67,6 +70,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true, which fails the run: {reason}"
+    if report.failed and "operator" in getattr(item, "fixturenames", ()):
+        op = item.config.stash.get(_OPERATOR, None)
+        if op is not None:  # what the operator said, to tell a test's fault from its own
+            tail = "\n".join(op.logs().splitlines()[-OPERATOR_LOG_LINES:])
+            report.sections.append((f"operator log ({report.when}, last lines)", tail))
 
 
 def pytest_collectreport(report: pytest.CollectReport) -> None:
@@ -207,9 +215,12 @@ def ingress_controller(installed: LocalCluster) -> IngressController:
 
 @pytest.fixture(scope="session")
 def operator(
-    installed: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+    installed: LocalCluster,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> InClusterOperator:
     op = InClusterOperator(installed, tmp_path_factory.mktemp("operator"), env=OPERATOR_ENV)
+    request.config.stash[_OPERATOR] = op
     op.start()
     return op
 

@@ -23,6 +23,7 @@ import yaml
 from helpers import (
     LABS,
     TEST_POLICY,
+    WaitTimeoutError,
     apply_session,
     get_ks,
     set_labs_policy,
@@ -258,12 +259,15 @@ def _profile_lifecycle(cluster: LocalCluster, user: str) -> None:
         cluster.kubectl("-n", ns, "label", obj, f"{label}-")
     cluster.kubectl("label", f"namespace/{ns}", f"{label}-")
 
-    def relabelled() -> bool:
-        items = [cluster.get_json("-n", ns, obj) for obj in objects]
-        items.append(cluster.get_json(f"namespace/{ns}"))
-        return all(i["metadata"].get("labels", {}).get(label) == user for i in items)
+    def unlabelled() -> list[str]:
+        items = {obj: cluster.get_json("-n", ns, obj) for obj in objects}
+        items[f"namespace/{ns}"] = cluster.get_json(f"namespace/{ns}")
+        return [k for k, i in items.items() if i["metadata"].get("labels", {}).get(label) != user]
 
-    wait_for(relabelled, timeout=90, what=f"{ns}'s objects relabelled")
+    try:
+        wait_for(lambda: not unlabelled(), timeout=90, what=f"{ns}'s objects relabelled")
+    except WaitTimeoutError as exc:
+        raise WaitTimeoutError(f"{exc}; still without the label: {unlabelled()}") from exc
     session = {
         "apiVersion": "kernelsession.dev/v1alpha1",
         "kind": "KernelSession",

@@ -213,6 +213,54 @@ def test_pod_not_answering_yet_is_starting() -> None:
     assert (status_of(d)["phase"], status_of(d)["reason"]) == (st.STARTING, "LabStarting")
 
 
+# -- a start's progress steps are held, its outcome is written at once ---------------
+def _creating(generation: int = 1) -> dict[str, Any]:
+    """A session whose status this process wrote as Pending/Creating."""
+    first = decide(obs(session(generation=generation)), CFG)
+    return session(status=dict(first.status or {}), generation=generation)
+
+
+def test_a_progress_step_soon_after_the_last_write_is_held_until_it_lasts() -> None:
+    body = _creating()
+    starting = (pod(body, ready=False),)
+    held = decide(obs(body, pods=starting, status_age=1.0), CFG)
+    assert not held.of(WriteStatus)
+    assert held.phase == st.STARTING  # known to this process, not written yet
+    assert held.requeue_after == pytest.approx(CFG.status_hold - 1.0 + 0.1)
+    due = decide(obs(body, pods=starting, status_age=CFG.status_hold), CFG)
+    assert (status_of(due)["phase"], status_of(due)["reason"]) == (st.STARTING, "LabStarting")
+    assert due.of(WriteStatus)
+
+
+def test_a_lab_that_answers_while_its_start_is_held_is_written_ready_at_once() -> None:
+    body = _creating()
+    d = decide(obs(body, pods=(pod(body),), activity=idle(1), status_age=0.5), CFG)
+    assert (status_of(d)["phase"], status_of(d)["reason"]) == (st.READY, "LabReady")
+    assert d.of(WriteStatus)
+    assert emitted(d) == ["Ready"]
+
+
+def test_what_a_user_may_act_on_and_a_new_generation_are_never_held() -> None:
+    body = _creating()
+    gone = pod(body, ready=False, phase="Failed")
+    failed = decide(obs(body, pods=(gone,), status_age=0.5), CFG)
+    assert status_of(failed)["phase"] == st.FAILED
+    assert failed.of(WriteStatus)
+    later = session(status=dict(body["status"]), generation=2)  # the spec changed since
+    d = decide(obs(later, pods=(pod(later, ready=False),), status_age=0.5), CFG)
+    assert status_of(d)["observedGeneration"] == 2
+    assert d.of(WriteStatus)
+    assert d.requeue_after == CFG.starting_recheck
+
+
+def test_the_first_status_and_a_zero_hold_are_written_at_once() -> None:
+    body = _creating()
+    starting = (pod(body, ready=False),)
+    assert decide(obs(body, pods=starting), CFG).of(WriteStatus)  # not written since start
+    eager = replace(CFG, status_hold=0.0)
+    assert decide(obs(body, eager, pods=starting, status_age=0.1), eager).of(WriteStatus)
+
+
 # -- a starting lab is followed by its pod's events, not by polling ------------------
 def test_the_lab_api_is_asked_only_once_its_pod_is_ready() -> None:
     body = session()

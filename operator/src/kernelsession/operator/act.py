@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from kernelsession.operator import builders, metrics, naming
+from kernelsession.operator import builders, metrics
 from kernelsession.operator import status as st
 from kernelsession.operator.actions import (
     Create,
@@ -71,14 +71,8 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
                 raise SessionGone(f"{ns}/{name}")
             token = builders.new_token()
             uid = await rt.kube.create(builders.token_secret(body, token))
-            if uid is not None:
+            if uid is not None:  # no Event: the lab's "Created" follows in the next pass
                 state.token = TokenRecord(uid=uid, token=token, checked=time.monotonic())
-                await event(
-                    rt,
-                    body,
-                    "TokenCreated",
-                    f"Created token Secret {naming.token_secret_name(name)}",
-                )
         elif isinstance(action, Create):
             if state.recently_created(action.name, CREATE_MEMORY):
                 continue
@@ -140,6 +134,7 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
             if updated is None:
                 raise SessionGone(f"{ns}/{name}")
             state.remember(updated)
+            state.status_written = time.monotonic()
             metrics.STATUS_WRITES.inc()
             if action.previous != action.phase or "reason" in action.patch:
                 log.info(

@@ -97,6 +97,11 @@ class Settings:
     events (scheduled, started, Ready, restarted) wake its session at once; this is the
     fallback should one be missed (the start timeout and the unschedulable grace are
     looked at when they fall due)."""
+    status_hold: float = 5.0
+    """Seconds a starting lab's progress status (Pending/Creating, Pending/PodPending,
+    Starting/LabStarting) stays before the next progress step is written: a lab that
+    answers sooner gets one status write for its start, then Ready. Outcomes and
+    anything a user must act on are written at once; 0 writes every step."""
     probe_timeout: float = 5.0
     unschedulable_grace: int = 120
     """Seconds an unschedulable lab waits for capacity (cluster autoscalers) before Failed."""
@@ -320,6 +325,7 @@ def from_env(
         cull_connected=_bool(env, "CULL_CONNECTED", d.cull_connected),
         starting_interval=_float(env, "STARTING_INTERVAL", d.starting_interval),
         starting_recheck=_float(env, "STARTING_RECHECK", d.starting_recheck),
+        status_hold=_float(env, "STATUS_HOLD", d.status_hold),
         probe_timeout=_float(env, "PROBE_TIMEOUT", d.probe_timeout),
         unschedulable_grace=_int(env, "UNSCHEDULABLE_GRACE", d.unschedulable_grace),
         home_interval=_float(env, "HOME_INTERVAL", d.home_interval),

@@ -25,6 +25,9 @@ from kernelsession.operator.config import Settings
 from kernelsession.operator.observe import Observation
 from kernelsession.operator.podview import PodView
 
+DEADLINE_MARGIN = 0.1
+"""Seconds past a deadline at which its pass is due (the clock's ticks)."""
+
 
 @dataclass
 class Pass:
@@ -97,6 +100,10 @@ class Pass:
         )
         result = list(self.actions if actions is None else actions)
         patch = st.status_patch(current, desired)
+        wait = st.held_for(current, verdict, generation, obs.status_age, self.cfg.status_hold)
+        if patch is not None and wait is not None:
+            patch = None  # a progress step: written when it has lasted, or superseded
+            requeue = min(requeue, wait + DEADLINE_MARGIN)
         if patch is not None:
             previous = current.get("phase")
             result.append(WriteStatus(patch, verdict.phase, verdict.reason, previous))

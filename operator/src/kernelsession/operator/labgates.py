@@ -11,12 +11,9 @@ from kernelsession.client.resources import Reason
 from kernelsession.operator import builders, culling, naming, rollout
 from kernelsession.operator import status as st
 from kernelsession.operator.actions import Create, Decision, DeletePod, Emit
-from kernelsession.operator.gatepass import Pass
+from kernelsession.operator.gatepass import DEADLINE_MARGIN, Pass
 from kernelsession.operator.observe import asks_lab
 from kernelsession.operator.podview import PodView
-
-DEADLINE_MARGIN = 0.1
-"""Seconds past a start timeout or grace at which its pass is due (the clock's ticks)."""
 
 RESUME_HINT = (
     " To start it again: kubectl annotate ks/{name} -n {ns} "

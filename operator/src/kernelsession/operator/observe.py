@@ -139,6 +139,8 @@ class Observation:
     """The tenancy rules as looked up (None: not looked up, nothing to start)."""
     token_readers: tuple[str, ...] | None = None
     """The users this process let read the token Secret (None: not done yet)."""
+    status_age: float | None = None
+    """Seconds since this process last wrote the status (None: not since it started)."""
 
     @property
     def name(self) -> str:
@@ -258,6 +260,7 @@ async def observe(
         rollout_slots=rt.settings.rollout_max
         - sum(1 for s in rt.sessions if s.rolling_out and s.key != state.key),
         token_readers=state.token_readers,
+        status_age=state.status_age(),
     )
     if not wants_lab(body):  # deleting, suspended, or culled/timed out: nothing to read
         return obs

@@ -69,6 +69,14 @@ class SessionState:
     policy: PolicyRecord | None = None
     token_readers: tuple[str, ...] | None = None
     """The users the token-reader RoleBinding names (None: not made by this process)."""
+    status_written: float | None = None
+    """When this process last wrote the status (monotonic time)."""
+
+    def status_age(self) -> float | None:
+        """Seconds since this process last wrote the status (None: never)."""
+        if self.status_written is None:
+            return None
+        return time.monotonic() - self.status_written
 
     def remember(self, body: dict[str, Any]) -> None:
         """Keep the newest known state (watch events and our own writes race)."""

@@ -38,6 +38,8 @@ PHASES = tuple(Phase)
 # also in the moments the kubelet has it running between back-offs.
 CRASH_RESTARTS = 3
 STICKY_REASONS = frozenset({Reason.START_TIMEOUT, Reason.IDLE_TIMEOUT, Reason.MAX_AGE})
+PROGRESS_REASONS = frozenset({Reason.CREATING, Reason.POD_PENDING, Reason.LAB_STARTING})
+"""The steps of a lab's normal start: nothing for its user to act on."""
 TEMPLATE_CHANGED = "TemplateChanged"
 OUTDATED_MESSAGE = (
     "The lab runs an older template (the operator was upgraded or its settings changed); "
@@ -341,6 +343,25 @@ def render(
         "resumeRequest": resume_request or current.get("resumeRequest"),
     }
     return {k: v for k, v in status.items() if v is not None}
+
+
+def held_for(
+    current: Mapping[str, Any], verdict: Verdict, generation: int, age: float | None, hold: float
+) -> float | None:
+    """Seconds the status write for ``verdict`` waits (None: written now).
+
+    A progress step of a start (:data:`PROGRESS_REASONS`) after another is written once
+    the status this process wrote last is ``hold`` seconds old: a lab that answers
+    sooner costs one status write for its start (the first step), then Ready. The
+    first status, a new spec generation, and every other reason are written at once.
+    """
+    if age is None or age >= hold:
+        return None
+    if current.get("reason") not in PROGRESS_REASONS or verdict.reason not in PROGRESS_REASONS:
+        return None
+    if current.get("observedGeneration") != generation:
+        return None
+    return hold - age
 
 
 def status_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any] | None:
