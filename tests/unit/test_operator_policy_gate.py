@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from test_operator_decide import CFG, UID, obs, pod, session
 
 from kernelsession.operator import labpod, policy
@@ -72,6 +73,24 @@ def test_a_conforming_spec_starts_and_its_user_may_read_the_token() -> None:
     assert [s["name"] for s in grant.binding["subjects"]] == ["alice", "alice@x.org"]
     granted = decide(obs(body, rules=rules, token_readers=grant.subjects), CFG)
     assert not granted.of(GrantTokenAccess)
+
+
+def test_in_a_profiles_namespace_the_owners_binding_reads_the_token() -> None:
+    body = session()  # spec.user alice
+    own = PolicyView(policy.parse({"owner": "User alice"}))
+    assert not decide(obs(body, rules=own), CFG).of(GrantTokenAccess)
+    team = PolicyView(policy.parse({"owner": "Group physics"}))  # members share, by design
+    assert not decide(obs(body, rules=team), CFG).of(GrantTokenAccess)
+    # a session an admin (verb assign) made there for someone else: that user reads it
+    other = PolicyView(policy.parse({"owner": "User carol"}))
+    (grant,) = decide(obs(body, rules=other), CFG).of(GrantTokenAccess)
+    assert grant.subjects == ("alice",)
+
+
+def test_a_malformed_owner_line_is_named() -> None:
+    for line in ("alice", "Robot alice", "User "):
+        with pytest.raises(policy.PolicyConfigError, match="owner: "):
+            policy.parse({"owner": line})
 
 
 def test_a_malformed_configmap_refuses_new_starts_naming_the_key() -> None:

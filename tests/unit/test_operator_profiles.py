@@ -91,7 +91,8 @@ def test_policy_data_renders_every_key_in_the_agreed_format() -> None:
 def test_policy_data_of_an_empty_profile_leaves_the_defaults() -> None:
     # images absent = any image; culling off is refused unless a profile allows it
     assert profiles.policy_data({"owner": {"kind": "User", "name": "x"}}) == {
-        "cullingNeverAllowed": "false"
+        "cullingNeverAllowed": "false",
+        "owner": "User x",
     }
     # an empty list is a rule too (nothing extra allowed), not an absent key
     assert profiles.policy_data({"secrets": []}) == {"secrets": "", "cullingNeverAllowed": "false"}
@@ -218,7 +219,12 @@ def test_repair_puts_edits_back_with_a_precondition() -> None:
     stored["data"] = {"images": "*", "secrets": "acc-bob-token"}
     patch = profiles.repair(config, stored)
     assert patch is not None
-    assert patch["data"] == {"images": "a", "secrets": None, "cullingNeverAllowed": "false"}
+    assert patch["data"] == {
+        "images": "a",
+        "secrets": None,
+        "cullingNeverAllowed": "false",
+        "owner": "User carol",
+    }
 
 
 def test_repair_sets_the_namespace_owner_when_the_policy_becomes_delete() -> None:

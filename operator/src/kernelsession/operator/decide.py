@@ -180,13 +180,14 @@ def _children(p: Pass) -> Decision | None:
 
 
 def _token_readers(obs: Observation) -> list[Action]:
-    """Let the Kubernetes users that stand for spec.user read the token Secret."""
+    """Let the Kubernetes users that stand for spec.user read the token Secret (in a
+    LabProfile's namespace the owner's RoleBinding does already: nothing to make)."""
     if obs.rules is None:
         return []
     user = str(obs.spec.get("user") or "")
     rules = obs.rules.rules or policy.Policy()
     subjects = tuple(policy.identities(user, rules))
-    if obs.token_readers == subjects:
+    if obs.token_readers == subjects or rules.owner_reads(subjects):
         return []
     role, binding = builders.token_reader(obs.body, list(subjects))
     return [GrantTokenAccess(role, binding, subjects)]

@@ -126,6 +126,18 @@ class Policy:
     culling_never_allowed: bool = False
     user_mapping: tuple[tuple[str, str], ...] = ()
     """``(stripSuffix|stripPrefix, text)`` in the ConfigMap's order."""
+    owner: tuple[str, str] | None = None
+    """``(User|Group, name)``: the LabProfile's owner, whose RoleBinding reads every
+    Secret of the namespace (None: a namespace without a profile, such as ``labs``)."""
+
+    def owner_reads(self, subjects: Iterable[str]) -> bool:
+        """Whether the owner's RoleBinding already lets ``subjects`` read a lab's token:
+        the owner themself, or anyone in a Group owner's shared namespace (its members
+        open each other's labs there by design)."""
+        if self.owner is None:
+            return False
+        kind, name = self.owner
+        return kind == "Group" or name in subjects
 
 
 def _lines(data: Mapping[str, str], key: str) -> list[str]:
@@ -184,7 +196,17 @@ def parse(data: Mapping[str, str] | None) -> Policy:
         max_age=_seconds(data, "maxAgeSeconds"),
         culling_never_allowed=str(data.get("cullingNeverAllowed", "")).strip() == "true",
         user_mapping=tuple(mapping),
+        owner=_owner(data),
     )
+
+
+def _owner(data: Mapping[str, str]) -> tuple[str, str] | None:
+    if "owner" not in data:
+        return None
+    kind, _, name = str(data["owner"]).strip().partition(" ")
+    if kind not in ("User", "Group") or not name.strip():
+        raise PolicyConfigError(f"owner: {data['owner']!r} is not 'User NAME' or 'Group NAME'")
+    return kind, name.strip()
 
 
 def valid_user(name: str) -> bool:

@@ -248,6 +248,9 @@ def policy_data(spec: Mapping[str, Any]) -> dict[str, str]:
     if culling.get("maxAgeSeconds") is not None:
         data["maxAgeSeconds"] = str(int(culling["maxAgeSeconds"]))
     data["cullingNeverAllowed"] = "true" if culling.get("neverAllowed") else "false"
+    owner = spec.get("owner")
+    if owner is not None:  # its RoleBinding reads the labs' tokens: no per-lab readers
+        data["owner"] = f"{owner['kind']} {owner['name']}"
     return data
 
 
