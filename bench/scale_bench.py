@@ -59,6 +59,7 @@ from kernelsession.localcluster.building.kwok import ensure_kwok
 from kernelsession.localcluster.cluster import LocalCluster, audit
 from kernelsession.localcluster.deploy import InClusterOperator
 from kernelsession.localcluster.hollow.run import HollowRun
+from kernelsession.operator.config import Settings
 
 READY_GRACE = 300.0
 
@@ -171,6 +172,7 @@ async def _run(
 ) -> ScaleFigures:
     n, rate = args.sessions, args.rate
     figures = ScaleFigures(sessions=n, rate=rate, ready=0)
+    figures.api_qps = Settings().api_qps  # manifests/ leave the operator's default
     api = await k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
     core, custom = k8s.CoreV1Api(api), k8s.CustomObjectsApi(api)
     times = Times()

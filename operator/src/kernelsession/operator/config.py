@@ -119,6 +119,11 @@ class Settings:
     """Seconds a Lease stays valid without renewal: the takeover time after a crash."""
     api_timeout: float = 15.0
     """Seconds one Kubernetes API request may take in all (the Lease's are shorter)."""
+    api_qps: float = 50.0
+    """Kubernetes API requests a second, on average, this replica sends at most (the
+    Lease's and kopf's watches excepted); 0: no limit."""
+    api_burst: int = 100
+    """Requests sent at once before ``api_qps`` holds them back."""
     operator_namespace: str = "kernelsession-system"
     metrics_port: int = 9090
     health_port: int = 8080
@@ -339,6 +344,10 @@ def from_env(
         or env.get(ENV_PREFIX + "OPERATOR_NAMESPACE", d.lease_namespace),
         lease_duration=_float(env, "LEASE_DURATION", d.lease_duration),
         api_timeout=_float(env, "API_TIMEOUT", d.api_timeout),
+        api_qps=0.0
+        if env.get(ENV_PREFIX + "API_QPS", "").strip() in ("0", "0.0")
+        else _float(env, "API_QPS", d.api_qps),
+        api_burst=_int(env, "API_BURST", d.api_burst, 1),
         operator_namespace=env.get(ENV_PREFIX + "OPERATOR_NAMESPACE", d.operator_namespace),
         metrics_port=_int(env, "METRICS_PORT", d.metrics_port),
         health_port=_int(env, "HEALTH_PORT", d.health_port),

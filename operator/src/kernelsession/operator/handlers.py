@@ -18,7 +18,14 @@ import httpx
 import kopf
 import structlog
 
-from kernelsession.operator import metrics, naming, profilecontroller, resync, supervisor
+from kernelsession.operator import (
+    metrics,
+    naming,
+    profilecontroller,
+    ratelimit,
+    resync,
+    supervisor,
+)
 from kernelsession.operator.config import Settings
 from kernelsession.operator.election import LeaderElector
 from kernelsession.operator.kube import Kube
@@ -71,6 +78,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.networking.connect_timeout = 10
     settings.batching.error_delays = [1, 2, 5, 10, 20, 30]
     kube = await Kube.connect(timeout=cfg.api_timeout, identity=cfg.leader_identity)
+    ratelimit.limit(kube.api, ratelimit.TokenBucket(cfg.api_qps, cfg.api_burst), kube.check_fence)
     http = httpx.AsyncClient(timeout=cfg.probe_timeout, follow_redirects=False, trust_env=False)
     rt = Runtime(
         settings=cfg,

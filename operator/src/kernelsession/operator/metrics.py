@@ -29,6 +29,11 @@ RECONCILES = Counter("kernelsession_reconciles", "Reconcile iterations run", reg
 STATUS_WRITES = Counter(
     "kernelsession_status_writes", "Status patches sent to the API server", registry=REGISTRY
 )
+API_THROTTLED_SECONDS = Counter(
+    "kernelsession_api_throttled_seconds",
+    "Seconds API requests waited for the operator's own rate limit (KERNELSESSION_API_QPS)",
+    registry=REGISTRY,
+)
 FORGOTTEN = Counter(
     "kernelsession_sessions_forgotten",
     "Sessions found gone by the periodic list (their deletion was missed by the watch)",
