@@ -188,6 +188,9 @@ def test_the_owner_runs_a_lab_end_to_end(
     assert container["resources"]["limits"]["cpu"] == "500m"  # the LimitRange's default
     result = _cli(carol.kubeconfig, "exec", name, "-n", ns, "-c", "print(6 * 7)")
     assert (result.returncode, result.stdout.strip()) == (0, "42"), result.stderr
+    # her RoleBinding reads the token (exec just did): no per-session reader made here
+    readers = installed.kubectl("-n", ns, "get", "roles,rolebindings", "-o", "name").stdout
+    assert f"{name}-token-reader" not in readers
     env = {k: v for k, v in os.environ.items() if k not in ("JUPYTER_TOKEN", "DISPLAY")}
     env["KUBECONFIG"] = str(carol.kubeconfig)
     process = subprocess.Popen(

@@ -291,7 +291,9 @@ async def _rules(
     whether the session's user may ``get`` each Secret/ConfigMap the allowlists do not
     name (asked as each identity ``userMapping`` maps to that user), and each claim's
     user label. Cached like the token: re-read when the spec changes, before a pod is
-    created (``fresh``), and every ``TOKEN_RECHECK_INTERVALS`` cull intervals."""
+    created (``fresh``), and every ``TOKEN_RECHECK_INTERVALS`` cull intervals; the
+    ConfigMap itself is read once per namespace for all its sessions (:attr:`rt.rules`),
+    at most as old as this pass may take it."""
     generation = int(body["metadata"].get("generation") or 1)
     cached = state.policy
     max_age = FRESH_TOKEN_AGE if fresh else TOKEN_RECHECK_INTERVALS * rt.settings.cull_interval
@@ -304,7 +306,7 @@ async def _rules(
         return view
     ns, name = state.key
     spec: Mapping[str, Any] = body.get("spec") or {}
-    data = await rt.kube.read_policy(ns, policy.CONFIGMAP)
+    data = await rt.rules.get(ns, max_age)
     try:
         rules = policy.parse(data)
     except policy.PolicyConfigError as exc:

@@ -409,7 +409,10 @@ async def limitrange_changed(namespace: str | None, name: str, memo: kopf.Memo, 
 
 @kopf.on.event("configmaps")
 async def configmap_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    _wake(_runtime(memo), namespace, "ConfigMap", name)
+    rt = _runtime(memo)
+    if namespace and name == policy.CONFIGMAP:
+        rt.rules.forget(namespace)  # the sessions' next passes read the new rules
+    _wake(rt, namespace, "ConfigMap", name)
 
 
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies")

@@ -8,8 +8,10 @@ from typing import Any
 
 import httpx
 
+from kernelsession.operator import policy
 from kernelsession.operator.config import Settings
 from kernelsession.operator.kube import Kube
+from kernelsession.operator.nscache import NamespaceReads
 from kernelsession.operator.state import Sessions
 
 
@@ -38,6 +40,12 @@ class Runtime:
     background: set[asyncio.Task[None]] = field(default_factory=set)
     profiles: Any = None
     """The LabProfile controller's state (``profilecontroller.Profiles``), made on first use."""
+    rules: NamespaceReads[dict[str, str] | None] = field(init=False)
+    """The namespaces' policy ConfigMaps (``data``; None: none), one read per namespace."""
+
+    def __post_init__(self) -> None:
+        kube = self.kube
+        self.rules = NamespaceReads(lambda ns: kube.read_policy(ns, policy.CONFIGMAP))
 
     async def stop_tasks(self) -> None:
         """Cancel every session loop and background task, and wait for them to end."""
