@@ -25,7 +25,14 @@ from kernelsession.operator.actions import (
 from kernelsession.operator.config import IngressSettings, Settings
 from kernelsession.operator.decide import decide
 from kernelsession.operator.labapi import KernelActivity, LabActivity
-from kernelsession.operator.observe import ChildView, ClaimView, HomeView, Observation, asks_lab
+from kernelsession.operator.observe import (
+    ChildView,
+    ClaimView,
+    HomeView,
+    Observation,
+    asks_lab,
+    settled,
+)
 from kernelsession.operator.podview import read_pod
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
@@ -259,6 +266,45 @@ def test_the_first_status_and_a_zero_hold_are_written_at_once() -> None:
     assert decide(obs(body, pods=starting), CFG).of(WriteStatus)  # not written since start
     eager = replace(CFG, status_hold=0.0)
     assert decide(obs(body, eager, pods=starting, status_age=0.1), eager).of(WriteStatus)
+
+
+# -- a replica that starts acting looks at settled sessions in turn ------------------
+def _raw_pod(body: dict[str, Any], *, ready: bool = True, deleting: bool = False) -> Any:
+    meta: dict[str, Any] = {"name": desired_name(body), "creationTimestamp": st.fmt_time(NOW)}
+    if deleting:
+        meta["deletionTimestamp"] = st.fmt_time(NOW)
+    condition = {"type": "Ready", "status": "True" if ready else "False"}
+    return {"metadata": meta, "status": {"phase": "Running", "conditions": [condition]}}
+
+
+def test_a_ready_session_whose_one_pod_is_ready_is_settled() -> None:
+    body = session()
+    ready = decide(obs(body, pods=(pod(body),), activity=idle(1)), CFG)
+    done = session(status=dict(ready.status or {}))
+    assert settled(done, [_raw_pod(done)])
+    assert not settled(done, [])  # its pod was deleted meanwhile
+    assert not settled(done, [_raw_pod(done, ready=False)])
+    assert not settled(done, [_raw_pod(done, deleting=True)])
+    assert not settled(done, [_raw_pod(done), {**_raw_pod(done), "metadata": {"name": "x"}}])
+    changed = session(status=dict(ready.status or {}), generation=2)
+    assert not settled(changed, [_raw_pod(changed)])  # a spec change to act on
+    resumed = session(status=dict(ready.status or {}), annotations={naming.RESUME_ANNOTATION: "9"})
+    assert not settled(resumed, [_raw_pod(resumed)])
+    assert not settled(session(), [])  # no status yet: a new session
+
+
+def test_a_culled_or_suspended_session_without_a_pod_is_settled_unless_it_wants_one() -> None:
+    body = session({"culling": {"idleTimeoutSeconds": 60}})
+    culled = decide(obs(body, pods=(pod(body),), activity=idle(3600)), CFG)
+    gone = session({"culling": {"idleTimeoutSeconds": 60}}, status=dict(culled.status or {}))
+    assert gone["status"]["phase"] == st.CULLED
+    assert settled(gone, [])
+    assert not settled(gone, [_raw_pod(gone)])  # a pod still to delete
+    suspended = decide(obs(session({"suspend": True})), CFG)
+    resting = session({"suspend": True}, status=dict(suspended.status or {}))
+    assert settled(resting, [])
+    woken = session({"suspend": False}, status=dict(suspended.status or {}))
+    assert not settled(woken, [])  # unsuspended while this replica stood by
 
 
 # -- a starting lab is followed by its pod's events, not by polling ------------------

@@ -202,6 +202,30 @@ def asks_lab(pod: PodView | None) -> bool:
     return pod is not None and bool(pod.pod_ip) and pod.running and pod.ready and not pod.deleting
 
 
+def settled(body: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether the session's status and its pods (as the watch shows them) agree on a
+    steady state for its current spec (pure): Ready with its one lab pod Ready, or
+    Culled/Suspended with no lab pod and none wanted. A replica that starts acting looks
+    at such sessions when it gets to them, not all at once."""
+    meta = body["metadata"]
+    status = body.get("status") or {}
+    if meta.get("deletionTimestamp") or spec_changed(body) or resume_asked(body):
+        return False
+    if status.get("observedGeneration") is None:
+        return False
+    live = [read_pod(p) for p in pods]
+    live = [p for p in live if not p.deleting]
+    phase = status.get("phase")
+    if phase == st.READY:
+        return (
+            wants_lab(body)
+            and len(live) == 1
+            and live[0].name == status.get("podName")
+            and live[0].ready
+        )
+    return phase in (st.CULLED, st.SUSPENDED) and not wants_lab(body) and not live
+
+
 def resume_asked(body: Mapping[str, Any]) -> bool:
     resume = (body["metadata"].get("annotations") or {}).get(naming.RESUME_ANNOTATION)
     return resume is not None and resume != (body.get("status") or {}).get("resumeRequest")

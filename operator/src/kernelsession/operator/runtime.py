@@ -40,6 +40,8 @@ class Runtime:
     background: set[asyncio.Task[None]] = field(default_factory=set)
     profiles: Any = None
     """The LabProfile controller's state (``profilecontroller.Profiles``), made on first use."""
+    sweep_next: float = 0.0
+    """When (monotonic) the next settled session's first pass is due (``supervisor``)."""
     rules: NamespaceReads[dict[str, str] | None] = field(init=False)
     """The namespaces' policy ConfigMaps (``data``; None: none), one read per namespace."""
 

@@ -11,33 +11,59 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import structlog
 
 from kernelsession.operator import metrics, reconcile
 from kernelsession.operator.act import event
+from kernelsession.operator.config import Settings
 from kernelsession.operator.errors import NotLeading, PermanentError, RetryLater, SessionGone
-from kernelsession.operator.observe import ChildView
+from kernelsession.operator.observe import ChildView, settled
 from kernelsession.operator.runtime import Runtime
 from kernelsession.operator.state import SessionState
 
 log = structlog.get_logger("kernelsession.operator")
 MAX_BACKOFF = 60.0
 IMMEDIATE_PASSES = 3
+SWEEP_SPACING_UNLIMITED = 0.01
+"""Seconds between settled sessions' first passes when the API rate is not limited."""
 
 
 def start(rt: Runtime, state: SessionState) -> None:
-    """Start the session's loop unless it runs (only while this replica is active)."""
-    if rt.active and not state.running and rt.indexes is not None:
-        state.task = asyncio.get_running_loop().create_task(
-            session_loop(rt, state), name=f"session {state.key}"
-        )
+    """Start the session's loop unless it runs (only while this replica is active).
+
+    A session whose status and pods agree on a steady state (:func:`observe.settled`:
+    what a replica that starts acting finds in most sessions) has its first pass in the
+    next free slot of the sweep (:func:`sweep_spacing`), or as soon as a change of its
+    own wakes it; any other session at once. A new leader's (or a restarted operator's)
+    first decisions do not queue behind a pass over every session."""
+    if not rt.active or state.running or rt.indexes is None:
+        return
+    after = 0.0
+    if settled(state.body, rt.indexes.pods.get(state.key, [])):
+        now = time.monotonic()
+        slot = max(now, rt.sweep_next)
+        rt.sweep_next = slot + sweep_spacing(rt.settings)
+        after = slot - now
+        state.wake.clear()  # what woke it while this replica stood by is in that pass
+    state.task = asyncio.get_running_loop().create_task(
+        session_loop(rt, state, after), name=f"session {state.key}"
+    )
 
 
 def start_all(rt: Runtime) -> None:
+    """This replica starts acting (a takeover): every session it knows (:func:`start`)."""
     for state in rt.sessions:
         start(rt, state)
+
+
+def sweep_spacing(cfg: Settings) -> float:
+    """Seconds between the first passes of settled sessions: at most half the API rate
+    (``api_qps``; each such pass reads the token Secret), the rest left to sessions that
+    need something."""
+    return 2.0 / cfg.api_qps if cfg.api_qps > 0 else SWEEP_SPACING_UNLIMITED
 
 
 def stop_all(rt: Runtime) -> None:
@@ -64,10 +90,14 @@ async def one_pass(rt: Runtime, state: SessionState) -> float:
         )
 
 
-async def session_loop(rt: Runtime, state: SessionState) -> None:
-    """Reconcile one session until it is deleted or this replica stops acting."""
+async def session_loop(rt: Runtime, state: SessionState, after: float = 0.0) -> None:
+    """Reconcile one session until it is deleted or this replica stops acting; the
+    first pass ``after`` seconds from now unless something wakes it sooner."""
     namespace, name = state.key
     failures = immediate = 0
+    if after > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.wake.wait(), timeout=after)
     while True:
         state.wake.clear()
         try:
