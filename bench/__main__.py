@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--json", action="store_true", help="scale: last stdout line is one JSON object"
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="scale: run in a LabProfile's namespace (owner User bench) instead of labs",
+    )
     args = parser.parse_args(argv)
     unknown = [name for name in args.sections if name not in SECTIONS]
     if unknown:

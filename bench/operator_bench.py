@@ -376,10 +376,10 @@ async def _run(args: argparse.Namespace, cluster: LocalCluster, op: InClusterOpe
             f"(before {scale.operator_rss_before / 2**20:.0f} MiB); "
             f"{scale.reconciles / n:.1f} passes per session"
         )
-        labs = max(scale.ready, 1)
+        labs, cores = max(scale.ready, 1), psutil.cpu_count() or 1
         print(
             f"  labs: {scale.labs_cpu:.1f} CPU s ({scale.labs_cpu / labs:.2f} s/lab; "
-            f"floor on {psutil.cpu_count()} cores {scale.labs_cpu / psutil.cpu_count():.0f} s)"
+            f"floor on {cores} cores {scale.labs_cpu / cores:.0f} s)"
         )
         print(
             f"  node overhead: kubelet+containerd {scale.node_cpu:.1f} CPU s, shims "

@@ -48,19 +48,19 @@ def _pod_ready(pod: Any) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
 
 
-async def watch_times(api: k8s.ApiClient, times: Times, kind: str) -> None:
+async def watch_times(api: k8s.ApiClient, times: Times, kind: str, namespace: str = LABS) -> None:
     core = k8s.CoreV1Api(api)
     custom = k8s.CustomObjectsApi(api)
     while True:
         w = watch.Watch()
         if kind == "pods":
-            stream = w.stream(core.list_namespaced_pod, LABS, timeout_seconds=3600)
+            stream = w.stream(core.list_namespaced_pod, namespace, timeout_seconds=3600)
         else:
             stream = w.stream(
                 custom.list_namespaced_custom_object,
                 resources.GROUP,
                 resources.VERSION,
-                LABS,
+                namespace,
                 resources.PLURAL,
                 timeout_seconds=3600,
             )

@@ -64,11 +64,11 @@ from kernelsession.operator.config import Settings
 READY_GRACE = 300.0
 
 
-def _session(name: str) -> dict[str, Any]:
+def _session(name: str, ns: str) -> dict[str, Any]:
     return {
         "apiVersion": resources.API_VERSION,
         "kind": resources.KIND,
-        "metadata": {"name": name, "namespace": LABS},
+        "metadata": {"name": name, "namespace": ns},
         "spec": {
             "user": "bench",
             # what the labs namespace's session rules demand: limits, a maximum age
@@ -82,11 +82,11 @@ def _session(name: str) -> dict[str, Any]:
     }
 
 
-def _plain_pod(name: str) -> dict[str, Any]:
+def _plain_pod(name: str, ns: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": LABS, "labels": {PLAIN_LABEL: name}},
+        "metadata": {"name": name, "namespace": ns, "labels": {PLAIN_LABEL: name}},
         "spec": {
             # what the labs namespace's "restricted" Pod Security level demands
             "automountServiceAccountToken": False,
@@ -170,13 +170,13 @@ def _log(text: str) -> None:
 async def _run(
     args: argparse.Namespace, cluster: LocalCluster, op: InClusterOperator, hollow: HollowRun
 ) -> ScaleFigures:
-    n, rate = args.sessions, args.rate
-    figures = ScaleFigures(sessions=n, rate=rate, ready=0)
+    n, rate, ns = args.sessions, args.rate, hollow.namespace
+    figures = ScaleFigures(sessions=n, rate=rate, ready=0, namespace=ns)
     figures.api_qps = Settings().api_qps  # manifests/ leave the operator's default
     api = await k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
     core, custom = k8s.CoreV1Api(api), k8s.CustomObjectsApi(api)
     times = Times()
-    watchers = [asyncio.create_task(watch_times(api, times, k)) for k in ("pods", "sessions")]
+    watchers = [asyncio.create_task(watch_times(api, times, k, ns)) for k in ("pods", "sessions")]
     watchers.append(asyncio.create_task(_sample_load(figures.load_1m)))
     watchers.append(asyncio.create_task(_progress(times, hollow)))
     deadline_for = n / rate + READY_GRACE
@@ -188,7 +188,7 @@ async def _run(
         await _at_rate(
             plain,
             rate,
-            lambda name: core.create_namespaced_pod(LABS, cast(Any, _plain_pod(name))),
+            lambda name: core.create_namespaced_pod(ns, cast(Any, _plain_pod(name, ns))),
             plain_applied,
         )
         await until(
@@ -199,7 +199,7 @@ async def _run(
             times.pod_ready[p] - plain_applied[p] for p in plain if p in times.pod_ready
         ]
         await core.delete_collection_namespaced_pod(
-            LABS, label_selector=PLAIN_LABEL, grace_period_seconds=0
+            ns, label_selector=PLAIN_LABEL, grace_period_seconds=0
         )
         _log(f"scale: plain pods Ready {figures.plain_ready}/{n}")
 
@@ -218,7 +218,7 @@ async def _run(
                 names,
                 rate,
                 lambda name: custom.create_namespaced_custom_object(
-                    resources.GROUP, resources.VERSION, LABS, resources.PLURAL, _session(name)
+                    resources.GROUP, resources.VERSION, ns, resources.PLURAL, _session(name, ns)
                 ),
                 applied,
             )
@@ -256,13 +256,13 @@ async def _run(
         # 6. delete all
         t0 = time.monotonic()
         await custom.delete_collection_namespaced_custom_object(
-            resources.GROUP, resources.VERSION, LABS, resources.PLURAL
+            resources.GROUP, resources.VERSION, ns, resources.PLURAL
         )
 
         async def gone() -> bool:
-            pods = await core.list_namespaced_pod(LABS, label_selector=SESSION_LABEL, limit=1)
+            pods = await core.list_namespaced_pod(ns, label_selector=SESSION_LABEL, limit=1)
             sessions = await custom.list_namespaced_custom_object(
-                resources.GROUP, resources.VERSION, LABS, resources.PLURAL, limit=1
+                resources.GROUP, resources.VERSION, ns, resources.PLURAL, limit=1
             )
             return not pods.items and not sessions["items"]
 
@@ -297,8 +297,8 @@ async def _takeover(
     first decision is to create it again. Its writes in the first minute are counted."""
     log = cluster.audit_log
     assert log is not None
-    victim = names[0]
-    pods = await core.list_namespaced_pod(LABS, label_selector=f"{SESSION_LABEL}={victim}")
+    victim, ns = names[0], hollow.namespace
+    pods = await core.list_namespaced_pod(ns, label_selector=f"{SESSION_LABEL}={victim}")
     leader = operator_process(cluster, op)
     offset = audit.size(log)
     times.forget([victim])
@@ -306,7 +306,7 @@ async def _takeover(
     t0 = time.monotonic()
     leader.kill()  # SIGKILL to the leader container's own process (by PID)
     for pod in pods.items:
-        await core.delete_namespaced_pod(pod.metadata.name, LABS, grace_period_seconds=0)
+        await core.delete_namespaced_pod(pod.metadata.name, ns, grace_period_seconds=0)
     _log(f"scale: leader killed, lab pod of {victim} deleted")
     await until(times, lambda: victim in times.pod_ready, t0 + 300)
     figures.takeover_recreate_s = (
@@ -362,7 +362,8 @@ async def _culling(
 async def _hollow_run(
     args: argparse.Namespace, cluster: LocalCluster, op: InClusterOperator
 ) -> ScaleFigures:
-    hollow = HollowRun(cluster, LABS, nodes=max(1, args.sessions // 500 + 1))
+    ns = _profile_namespace(cluster) if args.profile else LABS
+    hollow = HollowRun(cluster, ns, nodes=max(1, args.sessions // 500 + 1))
     try:
         hollow.start_kwok()
         await hollow.start_lab()
@@ -379,10 +380,37 @@ async def _hollow_run(
         await hollow.stop()
 
 
+BENCH_PROFILE = "bench"
+"""The LabProfile ``--profile`` runs in (owner User bench, no quota)."""
+
+
+def _profile_namespace(cluster: LocalCluster) -> str:
+    """Make LabProfile ``bench`` and wait until its namespace is Ready; its name."""
+    cluster.apply(
+        [
+            {
+                "apiVersion": f"{resources.GROUP}/{resources.VERSION}",
+                "kind": "LabProfile",
+                "metadata": {"name": BENCH_PROFILE},
+                "spec": {"owner": {"kind": "User", "name": "bench"}},
+            }
+        ]
+    )
+    cluster.kubectl(
+        "wait", "--for=condition=Ready", f"labprofile/{BENCH_PROFILE}", "--timeout=120s",
+        timeout=130,
+    )  # fmt: skip
+    status = cluster.get_json(f"labprofile/{BENCH_PROFILE}").get("status") or {}
+    ns = str(status["namespace"])
+    _log(f"scale: sessions and plain pods in LabProfile {BENCH_PROFILE}'s namespace {ns}")
+    return ns
+
+
 def main(args: argparse.Namespace) -> int:
     as_json = bool(getattr(args, "json", False))
     args.rate = float(getattr(args, "rate", None) or 10.0)
     args.window = float(getattr(args, "window", 60.0))
+    args.profile = bool(getattr(args, "profile", False))
     with _logs_to_stderr(as_json):
         ensure_kwok()
         with tempfile.TemporaryDirectory(prefix="ks-bench-scale-") as tmp:

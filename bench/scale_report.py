@@ -118,6 +118,8 @@ class ScaleFigures:
     cull_writes: int = 0
     cull_peak_rps: float = 0.0
     api_qps: float = math.nan
+    namespace: str = ""
+    """Where the sessions ran: ``labs`` (shared) or a LabProfile's namespace."""
     """The operator's configured API rate (``KERNELSESSION_API_QPS``), when it has one."""
     load_1m: list[float] = field(default_factory=list)
     """The host's 1-minute load average, sampled through the run."""
@@ -168,6 +170,7 @@ class ScaleFigures:
             ),
             "cull_writes_per_session": _round(self.cull_writes / n),
             "api_qps": _round(self.api_qps),
+            "namespace": self.namespace,
             "load_1m_mean": _round(statistics.fmean(self.load_1m) if self.load_1m else math.nan),
             "load_1m_max": _round(max(self.load_1m, default=math.nan)),
             "notes": self.notes,
@@ -179,7 +182,8 @@ class ScaleFigures:
         j = self.as_json()
         s, p = spread(self.session_ready_s), spread(self.plain_ready_s)
         rows = [
-            f"scale (hollow: KWOK nodes, hollow lab), {self.sessions} sessions at {self.rate:g}/s",
+            f"scale (hollow: KWOK nodes, hollow lab), {self.sessions} sessions at {self.rate:g}/s "
+            f"in namespace {self.namespace or '?'}",
             f"  sessions Ready {self.ready}/{self.sessions}; apply->Ready "
             f"p50 {s['p50']:.2f}s p95 {s['p95']:.2f}s p99 {s['p99']:.2f}s",
             f"  plain pods Ready {self.plain_ready}/{self.sessions}; create->Ready "
