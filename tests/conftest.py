@@ -73,8 +73,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.failed and "operator" in getattr(item, "fixturenames", ()):
         op = item.config.stash.get(_OPERATOR, None)
         if op is not None:  # what the operator said, to tell a test's fault from its own
-            tail = "\n".join(op.logs().splitlines()[-OPERATOR_LOG_LINES:])
-            report.sections.append((f"operator log ({report.when}, last lines)", tail))
+            report.sections.append((f"operator logs ({report.when})", _operator_state(op)))
+
+
+def _operator_state(op: InClusterOperator) -> str:
+    """Each replica's last log lines and the active one's own metrics."""
+    try:
+        metrics = op.metrics()
+    except Exception as exc:  # the report must not fail the run
+        metrics = f"(no metrics: {exc})"
+    own = "\n".join(m for m in metrics.splitlines() if m.startswith("kernelsession_"))
+    return op.log_tails(OPERATOR_LOG_LINES) + "\n--- metrics of the active replica:\n" + own
 
 
 def pytest_collectreport(report: pytest.CollectReport) -> None:

@@ -158,6 +158,7 @@ def test_the_profile_makes_the_owners_namespace(installed: LocalCluster, carol: 
         "maxMemory": "4Gi",
         "maxIdleTimeoutSeconds": "7200",
         "cullingNeverAllowed": "false",
+        "owner": f"User {carol.user}",
     }
     deny = installed.get_json("-n", carol.namespace, "networkpolicy/kernelsession-default-deny")
     assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
@@ -497,7 +498,10 @@ def test_a_stray_namespace_matching_the_pattern_never_stops_the_operator(
 ) -> None:
     """A namespace someone made by hand under the profile pattern (`lab-*`) has no
     RoleBinding for the operator: kopf's watches there are refused (403) and retried for
-    ever, beyond kopf's default 8 attempts, and the operator keeps serving."""
+    ever, beyond kopf's default 8 attempts, and the operator keeps serving: profiles are
+    kept in shape, and a session in a namespace made meanwhile gets its status (kopf
+    holds every new worker until each watcher has listed once; without
+    ``kopfwatch`` the stray's watchers held it for as long as the stray existed)."""
     before = operator.instance()
     stray = f"lab-stray-{TAG}"
     installed.kubectl("create", "namespace", stray)
@@ -519,5 +523,15 @@ def test_a_stray_namespace_matching_the_pattern_never_stops_the_operator(
             timeout=30,
             what="the profile still kept in shape",
         )
+        owner = {"kind": "User", "name": f"late-{TAG}"}
+        installed.apply([_profile(f"late-{TAG}", owner, deletionPolicy="Delete")])
+        late = _ready_profile(installed, f"late-{TAG}")["namespace"]
+        installed.apply([_session("first", late, owner["name"])])
+        wait_for(
+            lambda: (_ks(installed, late, "first").get("status") or {}).get("phase"),
+            timeout=60,
+            what=f"a status for a session in {late}, made while {stray} exists",
+        )
     finally:
+        installed.kubectl("delete", "labprofile", f"late-{TAG}", "--wait=false", check=False)
         installed.kubectl("delete", "namespace", stray, "--wait=false", check=False)

@@ -19,6 +19,7 @@ import kopf
 import structlog
 
 from kernelsession.operator import (
+    kopfwatch,
     metrics,
     naming,
     profilecontroller,
@@ -53,6 +54,7 @@ def _runtime(memo: Any) -> Runtime:
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """All settings in one place; API clients, metrics and the election start here."""
     cfg: Settings = memo.settings
+    kopfwatch.install()  # a namespace kopf cannot list never pauses every handler
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=naming.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=naming.GROUP, key="last-handled-configuration"

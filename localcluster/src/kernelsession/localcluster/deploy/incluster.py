@@ -111,6 +111,20 @@ class OperatorDeployment:
         """Logs of every operator container (current and previous run), concatenated."""
         return pod_logs(self.cluster, OPERATOR_NAMESPACE, POD_SELECTOR)
 
+    def log_tails(self, lines: int) -> str:
+        """The last ``lines`` lines of each operator pod's current run, the Lease holder
+        named: what each replica was doing when a test gave up."""
+        holder = self.leader()
+        parts = []
+        for pod in self.pods():
+            name = pod["metadata"]["name"]
+            out = self.cluster.kubectl(
+                "-n", OPERATOR_NAMESPACE, "logs", name, f"--tail={lines}", check=False
+            ).stdout
+            role = "the Lease holder" if name == holder else "standby"
+            parts.append(f"--- pod {name} ({role}):\n{out}")
+        return "\n".join(parts)
+
     def leader(self) -> str | None:
         """The name of the operator pod holding the leader Lease (None: no holder)."""
         result = self.cluster.kubectl(
