@@ -55,7 +55,7 @@ def _session(name: str, namespace: str, user: str, **spec: Any) -> dict[str, Any
     }
 
 
-def _ready_profile(cluster: LocalCluster, name: str, timeout: float = 60) -> dict[str, Any]:
+def _ready_profile(cluster: LocalCluster, name: str, timeout: float = 120) -> dict[str, Any]:
     def ready() -> dict[str, Any] | None:
         status = cluster.get_json(f"labprofile/{name}").get("status") or {}
         conditions = {c["type"]: c for c in status.get("conditions") or []}

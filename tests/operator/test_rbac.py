@@ -246,7 +246,7 @@ def _profile_lifecycle(cluster: LocalCluster, user: str) -> None:
             c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or []
         )
 
-    wait_for(ready, timeout=60, what=f"labprofile/{user} Ready")
+    wait_for(ready, timeout=120, what=f"labprofile/{user} Ready")
     label = "kernelsession.dev/profile"
     objects = [
         "resourcequota/kernelsession-quota",

@@ -257,6 +257,16 @@ def test_not_ready_until_the_quota_controller_has_counted() -> None:
     assert profileplan.plan(profile, SETTINGS, _existing(profile)).ready
 
 
+def test_a_new_profile_is_made_but_not_ready_before_its_quota_is_counted() -> None:
+    profile = _profile(quota={"count/kernelsessions.kernelsession.dev": "3"})
+    fresh = profileplan.plan(profile, SETTINGS, {})
+    assert (fresh.ready, fresh.reason) == (False, "QuotaPending")
+    assert [s.verb for s in fresh.steps] == ["create"] * len(fresh.steps)
+    assert ("ResourceQuota", "lab-carol", "kernelsession-quota") in [s.key for s in fresh.steps]
+    unlimited = _profile(quota={})
+    assert profileplan.plan(unlimited, SETTINGS, {}).ready  # nothing to count
+
+
 def test_plan_creates_everything_then_nothing() -> None:
     profile = _profile()
     first = profileplan.plan(profile, SETTINGS, {})

@@ -154,7 +154,6 @@ async def reconcile(rt: Runtime, state: Profiles, body: Mapping[str, Any]) -> No
     result = plan(body, rt.settings, _existing(state))
     if result.ready or result.reason == "QuotaPending":
         state.by_namespace[result.namespace] = name
-    if result.ready:
         result = await _act(api, body, result)
     if result.ready:
         await _restart_stopped(rt, api, name, result.namespace)

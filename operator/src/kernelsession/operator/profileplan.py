@@ -100,15 +100,17 @@ def plan(
         if step is not None:
             steps.append(step)
     quota = existing.get(("ResourceQuota", ns, profiles.QUOTA_NAME))
-    hard = ((quota or {}).get("spec") or {}).get("hard") or {}
+    hard = dict((profile["spec"].get("quota") or {}))
     # status.used, not status.hard: the quota controller counts an object kind (a CRD's
     # count/...) only once its discovery has found it
     counted = ((quota or {}).get("status") or {}).get("used") or {}
-    if not steps and set(hard) - set(counted):
+    if set(hard) - set(counted):
         # until the quota controller has counted, the API server refuses every object
-        # the quota limits ("status unknown for quota"): not ready for the owner yet
+        # the quota limits ("status unknown for quota"): not ready for the owner yet,
+        # whether the quota was just made (by these steps) or changed
         return Plan(
             ns,
+            steps,
             ready=False,
             reason="QuotaPending",
             message=f"Waiting for the quota controller to count {', '.join(sorted(hard))} "
