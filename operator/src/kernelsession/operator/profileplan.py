@@ -100,7 +100,7 @@ def plan(
         if step is not None:
             steps.append(step)
     quota = existing.get(("ResourceQuota", ns, profiles.QUOTA_NAME))
-    hard = dict((profile["spec"].get("quota") or {}))
+    hard = dict(profile["spec"].get("quota") or {})
     # status.used, not status.hard: the quota controller counts an object kind (a CRD's
     # count/...) only once its discovery has found it
     counted = ((quota or {}).get("status") or {}).get("used") or {}
