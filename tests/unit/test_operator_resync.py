@@ -21,6 +21,12 @@ def test_vanished_are_the_known_sessions_missing_from_the_list() -> None:
     assert vanished([], [("labs", "new")]) == []  # listed but unknown: the watch brings it
 
 
+def test_a_namespace_whose_list_was_refused_is_not_judged() -> None:
+    known = [("labs", "a"), ("lab-carol", "x")]
+    assert vanished(known, [], answered=["labs"]) == [("labs", "a")]
+    assert vanished(known, [("labs", "a")], answered=["labs", "lab-carol"]) == [("lab-carol", "x")]
+
+
 async def test_forgetting_stops_the_loop_and_only_for_the_same_uid() -> None:
     sessions = Sessions()
     state = sessions.remember(("labs", "a"), body("a", "u1"))

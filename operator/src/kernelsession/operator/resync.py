@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Iterable
 
 import structlog
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from kernelsession.operator import metrics
 from kernelsession.operator.runtime import Runtime
@@ -21,18 +22,41 @@ from kernelsession.operator.state import Key
 log = structlog.get_logger("kernelsession.operator")
 
 
-def vanished(known_before: Iterable[Key], listed: Iterable[Key]) -> list[Key]:
+def vanished(
+    known_before: Iterable[Key], listed: Iterable[Key], answered: Iterable[str] | None = None
+) -> list[Key]:
     """Sessions known before the list was asked for and absent from it (pure): a session
-    first seen while the list was on its way is not judged by it."""
+    first seen while the list was on its way is not judged by it, nor one in a namespace
+    whose list was not ``answered`` (None: every namespace was)."""
     present = set(listed)
-    return sorted(k for k in set(known_before) if k not in present)
+    judged = None if answered is None else set(answered)
+    return sorted(
+        k for k in set(known_before) if k not in present and (judged is None or k[0] in judged)
+    )
 
 
 async def resync_once(rt: Runtime) -> list[Key]:
-    """List the sessions and forget the ones that are gone; returns their keys."""
+    """List the sessions and forget the ones that are gone; returns their keys.
+
+    With namespaces configured (patterns such as ``lab-*`` among them, which are no
+    namespace one can list), the namespaces listed are those of the sessions this replica
+    knows: only there can one have vanished. A namespace whose list is refused (its
+    RoleBinding for the operator gone with it) is judged at a later round."""
     known = rt.sessions.keys()
-    listed = await rt.kube.session_keys(rt.settings.namespaces)
-    gone = vanished(known, listed)
+    if not rt.settings.namespaces:
+        listed = await rt.kube.session_keys(())
+        gone = vanished(known, listed)
+    else:
+        listed, answered = [], []
+        for ns in sorted({ns for ns, _ in known}):
+            try:
+                listed += await rt.kube.session_keys((ns,))
+            except ApiException as exc:
+                if exc.status != 403:
+                    raise
+                continue
+            answered.append(ns)
+        gone = vanished(known, listed, answered)
     for key in gone:
         state = rt.sessions.get(key)
         uid = state.body.get("metadata", {}).get("uid") if state else None

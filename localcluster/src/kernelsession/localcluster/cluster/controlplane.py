@@ -427,6 +427,10 @@ class ControlPlane:
                 "--node-cidr-mask-size=24",
                 f"--flex-volume-plugin-dir={work / 'flexvolume'}",
                 "--concurrent-gc-syncs=5",
+                # A quota created before the quota controller counts a kind (a CRD's
+                # count/..., just installed) is counted at its next full sync: 5 min by
+                # default; a LabProfile waits for it (QuotaPending).
+                "--resource-quota-sync-period=30s",
                 "--v=1",
             ],
         )
