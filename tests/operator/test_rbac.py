@@ -39,6 +39,7 @@ from kernelsession.localcluster.deploy.operator_process import (
     OPERATOR_NAMESPACE,
     manifests_dir,
 )
+from kernelsession.operator.profiles import OPERATOR_ROLES
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -108,8 +109,18 @@ def _granted(namespace: str | None = None) -> set[Triple]:
     """What the manifests grant the operator: in ``namespace``, or anywhere (None)."""
     if namespace is not None:
         return {t for role in _bound_in(namespace) for t in _expand(role["rules"])}
-    roles = [d for d in _rbac_docs() if d["kind"] in ("ClusterRole", "Role")]
-    return {t for role in roles for t in _expand(role["rules"])}
+    docs = _rbac_docs()
+    roles = {(d["kind"], d["metadata"]["name"]): d for d in docs if d["kind"].endswith("Role")}
+    # Bound to the operator by the manifests, or by the operator to itself in a profile's
+    # namespace; not the roles it only hands out (the owner's), which it may `bind`.
+    bound = [
+        roles[(d["roleRef"]["kind"], d["roleRef"]["name"])]
+        for d in docs
+        if d["kind"].endswith("RoleBinding")
+        and any(s.get("name") == OPERATOR_ACCOUNT for s in d.get("subjects") or [])
+    ]
+    bound += [roles[("ClusterRole", name)] for name in OPERATOR_ROLES]
+    return {t for role in bound for t in _expand(role["rules"])}
 
 
 def _rules_review(cluster: LocalCluster, user: str, namespace: str) -> set[Triple]:
