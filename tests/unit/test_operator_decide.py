@@ -274,7 +274,8 @@ def _raw_pod(body: dict[str, Any], *, ready: bool = True, deleting: bool = False
     if deleting:
         meta["deletionTimestamp"] = st.fmt_time(NOW)
     condition = {"type": "Ready", "status": "True" if ready else "False"}
-    return {"metadata": meta, "status": {"phase": "Running", "conditions": [condition]}}
+    # what the pod index holds: the watched pod as read by read_pod
+    return read_pod({"metadata": meta, "status": {"phase": "Running", "conditions": [condition]}})
 
 
 def test_a_ready_session_whose_one_pod_is_ready_is_settled() -> None:
@@ -285,7 +286,7 @@ def test_a_ready_session_whose_one_pod_is_ready_is_settled() -> None:
     assert not settled(done, [])  # its pod was deleted meanwhile
     assert not settled(done, [_raw_pod(done, ready=False)])
     assert not settled(done, [_raw_pod(done, deleting=True)])
-    assert not settled(done, [_raw_pod(done), {**_raw_pod(done), "metadata": {"name": "x"}}])
+    assert not settled(done, [_raw_pod(done), replace(_raw_pod(done), name="x")])
     changed = session(status=dict(ready.status or {}), generation=2)
     assert not settled(changed, [_raw_pod(changed)])  # a spec change to act on
     resumed = session(status=dict(ready.status or {}), annotations={naming.RESUME_ANNOTATION: "9"})

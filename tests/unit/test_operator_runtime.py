@@ -22,6 +22,22 @@ def test_an_older_event_never_replaces_our_newer_write() -> None:
     assert state.body["status"]["phase"] == "Ready"
 
 
+def test_a_session_is_remembered_without_managed_fields() -> None:
+    sessions = Sessions()
+    key = ("labs", "a")
+    first = body("100", "Ready")
+    first["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
+    state = sessions.remember(key, first)
+    assert "managedFields" not in state.body["metadata"]
+    assert state.body["metadata"]["resourceVersion"] == "100"
+    assert "managedFields" in first["metadata"]  # the watch's own copy is left as it was
+    newer = body("101", "Culled")
+    newer["metadata"]["managedFields"] = []
+    sessions.remember(key, newer)
+    assert state.body["metadata"] == {"resourceVersion": "101"}
+    assert state.body["status"]["phase"] == "Culled"
+
+
 def test_opaque_versions_always_replace() -> None:
     sessions = Sessions()
     key = ("labs", "a")

@@ -30,6 +30,7 @@ from kernelsession.operator import (
 from kernelsession.operator.config import Settings
 from kernelsession.operator.election import LeaderElector
 from kernelsession.operator.kube import Kube
+from kernelsession.operator.podview import read_pod
 from kernelsession.operator.runtime import Indexes, Runtime
 
 log = structlog.get_logger("kernelsession.operator")
@@ -157,7 +158,7 @@ def _session_key(namespace: str | None, labels: Any) -> tuple[str, str] | None:
 @kopf.index("pods", labels=CHILD_LABELS)
 def lab_pods(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
     key = _session_key(namespace, labels)
-    return {key: dict(body)} if key else {}
+    return {key: read_pod(body)} if key else {}
 
 
 @kopf.index("services", labels=CHILD_LABELS)

@@ -21,7 +21,7 @@ import structlog
 from kernelsession.operator import builders, labapi, labpod, naming, policy, rollout
 from kernelsession.operator import status as st
 from kernelsession.operator.errors import PermanentError
-from kernelsession.operator.podview import PodView, read_pod
+from kernelsession.operator.podview import PodView
 from kernelsession.operator.runtime import Runtime
 from kernelsession.operator.state import HomeCheck, PolicyRecord, SessionState, TokenRecord
 
@@ -202,7 +202,7 @@ def asks_lab(pod: PodView | None) -> bool:
     return pod is not None and bool(pod.pod_ip) and pod.running and pod.ready and not pod.deleting
 
 
-def settled(body: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> bool:
+def settled(body: Mapping[str, Any], pods: Iterable[PodView]) -> bool:
     """Whether the session's status and its pods (as the watch shows them) agree on a
     steady state for its current spec (pure): Ready with its one lab pod Ready, or
     Culled/Suspended with no lab pod and none wanted. A replica that starts acting looks
@@ -213,8 +213,7 @@ def settled(body: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> bool:
         return False
     if status.get("observedGeneration") is None:
         return False
-    live = [read_pod(p) for p in pods]
-    live = [p for p in live if not p.deleting]
+    live = [p for p in pods if not p.deleting]
     phase = status.get("phase")
     if phase == st.READY:
         return (
@@ -239,7 +238,7 @@ def spec_changed(body: Mapping[str, Any]) -> bool:
 async def observe(
     rt: Runtime,
     state: SessionState,
-    pods: Iterable[Mapping[str, Any]],
+    pods: Iterable[PodView],
     has_service: bool,
     policy: ChildView | None,
     ingress: ChildView | None,
@@ -251,7 +250,7 @@ async def observe(
         PermanentError: a Secret with the token Secret's name belongs to something else.
     """
     body = copy.deepcopy(state.body)
-    pod_views = tuple(read_pod(p) for p in pods)
+    pod_views = tuple(pods)
     for name in [p.name for p in pod_views] + [
         *([naming.service_name(state.key[1])] if has_service else []),
         *([policy.name] if policy else []),

@@ -13,6 +13,7 @@ from typing import Any
 from kernelsession.operator.act import act
 from kernelsession.operator.decide import decide
 from kernelsession.operator.observe import ChildView, observe
+from kernelsession.operator.podview import PodView
 from kernelsession.operator.runtime import Runtime
 from kernelsession.operator.state import SessionState
 
@@ -20,7 +21,7 @@ from kernelsession.operator.state import SessionState
 async def reconcile(
     rt: Runtime,
     state: SessionState,
-    pods: Iterable[Mapping[str, Any]],
+    pods: Iterable[PodView],
     has_service: bool,
     policy: ChildView | None,
     ingress: ChildView | None = None,

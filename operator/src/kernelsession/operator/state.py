@@ -81,7 +81,7 @@ class SessionState:
     def remember(self, body: dict[str, Any]) -> None:
         """Keep the newest known state (watch events and our own writes race)."""
         if _version(body) >= _version(self.body):
-            self.body = body
+            self.body = lean(body)
 
     def recently_created(self, name: str, within: float) -> bool:
         when = self.created.get(name)
@@ -122,7 +122,7 @@ class Sessions:
             state.stop()
             state = None
         if state is None:
-            state = self._by_key[key] = SessionState(key, body)
+            state = self._by_key[key] = SessionState(key, lean(body))
         else:
             state.remember(body)
         return state
@@ -166,6 +166,15 @@ class Sessions:
 
     def __len__(self) -> int:
         return len(self._by_key)
+
+
+def lean(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` without ``metadata.managedFields``, which the operator never reads: a
+    session remembered by thousands is held without the API server's field bookkeeping."""
+    meta = body.get("metadata")
+    if not isinstance(meta, dict) or "managedFields" not in meta:
+        return body
+    return {**body, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
 
 
 def _uid(body: dict[str, Any]) -> str | None:
