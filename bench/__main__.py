@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 SECTIONS = {
     "client": "bench.client_bench",
@@ -43,6 +44,13 @@ def main(argv: list[str] | None = None) -> int:
         "--profile",
         action="store_true",
         help="scale: run in a LabProfile's namespace (owner User bench) instead of labs",
+    )
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="scale: record the active replica with py-spy while sessions are created",
     )
     args = parser.parse_args(argv)
     unknown = [name for name in args.sections if name not in SECTIONS]

@@ -36,6 +36,7 @@ from typing import Any, cast
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
+from bench import pyspy
 from bench.operator_costs import (
     NodeProcesses,
     Sampler,
@@ -213,7 +214,10 @@ async def _run(
         cpu0 = cpu_seconds(operator)
         figures.operator_rss_base_bytes = operator.memory_info().rss
         _log(f"scale: {n} sessions at {rate:g}/s")
-        with Sampler(operator, NodeProcesses(cluster)) as sampler:
+        with (
+            Sampler(operator, NodeProcesses(cluster)) as sampler,
+            pyspy.recording(operator.pid, args.py_spy),
+        ):
             await _at_rate(
                 names,
                 rate,
@@ -239,6 +243,8 @@ async def _run(
         figures.creation_by_kind = by_kind(entries)
         figures.enforcer_rules = hollow.enforcer_rules()
         _log(f"scale: sessions Ready {figures.ready}/{n}")
+        if args.py_spy is not None:
+            _log(pyspy.summary(args.py_spy))
 
         # 3. steady window
         offset = audit.size(log)

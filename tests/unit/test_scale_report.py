@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from bench import pyspy
 from bench.scale_report import (
     ScaleFigures,
     api_calls,
@@ -162,3 +163,20 @@ def test_takeover_and_culling_figures_in_the_json_line() -> None:
     assert data["cull_writes_per_session"] == 3
     assert data["api_qps"] is None
     assert "takeover" in figures.table()
+
+
+def test_hot_frames_counts_a_frame_once_per_sample_and_ranks_by_inclusive_share() -> None:
+    collapsed = [
+        "run (loop.py:1);handle (kopf.py:2);loads (json.py:3) 6",
+        "run (loop.py:1);handle (kopf.py:2);handle (kopf.py:2) 2",  # recursion counts once
+        "run (loop.py:1);send (http.py:4) 2",
+        "not a stack line",
+    ]
+    hot = pyspy.hot_frames(collapsed, top=3)
+    assert [h.frame for h in hot] == ["run (loop.py:1)", "handle (kopf.py:2)", "loads (json.py:3)"]
+    assert hot[0].inclusive == 1.0
+    assert hot[0].own == 0.0
+    assert hot[1].inclusive == 0.8
+    assert hot[1].own == 0.2
+    assert hot[2].own == 0.6
+    assert pyspy.hot_frames([]) == []
