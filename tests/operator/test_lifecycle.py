@@ -82,7 +82,8 @@ async def test_sample_becomes_ready_and_runs_code(
         assert "ServerApp" in lab_log  # the lab's own log, read for real
         assert token not in lab_log
         reasons = {e["reason"] for e in events_for(installed, "alice")}
-        assert {"Created", "Ready"} <= reasons
+        assert "Ready" in reasons
+        assert "Created" not in reasons  # a first lab pod is announced by Ready
     finally:
         installed.kubectl("-n", LABS, "delete", "ks", "alice", "--wait=true", timeout=60)
     wait_for(lambda: not children(installed, "alice"), timeout=60, what="children collected")
@@ -156,6 +157,15 @@ async def test_deleted_pod_is_recreated(
     again = wait_phase(installed, session_name, "Ready", timeout=90)
     assert again["podName"] == status["podName"]  # same spec, same name: never a duplicate
     assert len(children(installed, session_name)["Pod"]) == 1
+    made = wait_for(
+        lambda: (
+            [e["message"] for e in events_for(installed, session_name) if e["reason"] == "Created"]
+            or None
+        ),
+        timeout=60,
+        what="the Created event of the pod made again",
+    )
+    assert made == [f"Created lab pod {status['podName']}"]  # one, for the pod made again
 
 
 async def test_delete_while_operator_down_leaves_no_children(

@@ -474,7 +474,7 @@ async def test_containerd_and_kubelet_restarts_leave_labs_and_kernels_running(
         assert _lab_pods(installed, name) == [pod]
         assert sorted(p["metadata"]["uid"] for p in operator.pods()) == operators
         reasons = [e["reason"] for e in events_for(installed, name)]
-        assert reasons.count("Created") == 1
+        assert "Created" not in reasons  # the lab pod was never made again
         print(f"\n[ops] node daemons: {'; '.join(figures)}; lab, kernel and session kept")
         print(json.dumps(get_ks(installed, name)["status"]["conditions"]))
     finally:

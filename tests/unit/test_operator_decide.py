@@ -260,6 +260,27 @@ def test_what_a_user_may_act_on_and_a_new_generation_are_never_held() -> None:
     assert d.requeue_after == CFG.starting_recheck
 
 
+def test_a_new_sessions_first_status_waits_until_the_session_is_as_old_as_the_hold() -> None:
+    young = session()
+    young["metadata"]["creationTimestamp"] = st.fmt_time(NOW - timedelta(seconds=2))
+    d = decide(obs(young), CFG)
+    assert not d.of(WriteStatus)
+    assert d.phase == st.PENDING  # known, written when it has lasted or is superseded
+    assert kinds(d) == ["Pod"]  # the start itself is not held
+    assert d.requeue_after <= CFG.status_hold - 2.0 + 0.1
+    answered = decide(obs(young, pods=(pod(young),), activity=idle(1)), CFG)
+    assert status_of(answered)["phase"] == st.READY  # an outcome: written at once
+    assert answered.of(WriteStatus)
+    old = session()
+    old["metadata"]["creationTimestamp"] = st.fmt_time(NOW - timedelta(seconds=CFG.status_hold))
+    assert status_of(decide(obs(old), CFG))["reason"] == "Creating"
+    ahead = session()  # the API server's clock ahead of this one's: held no longer
+    ahead["metadata"]["creationTimestamp"] = st.fmt_time(NOW + timedelta(seconds=60))
+    late = decide(obs(ahead), CFG)
+    assert not late.of(WriteStatus)
+    assert late.requeue_after <= CFG.status_hold + 0.1
+
+
 def test_the_first_status_and_a_zero_hold_are_written_at_once() -> None:
     body = _creating()
     starting = (pod(body, ready=False),)

@@ -220,3 +220,12 @@ def test_config_error_names_the_env_references_when_the_kubelet_does_not() -> No
     assert verdict.reason == "ConfigError"
     assert "Secret nope, ConfigMap settings" in verdict.message
     assert "s-token" not in verdict.message
+
+
+def test_first_start_is_only_before_any_pod_was_named_or_ready() -> None:
+    assert st.first_start({})  # nothing written yet
+    assert st.first_start({"phase": st.PENDING, "reason": "Creating"})
+    assert not st.first_start({"phase": st.PENDING, "podName": "lab-1"})  # made again
+    assert not st.first_start({"phase": st.STARTING})
+    assert not st.first_start({"phase": st.CULLED, "readyTime": "2026-12-05T10:00:00Z"})
+    assert not st.first_start({"phase": st.READY, "podName": "lab-1"})

@@ -71,7 +71,7 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
                 raise SessionGone(f"{ns}/{name}")
             token = builders.new_token()
             uid = await rt.kube.create(builders.token_secret(body, token))
-            if uid is not None:  # no Event: the lab's "Created" follows in the next pass
+            if uid is not None:  # no Event: the lab's "Ready" says it started
                 state.token = TokenRecord(uid=uid, token=token, checked=time.monotonic())
         elif isinstance(action, Create):
             if state.recently_created(action.name, CREATE_MEMORY):
@@ -87,7 +87,9 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
             state.note_created(action.name)
             if uid is not None:
                 log.info("child created", kind=action.kind, name=action.name, session=name)
-                if action.kind == "Pod":
+                if action.kind == "Pod" and not st.first_start(body.get("status") or {}):
+                    # a lab's first pod is announced by its Ready event; a pod made
+                    # again (deleted, spec change, resume, rollout) by this one
                     await event(rt, body, "Created", f"Created lab pod {action.name}")
         elif isinstance(action, GrantTokenAccess):
             try:

@@ -100,7 +100,15 @@ class Pass:
         )
         result = list(self.actions if actions is None else actions)
         patch = st.status_patch(current, desired)
-        wait = st.held_for(current, verdict, generation, obs.status_age, self.cfg.status_hold)
+        created = st.parse_time(obs.body["metadata"].get("creationTimestamp"))
+        wait = st.held_for(
+            current,
+            verdict,
+            generation,
+            obs.status_age,
+            self.cfg.status_hold,
+            (obs.now - created).total_seconds() if created else None,
+        )
         if patch is not None and wait is not None:
             patch = None  # a progress step: written when it has lasted, or superseded
             requeue = min(requeue, wait + DEADLINE_MARGIN)

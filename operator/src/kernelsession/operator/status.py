@@ -345,23 +345,45 @@ def render(
     return {k: v for k, v in status.items() if v is not None}
 
 
+def first_start(status: Mapping[str, Any]) -> bool:
+    """Whether ``status`` is of a session whose first lab has not been Ready or had a
+    pod named in status yet: the pod made now is its first (pure)."""
+    return (
+        not status.get("podName")
+        and not status.get("readyTime")
+        and status.get("phase") in (None, PENDING)
+    )
+
+
 def held_for(
-    current: Mapping[str, Any], verdict: Verdict, generation: int, age: float | None, hold: float
+    current: Mapping[str, Any],
+    verdict: Verdict,
+    generation: int,
+    age: float | None,
+    hold: float,
+    created_age: float | None = None,
 ) -> float | None:
     """Seconds the status write for ``verdict`` waits (None: written now).
 
-    A progress step of a start (:data:`PROGRESS_REASONS`) after another is written once
-    the status this process wrote last is ``hold`` seconds old: a lab that answers
-    sooner costs one status write for its start (the first step), then Ready. The
-    first status, a new spec generation, and every other reason are written at once.
+    A progress step of a start (:data:`PROGRESS_REASONS`) waits until the status this
+    process wrote last (``age`` seconds ago) is ``hold`` seconds old, and a new
+    session's first status until the session is (``created_age``): a lab that answers
+    sooner costs one status write for its start, Ready. A new spec generation and every
+    other reason are written at once, and so is a step whose age is not known.
     """
-    if age is None or age >= hold:
+    if verdict.reason not in PROGRESS_REASONS:
         return None
-    if current.get("reason") not in PROGRESS_REASONS or verdict.reason not in PROGRESS_REASONS:
+    if not current.get("phase"):
+        since = created_age
+    elif current.get("reason") in PROGRESS_REASONS and (
+        current.get("observedGeneration") == generation
+    ):
+        since = age
+    else:
         return None
-    if current.get("observedGeneration") != generation:
+    if since is None or since >= hold:
         return None
-    return hold - age
+    return hold - max(since, 0.0)  # a clock ahead of this one never holds longer
 
 
 def status_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any] | None:
