@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,9 @@ class Entry:
     pod: str = ""
     """The pod whose service-account token made the request (a bound token's
     ``authentication.kubernetes.io/pod-name``), "" for other credentials."""
+    decision: str = ""
+    """The authorizer's ``authorization.k8s.io/decision``: "allow" or "forbid" (a 403
+    with "allow" was refused by admission, e.g. a ResourceQuota, not by RBAC)."""
 
     @property
     def succeeded(self) -> bool:
@@ -100,6 +103,7 @@ def parse_line(line: str) -> Entry | None:
         user_agent=str(event.get("userAgent", "")),
         received=str(event.get("requestReceivedTimestamp") or ""),
         pod=str(pods[0]),
+        decision=str((event.get("annotations") or {}).get("authorization.k8s.io/decision", "")),
     )
 
 
@@ -143,6 +147,54 @@ def reads(entries: Iterable[Entry]) -> list[Entry]:
 def denied(entries: Iterable[Entry]) -> list[Entry]:
     """Requests the API server refused with 403 Forbidden."""
     return [e for e in entries if e.denied]
+
+
+def unexplained_refusals(
+    mine: Sequence[Entry], everyone: Iterable[Entry], binding: str
+) -> list[Entry]:
+    """RBAC refusals among ``mine`` (one account's requests) that name a missing grant.
+
+    Not counted: a 403 that admission gave after RBAC allowed it (a ResourceQuota); one
+    the account retried into success (the same verb on the same object succeeded later,
+    e.g. while a restarted API server's authorizer was still loading); one in a namespace
+    where the RoleBinding ``binding`` (the account's own there) did not exist at the time
+    (not made yet, deleted, or the namespace being deleted), read from ``everyone``'s
+    requests.
+    """
+    changes: dict[str, list[tuple[str, bool]]] = {}
+    for e in everyone:
+        if not e.succeeded:
+            continue
+        if e.resource == "rolebindings" and e.name == binding and e.verb in ("create", "delete"):
+            changes.setdefault(e.namespace or "", []).append((e.time, e.verb == "create"))
+        elif e.resource == "namespaces" and e.verb == "delete" and e.name:
+            changes.setdefault(e.name, []).append((e.time, False))
+    bound_namespaces = set(changes)
+
+    def bound(namespace: str | None, when: str) -> bool:
+        if namespace not in bound_namespaces:
+            return True  # bound by the manifests, not by itself
+        state = False
+        for time, present in sorted(changes[namespace or ""]):
+            if time > when:
+                break
+            state = present
+        return state
+
+    def retried(refused: Entry) -> bool:
+        return any(
+            e.succeeded
+            and e.time > refused.time
+            and (e.verb, e.resource, e.namespace, e.name)
+            == (refused.verb, refused.resource, refused.namespace, refused.name)
+            for e in mine
+        )
+
+    return [
+        e
+        for e in mine
+        if e.denied and e.decision != "allow" and bound(e.namespace, e.time) and not retried(e)
+    ]
 
 
 def service_account(namespace: str, name: str) -> str:
