@@ -229,3 +229,16 @@ def test_first_start_is_only_before_any_pod_was_named_or_ready() -> None:
     assert not st.first_start({"phase": st.STARTING})
     assert not st.first_start({"phase": st.CULLED, "readyTime": "2026-12-05T10:00:00Z"})
     assert not st.first_start({"phase": st.READY, "podName": "lab-1"})
+
+
+def test_last_activity_is_written_once_per_resolution() -> None:
+    written = "2026-12-05T10:00:00.000000Z"
+    base = datetime(2026, 12, 5, 10, 0, tzinfo=UTC)
+    assert st.activity_to_write(written, base + timedelta(seconds=299), 300) == written
+    moved = st.activity_to_write(written, base + timedelta(seconds=300), 300)
+    assert moved == st.fmt_time(base + timedelta(seconds=300))
+    assert st.activity_to_write(None, base, 300) == st.fmt_time(base)  # the first one
+    assert st.activity_to_write(written, None, 300) == written  # nothing known: kept
+    earlier = base - timedelta(seconds=10)  # a new lab pod's activity: written as it is
+    assert st.activity_to_write(written, earlier, 300) == st.fmt_time(earlier)
+    assert st.activity_to_write(written, base + timedelta(seconds=1), 0) != written

@@ -99,9 +99,14 @@ class Settings:
     looked at when they fall due)."""
     status_hold: float = 5.0
     """Seconds a starting lab's progress status (Pending/Creating, Pending/PodPending,
-    Starting/LabStarting) stays before the next progress step is written: a lab that
-    answers sooner gets one status write for its start, then Ready. Outcomes and
-    anything a user must act on are written at once; 0 writes every step."""
+    Starting/LabStarting) stays before the next progress step is written, and how old a
+    new session is before its first status: a lab that answers sooner gets one status
+    write for its start, Ready. Outcomes and anything a user must act on are written at
+    once; 0 writes every step."""
+    activity_resolution: float = 300.0
+    """Seconds ``status.lastActivity`` may lag the lab's own last activity: a lab in use
+    costs a status write at most this often, not every cull interval (culling reads the
+    lab itself, never this field); 0 writes every change."""
     probe_timeout: float = 5.0
     unschedulable_grace: int = 120
     """Seconds an unschedulable lab waits for capacity (cluster autoscalers) before Failed."""
@@ -331,6 +336,7 @@ def from_env(
         starting_interval=_float(env, "STARTING_INTERVAL", d.starting_interval),
         starting_recheck=_float(env, "STARTING_RECHECK", d.starting_recheck),
         status_hold=_float(env, "STATUS_HOLD", d.status_hold),
+        activity_resolution=_float(env, "ACTIVITY_RESOLUTION", d.activity_resolution),
         probe_timeout=_float(env, "PROBE_TIMEOUT", d.probe_timeout),
         unschedulable_grace=_int(env, "UNSCHEDULABLE_GRACE", d.unschedulable_grace),
         home_interval=_float(env, "HOME_INTERVAL", d.home_interval),

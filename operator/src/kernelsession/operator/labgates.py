@@ -89,8 +89,11 @@ def lab(p: Pass) -> Decision:
     warned = p.warned_before
     last_activity = culled_time = None
     if verdict.ready and obs.activity is not None and mine is not None:
-        latest = obs.activity.latest()
-        last_activity = st.fmt_time(latest) if latest else None
+        last_activity = st.activity_to_write(
+            (obs.body.get("status") or {}).get("lastActivity"),
+            obs.activity.latest(),
+            cfg.activity_resolution,
+        )
         idle_timeout, max_age = culling.limits(spec, cfg)
         cull = culling.decide(
             obs.activity,

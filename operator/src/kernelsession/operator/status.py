@@ -345,6 +345,20 @@ def render(
     return {k: v for k, v in status.items() if v is not None}
 
 
+def activity_to_write(
+    written: str | None, latest: datetime | None, resolution: float
+) -> str | None:
+    """``status.lastActivity`` for a lab last active at ``latest`` (pure): the written
+    value until the lab's activity is ``resolution`` seconds past it (or went back), so a
+    lab in use costs a status write per ``resolution``, not per look."""
+    if latest is None:
+        return written
+    before = parse_time(written)
+    if before is not None and 0 <= (latest - before).total_seconds() < resolution:
+        return written
+    return fmt_time(latest)
+
+
 def first_start(status: Mapping[str, Any]) -> bool:
     """Whether ``status`` is of a session whose first lab has not been Ready or had a
     pod named in status yet: the pod made now is its first (pure)."""
