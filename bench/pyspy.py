@@ -34,8 +34,9 @@ class Hot:
 def hot_frames(collapsed: Iterable[str], top: int = 15) -> list[Hot]:
     """The ``top`` frames by inclusive share, from collapsed stacks (pure).
 
-    A frame counts once per sample however deep it recurs. Without ``--idle`` py-spy
-    leaves out samples of waiting threads, so the shares are of CPU, not of time."""
+    A frame counts once per sample however deep it recurs. Recorded with ``--gil``
+    (only the thread holding the GIL), the shares are of the interpreter's time, not of
+    threads waiting in a pool or a selector."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
@@ -80,6 +81,7 @@ def recording(pid: int, output: Path | None) -> Iterator[None]:
             str(RATE),
             "--format",
             "raw",
+            "--gil",
             "--output",
             str(output),
             "--nonblocking",

@@ -139,13 +139,13 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.probe(id="sessions")
-def sessions_probe(memo: kopf.Memo, **_: Any) -> int:
+async def sessions_probe(memo: kopf.Memo, **_: Any) -> int:
     """Liveness detail: how many sessions this replica knows."""
     return len(_runtime(memo).sessions)
 
 
 @kopf.on.probe(id="active")
-def active_probe(memo: kopf.Memo, **_: Any) -> bool:
+async def active_probe(memo: kopf.Memo, **_: Any) -> bool:
     """Liveness detail: whether this replica acts (leader) or stands by."""
     return _runtime(memo).active
 
@@ -156,13 +156,17 @@ def _session_key(namespace: str | None, labels: Any) -> tuple[str, str] | None:
 
 
 @kopf.index("pods", labels=CHILD_LABELS)
-def lab_pods(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
+async def lab_pods(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> Any:
     key = _session_key(namespace, labels)
     return {key: read_pod(body)} if key else {}
 
 
 @kopf.index("services", labels=CHILD_LABELS)
-def lab_services(namespace: str | None, labels: Mapping[str, str], name: str, **_: Any) -> Any:
+async def lab_services(
+    namespace: str | None, labels: Mapping[str, str], name: str, **_: Any
+) -> Any:
     key = _session_key(namespace, labels)
     return {key: name} if key else {}
 
@@ -179,7 +183,7 @@ def child_entry(body: kopf.Body) -> dict[str, Any]:
 
 
 @kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=CHILD_LABELS)
-def lab_policies(
+async def lab_policies(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> Any:
     key = _session_key(namespace, labels)
@@ -187,7 +191,7 @@ def lab_policies(
 
 
 @kopf.index("networking.k8s.io", "v1", "ingresses", labels=CHILD_LABELS)
-def lab_ingresses(
+async def lab_ingresses(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> Any:
     key = _session_key(namespace, labels)
@@ -195,7 +199,7 @@ def lab_ingresses(
 
 
 @kopf.index("persistentvolumeclaims", labels=CHILD_LABELS)
-def lab_claims(
+async def lab_claims(
     namespace: str | None,
     labels: Mapping[str, str],
     name: str,

@@ -335,32 +335,34 @@ def _entry(namespace: str | None, name: str, body: kopf.Body) -> Any:
 
 
 @kopf.index("namespaces", labels=PROFILE_FILTER)
-def profile_namespaces(name: str, body: kopf.Body, **_: Any) -> Any:
+async def profile_namespaces(name: str, body: kopf.Body, **_: Any) -> Any:
     return _entry("", name, body)
 
 
 @kopf.index("rbac.authorization.k8s.io", "v1", "rolebindings", labels=PROFILE_FILTER)
-def profile_rolebindings(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
+async def profile_rolebindings(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
     return _entry(namespace, name, body)
 
 
 @kopf.index("resourcequotas", labels=PROFILE_FILTER)
-def profile_quotas(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
+async def profile_quotas(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
     return _entry(namespace, name, body)
 
 
 @kopf.index("limitranges", labels=PROFILE_FILTER)
-def profile_limitranges(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
+async def profile_limitranges(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
     return _entry(namespace, name, body)
 
 
 @kopf.index("configmaps", labels=PROFILE_FILTER)
-def profile_configmaps(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
+async def profile_configmaps(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
     return _entry(namespace, name, body)
 
 
 @kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=PROFILE_FILTER)
-def profile_networkpolicies(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
+async def profile_networkpolicies(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> Any:
     return _entry(namespace, name, body)
 
 
