@@ -46,6 +46,14 @@ def main(argv: list[str] | None = None) -> int:
         help="scale: run in a LabProfile's namespace (owner User bench) instead of labs",
     )
     parser.add_argument(
+        "--api-qps",
+        type=float,
+        default=None,
+        metavar="QPS",
+        help="scale: the operator's KERNELSESSION_API_QPS (burst twice that; default: "
+        "the operator's own, 50)",
+    )
+    parser.add_argument(
         "--py-spy",
         type=Path,
         default=None,

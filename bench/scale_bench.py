@@ -173,7 +173,8 @@ async def _run(
 ) -> ScaleFigures:
     n, rate, ns = args.sessions, args.rate, hollow.namespace
     figures = ScaleFigures(sessions=n, rate=rate, ready=0, namespace=ns)
-    figures.api_qps = Settings().api_qps  # manifests/ leave the operator's default
+    # manifests/ leave the operator's default unless --api-qps sets it
+    figures.api_qps = args.api_qps if args.api_qps is not None else Settings().api_qps
     api = await k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
     core, custom = k8s.CoreV1Api(api), k8s.CustomObjectsApi(api)
     times = Times()
@@ -412,11 +413,22 @@ def _profile_namespace(cluster: LocalCluster) -> str:
     return ns
 
 
+def _qps_env(qps: float) -> dict[str, str]:
+    """The operator's API rate limit for ``--api-qps``, its burst twice that (as the
+    defaults, 50 and 100)."""
+    return {
+        "KERNELSESSION_API_QPS": f"{qps:g}",
+        "KERNELSESSION_API_BURST": str(max(1, int(2 * qps))),
+    }
+
+
 def main(args: argparse.Namespace) -> int:
     as_json = bool(getattr(args, "json", False))
     args.rate = float(getattr(args, "rate", None) or 10.0)
     args.window = float(getattr(args, "window", 60.0))
     args.profile = bool(getattr(args, "profile", False))
+    args.api_qps = getattr(args, "api_qps", None)
+    args.py_spy = getattr(args, "py_spy", None)
     with _logs_to_stderr(as_json):
         ensure_kwok()
         with tempfile.TemporaryDirectory(prefix="ks-bench-scale-") as tmp:
@@ -424,7 +436,8 @@ def main(args: argparse.Namespace) -> int:
             timings = cluster.start()
             try:
                 _log(f"  {timings.summary()}")
-                op = InClusterOperator(cluster, Path(tmp) / "operator")
+                env = {} if args.api_qps is None else _qps_env(args.api_qps)
+                op = InClusterOperator(cluster, Path(tmp) / "operator", env=env)
                 op.start()
                 figures = asyncio.run(_hollow_run(args, cluster, op))
             finally:
