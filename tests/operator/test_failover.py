@@ -113,8 +113,9 @@ async def test_sigkill_of_the_active_replica(
     installed: LocalCluster, replicas: InClusterOperator, session_name: str
 ) -> None:
     """SIGKILL every process of the active replica's container (no SIGTERM, no release of
-    the Lease): the Lease is renewed again (by the restarted container, which reclaims
-    its own Lease, or by the standby), a session created during the gap becomes Ready,
+    the Lease): the Lease is renewed again (by the standby once it has lasted a lease
+    duration; the restarted container waits like any other replica, though the Lease
+    names its pod), a session created during the gap becomes Ready,
     and nothing is duplicated or replaced."""
     a, b = f"{session_name}a", f"{session_name}b"
     try:

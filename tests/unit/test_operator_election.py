@@ -27,7 +27,7 @@ def held_by(holder: str | None, renewed_ago: float = 1.0) -> LeaseRecord:
     [
         (None, 0.0, "create"),
         (held_by("me"), 0.0, "renew"),
-        (held_by("me", renewed_ago=999), 0.0, "renew"),  # our own, e.g. after a restart
+        (held_by("me", renewed_ago=999), 0.0, "renew"),  # ours, this process took it
         (held_by(None), 0.0, "acquire"),  # released on a clean shutdown
         (held_by("other"), 3.0, "wait"),  # alive
         (held_by("other"), 9.9, "wait"),
@@ -38,6 +38,14 @@ def held_by(holder: str | None, renewed_ago: float = 1.0) -> LeaseRecord:
 )
 def test_next_step(record: LeaseRecord | None, unchanged_for: float, step: str) -> None:
     assert next_step(record, "me", now=NOW, unchanged_for=unchanged_for) == step
+
+
+def test_a_restarted_run_of_the_holder_waits_like_any_other_replica() -> None:
+    # the Lease names this pod, but this process never took it: an earlier run's
+    assert next_step(held_by("me"), "me", now=NOW, unchanged_for=3.0, mine=False) == "wait"
+    assert next_step(held_by("me"), "me", now=NOW, unchanged_for=10.0, mine=False) == "acquire"
+    stale = held_by("me", renewed_ago=21)
+    assert next_step(stale, "me", now=NOW, unchanged_for=0.0, mine=False) == "acquire"
 
 
 def test_takeover_writes_holder_counts_a_transition_and_keeps_the_version() -> None:

@@ -53,15 +53,25 @@ class LeaseRecord:
 
 
 def next_step(
-    record: LeaseRecord | None, identity: str, *, now: datetime, unchanged_for: float
+    record: LeaseRecord | None,
+    identity: str,
+    *,
+    now: datetime,
+    unchanged_for: float,
+    mine: bool = True,
 ) -> Step:
     """What this replica does about the Lease it read.
 
     ``unchanged_for``: seconds this replica has seen the Lease without a change.
+    ``mine``: whether this process has held the Lease. One that holds it under this
+    identity without having taken it is an earlier run of this replica (its container
+    restarted, the pod name is the identity): it waits like any other holder, so the
+    standby, whose watches are warm, takes over rather than a process that has listed
+    nothing yet (as client-go's per-process identities do).
     """
     if record is None:
         return "create"
-    if record.holder == identity:
+    if record.holder == identity and mine:
         return "renew"
     if not record.holder:
         return "acquire"  # released by a leader that stopped cleanly
@@ -246,6 +256,7 @@ class LeaderElector:
             self.identity,
             now=now,
             unchanged_for=time.monotonic() - self._seen_since,
+            mine=self.record is not None,
         )
         if step == "wait":
             return "lost"
