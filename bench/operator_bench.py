@@ -228,6 +228,9 @@ class Scale:
     node_cpu: float
     shims_cpu: float
     labs_cpu: float
+    """CPU seconds of the session pods' containers only."""
+    others_cpu: float
+    """CPU seconds of every other container on the node (the operator's replicas...)."""
     node_rss_before: int
     node_peak_rss: int
     creation: Counter[str]
@@ -281,6 +284,7 @@ async def _scale(cluster: LocalCluster, op: InClusterOperator, times: Times, n: 
         node_cpu=node1[0] - node0[0],
         shims_cpu=node1[1] - node0[1],
         labs_cpu=node1[2] - node0[2],
+        others_cpu=node1[3] - node0[3],
         node_rss_before=node_rss0,
         node_peak_rss=sampler.node_peak,
         creation=audit.count(entries),
@@ -378,8 +382,10 @@ async def _run(args: argparse.Namespace, cluster: LocalCluster, op: InClusterOpe
         )
         labs, cores = max(scale.ready, 1), psutil.cpu_count() or 1
         print(
-            f"  labs: {scale.labs_cpu:.1f} CPU s ({scale.labs_cpu / labs:.2f} s/lab; "
-            f"floor on {cores} cores {scale.labs_cpu / cores:.0f} s)"
+            f"  labs (session pods' containers only): {scale.labs_cpu:.1f} CPU s "
+            f"({scale.labs_cpu / labs:.2f} s/lab; at least "
+            f"{scale.labs_cpu / cores:.0f} s of wall time on {cores} cores); other "
+            f"containers (the operator's replicas among them) {scale.others_cpu:.1f} CPU s"
         )
         print(
             f"  node overhead: kubelet+containerd {scale.node_cpu:.1f} CPU s, shims "

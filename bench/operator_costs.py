@@ -11,6 +11,7 @@ import threading
 
 import psutil
 
+from kernelsession.client.resources import SESSION_LABEL
 from kernelsession.localcluster.cluster import LocalCluster, audit
 from kernelsession.localcluster.deploy import InClusterOperator
 from kernelsession.localcluster.deploy.operator_process import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE
@@ -20,42 +21,66 @@ OPERATOR_USER = audit.service_account(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT)
 
 class NodeProcesses:
     """The node's processes by role: the kubelet and containerd (daemons), the runc shims
-    (one per pod), and the labs (everything the shims started)."""
+    (one per pod), the labs (the containers of session pods, and what they started), and
+    every other container (the operator's replicas, pause containers...)."""
 
     def __init__(self, cluster: LocalCluster) -> None:
         assert cluster.node is not None
+        self.cluster = cluster
         self.node = cluster.node
         daemons = self.node.daemon_pids()
         self.kubelet = psutil.Process(daemons["kubelet"])
         self.containerd = psutil.Process(daemons["containerd"])
 
-    def shims_and_labs(self) -> tuple[list[psutil.Process], list[psutil.Process]]:
+    def lab_containers(self) -> set[str]:
+        """Container IDs of the session pods' containers (label ``SESSION_LABEL``)."""
+        pods = self.cluster.get_json("pods", "-A", "-l", SESSION_LABEL)["items"]
+        return {
+            str(cs["containerID"]).rsplit("/", 1)[-1]
+            for pod in pods
+            for cs in (pod.get("status") or {}).get("containerStatuses") or []
+            if cs.get("containerID")
+        }
+
+    def shims_and_labs(
+        self, labs_only: bool = False
+    ) -> tuple[list[psutil.Process], list[psutil.Process], list[psutil.Process]]:
+        """(shims, lab processes, other containers' processes); the lab containers are
+        told apart only when ``labs_only`` (a kubectl call)."""
+        lab_ids = self.lab_containers() if labs_only else None
         shims: dict[int, psutil.Process] = {}
         labs: list[psutil.Process] = []
-        for pid in self.node.task_pids().values():
+        others: list[psutil.Process] = []
+        for container, pid in self.node.task_pids().items():
             with contextlib.suppress(psutil.Error):
                 task = psutil.Process(pid)
                 parent = task.parent()
                 if parent is not None:
                     shims[parent.pid] = parent
-                labs += [task, *task.children(recursive=True)]
-        return list(shims.values()), labs
+                tree = [task, *task.children(recursive=True)]
+                if lab_ids is None or container in lab_ids:
+                    labs += tree
+                else:
+                    others += tree
+        return list(shims.values()), labs, others
 
     def daemons_rss(self) -> int:
-        shims, _ = self.shims_and_labs()
+        shims, _, _ = self.shims_and_labs()
         total = 0
         for proc in [self.kubelet, self.containerd, *shims]:
             with contextlib.suppress(psutil.Error):
                 total += proc.memory_info().rss
         return total
 
-    def cpu(self) -> tuple[float, float, float]:
-        """CPU seconds of (kubelet + containerd, shims, labs)."""
-        shims, labs = self.shims_and_labs()
+    def cpu(self) -> tuple[float, float, float, float]:
+        """CPU seconds of (kubelet + containerd, shims, lab containers, other containers:
+        the operator's replicas among them)."""
+        shims, labs, others = self.shims_and_labs(labs_only=True)
         return (
             cpu_seconds(self.kubelet) + cpu_seconds(self.containerd),
             sum(_safe_cpu(p) for p in shims),
             sum(_safe_cpu(p) for p in labs),
+            sum(_safe_cpu(p) for p in others),
         )
 
 
