@@ -19,6 +19,7 @@ import kopf
 import structlog
 
 from kernelsession.operator import (
+    kopfdiff,
     kopfwatch,
     metrics,
     naming,
@@ -57,9 +58,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     cfg: Settings = memo.settings
     kopfwatch.install()  # a namespace kopf cannot list never pauses every handler
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=naming.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=naming.GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = kopfdiff.NoDiffBase()  # no changing handlers
     # Events are posted by the passes themselves (kube.post_event: fenced by the Lease,
     # with a deadline), never by kopf's background poster.
     settings.posting.enabled = False

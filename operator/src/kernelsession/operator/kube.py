@@ -64,6 +64,7 @@ class Kube:
         request has a deadline of ``timeout`` seconds and its socket closes with a reset."""
         api = await load_api_client(request_timeout=timeout)
         reset_on_close(api)
+        no_environment_lookups(api)
         return cls(api, identity=identity)
 
     def check_fence(self) -> None:
@@ -349,3 +350,17 @@ def reset_on_close(api: client.ApiClient) -> None:
     if not hasattr(connector, "_socket_factory"):  # pragma: no cover - aiohttp < 3.12
         raise RuntimeError("aiohttp >= 3.12 is needed (TCPConnector socket_factory)")
     connector._socket_factory = _reset_socket
+
+
+def no_environment_lookups(api: client.ApiClient) -> None:
+    """Stop ``api``'s session from consulting the environment on every request.
+
+    kubernetes_asyncio makes its ``aiohttp.ClientSession`` with ``trust_env=True``, so
+    aiohttp reads ``~/.netrc`` in a worker thread before each request (and looks up proxy
+    variables): a thread hop and a file read per API call, a tenth of the operator's
+    interpreter time at 3,000 sessions. The operator talks to its API server directly.
+    """
+    session: Any = api.rest_client.pool_manager
+    if not hasattr(session, "_trust_env"):  # pragma: no cover - another aiohttp
+        raise RuntimeError("aiohttp's ClientSession has no _trust_env")
+    session._trust_env = False

@@ -225,6 +225,15 @@ def settled(body: Mapping[str, Any], pods: Iterable[PodView]) -> bool:
     return phase in (st.CULLED, st.SUSPENDED) and not wants_lab(body) and not live
 
 
+def _rollout_slots(rt: Runtime, state: SessionState) -> int:
+    """Free rollout slots for this session (a look at every session: only when the
+    rollout policy is on, not on every pass of thousands of sessions)."""
+    if rt.settings.rollout != "idle":
+        return 0
+    others = sum(1 for s in rt.sessions if s.rolling_out and s.key != state.key)
+    return rt.settings.rollout_max - others
+
+
 def resume_asked(body: Mapping[str, Any]) -> bool:
     resume = (body["metadata"].get("annotations") or {}).get(naming.RESUME_ANNOTATION)
     return resume is not None and resume != (body.get("status") or {}).get("resumeRequest")
@@ -280,8 +289,7 @@ async def observe(
         claim=claim_view,
         warned=state.warned,
         rejected=state.recent_rejections(REJECTION_MEMORY),
-        rollout_slots=rt.settings.rollout_max
-        - sum(1 for s in rt.sessions if s.rolling_out and s.key != state.key),
+        rollout_slots=_rollout_slots(rt, state),
         token_readers=state.token_readers,
         status_age=state.status_age(),
     )
