@@ -27,10 +27,14 @@ from kernelsession.operator.state import HomeCheck, PolicyRecord, SessionState, 
 
 log = structlog.get_logger("kernelsession.operator")
 
-# Cached tokens are re-read this many cull intervals apart (the operator may not watch
-# Secrets), at once when the lab refuses the token, and when a pod is to be created
-# (then a token read less than FRESH_TOKEN_AGE seconds ago will do).
-TOKEN_RECHECK_INTERVALS = 10
+# Cached tokens are re-read at once when the lab refuses the token, when a pod is to be
+# created (then a token read less than FRESH_TOKEN_AGE seconds ago will do), and else
+# every TOKEN_RECHECK seconds (the operator may not watch Secrets): a read per session
+# an hour (at 3,000 sessions, every 300 s was 10 reads/s, a fifth of the API budget).
+TOKEN_RECHECK = 3600.0
+# The session's rules (its policy view) are looked at again this many cull intervals
+# apart (the ConfigMap itself: once per namespace, see nscache).
+RULES_RECHECK_INTERVALS = 10
 FRESH_TOKEN_AGE = 30.0
 # A refused child is not asked for again for this long (the API would refuse it again).
 REJECTION_MEMORY = 60.0
@@ -322,12 +326,12 @@ async def _rules(
     whether the session's user may ``get`` each Secret/ConfigMap the allowlists do not
     name (asked as each identity ``userMapping`` maps to that user), and each claim's
     user label. Cached like the token: re-read when the spec changes, before a pod is
-    created (``fresh``), and every ``TOKEN_RECHECK_INTERVALS`` cull intervals; the
+    created (``fresh``), and every ``RULES_RECHECK_INTERVALS`` cull intervals; the
     ConfigMap itself is read once per namespace for all its sessions (:attr:`rt.rules`),
     at most as old as this pass may take it."""
     generation = int(body["metadata"].get("generation") or 1)
     cached = state.policy
-    max_age = FRESH_TOKEN_AGE if fresh else TOKEN_RECHECK_INTERVALS * rt.settings.cull_interval
+    max_age = FRESH_TOKEN_AGE if fresh else RULES_RECHECK_INTERVALS * rt.settings.cull_interval
     if (
         cached is not None
         and cached.generation == generation
@@ -367,11 +371,10 @@ async def _token(rt: Runtime, state: SessionState, *, fresh: bool) -> TokenRecor
     """The session's token (None when its Secret does not exist yet).
 
     Read from the API when not cached, or when the cache is older than
-    ``FRESH_TOKEN_AGE`` (``fresh``) or ``TOKEN_RECHECK_INTERVALS`` cull intervals.
+    ``FRESH_TOKEN_AGE`` (``fresh``) or ``TOKEN_RECHECK``.
     """
     cached = state.token
-    cfg = rt.settings
-    max_age = FRESH_TOKEN_AGE if fresh else TOKEN_RECHECK_INTERVALS * cfg.cull_interval
+    max_age = FRESH_TOKEN_AGE if fresh else TOKEN_RECHECK
     if cached and time.monotonic() - cached.checked < max_age:
         return cached
     ns, name = state.key
