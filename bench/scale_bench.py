@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
+import aiohttp
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
@@ -244,6 +245,7 @@ async def _run(
         figures.creation_by_kind = by_kind(entries)
         figures.enforcer_rules = hollow.enforcer_rules()
         _log(f"scale: sessions Ready {figures.ready}/{n}")
+        _log(f"scale: figures so far {json_line(figures)}")  # kept should a later step fail
         if args.py_spy is not None:
             _log(pyspy.summary(args.py_spy))
 
@@ -260,11 +262,18 @@ async def _run(
         await _takeover(cluster, op, core, times, hollow, figures, names)
         await _culling(cluster, times, hollow, figures, names)
 
-        # 6. delete all
+        # 6. delete all: one deletecollection, asked again while sessions remain (the API
+        # server may drop a deletecollection of thousands at its request timeout, having
+        # deleted part of them); a failure here is a note, the figures above stand
         t0 = time.monotonic()
-        await custom.delete_collection_namespaced_custom_object(
-            resources.GROUP, resources.VERSION, ns, resources.PLURAL
-        )
+
+        async def delete_all() -> None:
+            try:
+                await custom.delete_collection_namespaced_custom_object(
+                    resources.GROUP, resources.VERSION, ns, resources.PLURAL
+                )
+            except (TimeoutError, aiohttp.ClientError, k8s.ApiException) as exc:
+                figures.notes.append(f"deletecollection: {type(exc).__name__}: {exc}"[:200])
 
         async def gone() -> bool:
             pods = await core.list_namespaced_pod(ns, label_selector=SESSION_LABEL, limit=1)
@@ -274,7 +283,12 @@ async def _run(
             return not pods.items and not sessions["items"]
 
         deadline = time.monotonic() + deadline_for
+        await delete_all()
+        asked = time.monotonic()
         while not await gone() and time.monotonic() < deadline:
+            if time.monotonic() - asked > DELETE_AGAIN:
+                await delete_all()
+                asked = time.monotonic()
             await asyncio.sleep(1.0)  # polling a condition with a deadline
         figures.delete_s = time.monotonic() - t0 if await gone() else float("nan")
     finally:
@@ -285,6 +299,8 @@ async def _run(
     return figures
 
 
+DELETE_AGAIN = 30.0
+"""Seconds after which a deletecollection is asked again while sessions remain."""
 TAKEOVER_WINDOW = 60.0
 """Seconds after the kill over which the next leader's writes are counted."""
 CULL_DEADLINE = 420.0
