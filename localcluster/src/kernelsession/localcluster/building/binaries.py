@@ -1,6 +1,7 @@
 """Control-plane binaries: the pinned versions and where to find (or build) them.
 
-This module is the one place that decides the Kubernetes and etcd versions.
+The Kubernetes and etcd versions are decided in :mod:`.pins`, with the node's daemons', and
+built from one module graph with them.
 
 Lookup order for a directory holding ``etcd``, ``kube-apiserver`` and
 ``kube-controller-manager`` (and, optionally, ``kubectl``):
@@ -40,9 +41,12 @@ from kernelsession.localcluster.building.gobuild import (
 )
 from kernelsession.localcluster.building.ingressbinaries import TRAEFIK_VERSION, ensure_ingress
 from kernelsession.localcluster.building.nodebinaries import describe_node, ensure_node
-
-K8S_VERSION = "v1.35.4"
-ETCD_VERSION = "v3.6.8"
+from kernelsession.localcluster.building.pins import (
+    ETCD_VERSION,
+    K8S_VERSION,
+    graph_env,
+    graph_key,
+)
 
 REQUIRED = (
     "etcd",
@@ -100,8 +104,9 @@ class Binaries:
 
 
 def version_key() -> str:
-    """The cache key naming the pinned versions, e.g. ``k8s-v1.35.4-etcd-v3.6.8``."""
-    return f"k8s-{K8S_VERSION}-etcd-{ETCD_VERSION}"
+    """The cache key naming the pinned versions and the graph, e.g.
+    ``k8s-v1.35.4-etcd-v3.6.8-graph-0123456789``."""
+    return f"k8s-{K8S_VERSION}-etcd-{ETCD_VERSION}-{graph_key()}"
 
 
 def cache_dir() -> Path:
@@ -163,12 +168,11 @@ def build(*, log: bool = True) -> Binaries:
         raise _unavailable("no source checkout with hack/build-controlplane.sh to build them")
     if shutil.which("go") is None:
         raise _unavailable("no `go` on PATH to build them")
-    env = {"KS_K8S_VERSION": K8S_VERSION, "KS_ETCD_VERSION": ETCD_VERSION}
     try:
         directory = build_into(
             cache_dir(),
             root / BUILD_SCRIPT,
-            env,
+            graph_env(),
             lambda d: Binaries.from_dir(d) is not None,
             f"Kubernetes {K8S_VERSION} and etcd {ETCD_VERSION}",
             log=log,

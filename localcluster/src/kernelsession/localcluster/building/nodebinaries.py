@@ -2,7 +2,8 @@
 shim), CoreDNS and local-path-provisioner, built once from the Go module proxy with
 ``hack/build-node.sh`` into ``$XDG_CACHE_HOME/kernelsession/node/<versions>/bin``
 (``$KERNELSESSION_NODE_ASSETS`` may name a directory holding them instead); runc and the
-CNI plugins come from Debian packages. This module decides their versions.
+CNI plugins come from Debian packages. Their versions are decided in :mod:`.pins`; they
+are built from the module graph the control plane shares.
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ from kernelsession.localcluster.building.gobuild import (
     first_complete,
     repo_root,
 )
+from kernelsession.localcluster.building.pins import (
+    CONTAINERD_VERSION,
+    COREDNS_VERSION,
+    LOCAL_PATH_VERSION,
+    graph_env,
+    graph_key,
+)
 
-CONTAINERD_VERSION = "v2.2.9"
-COREDNS_VERSION = "v1.13.1"
-LOCAL_PATH_VERSION = "v0.0.30"
 NODE_BUILD_SCRIPT = Path("hack") / "build-node.sh"
 NODE_ASSETS_ENV = "KERNELSESSION_NODE_ASSETS"
 NODE_REQUIRED = (
@@ -69,9 +74,10 @@ class NodeBinaries:
 
 
 def node_cache_dir() -> Path:
-    """Cache entry of the node daemons for the pinned versions."""
+    """Cache entry of the node daemons for the pinned versions and the graph."""
     key = (
-        f"containerd-{CONTAINERD_VERSION}-coredns-{COREDNS_VERSION}-localpath-{LOCAL_PATH_VERSION}"
+        f"containerd-{CONTAINERD_VERSION}-coredns-{COREDNS_VERSION}"
+        f"-localpath-{LOCAL_PATH_VERSION}-{graph_key()}"
     )
     return cache_root() / "node" / key
 
@@ -107,16 +113,11 @@ def ensure_node(*, build_missing: bool = True, log: bool = True) -> NodeBinaries
             f"(needs Go and the Go module proxy) or set {NODE_ASSETS_ENV} to a "
             "directory holding them"
         )
-    env = {
-        "KS_CONTAINERD_VERSION": CONTAINERD_VERSION,
-        "KS_COREDNS_VERSION": COREDNS_VERSION,
-        "KS_LOCAL_PATH_VERSION": LOCAL_PATH_VERSION,
-    }
     try:
         directory = build_into(
             node_cache_dir(),
             root / NODE_BUILD_SCRIPT,
-            env,
+            graph_env(),
             NodeBinaries.complete,
             f"containerd {CONTAINERD_VERSION} and CoreDNS {COREDNS_VERSION}",
             log=log,

@@ -5,7 +5,10 @@ binaries (Kubernetes, etcd), the node's daemons (containerd, CoreDNS,
 local-path-provisioner) and the four images in their caches, and builds whatever is
 missing, each part in its own process, all at once: the Go module downloads, mmdebstrap
 and pip are network-bound and the links single-threaded, so on a small machine they
-overlap the compiling instead of queueing behind it. Each output line is prefixed with its
+overlap the compiling instead of queueing behind it. The control plane and the node's
+daemons are one part: they share one module graph (:mod:`.pins`), and the node's build,
+run after the control plane's, reuses the packages it compiled instead of compiling them
+again beside it. Each output line is prefixed with its
 part (``[kubernetes 312s] ...``), a progress line names the parts still running every
 minute, and the end prints each part's seconds.
 
@@ -35,7 +38,7 @@ from kernelsession.localcluster.building import (
 
 #: The groups ``make`` asks for, and the parts (processes) each consists of.
 GROUPS: dict[str, tuple[str, ...]] = {
-    "binaries": ("controlplane", "node"),
+    "binaries": ("binaries",),
     "images": ("images",),
     "ingress": ("ingress",),
     "kwok": ("kwok",),
@@ -58,8 +61,7 @@ class Part:
 def commands(python: str = sys.executable) -> dict[str, list[str]]:
     """The command line of each part (each ensures one cache and prints where it is)."""
     return {
-        "controlplane": [python, "-m", binaries.__name__, "ensure", "--only", "controlplane"],
-        "node": [python, "-m", binaries.__name__, "ensure", "--only", "node"],
+        "binaries": [python, "-m", binaries.__name__, "ensure"],
         "images": [python, "-m", images.__name__, "ensure"],
         "ingress": [python, "-m", binaries.__name__, "ensure", "--ingress"],
         "kwok": [python, "-m", kwok.__name__, "ensure"],
@@ -71,15 +73,15 @@ def cached_lines(part: str) -> list[str] | None:
 
     Cheap: no process, no build tool; images are looked up by their inputs' content hash.
     """
-    if part == "controlplane":
+    if part == "binaries":
         found = binaries.find()
-        return None if found is None else [binaries.describe_controlplane(found)]
-    if part == "node":
         try:
             node = nodebinaries.ensure_node(build_missing=False)
         except gobuild.BinariesUnavailableError:
             return None
-        return [nodebinaries.describe_node(node)]
+        if found is None:
+            return None
+        return [binaries.describe_controlplane(found), nodebinaries.describe_node(node)]
     if part == "ingress":
         ingress = ingressbinaries.find_ingress()
         if ingress is None:
