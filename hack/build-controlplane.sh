@@ -37,5 +37,5 @@ go build -trimpath -tags "$GRAPH_TAGS" -ldflags "$ld" -o "$work/bin/" \
 mv "$work/bin/server" "$work/bin/etcd"
 mv "$work/bin"/* "$out/"
 echo "built: Kubernetes $k8s and etcd ${KS_ETCD_VERSION:?} in ${SECONDS}s"
-"$out/etcd" --version | head -1
+"$out/etcd" --version | sed -n 1p  # sed reads it all: head would close the pipe (SIGPIPE under pipefail)
 "$out/kube-apiserver" --version

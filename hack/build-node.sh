@@ -34,4 +34,4 @@ go build -trimpath -tags "$GRAPH_TAGS" -ldflags "-s -w" -o "$work/bin/" \
 mv "$work/bin"/* "$out/"
 echo "built: containerd $containerd, CoreDNS ${KS_COREDNS_VERSION:?} and local-path-provisioner ${KS_LOCAL_PATH_VERSION:?} in ${SECONDS}s"
 "$out/containerd" --version
-"$out/coredns" -version | head -1
+"$out/coredns" -version | sed -n 1p

@@ -68,3 +68,17 @@ def test_coredns_is_built_with_every_plugin_the_corefile_uses() -> None:
     assert {"bind", "kubernetes", "cache", "template", "ready", "errors"} <= used
     assert used <= directives, f"the Corefile uses {sorted(used - directives)}, not built in"
     assert directives <= imported, f"directives without their plugin: {directives - imported}"
+
+
+def test_no_build_script_pipes_into_a_reader_that_stops_early() -> None:
+    # under `set -o pipefail`, `prog --version | head -1` fails the build with 141 (SIGPIPE)
+    # whenever prog writes after head has exited: a CI run lost a finished 243 s build to it
+    for script in sorted((ROOT / "hack").glob("*.sh")):
+        text = script.read_text()
+        if "pipefail" not in text:
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
+            code = line.split("#", 1)[0]
+            assert not re.search(r"\|\s*(head|grep -q|grep -m)\b", code), (
+                f"{script.name}:{number}: {line.strip()}"
+            )
