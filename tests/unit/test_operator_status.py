@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from kernelsession.operator import status as st
 from kernelsession.operator.podview import read_pod
 
@@ -86,6 +88,40 @@ def test_failure_reasons_are_immediate_and_actionable() -> None:
     assert (v.phase, v.reason) == (st.FAILED, "Unschedulable")
     assert "0/1 nodes match" in v.message
     assert "spec.nodeSelector" in v.message
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "failed to sync secret cache: timed out waiting for the condition",
+        "failed to sync configmap cache: timed out waiting for the condition",
+        "services have not yet been read at least once, cannot construct envvars",
+    ],
+)
+def test_a_kubelet_catching_up_is_waited_for_not_failed(message: str) -> None:
+    # seen in CI: a kubelet just started (make run) could not sync its Secret cache in
+    # time for the token Secret; it retries by itself and the lab then starts
+    waiting = ("CreateContainerConfigError", message)
+    young = pod(phase="Pending", ip=None, ready=False, waiting=waiting)
+    v = judge(young, probe_ok=False)
+    assert (v.phase, v.reason) == (st.PENDING, "PodPending")
+    assert message in v.message
+    # still bounded by the start timeout
+    old = pod(
+        phase="Pending",
+        ip=None,
+        ready=False,
+        waiting=waiting,
+        created=NOW - timedelta(seconds=400),
+    )
+    assert (judge(old, probe_ok=False).phase, judge(old, probe_ok=False).reason) == (
+        st.FAILED,
+        "StartTimeout",
+    )
+    # a missing Secret is still the user's to fix, at once
+    missing = ("CreateContainerConfigError", 'couldn\'t find key k in Secret labs/db')
+    v = judge(pod(phase="Pending", ip=None, ready=False, waiting=missing), probe_ok=False)
+    assert (v.phase, v.reason) == (st.FAILED, "ConfigError")
 
 
 def test_start_timeout_counts_from_pod_creation() -> None:

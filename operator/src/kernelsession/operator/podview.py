@@ -13,6 +13,16 @@ IMAGE_REASONS = frozenset(
     {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 )
 CONFIG_REASONS = frozenset({"CreateContainerConfigError"})
+# CreateContainerConfigError messages of a kubelet that has not caught up yet (its Secret
+# and ConfigMap caches not synced, the Services not listed since it started, e.g. right
+# after a node or API server restart): the kubelet retries by itself, so these wait
+# (bounded by spec.startTimeoutSeconds) instead of failing the session.
+TRANSIENT_CONFIG_MESSAGES = ("failed to sync", "have not yet been read")
+
+
+def config_error_is_transient(message: str | None) -> bool:
+    """Whether a CreateContainerConfigError's message is the kubelet catching up."""
+    return any(part in (message or "") for part in TRANSIENT_CONFIG_MESSAGES)
 RUN_REASONS = frozenset({"RunContainerError", "ContainerCannotRun", "CreateContainerError"})
 CRASH_REASONS = frozenset({"CrashLoopBackOff"})
 BASE_URL_ARG = "--ServerApp.base_url="

@@ -21,6 +21,7 @@ from kernelsession.operator.podview import (
     IMAGE_REASONS,
     RUN_REASONS,
     PodView,
+    config_error_is_transient,
 )
 from kernelsession.operator.quotas import QUOTA_EXCEEDED, quota_message, quota_refusal
 
@@ -109,7 +110,7 @@ def judge(
             Reason.IMAGE_PULL_FAILED,
             f"The lab image {image!r} cannot be pulled ({reason}){detail}. Check spec.image.",
         )
-    if reason in CONFIG_REASONS:
+    if reason in CONFIG_REASONS and not config_error_is_transient(pod.waiting_message):
         names = f" ({', '.join(pod.env_refs)})" if pod.env_refs else ""
         return Verdict(
             FAILED,
@@ -157,7 +158,8 @@ def judge(
     if rolling:
         return Verdict(STARTING, Reason.ROLLING, "Replacing the lab pod to apply the new spec.")
     if pod.phase == "Pending" or not pod.pod_ip:
-        return Verdict(PENDING, Reason.POD_PENDING, "Waiting for the lab pod to start.")
+        why = f" (the kubelet retries{detail})" if reason in CONFIG_REASONS else ""
+        return Verdict(PENDING, Reason.POD_PENDING, f"Waiting for the lab pod to start{why}.")
     if pod.restart_count > 0 and not probe_ok:
         return Verdict(
             STARTING,
