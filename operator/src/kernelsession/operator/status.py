@@ -110,7 +110,11 @@ def judge(
             Reason.IMAGE_PULL_FAILED,
             f"The lab image {image!r} cannot be pulled ({reason}){detail}. Check spec.image.",
         )
-    if reason in CONFIG_REASONS and not config_error_is_transient(pod.waiting_message):
+    created = parse_time(pod.created)
+    overdue = created is not None and (now - created).total_seconds() > start_timeout
+    # a kubelet catching up retries by itself (a missing Secret is then named): wait for
+    # it, up to the start timeout
+    if reason in CONFIG_REASONS and (overdue or not config_error_is_transient(pod.waiting_message)):
         names = f" ({', '.join(pod.env_refs)})" if pod.env_refs else ""
         return Verdict(
             FAILED,
@@ -144,8 +148,6 @@ def judge(
         )
     if pod.ready and probe_ok:
         return Verdict(READY, Reason.LAB_READY, "")
-    created = parse_time(pod.created)
-    overdue = created is not None and (now - created).total_seconds() > start_timeout
     if overdue and not probe_ok and (pod.restart_count == 0 or not pod.running):
         return Verdict(
             FAILED,
