@@ -119,7 +119,7 @@ def test_a_kubelet_catching_up_is_waited_for_not_failed(message: str) -> None:
     assert message in v.message
     assert "spec.env" in v.message
     # a missing Secret is still the user's to fix, at once
-    missing = ("CreateContainerConfigError", 'couldn\'t find key k in Secret labs/db')
+    missing = ("CreateContainerConfigError", "couldn't find key k in Secret labs/db")
     v = judge(pod(phase="Pending", ip=None, ready=False, waiting=missing), probe_ok=False)
     assert (v.phase, v.reason) == (st.FAILED, "ConfigError")
 

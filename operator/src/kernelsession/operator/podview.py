@@ -23,6 +23,8 @@ TRANSIENT_CONFIG_MESSAGES = ("failed to sync", "have not yet been read")
 def config_error_is_transient(message: str | None) -> bool:
     """Whether a CreateContainerConfigError's message is the kubelet catching up."""
     return any(part in (message or "") for part in TRANSIENT_CONFIG_MESSAGES)
+
+
 RUN_REASONS = frozenset({"RunContainerError", "ContainerCannotRun", "CreateContainerError"})
 CRASH_REASONS = frozenset({"CrashLoopBackOff"})
 BASE_URL_ARG = "--ServerApp.base_url="
