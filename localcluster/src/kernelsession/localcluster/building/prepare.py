@@ -9,7 +9,7 @@ overlap the compiling instead of queueing behind it. The control plane and the n
 daemons are one part: they share one module graph (:mod:`.pins`), and the node's build,
 run after the control plane's, reuses the packages it compiled instead of compiling them
 again beside it. Each output line is prefixed with its
-part (``[kubernetes 312s] ...``), a progress line names the parts still running every
+part (``[binaries 312s] ...``), a progress line names the parts still running every
 minute, and the end prints each part's seconds.
 
 When everything is cached this checks the caches in-process and starts nothing
