@@ -97,9 +97,14 @@ def _session(name: str) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": LABS},
         "spec": {
             "user": "bench",
-            "culling": {"idleTimeoutSeconds": 0, "maxAgeSeconds": 0},
+            # what the labs namespace's session rules demand (limits, a maximum age), with
+            # nothing culled during the run
+            "culling": {"idleTimeoutSeconds": 3600, "maxAgeSeconds": 86400},
             # the scheduler counts requests: 100 labs at the default 100m would need 10 cores
-            "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}},
+            "resources": {
+                "requests": {"cpu": "10m", "memory": "64Mi"},
+                "limits": {"cpu": "1", "memory": "1Gi"},
+            },
             "startTimeoutSeconds": int(SCALE_DEADLINE),
         },
     }
