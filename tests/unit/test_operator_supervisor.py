@@ -10,6 +10,7 @@ import pytest
 from kernelsession.operator import reconcile, supervisor
 from kernelsession.operator.config import Settings
 from kernelsession.operator.errors import SessionGone
+from kernelsession.operator.passslots import PassSlots
 from kernelsession.operator.runtime import Indexes, Runtime
 from kernelsession.operator.state import SessionState
 
@@ -19,7 +20,7 @@ def runtime(bound: int) -> Runtime:
         settings=Settings(starting_interval=0.01),
         kube=cast(Any, None),
         http=cast(Any, None),
-        passes=asyncio.Semaphore(bound),
+        passes=PassSlots(bound),
     )
     rt.indexes = Indexes(pods={}, services={}, policies={}, claims={}, ingresses={})
     return rt

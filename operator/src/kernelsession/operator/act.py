@@ -65,14 +65,16 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
     requeue = decision.requeue_after
     for action in decision.actions:
         if isinstance(action, CreateToken):
-            # A new token starts a lab: first make sure the session still exists (a
-            # deletion missed in a watch gap must not get children again).
-            if await rt.kube.session_uid(ns, name) != body["metadata"].get("uid"):
-                raise SessionGone(f"{ns}/{name}")
+            # No read first to see that the session still exists: a session deleted in
+            # a watch gap is forgotten by the resync or when another one of its name
+            # arrives, and what its pass made meanwhile is owned by its uid, so the
+            # garbage collector removes it (a request per start saved).
             token = builders.new_token()
             uid = await rt.kube.create(builders.token_secret(body, token))
             if uid is not None:  # no Event: the lab's "Ready" says it started
-                state.token = TokenRecord(uid=uid, token=token, checked=time.monotonic())
+                state.token = TokenRecord(
+                    uid=uid, token=token, checked=time.monotonic(), unused=True
+                )
         elif isinstance(action, Create):
             if state.recently_created(action.name, CREATE_MEMORY):
                 continue
@@ -85,6 +87,8 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
                 requeue = 0.0
                 continue
             state.note_created(action.name)
+            if action.kind == "Pod" and state.token is not None:
+                state.token.unused = False  # its next pod re-reads it first
             if uid is not None:
                 log.info("child created", kind=action.kind, name=action.name, session=name)
                 if action.kind == "Pod" and not st.first_start(body.get("status") or {}):

@@ -31,6 +31,7 @@ from kernelsession.operator import (
 from kernelsession.operator.config import Settings
 from kernelsession.operator.election import LeaderElector
 from kernelsession.operator.kube import Kube
+from kernelsession.operator.passslots import PassSlots
 from kernelsession.operator.podview import read_pod
 from kernelsession.operator.runtime import Indexes, Runtime
 
@@ -86,7 +87,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         settings=cfg,
         kube=kube,
         http=http,
-        passes=asyncio.Semaphore(cfg.max_concurrent_passes),
+        passes=PassSlots(cfg.max_concurrent_passes),
     )
     memo.runtime = rt
     metrics.SESSIONS.source = rt.sessions.phases

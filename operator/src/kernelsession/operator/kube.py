@@ -243,19 +243,6 @@ class Kube:
             if exc.status != 404:
                 raise
 
-    async def session_uid(self, namespace: str, name: str) -> str | None:
-        """The uid of session ``name`` (None when it does not exist); a list by name, as
-        the operator may list and watch sessions but not get them."""
-        found = await cast(Any, self.custom).list_namespaced_custom_object(
-            naming.GROUP,
-            naming.VERSION,
-            namespace,
-            naming.PLURAL,
-            field_selector=f"metadata.name={name}",
-        )
-        items = found.get("items") or []
-        return str(items[0]["metadata"]["uid"]) if items else None
-
     async def session_keys(self, namespaces: tuple[str, ...]) -> list[tuple[str, str]]:
         """(namespace, name) of every session in ``namespaces`` (empty: all)."""
         items: list[Any] = []

@@ -28,7 +28,8 @@ from kernelsession.operator.state import HomeCheck, PolicyRecord, SessionState, 
 log = structlog.get_logger("kernelsession.operator")
 
 # Cached tokens are re-read at once when the lab refuses the token, when a pod is to be
-# created (then a token read less than FRESH_TOKEN_AGE seconds ago will do), and else
+# created (then a token read less than FRESH_TOKEN_AGE seconds ago, or one this process
+# created and made no pod with, will do), and else
 # every TOKEN_RECHECK seconds (the operator may not watch Secrets): a read per session
 # an hour (at 3,000 sessions, every 300 s was 10 reads/s, a fifth of the API budget).
 TOKEN_RECHECK = 3600.0
@@ -371,11 +372,13 @@ async def _token(rt: Runtime, state: SessionState, *, fresh: bool) -> TokenRecor
     """The session's token (None when its Secret does not exist yet).
 
     Read from the API when not cached, or when the cache is older than
-    ``FRESH_TOKEN_AGE`` (``fresh``) or ``TOKEN_RECHECK``.
+    ``FRESH_TOKEN_AGE`` (``fresh``) or ``TOKEN_RECHECK``; a token this process created
+    and made no pod with yet (``TokenRecord.unused``) is not read again, however long the
+    start queued (a read per start saved).
     """
     cached = state.token
     max_age = FRESH_TOKEN_AGE if fresh else TOKEN_RECHECK
-    if cached and time.monotonic() - cached.checked < max_age:
+    if cached and (cached.unused or time.monotonic() - cached.checked < max_age):
         return cached
     ns, name = state.key
     secret_name = naming.token_secret_name(name)

@@ -24,6 +24,7 @@ from kernelsession.operator import naming, policy, profiles
 from kernelsession.operator.errors import RetryLater
 from kernelsession.operator.kube import ChildRejected
 from kernelsession.operator.observe import stopped_by
+from kernelsession.operator.passslots import Priority
 from kernelsession.operator.profilekube import ProfileKube
 from kernelsession.operator.profileplan import ObjectKey, Plan, Step, plan, retire
 from kernelsession.operator.profileplan import status_patch as make_status_patch
@@ -33,6 +34,9 @@ from kernelsession.operator.status import now_utc
 log = structlog.get_logger("kernelsession.operator")
 MAX_BACKOFF = 60.0
 PROFILE_FILTER = {profiles.PROFILE_LABEL: kopf.PRESENT}
+PROFILE_PRIORITY: Priority = ("", "", "")
+"""A profile's pass goes before any session's (they are few, and a profile's namespace
+is what its sessions wait for)."""
 KINDS = ("Namespace", "RoleBinding", "ResourceQuota", "LimitRange", "ConfigMap", "NetworkPolicy")
 
 
@@ -97,7 +101,7 @@ async def _loop(rt: Runtime, name: str) -> None:
             return
         entry.dirty = False
         try:
-            async with rt.passes:
+            async with rt.passes.slot(PROFILE_PRIORITY):
                 await reconcile(rt, state, entry.body)
             backoff = 1.0
         except asyncio.CancelledError:

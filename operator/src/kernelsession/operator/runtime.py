@@ -12,6 +12,7 @@ from kernelsession.operator import policy
 from kernelsession.operator.config import Settings
 from kernelsession.operator.kube import Kube
 from kernelsession.operator.nscache import NamespaceReads
+from kernelsession.operator.passslots import PassSlots
 from kernelsession.operator.state import Sessions
 
 
@@ -31,8 +32,8 @@ class Runtime:
     settings: Settings
     kube: Kube
     http: httpx.AsyncClient
-    passes: asyncio.Semaphore
-    """Bounds the passes running at once (API calls and lab probes)."""
+    passes: PassSlots
+    """Bounds the passes running at once (API calls and lab probes), oldest session first."""
     sessions: Sessions = field(default_factory=Sessions)
     indexes: Indexes | None = None
     active: bool = False

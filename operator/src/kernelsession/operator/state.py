@@ -22,6 +22,9 @@ class TokenRecord:
     uid: str
     token: str
     checked: float
+    unused: bool = False
+    """Created by this process and no pod made with it yet: its first pod needs no
+    re-read of the Secret (the create's answer is as fresh as a read)."""
 
     def __repr__(self) -> str:  # never print the token
         return f"TokenRecord(uid={self.uid!r}, checked={self.checked})"

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from kernelsession.operator import metrics, reconcile
+from kernelsession.operator import metrics, passslots, reconcile
 from kernelsession.operator.act import event
 from kernelsession.operator.config import Settings
 from kernelsession.operator.errors import NotLeading, PermanentError, RetryLater, SessionGone
@@ -78,7 +78,7 @@ async def one_pass(rt: Runtime, state: SessionState) -> float:
     claims: Any = idx.claims.get(key, [])
     policies: Any = idx.policies.get(key, [])
     ingresses: Any = idx.ingresses.get(key, [])
-    async with rt.passes:
+    async with rt.passes.slot(passslots.priority(state.body)):
         return await reconcile.reconcile(
             rt,
             state,
