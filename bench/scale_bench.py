@@ -13,7 +13,11 @@ KWOK with fake nodes whose pods turn Ready 3-5 s after binding; real node cordon
    operator's CPU and peak RSS (its container's process, sampled), its API requests
    from the audit log (writes: successful mutating requests other than on its Lease);
 3. a steady window with nothing changing (writes and reads per minute);
-4. deletes all N sessions and times it until their pods are gone.
+4. leader takeover: the leader's process SIGKILLed and one lab pod deleted at once;
+5. culling: every hollow lab reports a busy kernel until this step, then all stop at
+   once; they become cullable ``IDLE_TIMEOUT`` seconds later, all at the same moment,
+   and the step times the culls from then;
+6. deletes all N sessions and times it until their pods are gone.
 
 Prints a table; with ``--json`` logs go to stderr and the last stdout line is the JSON
 object (:mod:`bench.scale_report`).
@@ -29,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -64,6 +68,10 @@ from kernelsession.localcluster.hollow.run import HollowRun
 from kernelsession.operator.config import Settings
 
 READY_GRACE = 300.0
+IDLE_TIMEOUT = 420
+"""The sessions' ``idleTimeoutSeconds``: longer than the operator's CullingSoon warning
+(300 s), short enough to wait for once. Until the culling step every hollow lab reports
+a busy kernel, so none is culled before then."""
 
 
 def _session(name: str, ns: str) -> dict[str, Any]:
@@ -74,7 +82,7 @@ def _session(name: str, ns: str) -> dict[str, Any]:
         "spec": {
             "user": "bench",
             # what the labs namespace's session rules demand: limits, a maximum age
-            "culling": {"idleTimeoutSeconds": 3600, "maxAgeSeconds": 86400},
+            "culling": {"idleTimeoutSeconds": IDLE_TIMEOUT, "maxAgeSeconds": 86400},
             "resources": {
                 "requests": {"cpu": "10m", "memory": "64Mi"},
                 "limits": {"cpu": "1", "memory": "1Gi"},
@@ -304,7 +312,7 @@ DELETE_AGAIN = 30.0
 TAKEOVER_WINDOW = 60.0
 """Seconds after the kill over which the next leader's writes are counted."""
 CULL_DEADLINE = 420.0
-"""Seconds the culling of all labs may take (the goal is 5 min)."""
+"""Seconds the culling of all labs may take once they are cullable (the goal: 5 min)."""
 
 
 async def _takeover(
@@ -360,26 +368,39 @@ async def _culling(
     figures: ScaleFigures,
     names: list[str],
 ) -> None:
-    """Every lab idle for ten days at once: time until every session is Culled, and the
-    operator's request rate meanwhile."""
+    """Every lab's kernel stops at once (busy until now, idle from now): they all become
+    cullable ``IDLE_TIMEOUT`` seconds later, at the same moment. Measured: from then until
+    every session is ``Culled``, and the operator's requests from the stop on (its
+    ``lastActivity`` writes, CullingSoon events, then the culls)."""
     log = cluster.audit_log
     assert log is not None
     await until(times, lambda: len(hollow.lab.labs) >= len(names), time.monotonic() + 120)
     offset = audit.size(log)
-    t0 = time.monotonic()
+    stopped = time.monotonic()
     idle = hollow.lab.set_activity(
-        last_activity=datetime.now(UTC) - timedelta(days=10), execution_state="idle", connections=0
+        last_activity=datetime.now(UTC), execution_state="idle", connections=0
     )
-    _log(f"scale: {idle} hollow labs idle for ten days")
-    await until(times, lambda: all(s in times.session_culled for s in names), t0 + CULL_DEADLINE)
+    cullable = stopped + IDLE_TIMEOUT
+    cullable_wall = time.time() + IDLE_TIMEOUT
+    figures.cull_idle_timeout_s = IDLE_TIMEOUT
+    _log(f"scale: {idle} hollow labs idle from now; cullable in {IDLE_TIMEOUT}s")
+    await until(
+        times, lambda: all(s in times.session_culled for s in names), cullable + CULL_DEADLINE
+    )
     culled = [times.session_culled[s] for s in names if s in times.session_culled]
     figures.culled = len(culled)
-    figures.cull_s = max(culled) - t0 if culled else float("nan")
+    figures.cull_s = max(culled) - cullable if culled else float("nan")
+    figures.cull_first_s = min(culled) - cullable if culled else float("nan")
     calls = api_calls(operator_requests(cluster, offset))
-    figures.cull_requests = len(calls)
+    after = [c for c in calls if epoch(c.received or c.time) >= cullable_wall]
+    figures.cull_requests = len(after)
     figures.cull_writes = len(operator_writes(calls))
     figures.cull_peak_rps = peak_rate(calls)
-    _log(f"scale: culled {figures.culled}/{len(names)} in {figures.cull_s:.1f}s")
+    figures.cull_by_kind = by_kind(calls)
+    _log(
+        f"scale: culled {figures.culled}/{len(names)}, the last {figures.cull_s:.1f}s and the "
+        f"first {figures.cull_first_s:.1f}s after they became cullable"
+    )
 
 
 async def _hollow_run(
@@ -387,6 +408,7 @@ async def _hollow_run(
 ) -> ScaleFigures:
     ns = _profile_namespace(cluster) if args.profile else LABS
     hollow = HollowRun(cluster, ns, nodes=max(1, args.sessions // 500 + 1))
+    hollow.lab.start_busy = True  # in use until the culling step stops every kernel
     try:
         hollow.start_kwok()
         await hollow.start_lab()

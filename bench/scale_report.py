@@ -113,10 +113,16 @@ class ScaleFigures:
     takeover_leader: str = ""
     culled: int = 0
     cull_s: float = math.nan
-    """From all labs going idle (hollow lab) to the last session Culled."""
+    """From the labs becoming cullable (their idle timeout after every kernel stopped at
+    once) to the last session Culled."""
+    cull_first_s: float = math.nan
+    """From the labs becoming cullable to the first session Culled (never negative)."""
+    cull_idle_timeout_s: float = math.nan
     cull_requests: int = 0
     cull_writes: int = 0
     cull_peak_rps: float = 0.0
+    cull_by_kind: dict[str, int] = field(default_factory=dict)
+    """The operator's requests while culling, per ``"VERB RESOURCE"``."""
     api_qps: float = math.nan
     namespace: str = ""
     """Where the sessions ran: ``labs`` (shared) or a LabProfile's namespace."""
@@ -164,11 +170,14 @@ class ScaleFigures:
             "takeover_leader": self.takeover_leader,
             "culled": self.culled,
             "cull_all_s": _round(self.cull_s),
+            "cull_first_s": _round(self.cull_first_s),
+            "cull_idle_timeout_s": _round(self.cull_idle_timeout_s),
             "cull_requests_per_s_peak": _round(self.cull_peak_rps),
             "cull_requests_per_s_mean": _round(
                 self.cull_requests / self.cull_s if self.cull_s > 0 else math.nan
             ),
             "cull_writes_per_session": _round(self.cull_writes / n),
+            "cull_requests_by_kind": self.cull_by_kind,
             "api_qps": _round(self.api_qps),
             "namespace": self.namespace,
             "load_1m_mean": _round(statistics.fmean(self.load_1m) if self.load_1m else math.nan),
@@ -208,10 +217,17 @@ class ScaleFigures:
             f"{j['takeover_first_decision_s']}s, pod back after {j['takeover_recreate_s']}s, "
             f"{j['takeover_writes_per_session_first_min']} writes per session in the first "
             f"minute (new leader {self.takeover_leader or '?'})",
-            f"  culling: {self.culled}/{self.sessions} idle labs culled in {j['cull_all_s']}s; "
+            f"  culling (all kernels stopped at once, cullable {j['cull_idle_timeout_s']}s "
+            f"later): {self.culled}/{self.sessions} culled, the first {j['cull_first_s']}s "
+            f"and the last {j['cull_all_s']}s after that; "
             f"requests/s peak {j['cull_requests_per_s_peak']} mean "
             f"{j['cull_requests_per_s_mean']} (API QPS setting {j['api_qps']}); "
             f"{j['cull_writes_per_session']} writes per session",
+        ]
+        rows += [
+            f"    {k:<40} {v / max(self.sessions, 1):8.2f}" for k, v in self.cull_by_kind.items()
+        ]
+        rows += [
             f"  host load (1 min) during the run: mean {j['load_1m_mean']}, max {j['load_1m_max']}",
             *(f"  note: {n}" for n in self.notes),
         ]

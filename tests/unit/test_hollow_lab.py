@@ -136,3 +136,14 @@ def test_kwok_configuration_sets_what_a_file_gets_no_default_for() -> None:
     for key in ("podPlayStageParallelism", "nodePlayStageParallelism", "nodeLeaseParallelism"):
         assert options[key] > 0  # KWOK v0.8.0 exits: "playStageParallelism must be > 0"
     assert options["cidr"] == "10.250.0.0/16"
+
+
+async def test_labs_started_busy_report_a_busy_kernel_until_told_otherwise() -> None:
+    hollow = HollowLab(start_busy=True)
+    hollow.add(A, LabEntry(pod="a", token="token-a"))
+    assert hollow.labs[A].kernels()[0]["execution_state"] == "busy"
+    assert hollow.set_activity(execution_state="idle") == 1
+    assert hollow.labs[A].kernels()[0]["execution_state"] == "idle"
+    plain = HollowLab()
+    plain.add(B, LabEntry(pod="b", token="token-b"))
+    assert plain.labs[B].kernels()[0]["execution_state"] == "idle"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from kernelsession.operator import culling
 from kernelsession.operator.config import Settings
@@ -84,3 +86,68 @@ def test_parse_activity_from_jupyter_answers() -> None:
     assert a.connections == 2
     assert not a.busy
     assert a.latest() == datetime(2026, 11, 21, 11, 59, 30, 123456, tzinfo=UTC)
+
+
+def look(
+    a: LabActivity,
+    idle: int = 60,
+    age: int = 0,
+    started_ago: float = 10,
+    cull_connected: bool = False,
+) -> float:
+    return culling.next_look(
+        a,
+        idle_timeout=idle,
+        max_age=age,
+        started=NOW - timedelta(seconds=started_ago),
+        now=NOW,
+        warning=20,
+        cull_connected=cull_connected,
+    )
+
+
+def _after(a: LabActivity, seconds: float, **limits: Any) -> culling.CullDecision:
+    """decide() for the same activity ``seconds`` later (nothing new from the lab)."""
+    later = NOW + timedelta(seconds=seconds)
+    return culling.decide(
+        a,
+        idle_timeout=limits.get("idle", 60),
+        max_age=limits.get("age", 0),
+        started=NOW - timedelta(seconds=limits.get("started_ago", 10)),
+        now=later,
+        warning=20,
+        cull_connected=False,
+    )
+
+
+def test_an_idle_lab_is_next_looked_at_when_its_warning_then_its_cull_falls_due() -> None:
+    a = act(10)  # idle for 10 s of 60: warning at 40, cull at 60
+    assert look(a) == 30
+    assert _after(a, 30 - 0.1).action == "keep"
+    assert _after(a, 30).action == "warn"
+    warned = act(45)
+    assert look(warned) == 15
+    assert _after(warned, 15 - 0.1).action == "warn"
+    assert _after(warned, 15).action == "cull"
+
+
+def test_a_busy_lab_is_idle_from_now_at_the_earliest() -> None:
+    busy = act(500, KernelActivity("busy", 0, NOW - timedelta(seconds=500)))
+    assert look(busy) == 40  # now + 60 - 20
+
+
+def test_an_idle_kernel_with_a_client_can_turn_cullable_at_any_moment() -> None:
+    connected = act(500, KernelActivity("idle", 1, NOW - timedelta(seconds=500)))
+    assert look(connected) == culling.ANY_MOMENT
+    assert look(connected, cull_connected=True) == math.inf  # overdue: no deadline ahead
+
+
+def test_max_age_is_a_deadline_of_its_own() -> None:
+    a = act(0)
+    assert look(a, idle=0, age=100, started_ago=70) == 10  # warning at 80 s of age
+    assert look(a, idle=0, age=100, started_ago=90) == 10  # the cull at 100 s
+    assert look(a, idle=3600, age=100, started_ago=70) == 10
+
+
+def test_no_limits_no_deadline() -> None:
+    assert look(act(10), idle=0, age=0) == math.inf

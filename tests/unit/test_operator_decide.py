@@ -202,7 +202,31 @@ def test_ready_lab_writes_ready_with_spawn_time_and_event() -> None:
     assert s["url"] == "http://127.0.1.2:8888/"
     assert d.of(RecordSpawn)[0].seconds == pytest.approx(10)
     assert emitted(d) == ["Ready"]
+    # idle 1 s of 3600: nothing is due before the longest gap between looks
+    assert d.requeue_after == max(CFG.cull_interval, CFG.activity_resolution)
+
+
+def test_a_ready_lab_is_looked_at_again_when_its_culling_falls_due() -> None:
+    body = session(status={"phase": "Ready", "podName": "x"})
+    warning = CFG.cull_warning
+    near = 3600 - warning - 40  # its CullingSoon is 40 s away
+    d = decide(obs(body, pods=(pod(body),), activity=idle(near)), CFG)
+    assert d.requeue_after == pytest.approx(40, abs=0.2)
+    assert "CullingSoon" not in emitted(d)
+    warned = decide(obs(body, pods=(pod(body),), activity=idle(3600 - 15)), CFG)
+    assert "CullingSoon" in emitted(warned)
+    assert warned.requeue_after == pytest.approx(15, abs=0.2)  # then the cull
+    culled = decide(obs(body, pods=(pod(body),), activity=idle(3600 - 15 + 15.1)), CFG)
+    assert status_of(culled)["phase"] == st.CULLED
+
+
+def test_a_ready_lab_with_a_client_on_an_idle_kernel_is_asked_every_cull_interval() -> None:
+    body = session(status={"phase": "Ready", "podName": "x"})
+    d = decide(obs(body, pods=(pod(body),), activity=connected(3000)), CFG)
     assert d.requeue_after == CFG.cull_interval
+    busy_lab = decide(obs(body, pods=(pod(body),), activity=busy(3000)), CFG)
+    # busy now: idle from now at the earliest, so nothing is due for an idle timeout
+    assert busy_lab.requeue_after == max(CFG.cull_interval, CFG.activity_resolution)
 
 
 def test_steady_ready_state_writes_nothing() -> None:

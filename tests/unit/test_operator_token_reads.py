@@ -28,10 +28,14 @@ class CountingKube:
         return ("secret-uid", "read-token", {"kernelsession.dev/session": "a"}, (SESSION_UID,))
 
 
-def setup(record: TokenRecord | None) -> tuple[Any, SessionState, CountingKube]:
+def setup(
+    record: TokenRecord | None, phase: str | None = "Pending"
+) -> tuple[Any, SessionState, CountingKube]:
     kube = CountingKube()
     rt = cast(Any, type("Rt", (), {"kube": kube})())
-    body = {"metadata": {"name": "a", "namespace": "labs", "uid": SESSION_UID}}
+    body: dict[str, Any] = {"metadata": {"name": "a", "namespace": "labs", "uid": SESSION_UID}}
+    if phase:
+        body["status"] = {"phase": phase}
     state = SessionState(("labs", "a"), body)
     state.token = record
     return rt, state, kube
@@ -69,3 +73,18 @@ async def test_nothing_held_means_a_read(fresh: bool) -> None:
     rt, state, kube = setup(None)
     await observe._token(rt, state, fresh=fresh)
     assert kube.reads == 1
+
+
+async def test_a_new_session_s_token_is_made_not_read() -> None:
+    rt, state, kube = setup(None, phase=None)
+    assert await observe._token(rt, state, fresh=True) is None
+    assert kube.reads == 0
+
+
+async def test_once_a_create_was_tried_a_new_session_s_token_is_read() -> None:
+    # the create was answered 409 (a Secret of the name exists): the next pass reads it
+    rt, state, kube = setup(None, phase=None)
+    state.token_create_tried = True
+    found = await observe._token(rt, state, fresh=True)
+    assert kube.reads == 1
+    assert found is not None

@@ -153,6 +153,7 @@ def test_takeover_and_culling_figures_in_the_json_line() -> None:
         cull_requests=200,
         cull_writes=30,
         cull_peak_rps=20,
+        cull_by_kind={"delete pods": 10, "patch kernelsessions/status": 10},
     )
     data = parse_json_line(json_line(figures))
     assert data["takeover_first_decision_s"] == 12.5
@@ -162,7 +163,12 @@ def test_takeover_and_culling_figures_in_the_json_line() -> None:
     assert data["cull_requests_per_s_peak"] == 20
     assert data["cull_writes_per_session"] == 3
     assert data["api_qps"] is None
-    assert "takeover" in figures.table()
+    assert data["cull_requests_by_kind"] == {"delete pods": 10, "patch kernelsessions/status": 10}
+    table = figures.table()
+    assert "takeover" in table
+    assert any(
+        line.split() == ["patch", "kernelsessions/status", "1.00"] for line in table.splitlines()
+    )
 
 
 def test_hot_frames_counts_a_frame_once_per_sample_and_ranks_by_inclusive_share() -> None:

@@ -70,6 +70,7 @@ async def act(rt: Runtime, state: SessionState, decision: Decision) -> float:
             # arrives, and what its pass made meanwhile is owned by its uid, so the
             # garbage collector removes it (a request per start saved).
             token = builders.new_token()
+            state.token_create_tried = True
             uid = await rt.kube.create(builders.token_secret(body, token))
             if uid is not None:  # no Event: the lab's "Ready" says it started
                 state.token = TokenRecord(

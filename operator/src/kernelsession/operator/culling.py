@@ -1,10 +1,12 @@
-"""Idle culling decisions (pure): from the lab's own activity and the session's limits."""
+"""Idle culling decisions (pure): from the lab's own activity and the session's limits,
+and when a Ready lab needs to be asked again (:func:`next_look`)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from kernelsession.operator.config import Settings
@@ -18,6 +20,8 @@ class CullDecision:
     action: Action
     reason: str = ""
     message: str = ""
+    due: float = 0.0
+    """Seconds until the clock alone changes this decision (:func:`next_look`)."""
 
 
 def limits(spec: Mapping[str, Any], settings: Settings) -> tuple[int, int]:
@@ -41,11 +45,43 @@ def decide(
     warning: int,
     cull_connected: bool,
 ) -> CullDecision:
-    """Whether to keep, warn about, or cull a Ready lab.
+    """Whether to keep, warn about, or cull a Ready lab, and when to ask it again
+    (``CullDecision.due``, :func:`next_look`).
 
     A busy kernel is never culled, whatever the limits; a kernel with open connections
     counts as active unless ``cull_connected``.
     """
+    found = _decide(
+        activity,
+        idle_timeout=idle_timeout,
+        max_age=max_age,
+        started=started,
+        now=now,
+        warning=warning,
+        cull_connected=cull_connected,
+    )
+    due = next_look(
+        activity,
+        idle_timeout=idle_timeout,
+        max_age=max_age,
+        started=started,
+        now=now,
+        warning=warning,
+        cull_connected=cull_connected,
+    )
+    return replace(found, due=due)
+
+
+def _decide(
+    activity: LabActivity,
+    *,
+    idle_timeout: int,
+    max_age: int,
+    started: datetime | None,
+    now: datetime,
+    warning: int,
+    cull_connected: bool,
+) -> CullDecision:
     if activity.busy:
         return CullDecision("keep", "Busy", "a kernel is busy")
     if activity.connections and not cull_connected:
@@ -73,3 +109,49 @@ def decide(
                     "warn", "IdleSoon", f"The lab is idle and will be culled in about {left}s."
                 )
     return CullDecision("keep")
+
+
+ANY_MOMENT = 0.0
+""":func:`next_look`: something other than the clock can make the lab cullable."""
+
+
+def next_look(
+    activity: LabActivity,
+    *,
+    idle_timeout: int,
+    max_age: int,
+    started: datetime | None,
+    now: datetime,
+    warning: int,
+    cull_connected: bool,
+) -> float:
+    """Seconds from ``now`` until the clock alone can change :func:`decide`'s answer for
+    this lab: its next CullingSoon or cull deadline, from the activity seen now.
+
+    A lab's activity only ever moves its idle deadline later (a kernel busy now is idle
+    from now at the earliest), so a lab asked again at that moment (or sooner, when its
+    pod wakes its session) is culled on time without being asked in between.
+
+    Returns :data:`ANY_MOMENT` when something else can: an idle kernel kept by a
+    connected client (``cull_connected`` off) may be cullable the moment the client
+    leaves, so the caller asks as often as it asks anything. ``math.inf``: no deadline.
+    """
+    if not activity.busy and activity.connections and not cull_connected:
+        return ANY_MOMENT
+    deadlines: list[datetime] = []
+    if max_age and started is not None:
+        deadlines.append(started + timedelta(seconds=max_age))
+    if idle_timeout:
+        last = now if activity.busy else (activity.latest() or started)
+        if last is not None:
+            deadlines.append(last + timedelta(seconds=idle_timeout))
+    future = [
+        left
+        for end in deadlines
+        for left in (
+            (end - now).total_seconds() - warning,
+            (end - now).total_seconds(),
+        )
+        if left > 0
+    ]
+    return min(future, default=math.inf)

@@ -88,6 +88,7 @@ def lab(p: Pass) -> Decision:
     pod: PodView | None = mine
     warned = p.warned_before
     last_activity = culled_time = None
+    cull_due = culling.ANY_MOMENT  # when the clock alone changes the culling decision
     if verdict.ready and obs.activity is not None and mine is not None:
         last_activity = st.activity_to_write(
             (obs.body.get("status") or {}).get("lastActivity"),
@@ -104,6 +105,7 @@ def lab(p: Pass) -> Decision:
             warning=cfg.cull_warning,
             cull_connected=cfg.cull_connected,
         )
+        cull_due = cull.due
         if cull.action == "keep":
             warned = False
         elif cull.action == "warn":
@@ -121,7 +123,7 @@ def lab(p: Pass) -> Decision:
     if verdict.phase == st.FAILED and verdict.reason == Reason.START_TIMEOUT and mine is not None:
         p.actions.append(DeletePod(mine.name))
         pod = None
-    requeue = _requeue(p, verdict, mine, start_timeout)
+    requeue = _requeue(p, verdict, mine, start_timeout, cull_due)
     # The route serves the path the operator's settings give; a lab started under other
     # settings serves its own until its next start: no external URL that would not reach it.
     external = builders.external_url(obs.body, cfg)
@@ -142,10 +144,17 @@ def lab(p: Pass) -> Decision:
     )
 
 
-def _requeue(p: Pass, verdict: st.Verdict, pod: PodView | None, start_timeout: int) -> float:
+def _requeue(
+    p: Pass, verdict: st.Verdict, pod: PodView | None, start_timeout: int, cull_due: float
+) -> float:
     """When to look again unless something wakes the session sooner.
 
-    A Ready (or culled) lab: every cull interval (its activity). A lab whose pod is Ready
+    A Ready lab: when its next culling deadline falls due (``cull_due``,
+    :func:`culling.next_look`),
+    and at least every ``max(cull_interval, activity_resolution)`` (its
+    ``status.lastActivity``, a token that stopped working); every cull interval while a
+    client is connected to an idle kernel (it may leave at any moment). A culled lab:
+    every cull interval. A lab whose pod is Ready
     but whose API did not answer yet: soon (``starting_interval``), nothing else would
     tell. Any other lab not Ready follows its pod by watch (created, scheduled, started,
     Ready, restarted, gone: each event wakes its session): it is looked at by the clock
@@ -153,7 +162,11 @@ def _requeue(p: Pass, verdict: st.Verdict, pod: PodView | None, start_timeout: i
     ``starting_recheck`` should an event be missed.
     """
     cfg, now = p.cfg, p.obs.now
-    if verdict.ready or verdict.phase == st.CULLED:
+    if verdict.ready:
+        if cull_due == culling.ANY_MOMENT:
+            return cfg.cull_interval
+        return min(max(cfg.cull_interval, cfg.activity_resolution), cull_due + DEADLINE_MARGIN)
+    if verdict.phase == st.CULLED:
         return cfg.cull_interval
     if verdict.reason == Reason.HOME_PENDING:
         return cfg.home_interval

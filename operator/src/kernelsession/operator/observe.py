@@ -374,12 +374,18 @@ async def _token(rt: Runtime, state: SessionState, *, fresh: bool) -> TokenRecor
     Read from the API when not cached, or when the cache is older than
     ``FRESH_TOKEN_AGE`` (``fresh``) or ``TOKEN_RECHECK``; a token this process created
     and made no pod with yet (``TokenRecord.unused``) is not read again, however long the
-    start queued (a read per start saved).
+    start queued, and a new session's is not read before it is created (a read per start
+    saved each).
     """
     cached = state.token
     max_age = FRESH_TOKEN_AGE if fresh else TOKEN_RECHECK
     if cached and (cached.unused or time.monotonic() - cached.checked < max_age):
         return cached
+    if cached is None and not state.token_create_tried and not _has_phase(state.body):
+        # A new session (no one wrote its status yet): its Secret is made, not read. One
+        # that exists already (left by an earlier session of the name, or made before a
+        # restart) answers the create with 409, and the next pass reads it.
+        return None
     ns, name = state.key
     secret_name = naming.token_secret_name(name)
     found = await rt.kube.read_token(ns, secret_name)
@@ -397,6 +403,10 @@ async def _token(rt: Runtime, state: SessionState, *, fresh: bool) -> TokenRecor
         raise PermanentError(f"Secret {secret_name} exists but is not owned by this session")
     state.token = TokenRecord(uid=uid, token=token, checked=time.monotonic())
     return state.token
+
+
+def _has_phase(body: Mapping[str, Any]) -> bool:
+    return bool((body.get("status") or {}).get("phase"))
 
 
 async def _home(rt: Runtime, state: SessionState, claim: ClaimView | None) -> HomeView | None:

@@ -60,6 +60,9 @@ class SessionState:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     token: TokenRecord | None = None
+    token_create_tried: bool = False
+    """This process asked for the token Secret to be created (once is enough to know that
+    a new session's Secret may exist: see ``observe._token``)."""
     created: dict[str, float] = field(default_factory=dict)
     """Children this process created, by name (monotonic time): the watch may lag."""
     rejected: dict[str, tuple[str, float]] = field(default_factory=dict)

@@ -10,7 +10,8 @@ real jupyter-server. Tokens are compared in constant time and never logged.
 
 Kernel activity is what the bench sets (:meth:`HollowLab.set_activity`, or ``POST
 /hollow/activity`` on the control site): execution state and last-activity time, per pod
-or for all, so culling can be driven. Requests the operator makes with
+or for all, so culling can be driven; with ``start_busy`` every new lab reports a busy
+kernel (a lab in use) until then. Requests the operator makes with
 ``no_track_activity`` do not count as activity, as in jupyter-server.
 """
 
@@ -106,12 +107,16 @@ def token_ok(entry: LabEntry, presented: str | None) -> bool:
 class HollowLab:
     """The labs by pod IP and the aiohttp application serving them."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, start_busy: bool = False) -> None:
         self.labs: dict[str, LabEntry] = {}
         self.requests = 0
         self.refused = 0
+        self.start_busy = start_busy
+        """New labs report a busy kernel (in use until the bench says otherwise)."""
 
     def add(self, ip: str, entry: LabEntry) -> None:
+        if self.start_busy:
+            entry.execution_state = "busy"
         self.labs[ip] = entry
 
     def remove(self, ip: str) -> None:
