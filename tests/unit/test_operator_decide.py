@@ -817,6 +817,17 @@ def condition(d: Decision, kind: str) -> dict[str, Any]:
     return next(c for c in status_of(d)["conditions"] if c["type"] == kind)
 
 
+def test_an_outdated_lab_waiting_for_idle_is_asked_every_cull_interval() -> None:
+    body = session(status={"phase": "Ready", "observedGeneration": 1})
+    running = pod(body, cfg=OLD)
+    rolling = replace(CFG, rollout="idle")
+    d = decide(obs(body, pods=(running,), activity=busy(), rollout_slots=0), rolling)
+    assert not d.of(DeletePod)
+    assert d.requeue_after == CFG.cull_interval  # it may turn idle at any moment
+    kept = decide(obs(body, pods=(running,), activity=busy()), CFG)  # rollout never
+    assert kept.requeue_after == max(CFG.cull_interval, CFG.activity_resolution)
+
+
 def test_settings_change_keeps_the_running_lab_and_says_it_is_outdated() -> None:
     body = session(status={"phase": "Ready", "observedGeneration": 1})
     running = pod(body, cfg=OLD)

@@ -105,7 +105,8 @@ def lab(p: Pass) -> Decision:
             warning=cfg.cull_warning,
             cull_connected=cfg.cull_connected,
         )
-        cull_due = cull.due
+        # an outdated lab the rollout policy replaces once idle: idle is no deadline
+        cull_due = culling.ANY_MOMENT if outdated and cfg.rollout == "idle" else cull.due
         if cull.action == "keep":
             warned = False
         elif cull.action == "warn":
