@@ -22,7 +22,9 @@ def runtime(bound: int) -> Runtime:
         http=cast(Any, None),
         passes=PassSlots(bound),
     )
-    rt.indexes = Indexes(pods={}, services={}, policies={}, claims={}, ingresses={})
+    rt.indexes = Indexes(
+        pods={}, services={}, policies={}, claims={}, ingresses={}, token_readers={}
+    )
     return rt
 
 

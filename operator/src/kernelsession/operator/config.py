@@ -84,7 +84,10 @@ class Settings:
     run_as_user: int = 1000
     run_as_group: int = 100
     cull_interval: float = 30.0
-    """Seconds between activity checks of a Ready lab."""
+    """Seconds between activity checks of a Ready lab that can turn cullable at any moment
+    (a client connected to an idle kernel) or that the rollout policy replaces once idle.
+    Any other Ready lab is asked when its culling falls due (CullingSoon, then the cull)
+    and at least every ``max(cull_interval, activity_resolution)`` seconds."""
     cull_warning: int = 300
     """Seconds before culling at which a CullingSoon event is posted."""
     cull_connected: bool = False

@@ -198,6 +198,21 @@ async def lab_ingresses(
     return {key: child_entry(body)} if key else {}
 
 
+@kopf.index("rbac.authorization.k8s.io", "v1", "rolebindings", labels=CHILD_LABELS)
+async def token_readers(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> Any:
+    """The users each session's token-reader RoleBinding names: a replica that takes over
+    does not grant again, one by one, what is granted already."""
+    key = _session_key(namespace, labels)
+    if not key or labels.get(naming.COMPONENT_LABEL) != "token":
+        return {}
+    subjects = tuple(
+        str(s.get("name")) for s in body.get("subjects") or [] if s.get("kind") == "User"
+    )
+    return {key: subjects}
+
+
 @kopf.index("persistentvolumeclaims", labels=CHILD_LABELS)
 async def lab_claims(
     namespace: str | None,
@@ -262,6 +277,7 @@ async def session_event(
             kwargs["lab_policies"],
             kwargs["lab_claims"],
             kwargs["lab_ingresses"],
+            kwargs["token_readers"],
         )
     news = rt.sessions.is_news(key, dict(body))
     state = rt.sessions.remember(key, dict(body))

@@ -143,7 +143,8 @@ class Observation:
     rules: PolicyView | None = None
     """The tenancy rules as looked up (None: not looked up, nothing to start)."""
     token_readers: tuple[str, ...] | None = None
-    """The users this process let read the token Secret (None: not done yet)."""
+    """The users let read the token Secret: by this process, else as its RoleBinding shows
+    (None: no RoleBinding known; a new leader does not grant again what is granted)."""
     status_age: float | None = None
     """Seconds since this process last wrote the status (None: not since it started)."""
 
@@ -257,8 +258,11 @@ async def observe(
     policy: ChildView | None,
     ingress: ChildView | None,
     claim: Mapping[str, Any] | None,
+    token_readers: tuple[str, ...] | None = None,
 ) -> Observation:
-    """Snapshot the session ``state`` describes, with its children from the indexes.
+    """Snapshot the session ``state`` describes, with its children from the indexes
+    (``token_readers``: the users its token-reader RoleBinding names, as the watch shows
+    it; what this process granted itself counts first, the watch may lag).
 
     Raises:
         PermanentError: a Secret with the token Secret's name belongs to something else.
@@ -295,7 +299,7 @@ async def observe(
         warned=state.warned,
         rejected=state.recent_rejections(REJECTION_MEMORY),
         rollout_slots=_rollout_slots(rt, state),
-        token_readers=state.token_readers,
+        token_readers=state.token_readers if state.token_readers is not None else token_readers,
         status_age=state.status_age(),
     )
     if not wants_lab(body):  # deleting, suspended, or culled/timed out: nothing to read

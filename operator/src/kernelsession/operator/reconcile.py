@@ -26,7 +26,8 @@ async def reconcile(
     policy: ChildView | None,
     ingress: ChildView | None = None,
     claim: Mapping[str, Any] | None = None,
+    token_readers: tuple[str, ...] | None = None,
 ) -> float:
     """Run one pass for the session of ``state``; seconds until the next one is due."""
-    obs = await observe(rt, state, list(pods), has_service, policy, ingress, claim)
+    obs = await observe(rt, state, list(pods), has_service, policy, ingress, claim, token_readers)
     return await act(rt, state, decide(obs, rt.settings))

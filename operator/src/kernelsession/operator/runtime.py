@@ -25,6 +25,7 @@ class Indexes:
     policies: Any
     claims: Any
     ingresses: Any
+    token_readers: Any
 
 
 @dataclass

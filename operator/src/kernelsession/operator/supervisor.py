@@ -78,6 +78,7 @@ async def one_pass(rt: Runtime, state: SessionState) -> float:
     claims: Any = idx.claims.get(key, [])
     policies: Any = idx.policies.get(key, [])
     ingresses: Any = idx.ingresses.get(key, [])
+    readers: Any = idx.token_readers.get(key, [])
     async with rt.passes.slot(passslots.priority(state.body)):
         return await reconcile.reconcile(
             rt,
@@ -87,6 +88,7 @@ async def one_pass(rt: Runtime, state: SessionState) -> float:
             ChildView.of(next(iter(policies), None)),
             ChildView.of(next(iter(ingresses), None)),
             next(iter(claims), None),
+            next(iter(readers), None),
         )
 
 
