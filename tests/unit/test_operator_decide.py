@@ -25,6 +25,7 @@ from kernelsession.operator.actions import (
 from kernelsession.operator.config import IngressSettings, Settings
 from kernelsession.operator.decide import decide
 from kernelsession.operator.labapi import KernelActivity, LabActivity
+from kernelsession.operator.labgates import RECHECK_GROWTH
 from kernelsession.operator.observe import (
     ChildView,
     ClaimView,
@@ -368,6 +369,21 @@ def test_a_lab_whose_pod_is_not_ready_is_looked_at_again_only_as_a_fallback() ->
     d = decide(obs(body, pods=(pod(body, ready=False),)), CFG)
     assert (status_of(d)["phase"], status_of(d)["reason"]) == (st.STARTING, "LabStarting")
     assert d.requeue_after == CFG.starting_recheck  # the pod's Ready event wakes it
+
+
+def test_the_fallback_look_at_a_slow_start_backs_off_with_the_pod_s_age() -> None:
+    body = session(spec={"user": "alice", "startTimeoutSeconds": 3600})
+    minutes = pod(body, ready=False, created=NOW - timedelta(seconds=200))
+    d = decide(obs(body, pods=(minutes,)), CFG)
+    assert d.requeue_after == pytest.approx(100)  # half its age, not every 30 s
+    ages = pod(body, ready=False, created=NOW - timedelta(seconds=3000))
+    capped = decide(obs(body, pods=(ages,)), CFG)
+    assert capped.requeue_after == pytest.approx(RECHECK_GROWTH * CFG.starting_recheck)
+    near = session(spec={"user": "alice", "startTimeoutSeconds": 240})
+    due = decide(
+        obs(near, pods=(pod(near, ready=False, created=NOW - timedelta(seconds=200)),)), CFG
+    )
+    assert 40 < due.requeue_after < 41  # the start timeout comes first
 
 
 def test_a_lab_whose_pod_is_ready_but_does_not_answer_is_asked_again_soon() -> None:

@@ -24,6 +24,9 @@ NO_HOME_NOTE = (
     "in the lab is kept."
 )
 
+RECHECK_GROWTH = 10
+"""The fallback look at a starting lab backs off to at most this many ``starting_recheck``."""
+
 
 def lab_pod(p: Pass) -> Decision | None:
     """The session's lab: the desired pod, or an outdated one kept running (replaced by
@@ -159,8 +162,9 @@ def _requeue(
     but whose API did not answer yet: soon (``starting_interval``), nothing else would
     tell. Any other lab not Ready follows its pod by watch (created, scheduled, started,
     Ready, restarted, gone: each event wakes its session): it is looked at by the clock
-    only when its start timeout or unschedulable grace falls due, and every
-    ``starting_recheck`` should an event be missed.
+    only when its start timeout or unschedulable grace falls due, and, should an event be
+    missed, after ``starting_recheck`` or half the pod's age, whichever is longer (at most
+    ``RECHECK_GROWTH`` times ``starting_recheck``).
     """
     cfg, now = p.cfg, p.obs.now
     if verdict.ready:
@@ -181,5 +185,12 @@ def _requeue(
         since = st.parse_time(pod.unschedulable_since) or created
         if since is not None:
             due.append((since - now).total_seconds() + cfg.unschedulable_grace)
+    # The fallback look backs off with the pod's age (half of it, at most
+    # RECHECK_GROWTH rechecks' worth): a start the node takes minutes over (many labs at
+    # once) is not looked at every 30 s for nothing; its own events wake it anyway.
+    recheck = cfg.starting_recheck
+    if created is not None:
+        age = (now - created).total_seconds()
+        recheck = min(max(recheck, age / 2), RECHECK_GROWTH * cfg.starting_recheck)
     # a moment past the deadline, so that the pass looking then sees it passed
-    return min([cfg.starting_recheck, *(d + DEADLINE_MARGIN for d in due if d > 0)])
+    return min([recheck, *(d + DEADLINE_MARGIN for d in due if d > 0)])
