@@ -306,6 +306,19 @@ def test_a_new_sessions_first_status_waits_until_the_session_is_as_old_as_the_ho
     assert late.requeue_after <= CFG.status_hold + 0.1
 
 
+def test_a_new_session_that_queued_for_its_first_pass_is_held_from_that_pass() -> None:
+    queued = session()  # created 40 s ago; this process gets to it only now
+    queued["metadata"]["creationTimestamp"] = st.fmt_time(NOW - timedelta(seconds=40))
+    first = decide(obs(queued, acting_age=0.0), CFG)
+    assert not first.of(WriteStatus)
+    assert kinds(first) == ["Pod"]
+    assert first.requeue_after <= CFG.status_hold + 0.1
+    ready = decide(obs(queued, pods=(pod(queued),), activity=idle(1), acting_age=3.0), CFG)
+    assert [w.phase for w in ready.of(WriteStatus)] == [st.READY]  # one write for the start
+    lasted = decide(obs(queued, acting_age=CFG.status_hold), CFG)
+    assert status_of(lasted)["reason"] == "Creating"
+
+
 def test_the_first_status_and_a_zero_hold_are_written_at_once() -> None:
     body = _creating()
     starting = (pod(body, ready=False),)

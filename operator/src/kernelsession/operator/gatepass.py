@@ -108,6 +108,7 @@ class Pass:
             obs.status_age,
             self.cfg.status_hold,
             (obs.now - created).total_seconds() if created else None,
+            obs.acting_age,
         )
         if patch is not None and wait is not None:
             patch = None  # a progress step: written when it has lasted, or superseded

@@ -146,6 +146,8 @@ class Observation:
     """The users let read the token Secret: by this process, else as its RoleBinding shows
     (None: no RoleBinding known; a new leader does not grant again what is granted)."""
     status_age: float | None = None
+    acting_age: float | None = None
+    """Seconds since this process's first pass over the session (None: unknown)."""
     """Seconds since this process last wrote the status (None: not since it started)."""
 
     @property
@@ -301,6 +303,7 @@ async def observe(
         rollout_slots=_rollout_slots(rt, state),
         token_readers=state.token_readers if state.token_readers is not None else token_readers,
         status_age=state.status_age(),
+        acting_age=state.acting_age(),
     )
     if not wants_lab(body):  # deleting, suspended, or culled/timed out: nothing to read
         return obs

@@ -77,6 +77,15 @@ class SessionState:
     """The users the token-reader RoleBinding names (None: not made by this process)."""
     status_written: float | None = None
     """When this process last wrote the status (monotonic time)."""
+    first_pass: float | None = None
+    """When this process first looked at the session in a pass (monotonic time)."""
+
+    def acting_age(self) -> float:
+        """Seconds since this process's first pass over the session (0 in that pass)."""
+        now = time.monotonic()
+        if self.first_pass is None:
+            self.first_pass = now
+        return now - self.first_pass
 
     def status_age(self) -> float | None:
         """Seconds since this process last wrote the status (None: never)."""

@@ -380,19 +380,25 @@ def held_for(
     age: float | None,
     hold: float,
     created_age: float | None = None,
+    acting_age: float | None = None,
 ) -> float | None:
     """Seconds the status write for ``verdict`` waits (None: written now).
 
     A progress step of a start (:data:`PROGRESS_REASONS`) waits until the status this
     process wrote last (``age`` seconds ago) is ``hold`` seconds old, and a new
-    session's first status until the session is (``created_age``): a lab that answers
-    sooner costs one status write for its start, Ready. A new spec generation and every
-    other reason are written at once, and so is a step whose age is not known.
+    session's first status until the session is (``created_age``) and this process has
+    been acting on it that long (``acting_age``: a session that queued for its first
+    pass behind a burst of others does not get a `Pending` written just before its
+    `Ready`): a lab that answers sooner costs one status write for its start, Ready. A
+    new spec generation and every other reason are written at once, and so is a step
+    whose age is not known.
     """
     if verdict.reason not in PROGRESS_REASONS:
         return None
     if not current.get("phase"):
         since = created_age
+        if since is not None and acting_age is not None:
+            since = min(since, acting_age)
     elif current.get("reason") in PROGRESS_REASONS and (
         current.get("observedGeneration") == generation
     ):
