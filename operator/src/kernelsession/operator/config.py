@@ -98,8 +98,9 @@ class Settings:
     starting_recheck: float = 30.0
     """Seconds between checks of a starting lab whose pod is not Ready: the pod's own
     events (scheduled, started, Ready, restarted) wake its session at once; this is the
-    fallback should one be missed (the start timeout and the unschedulable grace are
-    looked at when they fall due)."""
+    fallback should one be missed, backing off to half the pod's age (at most
+    ``labgates.RECHECK_GROWTH`` times this) for a slow start (the start timeout and the
+    unschedulable grace are looked at when they fall due)."""
     status_hold: float = 5.0
     """Seconds a starting lab's progress status (Pending/Creating, Pending/PodPending,
     Starting/LabStarting) stays before the next progress step is written, and how old a
@@ -116,7 +117,8 @@ class Settings:
     home_interval: float = 5.0
     """Seconds between checks of a home volume that is not bound yet."""
     max_concurrent_passes: int = 32
-    """Reconcile passes (API calls, lab probes) running at once across all sessions."""
+    """Reconcile passes (API calls, lab probes) running at once across all sessions; a
+    free slot goes to the oldest session waiting (``passslots``)."""
     leader_election: bool = False
     """Only the holder of the Lease acts; the others stand by (more than one replica)."""
     leader_identity: str = ""
