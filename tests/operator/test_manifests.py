@@ -67,6 +67,9 @@ def test_operator_deployment_is_hardened() -> None:
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # a loop busy listing thousands of objects answers slowly; only a hung one is killed
+    assert c["livenessProbe"]["timeoutSeconds"] >= 10
+    assert c["readinessProbe"]["timeoutSeconds"] >= 5
     # Ready ~1 s after kopf serves (not a readiness period later), yet a slow start gets
     # two minutes before the kubelet restarts it.
     startup = c["startupProbe"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from kernelsession.localcluster.cluster import audit
 
 FIXTURE = Path(__file__).parent / "fixtures" / "audit.log"
@@ -89,3 +91,19 @@ def test_offset_reads_only_later_lines(tmp_path: Path) -> None:
 def test_user_agent_tells_the_operator_from_kubectl_as_its_account() -> None:
     agents = {e.user_agent.split("/")[0] for e in audit.read(FIXTURE, user=OPERATOR)}
     assert agents == {"kopf", "OpenAPI-Generator", "kubectl"}
+
+
+def test_a_log_rotated_after_the_offset_is_an_error_not_an_empty_read(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    log.write_bytes(FIXTURE.read_bytes())
+    offset = audit.size(log)
+    log.write_bytes(FIXTURE.read_bytes()[:100])  # rotated: a new, shorter file
+    with pytest.raises(audit.AuditLogRotated, match="shorter than offset"):
+        audit.read(log, offset=offset)
+
+
+def test_the_api_server_never_rotates_the_audit_log_during_a_run() -> None:
+    # kube-apiserver's --audit-log-maxsize is in MB and 0 means lumberjack's 100 MB
+    from kernelsession.localcluster.cluster import controlplane
+
+    assert controlplane.AUDIT_LOG_MAX_MB >= 100_000

@@ -107,6 +107,10 @@ def parse_line(line: str) -> Entry | None:
     )
 
 
+class AuditLogRotated(Exception):
+    """The audit log was rotated after an offset into it was taken."""
+
+
 def parse(lines: Iterable[str], *, user: str | None = None) -> Iterator[Entry]:
     """Entries of ``lines``, optionally only those made by ``user``."""
     for line in lines:
@@ -118,9 +122,15 @@ def parse(lines: Iterable[str], *, user: str | None = None) -> Iterator[Entry]:
 def read(path: Path, *, user: str | None = None, offset: int = 0) -> list[Entry]:
     """Entries in the audit log at ``path`` from byte ``offset`` on (see :func:`size`).
 
-    Raises OSError when the file cannot be read.
+    Raises:
+        OSError: the file cannot be read.
+        AuditLogRotated: the file is shorter than ``offset``: it was rotated since, and
+            the entries after ``offset`` are in a file this reader does not know.
     """
     with path.open("rb") as f:
+        end = f.seek(0, 2)
+        if end < offset:
+            raise AuditLogRotated(f"{path} is {end} bytes, shorter than offset {offset}")
         f.seek(offset)
         data = f.read().decode(errors="replace")
     return list(parse(data.splitlines(), user=user))
