@@ -66,10 +66,7 @@ def apply(chains: list[str], body: list[str]) -> None:
     for hook, chain in HOOKS:
         if chain not in chains:
             _unhook(hook, chain)
-    for stale in set(_existing_chains()) - set(chains):
-        _iptables("-F", stale)
-    for stale in set(_existing_chains()) - set(chains):
-        _iptables("-X", stale)
+    drop_chains(sorted(set(_existing_chains()) - set(chains)))
     saved = filter_table()
     if any(" does not start with " in problem for problem in drifted(chains, body, saved)):
         for hook, chain in HOOKS:  # first, then the node's guards go back ahead of them
@@ -78,12 +75,33 @@ def apply(chains: list[str], body: list[str]) -> None:
         hostnet.keep_guards_first()
 
 
-def remove_rules() -> None:
-    """Remove the FORWARD and INPUT jumps and every chain of the enforcer (idempotent)."""
-    for hook, chain in HOOKS:
-        _unhook(hook, chain)
-    chains = _existing_chains()
+def drop_chains(chains: list[str]) -> None:
+    """Flush and delete ``chains`` in one ``iptables-restore`` transaction; one by one
+    should that be refused (a chain still referenced from outside them stays).
+
+    One iptables call rewrites the whole table: chain by chain, removing the chains of
+    3,000 hollow pods took minutes; in one transaction it is one rewrite.
+    """
+    if not chains:
+        return
+    lines = ["*filter", *(f"-F {c}" for c in chains), *(f"-X {c}" for c in chains), "COMMIT", ""]
+    result = subprocess.run(
+        ["iptables-restore", "-w", "5", "--noflush"],
+        input="\n".join(lines),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode == 0:
+        return
     for chain in chains:
         _iptables("-F", chain)
     for chain in chains:
         _iptables("-X", chain)
+
+
+def remove_rules() -> None:
+    """Remove the FORWARD and INPUT jumps and every chain of the enforcer (idempotent)."""
+    for hook, chain in HOOKS:
+        _unhook(hook, chain)
+    drop_chains(_existing_chains())
