@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from kernelsession.operator import culling
 from kernelsession.operator.config import Settings
@@ -23,13 +22,15 @@ def decide(
     age: int = 0,
     started_ago: float = 10,
     cull_connected: bool = False,
+    later: float = 0,
 ) -> culling.CullDecision:
+    """culling.decide for ``a``, asked ``later`` seconds after NOW (nothing new from the lab)."""
     return culling.decide(
         a,
         idle_timeout=idle,
         max_age=age,
         started=NOW - timedelta(seconds=started_ago),
-        now=NOW,
+        now=NOW + timedelta(seconds=later),
         warning=20,
         cull_connected=cull_connected,
     )
@@ -95,40 +96,18 @@ def look(
     started_ago: float = 10,
     cull_connected: bool = False,
 ) -> float:
-    return culling.next_look(
-        a,
-        idle_timeout=idle,
-        max_age=age,
-        started=NOW - timedelta(seconds=started_ago),
-        now=NOW,
-        warning=20,
-        cull_connected=cull_connected,
-    )
-
-
-def _after(a: LabActivity, seconds: float, **limits: Any) -> culling.CullDecision:
-    """decide() for the same activity ``seconds`` later (nothing new from the lab)."""
-    later = NOW + timedelta(seconds=seconds)
-    return culling.decide(
-        a,
-        idle_timeout=limits.get("idle", 60),
-        max_age=limits.get("age", 0),
-        started=NOW - timedelta(seconds=limits.get("started_ago", 10)),
-        now=later,
-        warning=20,
-        cull_connected=False,
-    )
+    return decide(a, idle, age, started_ago, cull_connected).due
 
 
 def test_an_idle_lab_is_next_looked_at_when_its_warning_then_its_cull_falls_due() -> None:
     a = act(10)  # idle for 10 s of 60: warning at 40, cull at 60
     assert look(a) == 30
-    assert _after(a, 30 - 0.1).action == "keep"
-    assert _after(a, 30).action == "warn"
+    assert decide(a, later=30 - 0.1).action == "keep"
+    assert decide(a, later=30).action == "warn"
     warned = act(45)
     assert look(warned) == 15
-    assert _after(warned, 15 - 0.1).action == "warn"
-    assert _after(warned, 15).action == "cull"
+    assert decide(warned, later=15 - 0.1).action == "warn"
+    assert decide(warned, later=15).action == "cull"
 
 
 def test_a_busy_lab_is_idle_from_now_at_the_earliest() -> None:

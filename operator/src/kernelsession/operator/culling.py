@@ -1,5 +1,5 @@
 """Idle culling decisions (pure): from the lab's own activity and the session's limits,
-and when a Ready lab needs to be asked again (:func:`next_look`)."""
+and when a Ready lab needs to be asked again (``CullDecision.due``)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class CullDecision:
     reason: str = ""
     message: str = ""
     due: float = 0.0
-    """Seconds until the clock alone changes this decision (:func:`next_look`)."""
+    """Seconds until the clock alone changes this decision (:func:`_next_look`)."""
 
 
 def limits(spec: Mapping[str, Any], settings: Settings) -> tuple[int, int]:
@@ -35,6 +35,18 @@ def limits(spec: Mapping[str, Any], settings: Settings) -> tuple[int, int]:
     )
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What a culling decision is judged against besides the lab's activity."""
+
+    idle_timeout: int
+    max_age: int
+    started: datetime | None
+    now: datetime
+    warning: int
+    cull_connected: bool
+
+
 def decide(
     activity: LabActivity,
     *,
@@ -46,45 +58,25 @@ def decide(
     cull_connected: bool,
 ) -> CullDecision:
     """Whether to keep, warn about, or cull a Ready lab, and when to ask it again
-    (``CullDecision.due``, :func:`next_look`).
+    (``CullDecision.due``, :func:`_next_look`).
 
     A busy kernel is never culled, whatever the limits; a kernel with open connections
     counts as active unless ``cull_connected``.
     """
-    found = _decide(
-        activity,
-        idle_timeout=idle_timeout,
-        max_age=max_age,
-        started=started,
-        now=now,
-        warning=warning,
-        cull_connected=cull_connected,
-    )
-    due = next_look(
-        activity,
-        idle_timeout=idle_timeout,
-        max_age=max_age,
-        started=started,
-        now=now,
-        warning=warning,
-        cull_connected=cull_connected,
-    )
-    return replace(found, due=due)
+    limits = Limits(idle_timeout, max_age, started, now, warning, cull_connected)
+    return replace(_decide(activity, limits), due=_next_look(activity, limits))
 
 
-def _decide(
-    activity: LabActivity,
-    *,
-    idle_timeout: int,
-    max_age: int,
-    started: datetime | None,
-    now: datetime,
-    warning: int,
-    cull_connected: bool,
-) -> CullDecision:
+def _decide(activity: LabActivity, limits: Limits) -> CullDecision:
+    idle_timeout, max_age, started, now = (
+        limits.idle_timeout,
+        limits.max_age,
+        limits.started,
+        limits.now,
+    )
     if activity.busy:
         return CullDecision("keep", "Busy", "a kernel is busy")
-    if activity.connections and not cull_connected:
+    if activity.connections and not limits.cull_connected:
         return CullDecision("keep", "Connected", "a client is connected to a kernel")
     if max_age and started is not None:
         age = (now - started).total_seconds()
@@ -103,7 +95,7 @@ def _decide(
                     f"The lab was idle for {int(idle)}s "
                     f"(spec.culling.idleTimeoutSeconds: {idle_timeout}s).",
                 )
-            if idle >= idle_timeout - warning:
+            if idle >= idle_timeout - limits.warning:
                 left = int(idle_timeout - idle)
                 return CullDecision(
                     "warn", "IdleSoon", f"The lab is idle and will be culled in about {left}s."
@@ -112,19 +104,10 @@ def _decide(
 
 
 ANY_MOMENT = 0.0
-""":func:`next_look`: something other than the clock can make the lab cullable."""
+"""``CullDecision.due``: something other than the clock can make the lab cullable."""
 
 
-def next_look(
-    activity: LabActivity,
-    *,
-    idle_timeout: int,
-    max_age: int,
-    started: datetime | None,
-    now: datetime,
-    warning: int,
-    cull_connected: bool,
-) -> float:
+def _next_look(activity: LabActivity, limits: Limits) -> float:
     """Seconds from ``now`` until the clock alone can change :func:`decide`'s answer for
     this lab: its next CullingSoon or cull deadline, from the activity seen now.
 
@@ -136,7 +119,14 @@ def next_look(
     connected client (``cull_connected`` off) may be cullable the moment the client
     leaves, so the caller asks as often as it asks anything. ``math.inf``: no deadline.
     """
-    if not activity.busy and activity.connections and not cull_connected:
+    idle_timeout, max_age, started, now, warning = (
+        limits.idle_timeout,
+        limits.max_age,
+        limits.started,
+        limits.now,
+        limits.warning,
+    )
+    if not activity.busy and activity.connections and not limits.cull_connected:
         return ANY_MOMENT
     deadlines: list[datetime] = []
     if max_age and started is not None:

@@ -154,7 +154,7 @@ def _requeue(
     """When to look again unless something wakes the session sooner.
 
     A Ready lab: when its next culling deadline falls due (``cull_due``,
-    :func:`culling.next_look`),
+    ``culling.CullDecision.due``),
     and at least every ``max(cull_interval, activity_resolution)`` (its
     ``status.lastActivity``, a token that stopped working); every cull interval while a
     client is connected to an idle kernel (it may leave at any moment). A culled lab:

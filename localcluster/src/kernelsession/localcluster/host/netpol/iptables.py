@@ -29,6 +29,17 @@ def _iptables(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _restore(lines: list[str]) -> subprocess.CompletedProcess[str]:
+    """``lines`` applied to the filter table in one ``iptables-restore --noflush``."""
+    return subprocess.run(
+        ["iptables-restore", "-w", "5", "--noflush"],
+        input="\n".join(["*filter", *lines, "COMMIT", ""]),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
 def _existing_chains() -> list[str]:
     saved = filter_table()
     prefixes = (MAIN_CHAIN, POD_CHAIN_PREFIX, EGRESS_CHAIN_PREFIX, RULE_CHAIN_PREFIX)
@@ -53,14 +64,7 @@ def apply(chains: list[str], body: list[str]) -> None:
 
     Raises RuntimeError with iptables-restore's message.
     """
-    lines = ["*filter", *(f":{c} - [0:0]" for c in chains), *body, "COMMIT", ""]
-    result = subprocess.run(
-        ["iptables-restore", "-w", "5", "--noflush"],
-        input="\n".join(lines),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = _restore([*(f":{c} - [0:0]" for c in chains), *body])
     if result.returncode != 0:
         raise RuntimeError(f"iptables-restore: {result.stderr.strip()}")
     for hook, chain in HOOKS:
@@ -84,15 +88,7 @@ def drop_chains(chains: list[str]) -> None:
     """
     if not chains:
         return
-    lines = ["*filter", *(f"-F {c}" for c in chains), *(f"-X {c}" for c in chains), "COMMIT", ""]
-    result = subprocess.run(
-        ["iptables-restore", "-w", "5", "--noflush"],
-        input="\n".join(lines),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode == 0:
+    if _restore([*(f"-F {c}" for c in chains), *(f"-X {c}" for c in chains)]).returncode == 0:
         return
     for chain in chains:
         _iptables("-F", chain)
