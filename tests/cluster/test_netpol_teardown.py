@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import time
 
+import pytest
+
 from kernelsession.localcluster.host.netpol import iptables
 from kernelsession.localcluster.host.netpol.rules import POD_CHAIN_PREFIX, RULE_CHAIN_PREFIX
 
@@ -25,6 +27,10 @@ def _chains(prefix: str) -> list[str]:
     return [c for c in iptables._existing_chains() if c.startswith(prefix)]
 
 
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+
+@pytest.mark.exclusive_node
 def test_thousands_of_enforcer_chains_go_in_one_transaction_and_others_stay(
     exclusive_node: None,
 ) -> None:
