@@ -41,6 +41,7 @@ from bench.operator_costs import (
     Sampler,
     cpu_seconds,
     median,
+    metric_by_label,
     metric_value,
     operator_process,
     operator_requests,
@@ -243,6 +244,8 @@ class Scale:
     spawn: list[float]
     reconciles: float
     """The operator's passes (its reconciles metric) from the apply until all were Ready."""
+    pass_causes: dict[str, float]
+    """Those passes by what began them (``kernelsession_passes{cause}``)."""
 
 
 async def _scale(cluster: LocalCluster, op: InClusterOperator, times: Times, n: int) -> Scale:
@@ -256,7 +259,9 @@ async def _scale(cluster: LocalCluster, op: InClusterOperator, times: Times, n: 
     node0 = node.cpu()
     rss0 = operator.memory_info().rss
     node_rss0 = node.daemons_rss()
-    passes0 = metric_value(op.metrics(), "kernelsession_reconciles_total")
+    metrics0 = op.metrics()
+    passes0 = metric_value(metrics0, "kernelsession_reconciles_total")
+    causes0 = metric_by_label(metrics0, "kernelsession_passes_total", "cause")
     with Sampler(operator, node) as sampler:
         t0 = time.monotonic()
         await _kubectl(
@@ -275,7 +280,12 @@ async def _scale(cluster: LocalCluster, op: InClusterOperator, times: Times, n: 
         )
         seconds = time.monotonic() - t0
         node1 = node.cpu()
-    passes = metric_value(op.metrics(), "kernelsession_reconciles_total") - passes0
+    metrics1 = op.metrics()
+    passes = metric_value(metrics1, "kernelsession_reconciles_total") - passes0
+    causes = {
+        cause: count - causes0.get(cause, 0.0)
+        for cause, count in metric_by_label(metrics1, "kernelsession_passes_total", "cause").items()
+    }
     ready = sum(name in times.session_ready for name in names)
     entries = operator_requests(cluster, offset)
     return Scale(
@@ -300,6 +310,7 @@ async def _scale(cluster: LocalCluster, op: InClusterOperator, times: Times, n: 
             if name in times.session_ready
         ],
         reconciles=passes,
+        pass_causes=causes,
     )
 
 
@@ -384,6 +395,13 @@ async def _run(args: argparse.Namespace, cluster: LocalCluster, op: InClusterOpe
             f"peak RSS {scale.operator_peak_rss / 2**20:.0f} MiB "
             f"(before {scale.operator_rss_before / 2**20:.0f} MiB); "
             f"{scale.reconciles / n:.1f} passes per session"
+        )
+        print(
+            "    passes per session by what began them: "
+            + ", ".join(
+                f"{cause} {count / n:.2f}"
+                for cause, count in sorted(scale.pass_causes.items(), key=lambda c: -c[1])
+            )
         )
         labs, cores = max(scale.ready, 1), psutil.cpu_count() or 1
         print(

@@ -137,12 +137,20 @@ def cpu_seconds(proc: psutil.Process) -> float:
 
 
 def metric_value(text: str, name: str) -> float:
-    total = 0.0
+    """The sum of metric ``name``'s samples, whatever their labels."""
+    return sum(metric_by_label(text, name, "").values())
+
+
+def metric_by_label(text: str, name: str, label: str) -> dict[str, float]:
+    """Metric ``name``'s samples summed by the value of ``label`` ("" when absent)."""
+    totals: dict[str, float] = {}
     for line in text.splitlines():
-        m = re.match(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.eE+-]+)$", line)
+        m = re.match(rf"^{re.escape(name)}(?:\{{([^}}]*)\}})? ([0-9.eE+-]+)$", line)
         if m:
-            total += float(m.group(1))
-    return total
+            labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(1) or ""))
+            value = labels.get(label, "")
+            totals[value] = totals.get(value, 0.0) + float(m.group(2))
+    return totals
 
 
 def operator_requests(cluster: LocalCluster, offset: int) -> list[audit.Entry]:

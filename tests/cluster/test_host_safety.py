@@ -51,37 +51,31 @@ def decoys() -> Iterator[list[str]]:
     ]
     netns_dir_existed = Path("/run/netns").exists()
     netns_was_mount = os.path.ismount("/run/netns")
-    _run("ip", "netns", "add", netns)  # a network namespace, bind-mounted under /run/netns
-    _run("iptables", "-w", "5", "-t", "nat", "-N", chain)
-    _run(
-        "iptables", "-w", "5", "-t", "nat", "-A", "POSTROUTING", "-s", "198.18.0.0/24", "-j", chain
-    )
-    for route in routes:
-        _run("ip", "route", "add", *route)
+    jump = ["POSTROUTING", "-s", "198.18.0.0/24", "-j", chain]
+    made: list[str] = []  # what this fixture made, undone in reverse whatever fails
     try:
+        _run("ip", "netns", "add", netns)  # a network namespace, bind-mounted under /run/netns
+        made.append("netns")
+        _run("iptables", "-w", "5", "-t", "nat", "-N", chain)
+        made.append("chain")
+        _run("iptables", "-w", "5", "-t", "nat", "-A", *jump)
+        made.append("jump")
+        for i, route in enumerate(routes):
+            _run("ip", "route", "add", *route)
+            made.append(f"route{i}")
         yield [netns, chain]
     finally:
-        for route in routes:
-            subprocess.run(["ip", "route", "del", *route], check=False, capture_output=True)
-        subprocess.run(
-            [
-                "iptables",
-                "-w",
-                "5",
-                "-t",
-                "nat",
-                "-D",
-                "POSTROUTING",
-                "-s",
-                "198.18.0.0/24",
-                "-j",
-                chain,
-            ],
-            check=False,
-            capture_output=True,
-        )
-        subprocess.run(["iptables", "-w", "5", "-t", "nat", "-X", chain], check=False)
-        subprocess.run(["ip", "netns", "del", netns], check=False)
+        for i, route in enumerate(routes):
+            if f"route{i}" in made:
+                subprocess.run(["ip", "route", "del", *route], check=False, capture_output=True)
+        if "jump" in made:
+            subprocess.run(
+                ["iptables", "-w", "5", "-t", "nat", "-D", *jump], check=False, capture_output=True
+            )
+        if "chain" in made:
+            subprocess.run(["iptables", "-w", "5", "-t", "nat", "-X", chain], check=False)
+        if "netns" in made:
+            subprocess.run(["ip", "netns", "del", netns], check=False)
         if not netns_was_mount:  # `ip netns` made /run/netns a mount of its own
             subprocess.run(["umount", "/run/netns"], check=False, capture_output=True)
         if not netns_dir_existed:

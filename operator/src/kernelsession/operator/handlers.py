@@ -236,17 +236,36 @@ async def lab_claims(
 
 
 @kopf.on.event("pods", labels=CHILD_LABELS)
+async def pod_changed(
+    namespace: str | None,
+    labels: Mapping[str, str],
+    type: str | None,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    """A lab pod changed or vanished: wake its session's loop if a pass would see it."""
+    key = _session_key(namespace, labels)
+    rt = _runtime(memo)
+    if key and rt.pod_news.news(key, body, deleted=type == "DELETED"):
+        rt.sessions.wake(key, "Pod")
+
+
 @kopf.on.event("services", labels=CHILD_LABELS)
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=CHILD_LABELS)
 @kopf.on.event("networking.k8s.io", "v1", "ingresses", labels=CHILD_LABELS)
 @kopf.on.event("persistentvolumeclaims", labels=CHILD_LABELS)
 async def child_changed(
-    namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **_: Any
+    namespace: str | None,
+    labels: Mapping[str, str],
+    body: kopf.Body,
+    memo: kopf.Memo,
+    **_: Any,
 ) -> None:
     """A child changed or vanished: wake its session's loop."""
     key = _session_key(namespace, labels)
     if key:
-        _runtime(memo).sessions.wake(key)
+        _runtime(memo).sessions.wake(key, str(body.get("kind") or "child"))
 
 
 @kopf.on.event(naming.GROUP, naming.VERSION, naming.PLURAL)
@@ -268,7 +287,7 @@ async def session_event(
     rt = _runtime(memo)
     key = (namespace, name)
     if type == "DELETED":
-        rt.sessions.pop(key, (body.get("metadata") or {}).get("uid"))
+        rt.forget(key, (body.get("metadata") or {}).get("uid"))
         return
     if rt.indexes is None:
         rt.indexes = Indexes(
@@ -284,4 +303,4 @@ async def session_event(
     if not state.running:
         supervisor.start(rt, state)
     elif news:  # not the echo of this operator's own status write: no pass for that
-        state.wake.set()
+        state.wake_for(naming.KIND)

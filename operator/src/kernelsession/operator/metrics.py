@@ -26,6 +26,13 @@ RECONCILE_ERRORS = Counter(
     registry=REGISTRY,
 )
 RECONCILES = Counter("kernelsession_reconciles", "Reconcile iterations run", registry=REGISTRY)
+PASSES = Counter(
+    "kernelsession_passes",
+    "Reconcile passes begun, by what began them: first, again, timer, or the kind of "
+    "object whose change woke the session (KernelSession, Pod, Service, ...)",
+    ["cause"],
+    registry=REGISTRY,
+)
 STATUS_WRITES = Counter(
     "kernelsession_status_writes", "Status patches sent to the API server", registry=REGISTRY
 )

@@ -30,7 +30,7 @@ CRASH_REASONS = frozenset({"CrashLoopBackOff"})
 BASE_URL_ARG = "--ServerApp.base_url="
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodView:
     name: str
     phase: str
@@ -133,3 +133,34 @@ def read_pod(pod: Mapping[str, Any]) -> PodView:
         spec_hash=labels.get(SPEC_HASH_LABEL),
         base_path=base,
     )
+
+
+class PodNews:
+    """The last view of each lab pod this replica woke its session for: a pod event that
+    leaves the view as it was (the scheduler's binding, the kubelet's bookkeeping of
+    conditions and times) changes nothing a pass reads, so it wakes nobody."""
+
+    def __init__(self) -> None:
+        self._views: dict[tuple[str, str], dict[str, PodView]] = {}
+
+    def news(self, session: tuple[str, str], pod: Mapping[str, Any], deleted: bool) -> bool:
+        """Whether this event of ``pod`` (a lab pod of ``session``) tells a pass anything."""
+        name = str((pod.get("metadata") or {}).get("name", ""))
+        views = self._views.get(session, {})
+        if deleted:
+            views.pop(name, None)
+            if not views:
+                self._views.pop(session, None)
+            return True
+        view = read_pod(pod)
+        if views.get(name) == view:
+            return False
+        self._views.setdefault(session, {})[name] = view
+        return True
+
+    def forget(self, session: tuple[str, str]) -> None:
+        """The session is gone: its pods' last views too (a missed DELETED leaks nothing)."""
+        self._views.pop(session, None)
+
+    def __len__(self) -> int:
+        return sum(len(views) for views in self._views.values())

@@ -419,10 +419,9 @@ async def configmap_changed(namespace: str | None, name: str, memo: kopf.Memo, *
         rt.rules.forget(namespace)  # the sessions' next passes read the new rules
         # and they come now: a Ready lab is otherwise looked at only when its culling
         # falls due, and a tightened rule must show on it (PolicyViolation) at once
-        for state in rt.sessions:
-            if state.key[0] == namespace:
-                state.policy = None
-                state.wake.set()
+        for state in rt.sessions.in_namespace(namespace):
+            state.policy = None
+            state.wake_for("ConfigMap")
     _wake(rt, namespace, "ConfigMap", name)
 
 

@@ -60,7 +60,7 @@ async def resync_once(rt: Runtime) -> list[Key]:
     for key in gone:
         state = rt.sessions.get(key)
         uid = state.body.get("metadata", {}).get("uid") if state else None
-        rt.sessions.pop(key, uid)
+        rt.forget(key, uid)
         log.info("session gone; forgotten", namespace=key[0], session=key[1], missed_event=True)
         metrics.FORGOTTEN.inc()
     return gone

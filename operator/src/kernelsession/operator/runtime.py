@@ -13,6 +13,7 @@ from kernelsession.operator.config import Settings
 from kernelsession.operator.kube import Kube
 from kernelsession.operator.nscache import NamespaceReads
 from kernelsession.operator.passslots import PassSlots
+from kernelsession.operator.podview import PodNews
 from kernelsession.operator.state import Sessions
 
 
@@ -42,6 +43,8 @@ class Runtime:
     background: set[asyncio.Task[None]] = field(default_factory=set)
     profiles: Any = None
     """The LabProfile controller's state (``profilecontroller.Profiles``), made on first use."""
+    pod_news: PodNews = field(default_factory=PodNews)
+    """Which lab pod events change what a pass reads (the others wake no session)."""
     sweep_next: float = 0.0
     """When (monotonic) the next settled session's first pass is due (``supervisor``)."""
     rules: NamespaceReads[dict[str, str] | None] = field(init=False)
@@ -50,6 +53,12 @@ class Runtime:
     def __post_init__(self) -> None:
         kube = self.kube
         self.rules = NamespaceReads(lambda ns: kube.read_policy(ns, policy.CONFIGMAP))
+
+    def forget(self, key: tuple[str, str], uid: str | None = None) -> None:
+        """The session is gone: forget it (only the one with ``uid``, when given) and the
+        last views of its pods."""
+        self.sessions.pop(key, uid)
+        self.pod_news.forget(key)
 
     async def stop_tasks(self) -> None:
         """Cancel every session loop and background task, and wait for them to end."""

@@ -79,13 +79,24 @@ class SessionState:
     """When this process last wrote the status (monotonic time)."""
     first_pass: float | None = None
     """When this process first looked at the session in a pass (monotonic time)."""
+    woken_by: str | None = None
+    """What first woke the loop since its last pass began (``kernelsession_passes``'s
+    cause: the session's own event, or the kind of the child or object that changed)."""
+
+    def wake_for(self, cause: str) -> None:
+        """Wake the loop for ``cause`` (the first cause since the last pass is kept)."""
+        if not self.wake.is_set():
+            self.woken_by = cause
+        self.wake.set()
+
+    def begin_pass(self) -> None:
+        """A pass over the session begins (it holds a pass slot): remember the first."""
+        if self.first_pass is None:
+            self.first_pass = time.monotonic()
 
     def acting_age(self) -> float:
-        """Seconds since this process's first pass over the session (0 in that pass)."""
-        now = time.monotonic()
-        if self.first_pass is None:
-            self.first_pass = now
-        return now - self.first_pass
+        """Seconds since this process's first pass over the session (0 before it)."""
+        return 0.0 if self.first_pass is None else time.monotonic() - self.first_pass
 
     def status_age(self) -> float | None:
         """Seconds since this process last wrote the status (None: never)."""
@@ -168,10 +179,13 @@ class Sessions:
     def keys(self) -> list[Key]:
         return list(self._by_key)
 
-    def wake(self, key: Key) -> None:
+    def wake(self, key: Key, cause: str) -> None:
         state = self._by_key.get(key)
         if state is not None:
-            state.wake.set()
+            state.wake_for(cause)
+
+    def in_namespace(self, namespace: str) -> list[SessionState]:
+        return [s for s in self._by_key.values() if s.key[0] == namespace]
 
     def phases(self) -> list[str]:
         return [s.phase for s in self._by_key.values() if s.phase and s.running]

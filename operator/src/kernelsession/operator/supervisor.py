@@ -10,7 +10,6 @@ the operator.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any
 
@@ -27,6 +26,15 @@ from kernelsession.operator.state import SessionState
 log = structlog.get_logger("kernelsession.operator")
 MAX_BACKOFF = 60.0
 IMMEDIATE_PASSES = 3
+# What began a pass (``kernelsession_passes{cause}``; a wake's cause is the kind of what
+# changed, see ``SessionState.wake_for``).
+FIRST = "first"
+"""The loop's first pass (a new session, or every session when this replica takes over)."""
+AGAIN = "again"
+"""The previous pass asked for another at once (e.g. the token Secret was just made)."""
+TIMER = "timer"
+"""The previous pass's look-again time came with nothing waking the session sooner."""
+UNKNOWN = "unknown"
 SWEEP_SPACING_UNLIMITED = 0.01
 """Seconds between settled sessions' first passes when the API rate is not limited."""
 
@@ -80,6 +88,7 @@ async def one_pass(rt: Runtime, state: SessionState) -> float:
     ingresses: Any = idx.ingresses.get(key, [])
     readers: Any = idx.token_readers.get(key, [])
     async with rt.passes.slot(passslots.priority(state.body)):
+        state.begin_pass()
         return await reconcile.reconcile(
             rt,
             state,
@@ -97,11 +106,13 @@ async def session_loop(rt: Runtime, state: SessionState, after: float = 0.0) -> 
     first pass ``after`` seconds from now unless something wakes it sooner."""
     namespace, name = state.key
     failures = immediate = 0
-    if after > 0:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(state.wake.wait(), timeout=after)
+    cause = FIRST
+    if after > 0 and await _woken(state, after):
+        cause = state.woken_by or FIRST
     while True:
         state.wake.clear()
+        state.woken_by = None
+        metrics.PASSES.labels(cause).inc()
         try:
             delay = await one_pass(rt, state)
             failures = 0
@@ -112,7 +123,7 @@ async def session_loop(rt: Runtime, state: SessionState, after: float = 0.0) -> 
                 "session gone; forgotten", namespace=namespace, session=name, missed_event=True
             )
             metrics.FORGOTTEN.inc()
-            rt.sessions.pop(state.key, state.body.get("metadata", {}).get("uid"))
+            rt.forget(state.key, state.body.get("metadata", {}).get("uid"))
             return
         except NotLeading:
             return  # stepped down: the loop ends (the elector stops every loop)
@@ -139,7 +150,17 @@ async def session_loop(rt: Runtime, state: SessionState, after: float = 0.0) -> 
         metrics.RECONCILES.inc()
         immediate = immediate + 1 if delay <= 0 else 0
         if delay <= 0 and immediate <= IMMEDIATE_PASSES:
+            cause = AGAIN
             continue  # e.g. the token Secret was just created: build the pod now
         delay = max(delay, rt.settings.starting_interval)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(state.wake.wait(), timeout=delay)
+        woken = await _woken(state, delay)
+        cause = (state.woken_by or UNKNOWN) if woken else TIMER
+
+
+async def _woken(state: SessionState, timeout: float) -> bool:
+    """Wait until something wakes the session (True) or ``timeout`` seconds pass."""
+    try:
+        await asyncio.wait_for(state.wake.wait(), timeout=timeout)
+    except TimeoutError:
+        return False
+    return True
