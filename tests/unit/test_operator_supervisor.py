@@ -145,7 +145,8 @@ async def test_the_first_pass_is_remembered_once(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(reconcile, "reconcile", fake)
     rt = runtime(bound=1)
     s = state("a")
-    assert s.acting_age() == 0.0 and s.first_pass is None  # reading it starts nothing
+    assert s.acting_age() == 0.0
+    assert s.first_pass is None  # reading it starts nothing
     await supervisor.one_pass(rt, s)
     first = s.first_pass
     assert first is not None
