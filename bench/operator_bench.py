@@ -37,6 +37,7 @@ import yaml
 from kubernetes_asyncio import config as k8s_config
 
 from bench.operator_costs import (
+    PASSES_METRIC,
     NodeProcesses,
     Sampler,
     cpu_seconds,
@@ -261,7 +262,7 @@ async def _scale(cluster: LocalCluster, op: InClusterOperator, times: Times, n: 
     node_rss0 = node.daemons_rss()
     metrics0 = op.metrics()
     passes0 = metric_value(metrics0, "kernelsession_reconciles_total")
-    causes0 = metric_by_label(metrics0, "kernelsession_passes_total", "cause")
+    causes0 = metric_by_label(metrics0, PASSES_METRIC, "cause")
     with Sampler(operator, node) as sampler:
         t0 = time.monotonic()
         await _kubectl(
@@ -284,7 +285,7 @@ async def _scale(cluster: LocalCluster, op: InClusterOperator, times: Times, n: 
     passes = metric_value(metrics1, "kernelsession_reconciles_total") - passes0
     causes = {
         cause: count - causes0.get(cause, 0.0)
-        for cause, count in metric_by_label(metrics1, "kernelsession_passes_total", "cause").items()
+        for cause, count in metric_by_label(metrics1, PASSES_METRIC, "cause").items()
     }
     ready = sum(name in times.session_ready for name in names)
     entries = operator_requests(cluster, offset)

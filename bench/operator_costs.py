@@ -136,6 +136,10 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return float(t.user + t.system)
 
 
+PASSES_METRIC = "kernelsession_passes_total"
+"""The operator's passes by what began them (label ``cause``)."""
+
+
 def metric_value(text: str, name: str) -> float:
     """The sum of metric ``name``'s samples, whatever their labels."""
     return sum(metric_by_label(text, name, "").values())

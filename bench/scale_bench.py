@@ -43,9 +43,11 @@ from kubernetes_asyncio import config as k8s_config
 
 from bench import pyspy
 from bench.operator_costs import (
+    PASSES_METRIC,
     NodeProcesses,
     Sampler,
     cpu_seconds,
+    metric_by_label,
     operator_process,
     operator_requests,
 )
@@ -222,6 +224,7 @@ async def _run(
         assert log is not None
         offset = audit.size(log)
         cpu0 = cpu_seconds(operator)
+        passes0 = metric_by_label(op.metrics(), PASSES_METRIC, "cause")
         figures.operator_rss_base_bytes = operator.memory_info().rss
         _log(f"scale: {n} sessions at {rate:g}/s")
         with (
@@ -242,6 +245,8 @@ async def _run(
                 time.monotonic() + deadline_for,
             )
             figures.operator_cpu_s = cpu_seconds(operator) - cpu0
+        passes = metric_by_label(op.metrics(), PASSES_METRIC, "cause")
+        figures.creation_passes = {c: v - passes0.get(c, 0.0) for c, v in passes.items()}
         figures.operator_rss_peak_bytes = sampler.operator_peak
         figures.ready = sum(s in times.session_ready for s in names)
         figures.session_ready_s = [

@@ -98,6 +98,9 @@ class ScaleFigures:
     creation_writes: int = 0
     creation_reads: int = 0
     creation_by_kind: dict[str, int] = field(default_factory=dict)
+    creation_passes: dict[str, float] = field(default_factory=dict)
+    """The operator's passes while the sessions were created, by what began them
+    (``kernelsession_passes{cause}``)."""
     steady_window_s: float = 0.0
     steady_writes: int = 0
     steady_reads: int = 0
@@ -124,9 +127,9 @@ class ScaleFigures:
     cull_by_kind: dict[str, int] = field(default_factory=dict)
     """The operator's requests while culling, per ``"VERB RESOURCE"``."""
     api_qps: float = math.nan
+    """The operator's configured API rate (``KERNELSESSION_API_QPS``), when it has one."""
     namespace: str = ""
     """Where the sessions ran: ``labs`` (shared) or a LabProfile's namespace."""
-    """The operator's configured API rate (``KERNELSESSION_API_QPS``), when it has one."""
     load_1m: list[float] = field(default_factory=list)
     """The host's 1-minute load average, sampled through the run."""
     notes: list[str] = field(default_factory=list)
@@ -160,6 +163,11 @@ class ScaleFigures:
             ),
             "reads_per_session": _round(self.creation_reads / n),
             "creation_requests_by_kind": self.creation_by_kind,
+            "passes_per_session": _round(sum(self.creation_passes.values()) / n),
+            "passes_per_session_by_cause": {
+                cause: _round(count / n)
+                for cause, count in sorted(self.creation_passes.items(), key=lambda c: -c[1])
+            },
             "steady_reads_per_min": _round(self.steady_reads / minutes),
             "delete_all_s": _round(self.delete_s),
             "enforcer_rules": self.enforcer_rules,
@@ -208,6 +216,11 @@ class ScaleFigures:
             f"    {k:<40} {v / max(self.sessions, 1):8.2f}"
             for k, v in self.creation_by_kind.items()
         ]
+        rows.append(
+            f"  operator passes per session: {j['passes_per_session']} ("
+            + ", ".join(f"{c} {v}" for c, v in j["passes_per_session_by_cause"].items())
+            + ")"
+        )
         rows += [
             f"  steady ({self.steady_window_s:.0f}s): {j['steady_writes_per_min']} writes/min, "
             f"{j['steady_reads_per_min']} reads/min",

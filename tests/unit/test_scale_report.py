@@ -82,6 +82,7 @@ def test_json_line_is_last_line_with_required_keys() -> None:
         steady_window_s=120,
         steady_writes=0,
         load_1m=[2.0, 4.0, 9.0],
+        creation_passes={"first": 4.0, "timer": 2.0, "Pod": 6.0},
     )
     stdout = "== scale\n" + figures.table() + "\n" + json_line(figures) + "\n"
     data = parse_json_line(stdout)
@@ -99,6 +100,13 @@ def test_json_line_is_last_line_with_required_keys() -> None:
     assert data["operator_rss_kib_per_session"] == 10240  # (100 - 60) MiB / 4
     assert data["load_1m_mean"] == 5
     assert data["load_1m_max"] == 9
+    assert data["passes_per_session"] == 3
+    assert list(data["passes_per_session_by_cause"].items()) == [
+        ("Pod", 1.5),
+        ("first", 1),
+        ("timer", 0.5),
+    ]
+    assert "operator passes per session: 3.0 (Pod 1.5, first 1.0, timer 0.5)" in stdout
 
 
 def test_json_line_carries_nan_as_null() -> None:
