@@ -75,6 +75,18 @@ def test_a_conforming_spec_starts_and_its_user_may_read_the_token() -> None:
     assert not granted.of(GrantTokenAccess)
 
 
+def test_the_lab_pod_is_created_before_its_token_readers_are_granted() -> None:
+    """The lab starts two requests sooner; its NetworkPolicy still comes before it."""
+    body = session({"image": "good/lab:1"})
+    rules = PolicyView(policy.parse({"images": "good/*"}))
+    kinds = [
+        a.kind if isinstance(a, Create) else type(a).__name__
+        for a in decide(obs(body, rules=rules, has_service=False, policy=None), CFG).actions
+        if isinstance(a, Create | GrantTokenAccess)
+    ]
+    assert kinds == ["Service", "NetworkPolicy", "Pod", "GrantTokenAccess"]
+
+
 def test_in_a_profiles_namespace_the_owners_binding_reads_the_token() -> None:
     body = session()  # spec.user alice
     own = PolicyView(policy.parse({"owner": "User alice"}))

@@ -175,7 +175,7 @@ def _children(p: Pass) -> Decision | None:
             requeue_after=0.0,
             warned=p.warned_before,
         )
-    p.actions.extend(_token_readers(obs))
+    p.grants.extend(_token_readers(obs))
     return None
 
 

@@ -37,6 +37,9 @@ class Pass:
     cfg: Settings
     actions: list[Action] = field(default_factory=list)
     """Child actions so far (creates, patches, deletions), in order."""
+    grants: list[Action] = field(default_factory=list)
+    """Access to the token Secret for the session's users: after the lab pod's create
+    (the lab starts two requests sooner; nothing in it waits for them)."""
     events: list[Action] = field(default_factory=list)
     """Events to post after the status write."""
     token_name: str | None = None
@@ -98,7 +101,7 @@ class Pass:
             up_to_date=up_to_date,
             policy_violation=self.violation,
         )
-        result = list(self.actions if actions is None else actions)
+        result = [*self.actions, *self.grants] if actions is None else list(actions)
         patch = st.status_patch(current, desired)
         created = st.parse_time(obs.body["metadata"].get("creationTimestamp"))
         wait = st.held_for(
