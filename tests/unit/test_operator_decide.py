@@ -386,9 +386,9 @@ def test_a_lab_whose_pod_is_not_ready_is_looked_at_again_only_as_a_fallback() ->
 
 def test_the_fallback_look_at_a_slow_start_backs_off_with_the_pod_s_age() -> None:
     body = session(spec={"user": "alice", "startTimeoutSeconds": 3600})
-    minutes = pod(body, ready=False, created=NOW - timedelta(seconds=200))
+    minutes = pod(body, ready=False, created=NOW - timedelta(seconds=100))
     d = decide(obs(body, pods=(minutes,)), CFG)
-    assert d.requeue_after == pytest.approx(100)  # half its age, not every 30 s
+    assert d.requeue_after == pytest.approx(100)  # its age (looks double), not every 30 s
     ages = pod(body, ready=False, created=NOW - timedelta(seconds=3000))
     capped = decide(obs(body, pods=(ages,)), CFG)
     assert capped.requeue_after == pytest.approx(RECHECK_GROWTH * CFG.starting_recheck)

@@ -98,7 +98,7 @@ class Settings:
     starting_recheck: float = 30.0
     """Seconds between checks of a starting lab whose pod is not Ready: the pod's own
     events (scheduled, started, Ready, restarted) wake its session at once; this is the
-    fallback should one be missed, backing off to half the pod's age (at most
+    fallback should one be missed, backing off to the pod's age (at most
     ``labgates.RECHECK_GROWTH`` times this) for a slow start (the start timeout and the
     unschedulable grace are looked at when they fall due)."""
     status_hold: float = 5.0

@@ -163,8 +163,8 @@ def _requeue(
     tell. Any other lab not Ready follows its pod by watch (created, scheduled, started,
     Ready, restarted, gone: each event wakes its session): it is looked at by the clock
     only when its start timeout or unschedulable grace falls due, and, should an event be
-    missed, after ``starting_recheck`` or half the pod's age, whichever is longer (at most
-    ``RECHECK_GROWTH`` times ``starting_recheck``).
+    missed, after ``starting_recheck`` or the pod's age, whichever is longer (each look
+    doubles the wait; at most ``RECHECK_GROWTH`` times ``starting_recheck``).
     """
     cfg, now = p.cfg, p.obs.now
     if verdict.ready:
@@ -185,12 +185,12 @@ def _requeue(
         since = st.parse_time(pod.unschedulable_since) or created
         if since is not None:
             due.append((since - now).total_seconds() + cfg.unschedulable_grace)
-    # The fallback look backs off with the pod's age (half of it, at most
-    # RECHECK_GROWTH rechecks' worth): a start the node takes minutes over (many labs at
-    # once) is not looked at every 30 s for nothing; its own events wake it anyway.
+    # The fallback look backs off with the pod's age (looks at 30, 60, 120, 240 s, at
+    # most RECHECK_GROWTH rechecks apart): a start the node takes minutes over (many labs
+    # at once) is not looked at every 30 s for nothing; its own events wake it anyway.
     recheck = cfg.starting_recheck
     if created is not None:
         age = (now - created).total_seconds()
-        recheck = min(max(recheck, age / 2), RECHECK_GROWTH * cfg.starting_recheck)
+        recheck = min(max(recheck, age), RECHECK_GROWTH * cfg.starting_recheck)
     # a moment past the deadline, so that the pass looking then sees it passed
     return min([recheck, *(d + DEADLINE_MARGIN for d in due if d > 0)])
