@@ -113,8 +113,8 @@ async def test_each_pass_is_counted_by_what_began_it(monkeypatch: pytest.MonkeyP
     try:
         for _ in range(2):  # first, then again (it returned 0)
             await asyncio.wait_for(passes.get(), timeout=5)
-        rt.sessions.wake(("labs", "a"), "Pod")
-        rt.sessions.wake(("labs", "a"), "Service")
+        s.wake_for("Pod")
+        s.wake_for("Service")
         await asyncio.wait_for(passes.get(), timeout=5)  # woken: Pod
         await asyncio.wait_for(passes.get(), timeout=5)  # 0.05 s later: timer
     finally:

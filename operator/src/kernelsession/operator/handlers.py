@@ -239,16 +239,18 @@ async def lab_claims(
 async def pod_changed(
     namespace: str | None,
     labels: Mapping[str, str],
+    name: str,
     type: str | None,
     body: kopf.Body,
     memo: kopf.Memo,
     **_: Any,
 ) -> None:
-    """A lab pod changed or vanished: wake its session's loop if a pass would see it."""
+    """A lab pod changed or vanished: wake its session's loop if a pass would see it
+    (not the echo of this process's own create)."""
     key = _session_key(namespace, labels)
     rt = _runtime(memo)
     if key and rt.pod_news.news(key, body, deleted=type == "DELETED"):
-        rt.sessions.wake(key, "Pod")
+        _wake(rt, key, name, type, "Pod")
 
 
 @kopf.on.event("services", labels=CHILD_LABELS)
@@ -258,14 +260,23 @@ async def pod_changed(
 async def child_changed(
     namespace: str | None,
     labels: Mapping[str, str],
+    name: str,
+    type: str | None,
     body: kopf.Body,
     memo: kopf.Memo,
     **_: Any,
 ) -> None:
-    """A child changed or vanished: wake its session's loop."""
+    """A child changed or vanished: wake its session's loop (not for the echo of this
+    process's own create)."""
     key = _session_key(namespace, labels)
     if key:
-        _runtime(memo).sessions.wake(key, str(body.get("kind") or "child"))
+        _wake(_runtime(memo), key, name, type, str(body.get("kind") or "child"))
+
+
+def _wake(rt: Runtime, key: tuple[str, str], name: str, event: str | None, kind: str) -> None:
+    state = rt.sessions.get(key)
+    if state is not None and not state.own_echo(name, event):
+        state.wake_for(kind)
 
 
 @kopf.on.event(naming.GROUP, naming.VERSION, naming.PLURAL)

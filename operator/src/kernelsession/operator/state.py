@@ -120,6 +120,15 @@ class SessionState:
         """The watch shows child ``name``: stop remembering that we created it."""
         self.created.pop(name, None)
 
+    def own_echo(self, name: str, event: str | None) -> bool:
+        """Whether a watch event is the first sight of child ``name`` that this process
+        created (``ADDED``): its create's answer told the pass as much, so it wakes no
+        pass (and the child is seen)."""
+        if event != "ADDED" or name not in self.created:
+            return False
+        self.seen(name)
+        return True
+
     def recent_rejections(self, within: float) -> dict[str, str]:
         now = time.monotonic()
         return {n: msg for n, (msg, when) in self.rejected.items() if now - when < within}
@@ -178,11 +187,6 @@ class Sessions:
 
     def keys(self) -> list[Key]:
         return list(self._by_key)
-
-    def wake(self, key: Key, cause: str) -> None:
-        state = self._by_key.get(key)
-        if state is not None:
-            state.wake_for(cause)
 
     def in_namespace(self, namespace: str) -> list[SessionState]:
         return [s for s in self._by_key.values() if s.key[0] == namespace]
