@@ -9,7 +9,7 @@ from typing import Any
 
 from test_operator_supervisor import runtime
 
-from kernelsession.operator import handlers, naming
+from kernelsession.operator import act, handlers, naming
 from kernelsession.operator.state import SessionState
 
 LABELS = {naming.MANAGED_BY: naming.MANAGER, naming.SESSION_LABEL: "alice"}
@@ -34,12 +34,13 @@ async def _child(memo: Any, name: str, event: str) -> None:
     )
 
 
-async def test_the_echo_of_an_own_create_wakes_nobody_and_marks_the_child_seen() -> None:
+async def test_the_echo_of_an_own_create_wakes_nobody_and_keeps_it_created() -> None:
     _, memo, state = _session()
     state.note_created("alice-lab")
     await _child(memo, "alice-lab", "ADDED")
     assert not state.wake.is_set()
-    assert "alice-lab" not in state.created
+    # a pass that observed before the echo must still not make it again
+    assert state.recently_created("alice-lab", act.CREATE_MEMORY)
     await _child(memo, "alice-lab", "MODIFIED")  # changed by someone after: news
     assert state.wake.is_set()
     assert state.woken_by == "NetworkPolicy"
