@@ -36,6 +36,7 @@ import psutil
 import yaml
 from kubernetes_asyncio import config as k8s_config
 
+from bench import yardstick
 from bench.operator_costs import (
     PASSES_METRIC,
     NodeProcesses,
@@ -247,6 +248,8 @@ class Scale:
     """The operator's passes (its reconciles metric) from the apply until all were Ready."""
     pass_causes: dict[str, float]
     """Those passes by what began them (``kernelsession_passes{cause}``)."""
+    yardstick_ms: float
+    """The CPU yardstick (:mod:`bench.yardstick`), the lesser of before and after."""
 
 
 async def _scale(cluster: LocalCluster, op: InClusterOperator, times: Times, n: int) -> Scale:
@@ -260,6 +263,7 @@ async def _scale(cluster: LocalCluster, op: InClusterOperator, times: Times, n: 
     node0 = node.cpu()
     rss0 = operator.memory_info().rss
     node_rss0 = node.daemons_rss()
+    before = yardstick.measure()
     metrics0 = op.metrics()
     passes0 = metric_value(metrics0, "kernelsession_reconciles_total")
     causes0 = metric_by_label(metrics0, PASSES_METRIC, "cause")
@@ -312,6 +316,7 @@ async def _scale(cluster: LocalCluster, op: InClusterOperator, times: Times, n: 
         ],
         reconciles=passes,
         pass_causes=causes,
+        yardstick_ms=min(before, yardstick.measure()),
     )
 
 
@@ -396,6 +401,12 @@ async def _run(args: argparse.Namespace, cluster: LocalCluster, op: InClusterOpe
             f"peak RSS {scale.operator_peak_rss / 2**20:.0f} MiB "
             f"(before {scale.operator_rss_before / 2**20:.0f} MiB); "
             f"{scale.reconciles / n:.1f} passes per session"
+        )
+        per_session_ms = scale.operator_cpu / max(scale.ready, 1) * 1000
+        print(
+            f"    CPU yardstick {scale.yardstick_ms:.1f} ms (bench/yardstick.py, this run): "
+            f"{yardstick.in_yardsticks(per_session_ms, scale.yardstick_ms):.2f} yardsticks "
+            "per session"
         )
         print(
             "    passes per session by what began them: "

@@ -136,6 +136,46 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return float(t.user + t.system)
 
 
+def process_label(cmdline: list[str]) -> str:
+    """What a process is, for a table of who used the CPU: its program's name, and for a
+    Python program the module (``-m``) or script it runs."""
+    if not cmdline:
+        return "?"
+    program = cmdline[0].rsplit("/", 1)[-1]
+    if not program.startswith("python"):
+        return program
+    args = cmdline[1:]
+    if "-c" in args:
+        return "python -c"
+    if "-m" in args[:-1]:
+        return f"python -m {args[args.index('-m') + 1]}"
+    script = next((a for a in args if not a.startswith("-")), "")
+    return f"python {script.rsplit('/', 1)[-1]}" if script else program
+
+
+def cpu_by_process() -> dict[int, tuple[str, float]]:
+    """Every process's (label, CPU seconds) now, by pid (those that vanish are skipped)."""
+    out: dict[int, tuple[str, float]] = {}
+    for proc in psutil.process_iter(["cmdline", "cpu_times"]):
+        times = proc.info.get("cpu_times")
+        if times is None:
+            continue
+        out[proc.pid] = (process_label(proc.info.get("cmdline") or []), times.user + times.system)
+    return out
+
+
+def cpu_used_since(before: dict[int, tuple[str, float]], top: int = 8) -> dict[str, float]:
+    """CPU seconds used since ``before`` (a :func:`cpu_by_process`), summed by label, the
+    ``top`` largest, most first; a process started since counts from its start."""
+    used: dict[str, float] = {}
+    for pid, (label, seconds) in cpu_by_process().items():
+        earlier = before.get(pid)
+        spent = seconds - earlier[1] if earlier and earlier[0] == label else seconds
+        used[label] = used.get(label, 0.0) + max(spent, 0.0)
+    ranked = sorted(used.items(), key=lambda kv: -kv[1])[:top]
+    return {label: round(seconds, 1) for label, seconds in ranked}
+
+
 PASSES_METRIC = "kernelsession_passes_total"
 """The operator's passes by what began them (label ``cause``)."""
 

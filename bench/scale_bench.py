@@ -41,12 +41,14 @@ import aiohttp
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
-from bench import pyspy
+from bench import pyspy, yardstick
 from bench.operator_costs import (
     PASSES_METRIC,
     NodeProcesses,
     Sampler,
+    cpu_by_process,
     cpu_seconds,
+    cpu_used_since,
     metric_by_label,
     operator_process,
     operator_requests,
@@ -225,6 +227,8 @@ async def _run(
         offset = audit.size(log)
         cpu0 = cpu_seconds(operator)
         passes0 = metric_by_label(op.metrics(), PASSES_METRIC, "cause")
+        before = yardstick.measure()
+        processes = cpu_by_process()
         figures.operator_rss_base_bytes = operator.memory_info().rss
         _log(f"scale: {n} sessions at {rate:g}/s")
         with (
@@ -245,6 +249,8 @@ async def _run(
                 time.monotonic() + deadline_for,
             )
             figures.operator_cpu_s = cpu_seconds(operator) - cpu0
+            figures.creation_cpu = cpu_used_since(processes)
+        figures.yardstick_ms = min(before, yardstick.measure())
         passes = metric_by_label(op.metrics(), PASSES_METRIC, "cause")
         figures.creation_passes = {c: v - passes0.get(c, 0.0) for c, v in passes.items()}
         figures.operator_rss_peak_bytes = sampler.operator_peak
@@ -273,7 +279,7 @@ async def _run(
 
         # 4. leader takeover with N sessions; 5. culling of N idle labs
         await _takeover(cluster, op, core, times, hollow, figures, names)
-        await _culling(cluster, times, hollow, figures, names)
+        await _culling(cluster, op, times, hollow, figures, names)
 
         # 6. delete all: one deletecollection, asked again while sessions remain (the API
         # server may drop a deletecollection of thousands at its request timeout, having
@@ -368,6 +374,7 @@ async def _takeover(
 
 async def _culling(
     cluster: LocalCluster,
+    op: InClusterOperator,
     times: Times,
     hollow: HollowRun,
     figures: ScaleFigures,
@@ -389,9 +396,17 @@ async def _culling(
     cullable_wall = time.time() + IDLE_TIMEOUT
     figures.cull_idle_timeout_s = IDLE_TIMEOUT
     _log(f"scale: {idle} hollow labs idle from now; cullable in {IDLE_TIMEOUT}s")
+    operator = operator_process(cluster, op)
+    # the idle timeout is a fixed span to wait out, not a condition: the operator's CPU is
+    # read at the moment the labs turn cullable
+    await asyncio.sleep(max(0.0, cullable - time.monotonic()))
+    cpu0 = cpu_seconds(operator)
+    processes = cpu_by_process()
     await until(
         times, lambda: all(s in times.session_culled for s in names), cullable + CULL_DEADLINE
     )
+    figures.cull_operator_cpu_s = cpu_seconds(operator) - cpu0
+    figures.cull_cpu = cpu_used_since(processes)
     culled = [times.session_culled[s] for s in names if s in times.session_culled]
     figures.culled = len(culled)
     figures.cull_s = max(culled) - cullable if culled else float("nan")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from bench.yardstick import in_yardsticks
 from kernelsession.localcluster.cluster import audit
 
 
@@ -92,6 +93,9 @@ class ScaleFigures:
     plain_ready: int = 0
     plain_ready_s: list[float] = field(default_factory=list)
     operator_cpu_s: float = 0.0
+    yardstick_ms: float = math.nan
+    """The CPU yardstick (:mod:`bench.yardstick`) measured in this run: the operator's CPU
+    per session is also given in yardsticks, comparable between machines."""
     operator_rss_peak_bytes: int = 0
     operator_rss_base_bytes: int = 0
     """The operator's RSS just before the sessions were created (its idle size)."""
@@ -124,6 +128,15 @@ class ScaleFigures:
     cull_requests: int = 0
     cull_writes: int = 0
     cull_peak_rps: float = 0.0
+    creation_cpu: dict[str, float] = field(default_factory=dict)
+    """CPU seconds by process (the largest) while the sessions were created."""
+    cull_cpu: dict[str, float] = field(default_factory=dict)
+    """CPU seconds by process (the largest) from the labs becoming cullable to the last
+    cull: what the host's cores went to."""
+    cull_operator_cpu_s: float = math.nan
+    """The active operator's CPU seconds from the labs becoming cullable to the last cull
+    (divided by that time: how many cores it used; about 1 means the operator's one
+    Python thread, not the API budget, set the pace)."""
     cull_by_kind: dict[str, int] = field(default_factory=dict)
     """The operator's requests while culling, per ``"VERB RESOURCE"``."""
     api_qps: float = math.nan
@@ -157,11 +170,16 @@ class ScaleFigures:
             "plain_pod_p50_s": _round(p["p50"]),
             "plain_pod_p99_s": _round(p["p99"]),
             "operator_cpu_s": _round(self.operator_cpu_s),
+            "cpu_yardstick_ms": _round(self.yardstick_ms),
+            "operator_cpu_yardsticks_per_session": _round(
+                in_yardsticks(self.operator_cpu_s * 1000 / n, self.yardstick_ms)
+            ),
             "operator_rss_base_mib": _round(self.operator_rss_base_bytes / 2**20),
             "operator_rss_kib_per_session": _round(
                 max(self.operator_rss_peak_bytes - self.operator_rss_base_bytes, 0) / 1024 / n
             ),
             "reads_per_session": _round(self.creation_reads / n),
+            "creation_cpu_by_process_s": self.creation_cpu,
             "creation_requests_by_kind": self.creation_by_kind,
             "passes_per_session": _round(sum(self.creation_passes.values()) / n),
             "passes_per_session_by_cause": {
@@ -185,6 +203,11 @@ class ScaleFigures:
                 self.cull_requests / self.cull_s if self.cull_s > 0 else math.nan
             ),
             "cull_writes_per_session": _round(self.cull_writes / n),
+            "cull_operator_cpu_s": _round(self.cull_operator_cpu_s),
+            "cull_cpu_by_process_s": self.cull_cpu,
+            "cull_operator_cores": _round(
+                self.cull_operator_cpu_s / self.cull_s if self.cull_s > 0 else math.nan
+            ),
             "cull_requests_by_kind": self.cull_by_kind,
             "api_qps": _round(self.api_qps),
             "namespace": self.namespace,
@@ -206,7 +229,9 @@ class ScaleFigures:
             f"  plain pods Ready {self.plain_ready}/{self.sessions}; create->Ready "
             f"p50 {p['p50']:.2f}s p95 {p['p95']:.2f}s p99 {p['p99']:.2f}s",
             f"  operator: {j['operator_cpu_ms_per_session']} ms CPU per session "
-            f"({j['operator_cpu_s']} s), peak RSS {j['operator_rss_mib']} MiB (idle "
+            f"({j['operator_cpu_s']} s; {j['operator_cpu_yardsticks_per_session']} CPU "
+            f"yardsticks of {j['cpu_yardstick_ms']} ms), "
+            f"peak RSS {j['operator_rss_mib']} MiB (idle "
             f"{j['operator_rss_base_mib']} MiB, {j['operator_rss_kib_per_session']} KiB "
             "per session)",
             f"  API per session created: {j['writes_per_session']} writes, "
@@ -235,16 +260,25 @@ class ScaleFigures:
             f"and the last {j['cull_all_s']}s after that; "
             f"requests/s peak {j['cull_requests_per_s_peak']} mean "
             f"{j['cull_requests_per_s_mean']} (API QPS setting {j['api_qps']}); "
-            f"{j['cull_writes_per_session']} writes per session",
+            f"{j['cull_writes_per_session']} writes per session; operator CPU "
+            f"{j['cull_operator_cpu_s']} s ({j['cull_operator_cores']} cores)",
         ]
         rows += [
             f"    {k:<40} {v / max(self.sessions, 1):8.2f}" for k, v in self.cull_by_kind.items()
         ]
+        rows += _cpu_rows("CPU s by process while creating", self.creation_cpu)
+        rows += _cpu_rows("CPU s by process while culling", self.cull_cpu)
         rows += [
             f"  host load (1 min) during the run: mean {j['load_1m_mean']}, max {j['load_1m_max']}",
             *(f"  note: {n}" for n in self.notes),
         ]
         return "\n".join(rows)
+
+
+def _cpu_rows(title: str, cpu: dict[str, float]) -> list[str]:
+    if not cpu:
+        return []
+    return [f"  {title}:", *(f"    {label:<50} {seconds:8.1f}" for label, seconds in cpu.items())]
 
 
 def _round(value: float) -> float | None:

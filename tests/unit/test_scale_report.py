@@ -76,6 +76,7 @@ def test_json_line_is_last_line_with_required_keys() -> None:
         plain_ready=4,
         plain_ready_s=[3.9, 4.1, 4.4, 5.2],
         operator_cpu_s=0.2,
+        yardstick_ms=20.0,
         operator_rss_peak_bytes=100 * 2**20,
         operator_rss_base_bytes=60 * 2**20,
         creation_writes=32,
@@ -94,6 +95,8 @@ def test_json_line_is_last_line_with_required_keys() -> None:
     assert data["plain_pod_p95_s"] == pytest.approx(5.08)
     assert data["operator_rss_mib"] == 100
     assert data["operator_cpu_ms_per_session"] == 50
+    assert data["cpu_yardstick_ms"] == 20
+    assert data["operator_cpu_yardsticks_per_session"] == 2.5
     assert data["writes_per_session"] == 8
     assert data["steady_writes_per_min"] == 0
     assert data["operator_rss_base_mib"] == 60
@@ -161,6 +164,8 @@ def test_takeover_and_culling_figures_in_the_json_line() -> None:
         cull_requests=200,
         cull_writes=30,
         cull_peak_rps=20,
+        cull_operator_cpu_s=30.0,
+        cull_cpu={"kube-apiserver": 61.5, "python kernelsession-operator": 30.2},
         cull_by_kind={"delete pods": 10, "patch kernelsessions/status": 10},
     )
     data = parse_json_line(json_line(figures))
@@ -170,10 +175,20 @@ def test_takeover_and_culling_figures_in_the_json_line() -> None:
     assert data["cull_requests_per_s_mean"] == 5
     assert data["cull_requests_per_s_peak"] == 20
     assert data["cull_writes_per_session"] == 3
+    assert data["cull_operator_cpu_s"] == 30
+    assert data["cull_operator_cores"] == 0.75
+    assert list(data["cull_cpu_by_process_s"]) == [
+        "kube-apiserver",
+        "python kernelsession-operator",
+    ]
+    assert data["creation_cpu_by_process_s"] == {}
     assert data["api_qps"] is None
     assert data["cull_requests_by_kind"] == {"delete pods": 10, "patch kernelsessions/status": 10}
     table = figures.table()
     assert "takeover" in table
+    assert "CPU s by process while culling:" in table
+    assert "CPU s by process while creating" not in table
+    assert any(line.split() == ["kube-apiserver", "61.5"] for line in table.splitlines())
     assert any(
         line.split() == ["patch", "kernelsessions/status", "1.00"] for line in table.splitlines()
     )
