@@ -7,8 +7,10 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -52,6 +54,7 @@ def test_input_hashes_of_the_repo() -> None:
         ("localcluster/images/lab/Dockerfile", {"lab"}),
         ("localcluster/images/lab/requirements.txt", {"lab"}),
         ("operator/Dockerfile", {"operator"}),
+        ("operator/image-constraints.txt", {"operator"}),
         ("operator/src/kernelsession/operator/builders.py", {"operator"}),
         ("client/src/kernelsession/client/__init__.py", {"operator"}),
     ],
@@ -87,6 +90,30 @@ def test_operator_context_excludes_the_local_cluster() -> None:
     assert any(str(f).startswith("operator/src/kernelsession/operator/") for f in files)
     assert Path("operator/Dockerfile") in files
     assert not any("localcluster" in str(f) for f in files)
+
+
+def test_operator_image_pins_every_dependency_it_installs() -> None:
+    lines = [
+        line
+        for line in (REPO / "operator/image-constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    pins = dict(line.split("==") for line in lines)
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.+]*", line) for line in lines)
+    assert len(pins) == len(lines)  # one pin per package
+    for project in ("operator", "client"):
+        meta = tomllib.loads((REPO / project / "pyproject.toml").read_text())["project"]
+        wanted = [*meta["dependencies"], *meta.get("optional-dependencies", {}).get("cli", [])]
+        for requirement in wanted:
+            name = re.split(r"[<>=!\[ ]", requirement, maxsplit=1)[0]
+            if name.startswith("kernelsession"):
+                continue
+            assert _canonical(name) in {_canonical(p) for p in pins}, name
+    assert "-c /tmp/constraints.txt" in (REPO / "operator/Dockerfile").read_text()
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def test_base_packages_and_refs() -> None:
