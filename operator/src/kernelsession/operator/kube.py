@@ -313,8 +313,9 @@ class Kube:
 
 async def answer(call: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Make a request with a generated API method and return the object it answered as
-    parsed JSON, without building the library's model objects from it (for a pod, a
-    millisecond of CPU each: most of what a create or a delete costs the operator).
+    parsed JSON, without building the library's model objects from it (0.4 ms of CPU for
+    a small pod's model on this project's machine, 30 times its JSON decoding; and a
+    model refuses an answer that lacks a field it requires).
 
     Raises:
         ApiException: the API server answered outside 2xx (``status``, ``reason`` and the
