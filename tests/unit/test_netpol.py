@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from kernelsession.localcluster.host.netpol.enforcer import APPLY_SHARE, COALESCE, HEAL_SHARE, pace
 from kernelsession.localcluster.host.netpol.policy import (
     block_ranges,
     node_dns_stand_in,
@@ -475,3 +476,16 @@ def test_rendered_rules_are_accepted_by_iptables_restore() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_enforcer_paces_costly_work_to_its_share_of_the_time() -> None:
+    # cheap work (a few pods): the least wait, as before
+    assert pace(1.0, 0.02, HEAL_SHARE) == 1.0
+    assert pace(COALESCE, 0.004, APPLY_SHARE) == COALESCE
+    # 1.5 s of rendering at 3,000 pods: wait twice that, a third of the time busy
+    assert pace(COALESCE, 1.5, 0.33) == pytest.approx(1.5 * 0.67 / 0.33)
+    # a 0.3 s comparison: every 2.7 s, a tenth of the time
+    assert pace(1.0, 0.3, HEAL_SHARE) == pytest.approx(2.7)
+    assert pace(0.5, 2.0, 1.0) == 0.5
+    with pytest.raises(ValueError, match="share"):
+        pace(1.0, 1.0, 0.0)
