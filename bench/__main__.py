@@ -60,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FILE",
         help="scale: record the active replica with py-spy while sessions are created",
     )
+    parser.add_argument(
+        "--logs",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="scale: keep the operator replicas' logs (current and previous runs) in DIR",
+    )
     args = parser.parse_args(argv)
     unknown = [name for name in args.sections if name not in SECTIONS]
     if unknown:

@@ -60,6 +60,7 @@ from bench.scale_report import (
     by_kind,
     epoch,
     json_line,
+    not_culled,
     operator_writes,
     peak_rate,
     seconds_to_first,
@@ -280,6 +281,10 @@ async def _run(
         # 4. leader takeover with N sessions; 5. culling of N idle labs
         await _takeover(cluster, op, core, times, hollow, figures, names)
         await _culling(cluster, op, times, hollow, figures, names)
+        if args.logs is not None:
+            args.logs.mkdir(parents=True, exist_ok=True)
+            (args.logs / "operator.log").write_text(op.logs())
+            _log(f"scale: the operator replicas' logs are in {args.logs / 'operator.log'}")
 
         # 6. delete all: one deletecollection, asked again while sessions remain (the API
         # server may drop a deletecollection of thousands at its request timeout, having
@@ -421,6 +426,11 @@ async def _culling(
         f"scale: culled {figures.culled}/{len(names)}, the last {figures.cull_s:.1f}s and the "
         f"first {figures.cull_first_s:.1f}s after they became cullable"
     )
+    if figures.culled < len(names):
+        figures.notes += not_culled(
+            cluster.get_json("kernelsessions", "-n", hollow.namespace)["items"],
+            set(times.session_culled),
+        )
 
 
 async def _hollow_run(
@@ -487,6 +497,7 @@ def main(args: argparse.Namespace) -> int:
     args.profile = bool(getattr(args, "profile", False))
     args.api_qps = getattr(args, "api_qps", None)
     args.py_spy = getattr(args, "py_spy", None)
+    args.logs = getattr(args, "logs", None)
     with _logs_to_stderr(as_json):
         ensure_kwok()
         with tempfile.TemporaryDirectory(prefix="ks-bench-scale-") as tmp:

@@ -7,7 +7,7 @@ import json
 import math
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -275,6 +275,25 @@ class ScaleFigures:
         return "\n".join(rows)
 
 
+def not_culled(sessions: Iterable[Mapping[str, Any]], culled: set[str]) -> list[str]:
+    """Notes on the sessions not seen ``Culled``: how many stand in each phase and reason,
+    with one message of each (their status as the API server has it). Pure."""
+    groups: Counter[tuple[str, str]] = Counter()
+    messages: dict[tuple[str, str], str] = {}
+    for session in sessions:
+        if session["metadata"]["name"] in culled:
+            continue
+        status = session.get("status") or {}
+        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        key = (str(status.get("phase") or "-"), str(ready.get("reason") or "-"))
+        groups[key] += 1
+        messages.setdefault(key, str(ready.get("message") or "")[:120])
+    return [
+        f"not culled: {count} {phase}/{reason} ({messages[(phase, reason)]})"
+        for (phase, reason), count in groups.most_common()
+    ]
+
+
 def _cpu_rows(title: str, cpu: dict[str, float]) -> list[str]:
     if not cpu:
         return []
@@ -312,6 +331,7 @@ __all__ = [
     "by_kind",
     "epoch",
     "json_line",
+    "not_culled",
     "operator_writes",
     "parse_json_line",
     "peak_rate",

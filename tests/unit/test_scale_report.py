@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,7 @@ from bench.scale_report import (
     api_calls,
     epoch,
     json_line,
+    not_culled,
     operator_writes,
     parse_json_line,
     peak_rate,
@@ -209,3 +211,22 @@ def test_hot_frames_counts_a_frame_once_per_sample_and_ranks_by_inclusive_share(
     assert hot[1].own == 0.2
     assert hot[2].own == 0.6
     assert pyspy.hot_frames([]) == []
+
+
+def test_sessions_not_culled_are_told_by_phase_and_reason() -> None:
+    def session(name: str, phase: str, reason: str, message: str) -> dict[str, Any]:
+        condition = {"type": "Ready", "status": "False", "reason": reason, "message": message}
+        return {"metadata": {"name": name}, "status": {"phase": phase, "conditions": [condition]}}
+
+    sessions = [
+        session("a", "Culled", "IdleTimeout", "culled"),
+        session("b", "Ready", "LabReady", "the lab answers"),
+        session("c", "Ready", "LabReady", "the lab answers too"),
+        session("d", "Starting", "LabStarting", "x" * 300),
+        {"metadata": {"name": "e"}},
+    ]
+    notes = not_culled(sessions, culled={"a"})
+    assert notes[0] == "not culled: 2 Ready/LabReady (the lab answers)"
+    assert notes[1] == f"not culled: 1 Starting/LabStarting ({'x' * 120})"
+    assert notes[2] == "not culled: 1 -/- ()"
+    assert not_culled(sessions[:1], culled={"a"}) == []
