@@ -284,7 +284,8 @@ def not_culled(sessions: Iterable[Mapping[str, Any]], culled: set[str]) -> list[
         if session["metadata"]["name"] in culled:
             continue
         status = session.get("status") or {}
-        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        conditions = status.get("conditions") or []
+        ready: Mapping[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
         key = (str(status.get("phase") or "-"), str(ready.get("reason") or "-"))
         groups[key] += 1
         messages.setdefault(key, str(ready.get("message") or "")[:120])
