@@ -79,8 +79,9 @@ def process_state(pid: int) -> str:
 
 def leading(pod: dict[str, Any], timeout: float = 2.0) -> bool | None:
     """Whether the operator replica says it is the active one (its ``kernelsession_leader``
-    gauge, read at its pod IP; set the moment it starts or stops acting, unlike kopf's
-    ``/healthz``, which caches its probes for 10 s); None when it does not answer."""
+    gauge, read at its pod IP; set the moment it starts or stops acting, while
+    ``/healthz`` says what the event loop recorded up to a second before); None when it
+    does not answer."""
     url = f"http://{pod['status']['podIP']}:9090/metrics"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:

@@ -12,7 +12,7 @@ import sys
 
 import kopf
 
-from kernelsession.operator import config, logs
+from kernelsession.operator import config, health, logs
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,15 +58,20 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(cfg.log_level, cfg.log_format)
     from kernelsession.operator import handlers  # noqa: F401  (registers the handlers)
 
-    asyncio.run(
-        kopf.operator(
-            standalone=True,
-            clusterwide=cfg.clusterwide,
-            namespaces=list(cfg.namespaces),
-            liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz",
-            memo=kopf.Memo(settings=cfg),  # parsed once, read by every handler
+    # The liveness endpoint is answered from its own thread (health), not kopf's loop.
+    live = health.Health()
+    server = health.serve(live, cfg.health_port)
+    try:
+        asyncio.run(
+            kopf.operator(
+                standalone=True,
+                clusterwide=cfg.clusterwide,
+                namespaces=list(cfg.namespaces),
+                memo=kopf.Memo(settings=cfg, health=live),  # read by every handler
+            )
         )
-    )
+    finally:
+        server.shutdown()
     return 0
 
 

@@ -19,6 +19,7 @@ import kopf
 import structlog
 
 from kernelsession.operator import (
+    health,
     kopfdiff,
     kopfwatch,
     metrics,
@@ -103,6 +104,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         rt.background.add(task)
     else:
         _activate(rt)
+    live: health.Health | None = getattr(memo, "health", None)
+    if live is not None:  # the liveness endpoint's record that this loop turns
+        beats = health.heartbeat(live, lambda: (rt.active, len(rt.sessions)))
+        rt.background.add(asyncio.get_running_loop().create_task(beats, name="heartbeat"))
     log.info(
         "operator started",
         namespaces=list(cfg.namespaces) or "*",
@@ -136,18 +141,6 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if elector is not None:
         await elector.release()
     await rt.close()
-
-
-@kopf.on.probe(id="sessions")
-async def sessions_probe(memo: kopf.Memo, **_: Any) -> int:
-    """Liveness detail: how many sessions this replica knows."""
-    return len(_runtime(memo).sessions)
-
-
-@kopf.on.probe(id="active")
-async def active_probe(memo: kopf.Memo, **_: Any) -> bool:
-    """Liveness detail: whether this replica acts (leader) or stands by."""
-    return _runtime(memo).active
 
 
 def _session_key(namespace: str | None, labels: Any) -> tuple[str, str] | None:

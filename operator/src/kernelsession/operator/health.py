@@ -1,0 +1,100 @@
+"""The liveness endpoint (``GET /healthz`` on the health port), answered from a thread.
+
+kopf's own endpoint is answered by the operator's event loop. A standby that lists
+3,000 sessions' objects on a saturated node keeps that loop busy for over a minute; it
+answered the kubelet's probe too late six times running, was killed, and listed
+everything again (``docs/scale.md``, the 12-06 23:48 run). Here a thread answers at once
+from what the loop last recorded (:class:`Health`): a busy loop still turns and records;
+a hung one does not. The endpoint says 503 until the operator has started and when the
+loop has not turned for ``stall`` seconds, 200 otherwise, with a small JSON body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("kernelsession.operator")
+
+STALL = 120.0
+"""Seconds the event loop may go without turning before the endpoint says 503."""
+BEAT = 1.0
+"""Seconds between the loop's records."""
+PATH = "/healthz"
+
+
+@dataclass
+class Health:
+    """What the event loop last recorded, read by the endpoint's thread."""
+
+    stall: float = STALL
+    started: bool = False
+    beat_at: float = field(default_factory=time.monotonic)
+    active: bool = False
+    sessions: int = 0
+
+    def beat(self, active: bool, sessions: int) -> None:
+        """Called from the loop: it turned, and this is what it holds."""
+        self.active, self.sessions = active, sessions
+        self.beat_at = time.monotonic()
+        self.started = True
+
+    def answer(self, now: float) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, JSON body) at monotonic time ``now``. Pure."""
+        lag = max(0.0, now - self.beat_at)
+        body: dict[str, Any] = {
+            "started": self.started,
+            "loop_lag_s": round(lag, 3),
+            "active": self.active,
+            "sessions": self.sessions,
+        }
+        ok = self.started and lag <= self.stall
+        return (200 if ok else 503), body
+
+
+async def heartbeat(health: Health, read: Callable[[], tuple[bool, int]]) -> None:
+    """Record in ``health`` every :data:`BEAT` seconds what ``read`` gives (whether this
+    replica acts, how many sessions it knows), until cancelled."""
+    while True:
+        health.beat(*read())
+        await asyncio.sleep(BEAT)
+
+
+def serve(health: Health, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
+    """Answer ``GET /healthz`` on ``host:port`` from a daemon thread; the server is
+    returned (``server_address`` holds the port bound; ``shutdown()`` stops it).
+
+    Raises:
+        OSError: the port cannot be bound.
+    """
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?", 1)[0] != PATH:
+                self.send_error(404)
+                return
+            status, body = health.answer(time.monotonic())
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Probes every few seconds are not worth a log line."""
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="healthz", daemon=True)
+    thread.start()
+    log.info("liveness endpoint", port=server.server_address[1], path=PATH)
+    return server
