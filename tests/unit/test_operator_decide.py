@@ -467,6 +467,23 @@ def test_idle_past_timeout_is_culled_with_resume_hint() -> None:
     assert "Culled" in emitted(d)
 
 
+def test_a_cull_writes_culled_before_it_deletes_the_pod() -> None:
+    # a status write that fails leaves the pod (the next pass culls again); a write that
+    # lands makes the reason sticky, so a failed delete cannot get the lab started again
+    body = session({"culling": {"idleTimeoutSeconds": 60}}, {"phase": "Ready"})
+    p = pod(body, created=NOW - timedelta(seconds=600))
+    d = decide(obs(body, pods=(p,), activity=idle(120)), CFG)
+    order = [type(a) for a in d.actions if isinstance(a, (WriteStatus, DeletePod))]
+    assert order == [WriteStatus, DeletePod]
+    culled = session(
+        {"culling": {"idleTimeoutSeconds": 60}},
+        {"phase": st.CULLED, "reason": "IdleTimeout", "observedGeneration": 1},
+    )
+    again = decide(obs(culled, pods=(pod(culled),)), CFG)
+    assert deleted(again) == [pod(culled).name]
+    assert not kinds(again)  # nothing created: the lab is not started again
+
+
 def test_idle_soon_warns_once() -> None:
     body = session({"culling": {"idleTimeoutSeconds": 600}})
     p = pod(body, created=NOW - timedelta(seconds=900))

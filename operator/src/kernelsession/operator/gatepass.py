@@ -40,6 +40,11 @@ class Pass:
     grants: list[Action] = field(default_factory=list)
     """Access to the token Secret for the session's users: after the lab pod's create
     (the lab starts two requests sooner; nothing in it waits for them)."""
+    after_status: list[Action] = field(default_factory=list)
+    """Child actions that must follow the status write: a cull's pod deletion. Should the
+    write fail, the pod stays and the next pass decides the cull again; written first,
+    ``Culled`` (a sticky reason) keeps the next pass from starting the lab again when
+    the deletion fails instead."""
     events: list[Action] = field(default_factory=list)
     """Events to post after the status write."""
     token_name: str | None = None
@@ -131,6 +136,7 @@ class Pass:
                     )
                 elif verdict.phase == st.FAILED or verdict.reason == Reason.LAB_RESTARTING:
                     result.append(Emit(verdict.reason, verdict.message, warning=True))
+        result.extend(self.after_status)
         result.extend(self.events)
         return Decision(
             tuple(result), phase=verdict.phase, requeue_after=requeue, warned=warned, status=desired

@@ -120,7 +120,7 @@ def lab(p: Pass) -> Decision:
             message = cull.message + RESUME_HINT.format(name=obs.name, ns=obs.namespace)
             if spec.get("home") is None:
                 message += NO_HOME_NOTE
-            p.actions.append(DeletePod(mine.name, cull_reason=cull.reason))
+            p.after_status.append(DeletePod(mine.name, cull_reason=cull.reason))
             p.events.append(Emit("Culled", message))
             verdict = st.Verdict(st.CULLED, cull.reason, message)
             culled_time, pod = st.fmt_time(obs.now), None
