@@ -21,6 +21,7 @@ import structlog
 from kernelsession.operator import (
     health,
     kopfdiff,
+    kopftoggles,
     kopfwatch,
     metrics,
     naming,
@@ -59,6 +60,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     """All settings in one place; API clients, metrics and the election start here."""
     cfg: Settings = memo.settings
     kopfwatch.install()  # a namespace kopf cannot list never pauses every handler
+    kopftoggles.install()  # a listing of thousands does not wake every worker per event
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=naming.GROUP)
     settings.persistence.diffbase_storage = kopfdiff.NoDiffBase()  # no changing handlers
     # Events are posted by the passes themselves (kube.post_event: fenced by the Lease,

@@ -1,0 +1,63 @@
+"""kopf's operator-wide "indexed" toggles wake every waiting worker only when their state
+changes.
+
+kopf (1.45, ``kopf._core.reactor.processing``) makes each per-object worker, for every
+event, drop its watcher's "indexed" toggle from the operator-wide set and then wait until
+every watcher has listed. ``ToggleSet.drop_toggle`` wakes every waiter of the set's
+condition each time, even when the toggle was dropped long ago; each woken worker
+re-checks the whole set. While a replica lists thousands of objects (a standby restarted
+with 3,000 sessions: ~20,000 objects), thousands of workers wait at once and every new
+event wakes them all: three quarters of that replica's CPU went to those wake-ups
+(py-spy, ``docs/scale.md`` item 30), ~85 % of a core for ten minutes.
+
+:func:`install` makes ``drop_toggle`` and ``drop_toggles`` wake the waiters only when the
+set's state (``is_on``) changed. A waiter waits for a state of the set (or of one toggle,
+which dropping another does not change), so it misses nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("kernelsession.operator")
+_MARK = "__kernelsession_quiet__"
+
+
+async def _drop_toggle(self: Any, toggle: Any) -> None:
+    async with self._condition:
+        if toggle not in self._toggles:
+            return
+        before = self.is_on()
+        self._toggles.discard(toggle)
+        if self.is_on() != before:
+            self._condition.notify_all()
+
+
+async def _drop_toggles(self: Any, toggles: Iterable[Any]) -> None:
+    async with self._condition:
+        before = self.is_on()
+        self._toggles.difference_update(toggles)
+        if self.is_on() != before:
+            self._condition.notify_all()
+
+
+def install() -> bool:
+    """Replace kopf's ``ToggleSet.drop_toggle``/``drop_toggles`` (once); False when this
+    kopf has no such class (then nothing is changed and a warning says so)."""
+    try:
+        from kopf._cogs.aiokits.aiotoggles import ToggleSet
+    except ImportError:  # pragma: no cover - another kopf layout
+        log.warning("kopf's ToggleSet not found; indexed toggles wake every worker")
+        return False
+    if getattr(ToggleSet, _MARK, False):
+        return True
+    if not all(hasattr(ToggleSet, name) for name in ("drop_toggle", "drop_toggles", "is_on")):
+        log.warning("kopf's ToggleSet has another shape; not changed")
+        return False
+    ToggleSet.drop_toggle = _drop_toggle  # type: ignore[method-assign]
+    ToggleSet.drop_toggles = _drop_toggles  # type: ignore[method-assign]
+    setattr(ToggleSet, _MARK, True)
+    return True
