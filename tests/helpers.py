@@ -8,15 +8,17 @@ last observed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from aiohttp import web
 
 from kernelsession.localcluster.cluster import LocalCluster
 
@@ -82,6 +84,20 @@ async def async_wait_for(
                 f"timed out after {timeout:g}s waiting for {what}; last: {last!r}"
             )
         await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application, **runner_args: Any) -> AsyncIterator[str]:
+    """Serve ``app`` on a free loopback port until the block ends; yields its base URL
+    (``http://127.0.0.1:PORT``). ``runner_args`` go to aiohttp's ``AppRunner``."""
+    runner = web.AppRunner(app, **runner_args)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 def sa_kubeconfig(

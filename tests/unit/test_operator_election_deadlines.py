@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from helpers import serving
 from kubernetes_asyncio import client
 
 from kernelsession.client.kubeapi import DeadlineApiClient, KubernetesDeadlineError
@@ -79,15 +80,8 @@ async def lease_server() -> AsyncIterator[tuple[LeaseServer, str]]:
     server = LeaseServer()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", server.handle)
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield server, f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(app, handler_cancellation=True) as url:
+        yield server, url
 
 
 def _kube(host: str, timeout: float = 30.0) -> Kube:

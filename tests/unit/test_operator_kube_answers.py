@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from helpers import serving
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -81,17 +82,12 @@ async def kube() -> AsyncIterator[Kube]:
     app.router.add_post("/api/v1/namespaces/labs/pods", _create_pod)
     app.router.add_get("/api/v1/namespaces/labs/secrets/{name}", _read_secret)
     app.router.add_delete("/api/v1/namespaces/labs/pods/{name}", _delete_pod)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    api = DeadlineApiClient(client.Configuration(host=f"http://127.0.0.1:{port}"))
-    try:
-        yield Kube(api)
-    finally:
-        await api.close()
-        await runner.cleanup()
+    async with serving(app) as url:
+        api = DeadlineApiClient(client.Configuration(host=url))
+        try:
+            yield Kube(api)
+        finally:
+            await api.close()
 
 
 async def test_a_create_answers_the_new_objects_uid_even_where_the_model_would_refuse_it(

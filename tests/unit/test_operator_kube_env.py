@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from helpers import serving
 from kubernetes_asyncio import client
 
 from kernelsession.client.kubeapi import DeadlineApiClient
@@ -36,19 +37,14 @@ async def _authorization_seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, o
 
     app = web.Application()
     app.router.add_get("/version/", version)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    api = DeadlineApiClient(client.Configuration(host=f"http://127.0.0.1:{port}"))
-    try:
-        if off:
-            no_environment_lookups(api)
-        await client.VersionApi(api).get_code()
-    finally:
-        await api.close()
-        await runner.cleanup()
+    async with serving(app) as url:
+        api = DeadlineApiClient(client.Configuration(host=url))
+        try:
+            if off:
+                no_environment_lookups(api)
+            await client.VersionApi(api).get_code()
+        finally:
+            await api.close()
     return seen[0]
 
 
