@@ -27,6 +27,7 @@ def test_before_the_first_beat_the_endpoint_says_not_yet() -> None:
 def test_a_loop_that_turned_within_the_stall_is_alive_and_says_what_it_holds() -> None:
     live = health.Health(stall=120.0)
     live.beat(active=True, sessions=3000)
+    assert live.beat_at is not None
     status, body = live.answer(live.beat_at + 119.0)
     assert status == 200
     assert body == {"started": True, "loop_lag_s": 119.0, "active": True, "sessions": 3000}
@@ -35,6 +36,7 @@ def test_a_loop_that_turned_within_the_stall_is_alive_and_says_what_it_holds() -
 def test_a_loop_that_has_not_turned_for_longer_than_the_stall_is_not() -> None:
     live = health.Health(stall=120.0)
     live.beat(active=False, sessions=0)
+    assert live.beat_at is not None
     status, body = live.answer(live.beat_at + 121.0)
     assert status == 503
     assert body["loop_lag_s"] == 121.0
@@ -78,7 +80,7 @@ def test_the_thread_answers_while_the_loop_is_blocked_and_says_so(
     async def operator_loop() -> None:
         beats = asyncio.create_task(health.heartbeat(live, lambda: (True, 7)))
         deadline = time.monotonic() + 10
-        while not live.started and time.monotonic() < deadline:
+        while live.beat_at is None and time.monotonic() < deadline:
             await asyncio.sleep(0.01)  # until the first beat
         assert _get(url)[0] == 200
         poller = threading.Thread(target=poll, daemon=True)

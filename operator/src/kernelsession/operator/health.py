@@ -16,7 +16,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -36,8 +36,8 @@ class Health:
     """What the event loop last recorded, read by the endpoint's thread."""
 
     stall: float = STALL
-    started: bool = False
-    beat_at: float = field(default_factory=time.monotonic)
+    beat_at: float | None = None
+    """Monotonic time of the loop's last record; None until the operator has started."""
     active: bool = False
     sessions: int = 0
 
@@ -45,18 +45,17 @@ class Health:
         """Called from the loop: it turned, and this is what it holds."""
         self.active, self.sessions = active, sessions
         self.beat_at = time.monotonic()
-        self.started = True
 
     def answer(self, now: float) -> tuple[int, dict[str, Any]]:
         """(HTTP status, JSON body) at monotonic time ``now``. Pure."""
-        lag = max(0.0, now - self.beat_at)
+        lag = None if self.beat_at is None else round(max(0.0, now - self.beat_at), 3)
         body: dict[str, Any] = {
-            "started": self.started,
-            "loop_lag_s": round(lag, 3),
+            "started": lag is not None,
+            "loop_lag_s": lag,
             "active": self.active,
             "sessions": self.sessions,
         }
-        ok = self.started and lag <= self.stall
+        ok = lag is not None and lag <= self.stall
         return (200 if ok else 503), body
 
 
