@@ -2,11 +2,11 @@
 timed in the bench's own process, so that operator CPU read on one machine can be
 compared with another's.
 
-CPU milliseconds are this machine's: the same code used 46 ms per session one morning
-and 92 ms on a freshly set-up machine in the evening. The yardstick is measured in the
-same run as the figure it scales (before and after it; the least of several rounds, the
-one least disturbed by the rest of the machine), and the operator's CPU is then also
-given in yardsticks, which cancel the machine's speed but not its load.
+CPU milliseconds are this machine's: the same operator code used 46 ms per session on
+one machine and 71 ms on the next (the real-node bench, 2026-12-06). The yardstick is
+measured in the same run as the figure it scales (before and after it; the least of
+several rounds, the one least disturbed by the rest of the machine), and the operator's
+CPU is then also given in yardsticks, which cancel the machine's speed but not its load.
 """
 
 from __future__ import annotations
