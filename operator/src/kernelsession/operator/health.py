@@ -29,6 +29,8 @@ STALL = 120.0
 BEAT = 1.0
 """Seconds between the loop's records."""
 PATH = "/healthz"
+REQUEST_TIMEOUT = 5.0
+"""Seconds a connection may take to send its request (one thread serves each)."""
 
 
 @dataclass
@@ -76,6 +78,8 @@ def serve(health: Health, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServ
     """
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = REQUEST_TIMEOUT  # a connection that sends nothing does not hold a thread
+
         def do_GET(self) -> None:
             if self.path.split("?", 1)[0] != PATH:
                 self.send_error(404)
