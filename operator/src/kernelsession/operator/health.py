@@ -41,7 +41,9 @@ class Health:
     beat_at: float | None = None
     """Monotonic time of the loop's last record; None until the operator has started."""
     active: bool = False
+    """Whether this replica acts, as of the last record (at most :data:`BEAT` old)."""
     sessions: int = 0
+    """Sessions the replica knows, as of the last record."""
 
     def beat(self, active: bool, sessions: int) -> None:
         """Called from the loop: it turned, and this is what it holds."""
