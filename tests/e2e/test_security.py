@@ -18,7 +18,15 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from helpers import INGRESS_ENV, LABS, apply_session, children, lab_path, wait_phase
+from helpers import (
+    INGRESS_ENV,
+    LABS,
+    apply_session,
+    children,
+    lab_path,
+    wait_for,
+    wait_phase,
+)
 
 from kernelsession.client import JupyterLabSessionManager, JupyterWebError, KernelSessionClient
 from kernelsession.localcluster.cluster import LocalCluster
@@ -250,6 +258,58 @@ async def test_network_policy_is_enforced_on_the_node(
         installed.kubectl(
             "-n", LABS, "delete", "pod", stranger, client, "--wait=false", check=False
         )
+
+
+SCRAPE_LABEL = "kernelsession.dev/scrape-operator"
+
+
+async def test_a_lab_cannot_reach_the_operators_endpoints(
+    installed: LocalCluster, operator: InClusterOperator, session_name: str
+) -> None:
+    """The attack: a user's pod opens connections to the operator's health and metrics
+    ports (each served by a bounded set of threads) to hold them. The operator
+    namespace's NetworkPolicy (manifests/networkpolicy.yaml) lets no pod in: from a pod in
+    a lab namespace both ports time out, by pod IP and through the metrics Service. The
+    node still reaches both (the kubelet's probes hold the pods Ready; the tests scrape
+    from it). Labelling a namespace ``kernelsession.dev/scrape-operator=true`` opens the
+    metrics port, and only it, to that namespace's pods."""
+    stranger = f"{session_name}-scraper"
+    installed.apply([_client_pod(installed, stranger, {})])
+    try:
+        installed.kubectl(
+            "-n", LABS, "wait", "--for=condition=Ready", f"pod/{stranger}", "--timeout=90s"
+        )
+        ip = operator.leader_pod()["status"]["podIP"]
+        svc = installed.get_json(
+            "service", "-n", OPERATOR_NAMESPACE, "kernelsession-operator-metrics"
+        )
+        urls = {
+            "health": f"http://{ip}:8080/healthz",
+            "metrics": f"http://{ip}:9090/metrics",
+            "metrics service": f"http://{svc['spec']['clusterIP']}:9090/metrics",
+        }
+
+        def all_closed() -> bool:
+            seen = {name: _get_from(installed, stranger, url) for name, url in urls.items()}
+            return all("timed out" in outcome for outcome in seen.values())
+
+        wait_for(all_closed, timeout=60, what="the operator's ports closed to a lab's pod")
+        assert "kernelsession_sessions" in operator.metrics()  # the node still scrapes
+        assert operator.ready_pods()  # and the kubelet's probes still pass
+
+        installed.kubectl("label", "namespace", LABS, f"{SCRAPE_LABEL}=true")
+        try:
+            wait_for(
+                lambda: _get_from(installed, stranger, urls["metrics"]) == "200",
+                timeout=60,
+                what="metrics open to a namespace labelled for scraping",
+            )
+            assert _get_from(installed, stranger, urls["metrics service"]) == "200"
+            assert "timed out" in _get_from(installed, stranger, urls["health"])
+        finally:
+            installed.kubectl("label", "namespace", LABS, f"{SCRAPE_LABEL}-")
+    finally:
+        installed.kubectl("-n", LABS, "delete", "pod", stranger, "--wait=false", check=False)
 
 
 async def test_lab_pod_is_hardened_inside_its_container(

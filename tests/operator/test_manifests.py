@@ -33,6 +33,7 @@ def test_kustomization_applies_server_side(installed: LocalCluster) -> None:
         "poddisruptionbudget.policy/kernelsession-operator",
         "clusterrole.rbac.authorization.k8s.io/kernelsession-operator-storageclasses",
         "role.rbac.authorization.k8s.io/kernelsession-operator-leader",
+        "networkpolicy.networking.k8s.io/kernelsession-operator",
     ):
         assert obj in out, out
 

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import structlog
+
+from kernelsession.operator import endpoints
 
 log = structlog.get_logger("kernelsession.operator")
 
@@ -29,8 +30,6 @@ STALL = 120.0
 BEAT = 1.0
 """Seconds between the loop's records."""
 PATH = "/healthz"
-REQUEST_TIMEOUT = 5.0
-"""Seconds a connection may take to send its request (one thread serves each)."""
 
 
 @dataclass
@@ -72,34 +71,17 @@ async def heartbeat(health: Health, read: Callable[[], tuple[bool, int]]) -> Non
 
 
 def serve(health: Health, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
-    """Answer ``GET /healthz`` on ``host:port`` from a daemon thread; the server is
-    returned (``server_address`` holds the port bound; ``shutdown()`` stops it).
+    """Answer ``GET /healthz`` on ``host:port`` from a daemon thread
+    (:func:`endpoints.serve`); the server is returned (``shutdown()`` stops it).
 
     Raises:
         OSError: the port cannot be bound.
     """
 
-    class Handler(BaseHTTPRequestHandler):
-        timeout = REQUEST_TIMEOUT  # a connection that sends nothing does not hold a thread
+    def healthz() -> endpoints.Answer:
+        status, body = health.answer(time.monotonic())
+        return status, "application/json", json.dumps(body).encode()
 
-        def do_GET(self) -> None:
-            if self.path.split("?", 1)[0] != PATH:
-                self.send_error(404)
-                return
-            status, body = health.answer(time.monotonic())
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            """Probes every few seconds are not worth a log line."""
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="healthz", daemon=True)
-    thread.start()
+    server = endpoints.serve("healthz", {PATH: healthz}, port, host)
     log.info("liveness endpoint", port=server.server_address[1], path=PATH)
     return server

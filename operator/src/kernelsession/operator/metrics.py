@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from http.server import ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from kernelsession.operator import endpoints
 from kernelsession.operator.status import PHASES
 
 REGISTRY = CollectorRegistry()
@@ -85,7 +94,21 @@ SESSIONS = PhaseCollector()
 REGISTRY.register(SESSIONS)
 
 
-def serve(port: int) -> None:
-    """Serve ``/metrics`` on ``port`` (0 disables) in a daemon thread."""
-    if port:
-        start_http_server(port, registry=REGISTRY)
+PATH = "/metrics"
+
+
+def exposition() -> endpoints.Answer:
+    """The registry in Prometheus' text format, as the endpoint answers it."""
+    return 200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
+
+
+def serve(port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer | None:
+    """Serve ``GET /metrics`` on ``host:port`` from a daemon thread
+    (:func:`endpoints.serve`); ``port`` 0 serves nothing and returns None.
+
+    Raises:
+        OSError: the port cannot be bound.
+    """
+    if not port:
+        return None
+    return endpoints.serve("metrics", {PATH: exposition}, port, host)
