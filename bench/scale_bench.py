@@ -14,10 +14,12 @@ KWOK with fake nodes whose pods turn Ready 3-5 s after binding; real node cordon
    from the audit log (writes: successful mutating requests other than on its Lease);
 3. a steady window with nothing changing (writes and reads per minute);
 4. leader takeover: the leader's process SIGKILLed and one lab pod deleted at once;
-5. culling: every hollow lab reports a busy kernel until this step, then all stop at
+5. upgrade: ``kubectl rollout restart`` of the operator (new pods, one at a time, each
+   listing everything cold), then one lab pod deleted: the new leader's first decision;
+6. culling: every hollow lab reports a busy kernel until this step, then all stop at
    once; they become cullable ``IDLE_TIMEOUT`` seconds later, all at the same moment,
    and the step times the culls from then;
-6. deletes all N sessions and times it until their pods are gone.
+7. deletes all N sessions and times it until their pods are gone.
 
 Prints a table; with ``--json`` logs go to stderr and the last stdout line is the JSON
 object (:mod:`bench.scale_report`).
@@ -278,15 +280,16 @@ async def _run(
         figures.steady_reads = len(audit.reads(steady))
         figures.hollow_requests = hollow.lab.requests
 
-        # 4. leader takeover with N sessions; 5. culling of N idle labs
+        # 4. leader takeover with N sessions; 5. an upgrade; 6. culling of N idle labs
         await _takeover(cluster, op, core, times, hollow, figures, names)
+        await _upgrade(cluster, op, core, times, hollow, figures, names)
         await _culling(cluster, op, times, hollow, figures, names)
         if args.logs is not None:
             args.logs.mkdir(parents=True, exist_ok=True)
             (args.logs / "operator.log").write_text(op.logs())
             _log(f"scale: the operator replicas' logs are in {args.logs / 'operator.log'}")
 
-        # 6. delete all: one deletecollection, asked again while sessions remain (the API
+        # 7. delete all: one deletecollection, asked again while sessions remain (the API
         # server may drop a deletecollection of thousands at its request timeout, having
         # deleted part of them); a failure here is a note, the figures above stand
         t0 = time.monotonic()
@@ -344,21 +347,13 @@ async def _takeover(
     first decision is to create it again. Its writes in the first minute are counted."""
     log = cluster.audit_log
     assert log is not None
-    victim, ns = names[0], hollow.namespace
-    pods = await core.list_namespaced_pod(ns, label_selector=f"{SESSION_LABEL}={victim}")
     leader = operator_process(cluster, op)
     offset = audit.size(log)
-    times.forget([victim])
     killed = time.time()
     t0 = time.monotonic()
     leader.kill()  # SIGKILL to the leader container's own process (by PID)
-    for pod in pods.items:
-        await core.delete_namespaced_pod(pod.metadata.name, ns, grace_period_seconds=0)
-    _log(f"scale: leader killed, lab pod of {victim} deleted")
-    await until(times, lambda: victim in times.pod_ready, t0 + 300)
-    figures.takeover_recreate_s = (
-        times.pod_seen[victim] - t0 if victim in times.pod_seen else float("nan")
-    )
+    _log("scale: leader killed")
+    figures.takeover_recreate_s = await _recreated(core, times, hollow, names[0], t0)
     remaining = t0 + TAKEOVER_WINDOW - time.monotonic()
     if remaining > 0:
         await asyncio.sleep(remaining)  # the fixed first-minute window, not a wait
@@ -374,6 +369,60 @@ async def _takeover(
     _log(
         f"scale: takeover: first write after {figures.takeover_first_write_s:.1f}s, "
         f"{len(writes)} writes in the first minute, leader {figures.takeover_leader}"
+    )
+
+
+async def _recreated(
+    core: k8s.CoreV1Api, times: Times, hollow: HollowRun, victim: str, since: float
+) -> float:
+    """Delete the lab pod of session ``victim`` and return the seconds from ``since``
+    (monotonic) until the operator has created it again (NaN if not within 300 s)."""
+    ns = hollow.namespace
+    pods = await core.list_namespaced_pod(ns, label_selector=f"{SESSION_LABEL}={victim}")
+    times.forget([victim])
+    for pod in pods.items:
+        await core.delete_namespaced_pod(pod.metadata.name, ns, grace_period_seconds=0)
+    _log(f"scale: lab pod of {victim} deleted")
+    await until(times, lambda: victim in times.pod_ready, since + 300)
+    return times.pod_seen[victim] - since if victim in times.pod_seen else float("nan")
+
+
+UPGRADE_TIMEOUT = 600.0
+"""Seconds the operator's rollout may take."""
+
+
+async def _upgrade(
+    cluster: LocalCluster,
+    op: InClusterOperator,
+    core: k8s.CoreV1Api,
+    times: Times,
+    hollow: HollowRun,
+    figures: ScaleFigures,
+    names: list[str],
+) -> None:
+    """An operator upgrade with N sessions: ``kubectl rollout restart`` (new pods one at
+    a time, each listing everything cold; the old leader gives the Lease up when it is
+    stopped). Once the rollout is done one lab pod is deleted: the new leader's first
+    decision is to create it again. Counted from the restart to a minute after the
+    rollout: the operator's writes by kind (no lab may be deleted), and the new leader's
+    CPU since it started."""
+    log = cluster.audit_log
+    assert log is not None
+    offset = audit.size(log)
+    _log("scale: upgrade: rollout restart of the operator")
+    figures.upgrade_s = await asyncio.to_thread(op.restart, UPGRADE_TIMEOUT)
+    done = time.monotonic()
+    figures.upgrade_recreate_s = await _recreated(core, times, hollow, names[1], done)
+    remaining = done + TAKEOVER_WINDOW - time.monotonic()
+    if remaining > 0:
+        await asyncio.sleep(remaining)  # the fixed first-minute window, not a wait
+    leader = operator_process(cluster, op)
+    figures.upgrade_leader_cpu_s = cpu_seconds(leader)
+    figures.upgrade_leader_rss_bytes = leader.memory_info().rss
+    figures.upgrade_writes_by_kind = by_kind(operator_writes(operator_requests(cluster, offset)))
+    _log(
+        f"scale: upgrade: rollout {figures.upgrade_s:.1f}s, pod back after "
+        f"{figures.upgrade_recreate_s:.1f}s, writes {figures.upgrade_writes_by_kind}"
     )
 
 

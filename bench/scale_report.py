@@ -118,6 +118,18 @@ class ScaleFigures:
     """From the kill to the deleted lab pod existing again."""
     takeover_writes_first_min: int = 0
     takeover_leader: str = ""
+    upgrade_s: float = math.nan
+    """``kubectl rollout restart`` of the operator until its Deployment was available."""
+    upgrade_recreate_s: float = math.nan
+    """From the rollout's end to a lab pod deleted then existing again (the new leader's
+    first decision, after it listed everything cold)."""
+    upgrade_writes_by_kind: dict[str, int] = field(default_factory=dict)
+    """The operator's writes from the restart to a minute after the rollout, per
+    ``"VERB RESOURCE"`` (the deleted pod's re-creation included)."""
+    upgrade_leader_cpu_s: float = math.nan
+    """The new leader's CPU seconds from its start to a minute after the rollout."""
+    upgrade_leader_rss_bytes: int = 0
+    """The new leader's RSS a minute after the rollout."""
     culled: int = 0
     cull_s: float = math.nan
     """From the labs becoming cullable (their idle timeout after every kernel stopped at
@@ -194,6 +206,14 @@ class ScaleFigures:
             "takeover_recreate_s": _round(self.takeover_recreate_s),
             "takeover_writes_per_session_first_min": _round(self.takeover_writes_first_min / n),
             "takeover_leader": self.takeover_leader,
+            "upgrade_rollout_s": _round(self.upgrade_s),
+            "upgrade_first_decision_s": _round(self.upgrade_recreate_s),
+            "upgrade_writes_per_session": _round(sum(self.upgrade_writes_by_kind.values()) / n),
+            "upgrade_lab_pods_deleted": self.upgrade_writes_by_kind.get("delete pods", 0),
+            "upgrade_writes_by_kind": self.upgrade_writes_by_kind,
+            "upgrade_leader_cpu_s": _round(self.upgrade_leader_cpu_s),
+            "upgrade_leader_cpu_ms_per_session": _round(self.upgrade_leader_cpu_s * 1000 / n),
+            "upgrade_leader_rss_mib": _round(self.upgrade_leader_rss_bytes / 2**20),
             "culled": self.culled,
             "cull_all_s": _round(self.cull_s),
             "cull_first_s": _round(self.cull_first_s),
@@ -255,6 +275,12 @@ class ScaleFigures:
             f"{j['takeover_first_decision_s']}s, pod back after {j['takeover_recreate_s']}s, "
             f"{j['takeover_writes_per_session_first_min']} writes per session in the first "
             f"minute (new leader {self.takeover_leader or '?'})",
+            f"  upgrade (rollout restart, then one lab pod deleted): rollout "
+            f"{j['upgrade_rollout_s']}s, pod back {j['upgrade_first_decision_s']}s after it; "
+            f"{j['upgrade_writes_per_session']} writes per session to a minute after "
+            f"({j['upgrade_lab_pods_deleted']} lab pods deleted); new leader "
+            f"{j['upgrade_leader_cpu_s']} CPU s ({j['upgrade_leader_cpu_ms_per_session']} ms "
+            f"per session), RSS {j['upgrade_leader_rss_mib']} MiB",
             f"  culling (all kernels stopped at once, cullable {j['cull_idle_timeout_s']}s "
             f"later): {self.culled}/{self.sessions} culled, the first {j['cull_first_s']}s "
             f"and the last {j['cull_all_s']}s after that; "

@@ -230,3 +230,26 @@ def test_sessions_not_culled_are_told_by_phase_and_reason() -> None:
     assert notes[1] == f"not culled: 1 Starting/LabStarting ({'x' * 120})"
     assert notes[2] == "not culled: 1 -/- ()"
     assert not_culled(sessions[:1], culled={"a"}) == []
+
+
+def test_upgrade_figures_in_the_json_line_and_the_table() -> None:
+    figures = ScaleFigures(
+        sessions=100,
+        rate=10,
+        ready=100,
+        upgrade_s=21.0,
+        upgrade_recreate_s=9.5,
+        upgrade_writes_by_kind={"create pods": 1, "patch kernelsessions/status": 3},
+        upgrade_leader_cpu_s=4.0,
+        upgrade_leader_rss_bytes=100 * 2**20,
+    )
+    data = parse_json_line(json_line(figures))
+    assert data["upgrade_rollout_s"] == 21
+    assert data["upgrade_first_decision_s"] == 9.5
+    assert data["upgrade_writes_per_session"] == 0.04
+    assert data["upgrade_lab_pods_deleted"] == 0
+    assert data["upgrade_leader_cpu_ms_per_session"] == 40
+    assert data["upgrade_leader_rss_mib"] == 100
+    deleted = ScaleFigures(sessions=10, rate=1, ready=10, upgrade_writes_by_kind={"delete pods": 2})
+    assert parse_json_line(json_line(deleted))["upgrade_lab_pods_deleted"] == 2
+    assert "(0 lab pods deleted)" in figures.table()
