@@ -14,8 +14,9 @@ KWOK with fake nodes whose pods turn Ready 3-5 s after binding; real node cordon
    from the audit log (writes: successful mutating requests other than on its Lease);
 3. a steady window with nothing changing (writes and reads per minute);
 4. leader takeover: the leader's process SIGKILLed and one lab pod deleted at once;
-5. upgrade: ``kubectl rollout restart`` of the operator (new pods, one at a time, each
-   listing everything cold), then one lab pod deleted: the new leader's first decision;
+5. upgrade: a change to the operator's pod template rolled out (new pods, one at a time,
+   each listing everything cold), then one lab pod deleted: the new leader's first
+   decision;
 6. culling: every hollow lab reports a busy kernel until this step, then all stop at
    once; they become cullable ``IDLE_TIMEOUT`` seconds later, all at the same moment,
    and the step times the culls from then;
@@ -393,6 +394,8 @@ async def _recreated(
 
 UPGRADE_TIMEOUT = 600.0
 """Seconds the operator's rollout may take."""
+UNSCHEDULABLE = "node.kubernetes.io/unschedulable"
+"""The taint of a cordoned node."""
 
 
 async def _upgrade(
@@ -404,17 +407,23 @@ async def _upgrade(
     figures: ScaleFigures,
     names: list[str],
 ) -> None:
-    """An operator upgrade with N sessions: ``kubectl rollout restart`` (new pods one at
-    a time, each listing everything cold; the old leader gives the Lease up when it is
-    stopped). Once the rollout is done one lab pod is deleted: the new leader's first
+    """An operator upgrade with N sessions: a change to its pod template rolled out (new
+    pods one at a time, each listing everything cold; the old leader gives the Lease up
+    when it is stopped). Once the rollout is done one lab pod is deleted: the new leader's first
     decision is to create it again. Counted from the restart to a minute after the
     rollout: the operator's writes by kind (no lab may be deleted), and the new leader's
     CPU since it started."""
     log = cluster.audit_log
     assert log is not None
     offset = audit.size(log)
-    _log("scale: upgrade: rollout restart of the operator")
-    figures.upgrade_s = await asyncio.to_thread(op.restart, UPGRADE_TIMEOUT)
+    # the change rolled out: the operator's pods pinned to the real node, which the run
+    # cordons (without it the new pods would land on the fake nodes and never run)
+    pinned = {
+        "nodeSelector": {"kubernetes.io/hostname": cluster.node_name},
+        "tolerations": [{"key": UNSCHEDULABLE, "operator": "Exists", "effect": "NoSchedule"}],
+    }
+    _log("scale: upgrade: the operator's pod template changed, rolling out")
+    figures.upgrade_s = await asyncio.to_thread(op.roll, pinned, UPGRADE_TIMEOUT)
     done = time.monotonic()
     figures.upgrade_recreate_s = await _recreated(core, times, hollow, names[1], done)
     remaining = done + TAKEOVER_WINDOW - time.monotonic()

@@ -119,7 +119,8 @@ class ScaleFigures:
     takeover_writes_first_min: int = 0
     takeover_leader: str = ""
     upgrade_s: float = math.nan
-    """``kubectl rollout restart`` of the operator until its Deployment was available."""
+    """A change to the operator's pod template rolled out, until its Deployment was
+    available."""
     upgrade_recreate_s: float = math.nan
     """From the rollout's end to a lab pod deleted then existing again (the new leader's
     first decision, after it listed everything cold)."""
@@ -275,7 +276,7 @@ class ScaleFigures:
             f"{j['takeover_first_decision_s']}s, pod back after {j['takeover_recreate_s']}s, "
             f"{j['takeover_writes_per_session_first_min']} writes per session in the first "
             f"minute (new leader {self.takeover_leader or '?'})",
-            f"  upgrade (rollout restart, then one lab pod deleted): rollout "
+            f"  upgrade (pod template changed and rolled out, one lab pod deleted): rollout "
             f"{j['upgrade_rollout_s']}s, pod back {j['upgrade_first_decision_s']}s after it; "
             f"{j['upgrade_writes_per_session']} writes per session to a minute after "
             f"({j['upgrade_lab_pods_deleted']} lab pods deleted); new leader "

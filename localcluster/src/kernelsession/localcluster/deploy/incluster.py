@@ -274,6 +274,19 @@ class InClusterOperator(OperatorDeployment):
         self.wait_available(timeout)
         return time.monotonic() - started
 
+    def roll(self, template_spec: Mapping[str, Any], timeout: float = 180.0) -> float:
+        """Merge ``template_spec`` into the pod template's spec (an upgrade's rollout: new
+        pods, one at a time) and wait until available; returns seconds. Raises
+        RolloutError (a RuntimeError) when it does not become available."""
+        started = time.monotonic()
+        patch = {"spec": {"template": {"spec": dict(template_spec)}}}
+        self.cluster.kubectl(
+            "-n", OPERATOR_NAMESPACE, "patch", f"deploy/{DEPLOYMENT}", "--type=merge",
+            "-p", json.dumps(patch),
+        )  # fmt: skip
+        self.wait_available(timeout)
+        return time.monotonic() - started
+
     def running(self) -> bool:
         return self.instance() is not None
 
