@@ -74,8 +74,10 @@ async def watch_times(api: k8s.ApiClient, times: Times, kind: str, namespace: st
                 key = labels.get(SESSION_LABEL) or labels.get(PLAIN_LABEL)
                 if not key:
                     continue
+                if obj.metadata.deletion_timestamp is not None:
+                    continue  # a pod on its way out (its last updates), not a new one
                 times.pod_seen.setdefault(key, now)
-                if _pod_ready(obj) and obj.metadata.deletion_timestamp is None:
+                if _pod_ready(obj):
                     times.pod_ready.setdefault(key, now)
             else:
                 name = obj["metadata"]["name"]
