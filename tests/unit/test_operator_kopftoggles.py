@@ -1,5 +1,6 @@
 """kopf's operator-wide indexed toggles (``kopftoggles``), on kopf's own ``ToggleSet``:
-waiters are woken when the set's state changes, not on every drop, and none is missed."""
+waiters are woken when the set's state changes, not on every toggle made or dropped, and
+none is missed."""
 
 from __future__ import annotations
 
@@ -15,13 +16,17 @@ from kernelsession.operator import kopftoggles
 
 @pytest.fixture
 def patched() -> Iterator[None]:
-    before = (ToggleSet.drop_toggle, ToggleSet.drop_toggles)
+    before = (ToggleSet.make_toggle, ToggleSet.drop_toggle, ToggleSet.drop_toggles)
     had_mark = kopftoggles._MARK in vars(ToggleSet)
     assert kopftoggles.install()
     try:
         yield
     finally:
-        ToggleSet.drop_toggle, ToggleSet.drop_toggles = before  # type: ignore[method-assign]
+        (  # type: ignore[method-assign]
+            ToggleSet.make_toggle,
+            ToggleSet.drop_toggle,
+            ToggleSet.drop_toggles,
+        ) = before
         if not had_mark:
             delattr(ToggleSet, kopftoggles._MARK)
 
@@ -89,3 +94,70 @@ async def test_dropping_the_last_toggle_that_holds_the_set_wakes_its_waiters(
     assert got == [True, True, True]
     assert holder not in indexed
     await indexed.drop_toggle(holder)  # gone already: nothing happens
+
+
+async def _listing_like_kopf(waiters: int, objects: int) -> tuple[int, list[bool]]:
+    """A watcher's first listing as kopf runs it on a cold start: ``waiters`` workers wait
+    for the set while the watcher makes a toggle for each of ``objects`` new objects; then
+    every object is indexed (its toggle dropped). How many wake-ups, and whether all
+    workers got through."""
+    indexed = ToggleSet(all)
+    holder = await indexed.make_toggle(False, name="a watcher still listing")
+    wakeups = 0
+    notify_all = indexed._condition.notify_all
+
+    def counting() -> None:
+        nonlocal wakeups
+        wakeups += len(indexed._condition._waiters)  # type: ignore[attr-defined]
+        notify_all()
+
+    indexed._condition.notify_all = counting  # type: ignore[method-assign]
+    through: list[bool] = []
+
+    async def worker() -> None:
+        await indexed.wait_for(True)
+        through.append(True)
+
+    tasks = [asyncio.create_task(worker()) for _ in range(waiters)]
+    await asyncio.sleep(0)
+    toggles = [await indexed.make_toggle(name=f"object {i}") for i in range(objects)]
+    assert not through
+    assert not indexed.is_on()
+    await indexed.drop_toggles([*toggles, holder])  # all indexed: the set turns on
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
+    return wakeups, through
+
+
+async def test_making_a_toggle_wakes_no_one_when_the_set_stays_off(patched: None) -> None:
+    wakeups, through = await _listing_like_kopf(waiters=200, objects=300)
+    assert through == [True] * 200
+    assert wakeups == 200  # once each, when the set turned on
+
+
+async def test_kopf_unpatched_wakes_every_waiter_for_every_toggle_made() -> None:
+    assert ToggleSet.make_toggle.__module__ == "kopf._cogs.aiokits.aiotoggles"  # kopf's own
+    wakeups, through = await _listing_like_kopf(waiters=200, objects=300)
+    assert through == [True] * 200
+    assert wakeups >= 200 * 300  # waiters x objects: the reason for the patch
+
+
+async def test_a_toggle_made_on_turns_an_any_set_on_and_wakes_its_waiters(
+    patched: None,
+) -> None:
+    paused = ToggleSet(any)  # kopf's operator_paused: on while any toggle is on
+    got: list[bool] = []
+
+    async def waiter() -> None:
+        await paused.wait_for(True)
+        got.append(True)
+
+    tasks = [asyncio.create_task(waiter()) for _ in range(3)]
+    await asyncio.sleep(0)
+    await paused.make_toggle(False, name="off: nothing changes")
+    await asyncio.sleep(0)
+    assert not got
+    toggle = await paused.make_toggle(True, name="on: the set turns on")
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=5)
+    assert got == [True, True, True]
+    assert toggle in paused
+    assert toggle.is_on()

@@ -10,9 +10,16 @@ with 3,000 sessions: ~20,000 objects), thousands of workers wait at once and eve
 event wakes them all: three quarters of that replica's CPU went to those wake-ups
 (py-spy, ``docs/scale.md`` item 30), ~85 % of a core for ten minutes.
 
-:func:`install` makes ``drop_toggle`` and ``drop_toggles`` wake the waiters only when the
-set's state (``is_on``) changed. A waiter waits for a state of the set (or of one toggle,
-which dropping another does not change), so it misses nothing.
+``make_toggle`` does the same for every object a watcher meets while the operator has not
+listed everything yet (``kopf._core.reactor.queueing.watcher``: a toggle per object, so
+that its worker can hold the operator until it is indexed): a replica starting cold with
+3,000 sessions (an upgrade's new pods) spent its main thread in ``make_toggle``'s
+``notify_all`` (py-spy) and made no decision for minutes (``docs/scale.md`` item 31).
+
+:func:`install` makes ``make_toggle``, ``drop_toggle`` and ``drop_toggles`` wake the
+waiters only when the set's state (``is_on``) changed. A waiter waits for a state of the
+set or of one toggle; adding or dropping a toggle changes no other toggle's state, and no
+one waits yet for a toggle being made, so it misses nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +31,18 @@ import structlog
 
 log = structlog.get_logger("kernelsession.operator")
 _MARK = "__kernelsession_quiet__"
+
+
+async def _make_toggle(self: Any, val: bool = False, /, *, name: str | None = None) -> Any:
+    from kopf._cogs.aiokits.aiotoggles import Toggle
+
+    toggle = Toggle(val, name=name, condition=self._condition)
+    async with self._condition:
+        before = self.is_on()
+        self._toggles.add(toggle)
+        if self.is_on() != before:
+            self._condition.notify_all()
+    return toggle
 
 
 async def _drop_toggle(self: Any, toggle: Any) -> None:
@@ -45,8 +64,9 @@ async def _drop_toggles(self: Any, toggles: Iterable[Any]) -> None:
 
 
 def install() -> bool:
-    """Replace kopf's ``ToggleSet.drop_toggle``/``drop_toggles`` (once); False when this
-    kopf has no such class (then nothing is changed and a warning says so)."""
+    """Replace kopf's ``ToggleSet.make_toggle``/``drop_toggle``/``drop_toggles`` (once);
+    False when this kopf has no such class (then nothing is changed and a warning says
+    so)."""
     try:
         from kopf._cogs.aiokits.aiotoggles import ToggleSet
     except ImportError:  # pragma: no cover - another kopf layout
@@ -54,9 +74,11 @@ def install() -> bool:
         return False
     if getattr(ToggleSet, _MARK, False):
         return True
-    if not all(hasattr(ToggleSet, name) for name in ("drop_toggle", "drop_toggles", "is_on")):
+    names = ("make_toggle", "drop_toggle", "drop_toggles", "is_on")
+    if not all(hasattr(ToggleSet, name) for name in names):
         log.warning("kopf's ToggleSet has another shape; not changed")
         return False
+    ToggleSet.make_toggle = _make_toggle  # type: ignore[method-assign,assignment]
     ToggleSet.drop_toggle = _drop_toggle  # type: ignore[method-assign]
     ToggleSet.drop_toggles = _drop_toggles  # type: ignore[method-assign]
     setattr(ToggleSet, _MARK, True)
