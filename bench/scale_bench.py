@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
+import psutil
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
@@ -463,16 +464,19 @@ async def _culling(
     cullable_wall = time.time() + IDLE_TIMEOUT
     figures.cull_idle_timeout_s = IDLE_TIMEOUT
     _log(f"scale: {idle} hollow labs idle from now; cullable in {IDLE_TIMEOUT}s")
-    operator = operator_process(cluster, op)
     # the idle timeout is a fixed span to wait out, not a condition: the operator's CPU is
-    # read at the moment the labs turn cullable
+    # read at the moment the labs turn cullable, from the process active then
     await asyncio.sleep(max(0.0, cullable - time.monotonic()))
+    operator = operator_process(cluster, op)
     cpu0 = cpu_seconds(operator)
     processes = cpu_by_process()
     await until(
         times, lambda: all(s in times.session_culled for s in names), cullable + CULL_DEADLINE
     )
-    figures.cull_operator_cpu_s = cpu_seconds(operator) - cpu0
+    try:
+        figures.cull_operator_cpu_s = cpu_seconds(operator) - cpu0
+    except psutil.NoSuchProcess:  # it ended while culling (a restart): a note, no figure
+        figures.notes.append("culling: the active operator's process ended before the end")
     figures.cull_cpu = cpu_used_since(processes)
     culled = [times.session_culled[s] for s in names if s in times.session_culled]
     figures.culled = len(culled)
