@@ -31,6 +31,20 @@ def patched() -> Iterator[None]:
             delattr(ToggleSet, kopftoggles._MARK)
 
 
+def _count_wakeups(indexed: ToggleSet) -> list[int]:
+    """Count, from now on, the waiters each ``notify_all`` of ``indexed`` wakes; the list
+    holds one entry per call."""
+    notify_all = indexed._condition.notify_all
+    woken: list[int] = []
+
+    def counting() -> None:
+        woken.append(len(indexed._condition._waiters))  # type: ignore[attr-defined]
+        notify_all()
+
+    indexed._condition.notify_all = counting  # type: ignore[method-assign]
+    return woken
+
+
 async def _workers_like_kopf(waiters: int) -> tuple[int, list[bool]]:
     """``waiters`` per-object workers as kopf runs them while one watcher has not listed:
     each drops the watcher's toggle (already dropped for all but the first) and waits for
@@ -38,15 +52,7 @@ async def _workers_like_kopf(waiters: int) -> tuple[int, list[bool]]:
     indexed = ToggleSet(all)
     listing = await indexed.make_toggle(False, name="a watcher still listing")
     dropped = await indexed.make_toggle(False, name="a watcher that listed")
-    wakeups = 0
-    notify_all = indexed._condition.notify_all
-
-    def counting() -> None:
-        nonlocal wakeups
-        wakeups += len(indexed._condition._waiters)  # type: ignore[attr-defined]
-        notify_all()
-
-    indexed._condition.notify_all = counting  # type: ignore[method-assign]
+    wakeups = _count_wakeups(indexed)
     through: list[bool] = []
 
     async def worker() -> None:
@@ -60,7 +66,7 @@ async def _workers_like_kopf(waiters: int) -> tuple[int, list[bool]]:
     assert not through  # the listing watcher holds them all
     await listing.turn_to(True)  # it listed: every worker goes on
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
-    return wakeups, through
+    return sum(wakeups), through
 
 
 async def test_every_worker_gets_through_once_the_last_watcher_listed(patched: None) -> None:
@@ -103,15 +109,7 @@ async def _listing_like_kopf(waiters: int, objects: int) -> tuple[int, list[bool
     workers got through."""
     indexed = ToggleSet(all)
     holder = await indexed.make_toggle(False, name="a watcher still listing")
-    wakeups = 0
-    notify_all = indexed._condition.notify_all
-
-    def counting() -> None:
-        nonlocal wakeups
-        wakeups += len(indexed._condition._waiters)  # type: ignore[attr-defined]
-        notify_all()
-
-    indexed._condition.notify_all = counting  # type: ignore[method-assign]
+    wakeups = _count_wakeups(indexed)
     through: list[bool] = []
 
     async def worker() -> None:
@@ -125,7 +123,7 @@ async def _listing_like_kopf(waiters: int, objects: int) -> tuple[int, list[bool
     assert not indexed.is_on()
     await indexed.drop_toggles([*toggles, holder])  # all indexed: the set turns on
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
-    return wakeups, through
+    return sum(wakeups), through
 
 
 async def test_making_a_toggle_wakes_no_one_when_the_set_stays_off(patched: None) -> None:

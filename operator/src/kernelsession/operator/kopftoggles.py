@@ -24,54 +24,54 @@ one waits yet for a toggle being made, so it misses nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
+
+try:
+    from kopf._cogs.aiokits import aiotoggles
+except ImportError:  # pragma: no cover - another kopf layout
+    aiotoggles = None  # type: ignore[assignment]
 
 log = structlog.get_logger("kernelsession.operator")
 _MARK = "__kernelsession_quiet__"
 
 
-async def _make_toggle(self: Any, val: bool = False, /, *, name: str | None = None) -> Any:
-    from kopf._cogs.aiokits.aiotoggles import Toggle
+def _change(toggles: Any, change: Callable[[set[Any]], None]) -> None:
+    """Apply ``change`` to the set's toggles (its condition held by the caller) and wake
+    the waiters only if the set's state changed."""
+    before = toggles.is_on()
+    change(toggles._toggles)
+    if toggles.is_on() != before:
+        toggles._condition.notify_all()
 
-    toggle = Toggle(val, name=name, condition=self._condition)
+
+async def _make_toggle(self: Any, val: bool = False, /, *, name: str | None = None) -> Any:
+    toggle = aiotoggles.Toggle(val, name=name, condition=self._condition)
     async with self._condition:
-        before = self.is_on()
-        self._toggles.add(toggle)
-        if self.is_on() != before:
-            self._condition.notify_all()
+        _change(self, lambda toggles: toggles.add(toggle))
     return toggle
 
 
 async def _drop_toggle(self: Any, toggle: Any) -> None:
     async with self._condition:
-        if toggle not in self._toggles:
-            return
-        before = self.is_on()
-        self._toggles.discard(toggle)
-        if self.is_on() != before:
-            self._condition.notify_all()
+        _change(self, lambda toggles: toggles.discard(toggle))
 
 
 async def _drop_toggles(self: Any, toggles: Iterable[Any]) -> None:
     async with self._condition:
-        before = self.is_on()
-        self._toggles.difference_update(toggles)
-        if self.is_on() != before:
-            self._condition.notify_all()
+        _change(self, lambda held: held.difference_update(toggles))
 
 
 def install() -> bool:
     """Replace kopf's ``ToggleSet.make_toggle``/``drop_toggle``/``drop_toggles`` (once);
     False when this kopf has no such class (then nothing is changed and a warning says
     so)."""
-    try:
-        from kopf._cogs.aiokits.aiotoggles import ToggleSet
-    except ImportError:  # pragma: no cover - another kopf layout
+    if aiotoggles is None:  # pragma: no cover - another kopf layout
         log.warning("kopf's ToggleSet not found; indexed toggles wake every worker")
         return False
+    ToggleSet = aiotoggles.ToggleSet
     if getattr(ToggleSet, _MARK, False):
         return True
     names = ("make_toggle", "drop_toggle", "drop_toggles", "is_on")
