@@ -29,6 +29,7 @@ from kernelsession.localcluster.deploy.operator_process import (
     manifests_dir,
 )
 from kernelsession.localcluster.deploy.rollout import pod_logs, pods, wait_rollout
+from kernelsession.localcluster.processes import wait_until
 
 DEPLOYMENT = "kernelsession-operator"
 UPSTREAM_IMAGE = "kernelsession/operator"
@@ -219,11 +220,23 @@ class InClusterOperator(OperatorDeployment):
         )
 
     def start(self, timeout: float = 180.0) -> float:
-        """Apply the manifests (scaling back up after ``stop``) and wait until available;
-        returns seconds. Raises RuntimeError when it does not become available."""
+        """Apply the manifests (scaling back up after ``stop``) and wait until available
+        and a ready pod holds the Lease (after a restart it names a gone pod until it
+        expires); returns seconds. Raises RuntimeError when it does not become available,
+        TimeoutError when no ready pod leads within ``timeout``."""
         started = time.monotonic()
         deploy_operator(self.cluster, env=self.env, replicas=self.replicas, timeout=timeout)
+        wait_until(
+            self._leads, timeout=max(0.0, started + timeout - time.monotonic()), interval=0.5
+        )
         return time.monotonic() - started
+
+    def _leads(self) -> bool:
+        try:
+            self.leader_pod()
+        except RuntimeError:
+            return False
+        return True
 
     def reconfigure(self, env: Mapping[str, str], timeout: float = 180.0) -> float:
         """Apply the manifests with ``env`` instead (a rollout) and wait until every pod
